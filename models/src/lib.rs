@@ -1,0 +1,6 @@
+//! Pure-compute model code for moshid: the Mimi codec and the Moshi language model.
+//!
+//! Nothing here touches audio devices or the network; the only I/O is loading weights.
+
+pub mod device;
+pub mod mimi;

@@ -1,0 +1,1 @@
+//! The Mimi neural audio codec.

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the system packages that building and testing moshid need (Debian/Ubuntu).
+# Idempotent: does nothing when everything is present.
+set -euo pipefail
+pkgs=(pkg-config libasound2-dev alsa-utils mosquitto mosquitto-clients systemd espeak-ng sox)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "setup: installing ${missing[*]}"
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+# mosquitto's Debian package may start a system broker; tests start their own on free ports.
