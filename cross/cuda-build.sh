@@ -7,7 +7,7 @@
 #
 # Usage: cross/cuda-build.sh [CAP...]     (default: 87 90; 87 = Jetson Orin, 90 = H100)
 # Env:   CUDA_TARGET_DIR (default <repo>/target-cuda), CUDA_VENV (default $CUDA_TARGET_DIR/venv)
-# Result: $CUDA_TARGET_DIR/sm<CAP>/moshid for each CAP.
+# Result: $CUDA_TARGET_DIR/moshid-sm<CAP> for each CAP (and the test binaries, built, not run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
