@@ -51,7 +51,7 @@ names=$(
   {
     grep -ohE '\bcu[A-Z][A-Za-z0-9_]*[[:space:]]*\(' "$cu/include/cuda.h"
     find "${CARGO_HOME:-$HOME/.cargo}/registry/src" -path '*cudarc-*/src/driver/sys/*.rs' \
-      -exec grep -ohE 'pub fn cu[A-Z][A-Za-z0-9_]*' {} + | sed 's/pub fn //'
+      -exec grep -ohE '\bfn cu[A-Z][A-Za-z0-9_]*' {} + | sed 's/^fn //'
   } | sed 's/[[:space:]]*($//' | sort -u)
 [ "$(echo "$names" | wc -l)" -gt 300 ] || { echo "cuda: too few driver entry points found" >&2; exit 1; }
 echo "$names" | awk '{ printf "int %s(void) { return 100; }\n", $1 }' >"$home/lib64/stubs/libcuda.c"
