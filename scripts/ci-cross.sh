@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# CI stage: aarch64 (Jetson) cross build of the workspace, its tests under qemu-aarch64, and
+# the arm64 .deb from that build (lintian-checked like the amd64 one).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+t0=$(date +%s)
+./cross/aarch64.sh --install
+t1=$(date +%s)
+DEB_TARGET=aarch64-unknown-linux-gnu CARGO_TARGET_DIR=${CROSS_TARGET_DIR:-$PWD/target-cross} \
+  ./scripts/ci-deb.sh
+echo "ci-cross: build + qemu tests $((t1 - t0)) s, arm64 deb $(( $(date +%s) - t1 )) s"
