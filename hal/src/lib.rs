@@ -5,3 +5,9 @@
 pub const MODEL_RATE: u32 = 24_000;
 /// One Mimi frame: 80 ms at 24 kHz.
 pub const FRAME_SAMPLES: usize = 1920;
+
+mod error;
+pub mod resample;
+pub mod wav;
+
+pub use error::HalError;

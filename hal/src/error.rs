@@ -1,0 +1,41 @@
+//! The one error type of the hal: every variant says what went wrong and what to do.
+
+use std::path::PathBuf;
+
+/// Errors from audio files, devices, resampling and echo cancellation.
+#[derive(Debug, thiserror::Error)]
+pub enum HalError {
+    /// A file could not be opened, read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A file is not a usable WAV file.
+    #[error("{path}: {reason}")]
+    Wav {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong and what to do.
+        reason: String,
+    },
+    /// The resampler rejected its configuration or input.
+    #[error("resampler: {0}")]
+    Resample(String),
+    /// A configuration value is out of range.
+    #[error("invalid audio configuration: {0}")]
+    Config(String),
+    /// An audio device could not be opened, configured or used.
+    #[error("audio device {device:?}: {reason}")]
+    Device {
+        /// The device name as given.
+        device: String,
+        /// What was wrong and what to do.
+        reason: String,
+    },
+    /// The echo canceller could not be built or failed.
+    #[error("echo canceller: {0}")]
+    Aec(String),
+}
