@@ -1,6 +1,21 @@
 //! `moshid`: the full-duplex voice appliance daemon and its tools.
 
+mod alsa_audio;
 mod cmd;
+mod config;
+mod control;
+mod demo_model;
+mod engine;
+mod logging;
+mod moshi_engine;
+mod mqtt;
+mod notify;
+mod pipeline;
+mod service;
+mod sound;
+mod spm;
+mod store;
+mod wav_audio;
 
 use clap::{Parser, Subcommand};
 
@@ -21,6 +36,14 @@ enum Command {
     /// Print speed figures (one JSON line) for a model.
     #[command(subcommand)]
     Bench(cmd::bench::Command),
+    /// Run the appliance (what the systemd unit starts).
+    Run(cmd::run::Args),
+    /// Offline demo: random-weight model, WAV in -> WAV + transcript out, latency and RTF.
+    Demo(cmd::demo::Args),
+    /// Download and verify the configured voice's model files into the cache.
+    Fetch(cmd::fetch::Args),
+    /// Validate a configuration file.
+    CheckConfig(cmd::check_config::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -28,6 +51,10 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Codec(c) => cmd::codec::run(c),
         Command::Bench(c) => cmd::bench::run(c),
+        Command::Run(a) => cmd::run::run(a),
+        Command::Demo(a) => cmd::demo::run(a),
+        Command::Fetch(a) => cmd::fetch::run(a),
+        Command::CheckConfig(a) => cmd::check_config::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,769 @@
+//! The daemon's configuration: one TOML file, every field validated with a message that
+//! names it. The documented example is `systemd/moshid.toml.example`.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Default location of the configuration file (systemd `ConfigurationDirectory=moshid`).
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/moshid/config.toml";
+
+/// Errors from reading or validating a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source} (pass another file with --config PATH)")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has an unknown/mistyped field.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message, which names the field and line.
+        message: String,
+    },
+    /// One or more fields have invalid values.
+    #[error("config file {path}: {}", .problems.join("; "))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// One message per bad field, each starting with the field's name.
+        problems: Vec<String>,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Name of this device in MQTT topics; default the hostname (sanitised).
+    #[serde(default)]
+    pub device_id: Option<String>,
+    /// Where downloaded and generated models live (systemd `CacheDirectory=moshid`).
+    #[serde(default = "default_cache_dir")]
+    pub cache_dir: PathBuf,
+    /// Seconds of silence from the user after which a conversation ends (0 = never).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_s: u64,
+    /// Start in conversation as soon as the models are loaded.
+    #[serde(default = "default_true")]
+    pub autostart: bool,
+    /// Model source, device and precision.
+    #[serde(default)]
+    pub model: ModelConfig,
+    /// Sampling of text and audio tokens.
+    #[serde(default)]
+    pub sampling: SamplingConfig,
+    /// Voice presets by name (merged over the built-in `moshiko` and `moshika`).
+    #[serde(default)]
+    pub voices: BTreeMap<String, VoicePreset>,
+    /// Audio devices.
+    #[serde(default)]
+    pub audio: AudioConfig,
+    /// Echo cancellation.
+    #[serde(default)]
+    pub aec: AecConfig,
+    /// MQTT control and Home Assistant discovery.
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+}
+
+/// Where the model weights come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelSource {
+    /// Download the voice preset's Hugging Face repo into the cache (or use the cache).
+    Hub,
+    /// Files on disk named in `[model.local]`.
+    Local,
+    /// The built-in small random-weight model (no download; for demos and tests).
+    Demo,
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// `hub`, `local` or `demo`.
+    #[serde(default = "default_source")]
+    pub source: ModelSource,
+    /// The voice preset used at start (a key of `[voices]`).
+    #[serde(default = "default_voice")]
+    pub voice: String,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// `auto`, `f32`, `f16` or `bf16` (for safetensors LMs; GGUF keeps its quantization).
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
+    /// LM context in steps (80 ms each); older steps are forgotten.
+    #[serde(default = "default_context")]
+    pub context: usize,
+    /// Never touch the network: use only what is in the cache.
+    #[serde(default)]
+    pub offline: bool,
+    /// Files for `source = "local"`.
+    #[serde(default)]
+    pub local: Option<LocalFiles>,
+}
+
+/// `[model.local]`: the three files on disk.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalFiles {
+    /// LM weights (`.safetensors` or `.gguf`).
+    pub lm: PathBuf,
+    /// Mimi weights (`.safetensors`).
+    pub mimi: PathBuf,
+    /// SentencePiece text tokenizer (`.model`).
+    pub tokenizer: PathBuf,
+    /// LM configuration JSON (reference `lm_kwargs` keys); default: the 7B Moshi config.
+    #[serde(default)]
+    pub lm_config: Option<PathBuf>,
+}
+
+/// A named voice: a Hugging Face repo and the files in it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VoicePreset {
+    /// `org/name` on Hugging Face.
+    pub repo: String,
+    /// Branch, tag or commit.
+    #[serde(default = "default_revision")]
+    pub revision: String,
+    /// LM file in the repo.
+    #[serde(default = "default_lm_file")]
+    pub lm_file: String,
+    /// Mimi file in the repo.
+    #[serde(default = "default_mimi_file")]
+    pub mimi_file: String,
+    /// Tokenizer file in the repo.
+    #[serde(default = "default_tokenizer_file")]
+    pub tokenizer_file: String,
+}
+
+/// `[sampling]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplingConfig {
+    /// Text temperature (0 < t <= 5).
+    #[serde(default = "default_temp")]
+    pub temp_text: f64,
+    /// Audio temperature (0 < t <= 5).
+    #[serde(default = "default_temp")]
+    pub temp_audio: f64,
+    /// Top-k (1..=2048).
+    #[serde(default = "default_top_k")]
+    pub top_k: usize,
+    /// Argmax instead of sampling (deterministic; for tests).
+    #[serde(default)]
+    pub greedy: bool,
+    /// Random seed.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+}
+
+/// `[audio]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AudioConfig {
+    /// ALSA PCM name for the microphone (e.g. `default`, `plughw:1,0`).
+    #[serde(default = "default_pcm")]
+    pub capture: String,
+    /// ALSA PCM name for the speaker.
+    #[serde(default = "default_pcm")]
+    pub playback: String,
+    /// Sample rate opened on the devices (resampled to/from 24 kHz).
+    #[serde(default = "default_rate")]
+    pub rate: u32,
+    /// Channels opened on the microphone.
+    #[serde(default = "default_one")]
+    pub capture_channels: u16,
+    /// Which capture channel is the voice (0-based).
+    #[serde(default)]
+    pub capture_channel: u16,
+    /// Channels opened on the speaker.
+    #[serde(default = "default_one")]
+    pub playback_channels: u16,
+    /// Which speaker channels get the voice (0-based); default all.
+    #[serde(default)]
+    pub playback_channel_map: Option<Vec<u16>>,
+    /// Initial volume, 0-100.
+    #[serde(default = "default_volume")]
+    pub volume: u8,
+    /// Frames (80 ms) queued between the threads before the oldest are skipped.
+    #[serde(default = "default_queue")]
+    pub queue_frames: usize,
+}
+
+/// `[aec]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AecConfig {
+    /// Cancel the speaker's echo from the microphone signal.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+/// `[mqtt]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Connect to a broker at all.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Broker host name or address.
+    #[serde(default = "default_host")]
+    pub host: String,
+    /// Broker port (1883, or 8883 with TLS).
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Username (optional).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password (optional; prefer `password_file`).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// File holding the password (first line), e.g. a systemd credential.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Topic prefix; topics are `<base_topic>/<device_id>/...`.
+    #[serde(default = "default_base_topic")]
+    pub base_topic: String,
+    /// Publish Home Assistant discovery.
+    #[serde(default = "default_true")]
+    pub discovery: bool,
+    /// Home Assistant discovery prefix.
+    #[serde(default = "default_discovery_prefix")]
+    pub discovery_prefix: String,
+    /// Keep-alive in seconds (5..=3600).
+    #[serde(default = "default_keepalive")]
+    pub keepalive_s: u64,
+    /// TLS; plain TCP when absent.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[mqtt.tls]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the CA certificate(s) that signed the broker's certificate.
+    pub ca_file: PathBuf,
+    /// PEM client certificate (needs `client_key`).
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// PEM client private key (needs `client_cert`).
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+}
+
+fn default_cache_dir() -> PathBuf {
+    // systemd sets CACHE_DIRECTORY for CacheDirectory=; fall back to the FHS location.
+    std::env::var_os("CACHE_DIRECTORY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/moshid"))
+}
+fn default_idle_timeout() -> u64 {
+    300
+}
+fn default_true() -> bool {
+    true
+}
+fn default_source() -> ModelSource {
+    ModelSource::Hub
+}
+fn default_voice() -> String {
+    "moshiko".into()
+}
+fn default_device() -> String {
+    "cpu".into()
+}
+fn default_dtype() -> String {
+    "auto".into()
+}
+fn default_context() -> usize {
+    3000
+}
+fn default_revision() -> String {
+    "main".into()
+}
+fn default_lm_file() -> String {
+    "model.q8.gguf".into()
+}
+fn default_mimi_file() -> String {
+    "tokenizer-e351c8d8-checkpoint125.safetensors".into()
+}
+fn default_tokenizer_file() -> String {
+    "tokenizer_spm_32k_3.model".into()
+}
+fn default_temp() -> f64 {
+    0.8
+}
+fn default_top_k() -> usize {
+    250
+}
+fn default_seed() -> u64 {
+    299_792_458
+}
+fn default_pcm() -> String {
+    "default".into()
+}
+fn default_rate() -> u32 {
+    24_000
+}
+fn default_one() -> u16 {
+    1
+}
+fn default_volume() -> u8 {
+    80
+}
+fn default_queue() -> usize {
+    3
+}
+fn default_host() -> String {
+    "localhost".into()
+}
+fn default_port() -> u16 {
+    1883
+}
+fn default_base_topic() -> String {
+    "moshid".into()
+}
+fn default_discovery_prefix() -> String {
+    "homeassistant".into()
+}
+fn default_keepalive() -> u64 {
+    30
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            source: default_source(),
+            voice: default_voice(),
+            device: default_device(),
+            dtype: default_dtype(),
+            context: default_context(),
+            offline: false,
+            local: None,
+        }
+    }
+}
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        Self {
+            temp_text: default_temp(),
+            temp_audio: default_temp(),
+            top_k: default_top_k(),
+            greedy: false,
+            seed: default_seed(),
+        }
+    }
+}
+impl Default for AudioConfig {
+    fn default() -> Self {
+        Self {
+            capture: default_pcm(),
+            playback: default_pcm(),
+            rate: default_rate(),
+            capture_channels: 1,
+            capture_channel: 0,
+            playback_channels: 1,
+            playback_channel_map: None,
+            volume: default_volume(),
+            queue_frames: default_queue(),
+        }
+    }
+}
+impl Default for AecConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            host: default_host(),
+            port: default_port(),
+            username: None,
+            password: None,
+            password_file: None,
+            base_topic: default_base_topic(),
+            discovery: true,
+            discovery_prefix: default_discovery_prefix(),
+            keepalive_s: default_keepalive(),
+            tls: None,
+        }
+    }
+}
+
+impl VoicePreset {
+    fn hub(repo: &str) -> Self {
+        Self {
+            repo: repo.into(),
+            revision: default_revision(),
+            lm_file: default_lm_file(),
+            mimi_file: default_mimi_file(),
+            tokenizer_file: default_tokenizer_file(),
+        }
+    }
+}
+
+/// The built-in voice presets: Kyutai's q8 candle releases.
+pub fn builtin_voices() -> BTreeMap<String, VoicePreset> {
+    BTreeMap::from([
+        (
+            "moshiko".into(),
+            VoicePreset::hub("kyutai/moshiko-candle-q8"),
+        ),
+        (
+            "moshika".into(),
+            VoicePreset::hub("kyutai/moshika-candle-q8"),
+        ),
+    ])
+}
+
+/// True for a non-empty id made of `[a-zA-Z0-9_-]` (MQTT topic level and HA object id).
+pub fn is_valid_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Turns a host name into a valid device id (other characters become `_`).
+pub fn sanitize_id(s: &str) -> String {
+    let out: String = s
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if out.is_empty() {
+        "moshid".into()
+    } else {
+        out
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses and validates TOML text; `path` only labels messages.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        // User presets override built-ins of the same name.
+        let mut voices = builtin_voices();
+        voices.append(&mut cfg.voices);
+        cfg.voices = voices;
+        let problems = cfg.problems();
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems,
+            })
+        }
+    }
+
+    /// A configuration with every default and the demo model (for `moshid demo`).
+    pub fn demo_default() -> Config {
+        let mut cfg: Config = toml::from_str("").unwrap_or_else(|_| unreachable_default());
+        cfg.voices = builtin_voices();
+        cfg.model.source = ModelSource::Demo;
+        cfg
+    }
+
+    /// The device id: configured, or the sanitised hostname.
+    pub fn device_id(&self) -> String {
+        match &self.device_id {
+            Some(id) => id.clone(),
+            None => hostname::get()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .map(|h| sanitize_id(&h))
+                .unwrap_or_else(|| "moshid".into()),
+        }
+    }
+
+    /// Every invalid field, each message starting with the field's name.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if let Some(id) = &self.device_id {
+            if !is_valid_id(id) {
+                p.push(format!(
+                    "`device_id` = {id:?}: use 1-64 characters from [a-zA-Z0-9_-]"
+                ));
+            }
+        }
+        if self.cache_dir.as_os_str().is_empty() {
+            p.push("`cache_dir`: must not be empty".into());
+        }
+        let m = &self.model;
+        if !self.voices.contains_key(&m.voice) {
+            p.push(format!(
+                "`model.voice` = {:?}: no such preset; known: {}",
+                m.voice,
+                self.voices.keys().cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        // Syntax only: opening a GPU here would be a side effect of validation.
+        let d = m.device.trim().to_ascii_lowercase();
+        let device_ok = d == "cpu"
+            || d == "cuda"
+            || d == "gpu"
+            || d.strip_prefix("cuda:")
+                .is_some_and(|n| n.parse::<usize>().is_ok());
+        if !device_ok {
+            p.push(format!(
+                "`model.device` = {:?}: use `cpu`, `cuda` or `cuda:N`",
+                m.device
+            ));
+        }
+        if !["auto", "f32", "f16", "bf16"].contains(&m.dtype.as_str()) {
+            p.push(format!(
+                "`model.dtype` = {:?}: use `auto`, `f32`, `f16` or `bf16`",
+                m.dtype
+            ));
+        }
+        if !(16..=100_000).contains(&m.context) {
+            p.push(format!(
+                "`model.context` = {}: use 16..=100000 steps (3000 = 4 minutes)",
+                m.context
+            ));
+        }
+        match (m.source, &m.local) {
+            (ModelSource::Local, None) => p.push(
+                "`model.local`: `source = \"local\"` needs a [model.local] table with lm, mimi and tokenizer paths".into(),
+            ),
+            (ModelSource::Local, Some(l)) => {
+                for (name, path) in [("lm", &l.lm), ("mimi", &l.mimi), ("tokenizer", &l.tokenizer)] {
+                    if path.as_os_str().is_empty() {
+                        p.push(format!("`model.local.{name}`: must not be empty"));
+                    }
+                }
+            }
+            _ => {}
+        }
+        for (name, v) in &self.voices {
+            if !is_valid_id(name) {
+                p.push(format!(
+                    "`voices.{name}`: preset names use [a-zA-Z0-9_-] (they are MQTT payloads)"
+                ));
+            }
+            let parts: Vec<&str> = v.repo.split('/').collect();
+            if parts.len() != 2 || parts.iter().any(|s| s.is_empty()) {
+                p.push(format!(
+                    "`voices.{name}.repo` = {:?}: use `org/name`, e.g. kyutai/moshiko-candle-q8",
+                    v.repo
+                ));
+            }
+            for (field, f) in [
+                ("lm_file", &v.lm_file),
+                ("mimi_file", &v.mimi_file),
+                ("tokenizer_file", &v.tokenizer_file),
+                ("revision", &v.revision),
+            ] {
+                if f.is_empty() || f.contains("..") {
+                    p.push(format!(
+                        "`voices.{name}.{field}` = {f:?}: must be a file name in the repo"
+                    ));
+                }
+            }
+        }
+        let s = &self.sampling;
+        for (name, t) in [("temp_text", s.temp_text), ("temp_audio", s.temp_audio)] {
+            if !(t > 0.0 && t <= 5.0) {
+                p.push(format!("`sampling.{name}` = {t}: use a value in (0, 5]"));
+            }
+        }
+        if !(1..=2048).contains(&s.top_k) {
+            p.push(format!("`sampling.top_k` = {}: use 1..=2048", s.top_k));
+        }
+        let a = &self.audio;
+        if a.capture.trim().is_empty() {
+            p.push("`audio.capture`: name an ALSA PCM, e.g. `default`".into());
+        }
+        if a.playback.trim().is_empty() {
+            p.push("`audio.playback`: name an ALSA PCM, e.g. `default`".into());
+        }
+        if !(8_000..=192_000).contains(&a.rate) {
+            p.push(format!("`audio.rate` = {}: use 8000..=192000 Hz", a.rate));
+        }
+        if !(1..=32).contains(&a.capture_channels) {
+            p.push(format!(
+                "`audio.capture_channels` = {}: use 1..=32",
+                a.capture_channels
+            ));
+        }
+        if a.capture_channel >= a.capture_channels {
+            p.push(format!(
+                "`audio.capture_channel` = {}: must be below capture_channels ({})",
+                a.capture_channel, a.capture_channels
+            ));
+        }
+        if !(1..=32).contains(&a.playback_channels) {
+            p.push(format!(
+                "`audio.playback_channels` = {}: use 1..=32",
+                a.playback_channels
+            ));
+        }
+        if let Some(map) = &a.playback_channel_map {
+            if map.is_empty() || map.iter().any(|&c| c >= a.playback_channels) {
+                p.push(format!(
+                    "`audio.playback_channel_map` = {map:?}: list channels below playback_channels ({})",
+                    a.playback_channels
+                ));
+            }
+        }
+        if a.volume > 100 {
+            p.push(format!("`audio.volume` = {}: use 0..=100", a.volume));
+        }
+        if !(1..=50).contains(&a.queue_frames) {
+            p.push(format!(
+                "`audio.queue_frames` = {}: use 1..=50",
+                a.queue_frames
+            ));
+        }
+        let q = &self.mqtt;
+        if q.enabled {
+            if q.host.trim().is_empty() {
+                p.push("`mqtt.host`: must not be empty when mqtt.enabled = true".into());
+            }
+            if q.port == 0 {
+                p.push("`mqtt.port` = 0: use 1..=65535".into());
+            }
+        }
+        if q.password.is_some() && q.password_file.is_some() {
+            p.push("`mqtt.password_file`: set either password or password_file, not both".into());
+        }
+        if (q.password.is_some() || q.password_file.is_some()) && q.username.is_none() {
+            p.push("`mqtt.username`: a password needs a username".into());
+        }
+        if q.base_topic.is_empty()
+            || q.base_topic.contains(['+', '#'])
+            || q.base_topic.starts_with('/')
+            || q.base_topic.ends_with('/')
+        {
+            p.push(format!(
+                "`mqtt.base_topic` = {:?}: use a topic without wildcards or leading/trailing `/`",
+                q.base_topic
+            ));
+        }
+        if q.discovery_prefix.is_empty() || q.discovery_prefix.contains(['+', '#']) {
+            p.push(format!(
+                "`mqtt.discovery_prefix` = {:?}: use a topic without wildcards",
+                q.discovery_prefix
+            ));
+        }
+        if !(5..=3600).contains(&q.keepalive_s) {
+            p.push(format!(
+                "`mqtt.keepalive_s` = {}: use 5..=3600",
+                q.keepalive_s
+            ));
+        }
+        if let Some(t) = &q.tls {
+            if t.client_cert.is_some() != t.client_key.is_some() {
+                p.push("`mqtt.tls.client_key`: client_cert and client_key go together".into());
+            }
+        }
+        p
+    }
+}
+
+fn unreachable_default() -> Config {
+    // toml::from_str("") cannot fail for a struct whose fields all have defaults; this
+    // keeps the code panic-free anyway.
+    Config {
+        device_id: None,
+        cache_dir: default_cache_dir(),
+        idle_timeout_s: default_idle_timeout(),
+        autostart: true,
+        model: ModelConfig::default(),
+        sampling: SamplingConfig::default(),
+        voices: BTreeMap::new(),
+        audio: AudioConfig::default(),
+        aec: AecConfig::default(),
+        mqtt: MqttConfig::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(s, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = parse("").expect("defaults are valid");
+        assert_eq!(c.model.source, ModelSource::Hub);
+        assert_eq!(c.voices["moshika"].repo, "kyutai/moshika-candle-q8");
+        assert_eq!(c.mqtt.port, 1883);
+        assert!(!c.mqtt.enabled);
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let e = parse("[mqtt]\nhots = \"x\"\n").unwrap_err().to_string();
+        assert!(e.contains("hots"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = parse(
+            "device_id = \"a b\"\n[sampling]\ntop_k = 0\n[audio]\nvolume = 101\ncapture_channel = 3\n[model]\nvoice = \"nobody\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for f in [
+            "`device_id`",
+            "`sampling.top_k`",
+            "`audio.volume`",
+            "`audio.capture_channel`",
+            "`model.voice`",
+        ] {
+            assert!(e.contains(f), "{f} missing in {e}");
+        }
+    }
+
+    #[test]
+    fn user_voice_presets_merge() {
+        let c =
+            parse("[voices.mine]\nrepo = \"me/my-moshi\"\n[model]\nvoice = \"mine\"\n").unwrap();
+        assert_eq!(c.voices.len(), 3);
+        assert_eq!(c.voices["mine"].lm_file, "model.q8.gguf");
+    }
+
+    #[test]
+    fn ids() {
+        assert!(is_valid_id("kitchen-1_a"));
+        assert!(!is_valid_id("a/b"));
+        assert_eq!(sanitize_id("my.host name"), "my_host_name");
+    }
+}

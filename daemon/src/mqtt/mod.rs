@@ -1,0 +1,450 @@
+//! MQTT control: availability (with last will), retained state, transcript, validated
+//! commands with `error` replies, Home Assistant discovery, TLS and credentials.
+//!
+//! Runs a single-threaded tokio runtime on its own thread. Everything it publishes uses
+//! `try_publish`, so neither it nor the audio path ever waits on the broker; a broker
+//! restart is handled by reconnecting with backoff, re-subscribing and re-publishing
+//! the retained topics on every ConnAck.
+
+pub mod discovery;
+
+use crate::config::MqttConfig;
+use crate::control::{parse_command, Command, Shared};
+use crate::pipeline::Event;
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, EventLoop, LastWill, MqttOptions, Packet, QoS,
+};
+use serde_json::json;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Errors setting up MQTT.
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    /// A TLS file could not be used.
+    #[error("mqtt.tls: {path}: {message}")]
+    Tls {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What was wrong.
+        message: String,
+    },
+    /// The password file could not be read.
+    #[error("mqtt.password_file {path}: {source}")]
+    Password {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The runtime thread could not start.
+    #[error("cannot start the MQTT thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The topics of one device.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    /// The device id.
+    pub device_id: String,
+    /// `<base>/<id>`.
+    pub base: String,
+    /// Retained `online`/`offline`.
+    pub availability: String,
+    /// Retained state JSON.
+    pub state: String,
+    /// Transcript JSON messages.
+    pub transcript: String,
+    /// Rejected-command reports.
+    pub error: String,
+}
+
+impl Topics {
+    /// Topics under `<base_topic>/<device_id>/`.
+    pub fn new(base_topic: &str, device_id: &str) -> Topics {
+        let base = format!("{base_topic}/{device_id}");
+        Topics {
+            device_id: device_id.to_string(),
+            availability: format!("{base}/availability"),
+            state: format!("{base}/state"),
+            transcript: format!("{base}/transcript"),
+            error: format!("{base}/error"),
+            base,
+        }
+    }
+
+    /// `<base>/set/<name>`.
+    pub fn command(&self, name: &str) -> String {
+        format!("{}/set/{name}", self.base)
+    }
+}
+
+/// Applies a validated command (provided by the service).
+pub type CommandFn = Arc<dyn Fn(Command) + Send + Sync>;
+
+/// A running MQTT client.
+pub struct Mqtt {
+    events: crate::pipeline::EventTx,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Mqtt {
+    /// Where the pipeline sends transcript and other events.
+    pub fn events(&self) -> crate::pipeline::EventTx {
+        self.events.clone()
+    }
+
+    /// Publishes `offline`, disconnects cleanly and stops, within `timeout`.
+    pub fn shutdown(mut self, timeout: Duration) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.thread.take() {
+            let deadline = Instant::now() + timeout;
+            while !h.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if h.is_finished() {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+/// Builds the client options: identity, credentials, last will, TLS.
+pub fn options(cfg: &MqttConfig, topics: &Topics) -> Result<MqttOptions, MqttError> {
+    let mut o = MqttOptions::new(format!("moshid-{}", topics.device_id), &cfg.host, cfg.port);
+    o.set_keep_alive(Duration::from_secs(cfg.keepalive_s));
+    o.set_clean_session(true);
+    o.set_max_packet_size(256 * 1024, 256 * 1024);
+    o.set_last_will(LastWill::new(
+        &topics.availability,
+        "offline",
+        QoS::AtLeastOnce,
+        true,
+    ));
+    if let Some(user) = &cfg.username {
+        let pass = match (&cfg.password, &cfg.password_file) {
+            (Some(p), _) => p.clone(),
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .map_err(|source| MqttError::Password {
+                    path: f.clone(),
+                    source,
+                })?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+            (None, None) => String::new(),
+        };
+        o.set_credentials(user, pass);
+    }
+    if let Some(tls) = &cfg.tls {
+        let config = tls_config(tls)?;
+        o.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(Arc::new(config)),
+        ));
+    }
+    Ok(o)
+}
+
+fn tls_config(t: &crate::config::TlsConfig) -> Result<rustls::ClientConfig, MqttError> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let tls_err = |path: &std::path::Path, message: String| MqttError::Tls {
+        path: path.to_path_buf(),
+        message,
+    };
+    let read_certs = |path: &std::path::Path| -> Result<Vec<CertificateDer<'static>>, MqttError> {
+        let f = std::fs::File::open(path).map_err(|e| tls_err(path, e.to_string()))?;
+        let certs: Result<Vec<_>, _> =
+            rustls_pemfile::certs(&mut std::io::BufReader::new(f)).collect();
+        let certs = certs.map_err(|e| tls_err(path, format!("not PEM: {e}")))?;
+        if certs.is_empty() {
+            return Err(tls_err(path, "no PEM certificate found in it".into()));
+        }
+        Ok(certs)
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for c in read_certs(&t.ca_file)? {
+        roots
+            .add(c)
+            .map_err(|e| tls_err(&t.ca_file, format!("bad CA certificate: {e}")))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_err(&t.ca_file, e.to_string()))?
+        .with_root_certificates(roots);
+    match (&t.client_cert, &t.client_key) {
+        (Some(cert), Some(key)) => {
+            let certs = read_certs(cert)?;
+            let f = std::fs::File::open(key).map_err(|e| tls_err(key, e.to_string()))?;
+            let k: PrivateKeyDer<'static> =
+                rustls_pemfile::private_key(&mut std::io::BufReader::new(f))
+                    .map_err(|e| tls_err(key, format!("not PEM: {e}")))?
+                    .ok_or_else(|| tls_err(key, "no private key found in it".into()))?;
+            builder
+                .with_client_auth_cert(certs, k)
+                .map_err(|e| tls_err(cert, format!("client certificate/key rejected: {e}")))
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
+}
+
+/// Connects (in the background) and serves until shut down.
+pub fn start(
+    cfg: &MqttConfig,
+    device_id: &str,
+    voices: Vec<String>,
+    shared: Arc<Shared>,
+    on_command: CommandFn,
+) -> Result<Mqtt, MqttError> {
+    let topics = Topics::new(&cfg.base_topic, device_id);
+    let opts = options(cfg, &topics)?;
+    let (events_tx, events_rx) = tokio::sync::mpsc::channel(256);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let ctx = Ctx {
+        topics,
+        discovery: cfg.discovery.then(|| cfg.discovery_prefix.clone()),
+        voices,
+        shared,
+        on_command,
+        broker: format!("{}:{}", cfg.host, cfg.port),
+    };
+    let thread = std::thread::Builder::new()
+        .name("moshid-mqtt".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    log::error!("cannot start the MQTT runtime: {e}");
+                    return;
+                }
+            };
+            rt.block_on(serve(ctx, opts, events_rx, stop_rx));
+        })
+        .map_err(MqttError::Thread)?;
+    Ok(Mqtt {
+        events: events_tx,
+        shutdown: Some(stop_tx),
+        thread: Some(thread),
+    })
+}
+
+struct Ctx {
+    topics: Topics,
+    discovery: Option<String>,
+    voices: Vec<String>,
+    shared: Arc<Shared>,
+    on_command: CommandFn,
+    broker: String,
+}
+
+impl Ctx {
+    fn publish(&self, c: &AsyncClient, topic: &str, retain: bool, payload: Vec<u8>) {
+        if c.try_publish(topic, QoS::AtLeastOnce, retain, payload)
+            .is_err()
+        {
+            self.shared.dropped_events.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn publish_state(&self, c: &AsyncClient) {
+        match serde_json::to_vec(&self.shared.snapshot()) {
+            Ok(p) => self.publish(c, &self.topics.state, true, p),
+            Err(e) => log::error!("cannot serialise state: {e}"),
+        }
+    }
+
+    fn publish_discovery(&self, c: &AsyncClient) {
+        if let Some(prefix) = &self.discovery {
+            for (topic, payload) in discovery::entities(&self.topics, prefix, &self.voices) {
+                self.publish(c, &topic, true, payload.to_string().into_bytes());
+            }
+        }
+    }
+
+    /// Everything a (re)connected session needs: subscriptions and retained topics.
+    fn on_connected(&self, c: &AsyncClient) {
+        let _ = c.try_subscribe(format!("{}/set/+", self.topics.base), QoS::AtLeastOnce);
+        if let Some(prefix) = &self.discovery {
+            let _ = c.try_subscribe(format!("{prefix}/status"), QoS::AtLeastOnce);
+        }
+        self.publish(c, &self.topics.availability, true, b"online".to_vec());
+        self.publish_discovery(c);
+        self.publish_state(c);
+    }
+
+    fn on_message(&self, c: &AsyncClient, topic: &str, payload: &[u8]) {
+        if let Some(prefix) = &self.discovery {
+            if topic == format!("{prefix}/status") {
+                if payload == b"online" {
+                    log::info!("Home Assistant came online: re-sending discovery");
+                    self.publish_discovery(c);
+                    self.publish_state(c);
+                }
+                return;
+            }
+        }
+        let Some(name) = topic.strip_prefix(&format!("{}/set/", self.topics.base)) else {
+            return;
+        };
+        match parse_command(name, payload, &self.voices) {
+            Ok(cmd) => {
+                log::info!(command = name; "command {cmd:?}");
+                (self.on_command)(cmd);
+                self.publish_state(c);
+            }
+            Err(reason) => {
+                log::warn!(command = name; "rejected command on {topic}: {reason}");
+                let msg = json!({
+                    "topic": topic,
+                    "payload": String::from_utf8_lossy(payload).chars().take(100).collect::<String>(),
+                    "error": reason,
+                });
+                self.publish(c, &self.topics.error, false, msg.to_string().into_bytes());
+            }
+        }
+    }
+}
+
+async fn serve(
+    ctx: Ctx,
+    opts: MqttOptions,
+    mut events: tokio::sync::mpsc::Receiver<Event>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let (client, mut eventloop) = AsyncClient::new(opts, 512);
+    let mut backoff = Duration::from_millis(250);
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut seen_rev = u64::MAX;
+    let mut last_state = Instant::now();
+    let mut connected = false;
+    loop {
+        tokio::select! {
+            ev = eventloop.poll() => match ev {
+                Ok(rumqttc::Event::Incoming(Packet::ConnAck(_))) => {
+                    log::info!(broker = ctx.broker.as_str(); "MQTT connected");
+                    connected = true;
+                    backoff = Duration::from_millis(250);
+                    ctx.on_connected(&client);
+                }
+                Ok(rumqttc::Event::Incoming(Packet::Publish(p))) => {
+                    ctx.on_message(&client, &p.topic, &p.payload);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if connected {
+                        log::warn!(broker = ctx.broker.as_str(); "MQTT connection lost: {e}; reconnecting");
+                    } else {
+                        log::warn!(broker = ctx.broker.as_str(); "MQTT: {}; retrying in {:?}", explain(&e), backoff);
+                    }
+                    connected = false;
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = &mut stop => break,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(4));
+                }
+            },
+            Some(ev) = events.recv() => {
+                if let Event::Transcript { text, time } = ev {
+                    let msg = json!({ "text": text, "time": (time * 1000.0).round() / 1000.0 });
+                    ctx.publish(&client, &ctx.topics.transcript, false, msg.to_string().into_bytes());
+                }
+            }
+            _ = tick.tick() => {
+                // Re-publish on any change, and every 2 s for the moving figures.
+                let rev = ctx.shared.revision.load(Ordering::Relaxed);
+                if connected && (rev != seen_rev || last_state.elapsed() >= Duration::from_secs(2)) {
+                    seen_rev = rev;
+                    last_state = Instant::now();
+                    ctx.publish_state(&client);
+                }
+            }
+            _ = &mut stop => {
+                if connected {
+                    ctx.publish(&client, &ctx.topics.availability, true, b"offline".to_vec());
+                    let _ = client.try_disconnect();
+                    // Drive the loop until the publish and DISCONNECT are on the wire.
+                    let _ = tokio::time::timeout(Duration::from_millis(800), drain(&mut eventloop)).await;
+                }
+                break;
+            }
+        }
+    }
+}
+
+async fn drain(eventloop: &mut EventLoop) {
+    loop {
+        match eventloop.poll().await {
+            Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// A connection error, explained for a person.
+fn explain(e: &ConnectionError) -> String {
+    match e {
+        ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized)
+        | ConnectionError::ConnectionRefused(ConnectReturnCode::BadUserNamePassword) => {
+            "broker refused the credentials: check mqtt.username and mqtt.password".into()
+        }
+        ConnectionError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            "connection refused: is the broker running and mqtt.host/mqtt.port right?".into()
+        }
+        ConnectionError::Tls(t) => {
+            format!("TLS failed: {t} (check mqtt.tls.ca_file and the broker's certificate name)")
+        }
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_and_discovery() {
+        let t = Topics::new("moshid", "kitchen");
+        assert_eq!(t.availability, "moshid/kitchen/availability");
+        assert_eq!(t.command("mute"), "moshid/kitchen/set/mute");
+        let voices = vec!["moshiko".to_string(), "moshika".to_string()];
+        let e = discovery::entities(&t, "homeassistant", &voices);
+        let topics: Vec<_> = e.iter().map(|(t, _)| t.as_str()).collect();
+        for want in [
+            "homeassistant/switch/kitchen/conversation/config",
+            "homeassistant/switch/kitchen/mute/config",
+            "homeassistant/number/kitchen/volume/config",
+            "homeassistant/select/kitchen/voice/config",
+            "homeassistant/sensor/kitchen/latency/config",
+            "homeassistant/sensor/kitchen/state/config",
+        ] {
+            assert!(topics.contains(&want), "{want} missing");
+        }
+        let voice = &e.iter().find(|(t, _)| t.contains("select")).unwrap().1;
+        assert_eq!(voice["options"][1], "moshika");
+        assert_eq!(voice["availability_topic"], "moshid/kitchen/availability");
+        assert_eq!(voice["command_topic"], "moshid/kitchen/set/voice");
+    }
+
+    #[test]
+    fn tls_files_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "not a certificate").unwrap();
+        let cfg = crate::config::TlsConfig {
+            ca_file: ca,
+            client_cert: None,
+            client_key: None,
+        };
+        let e = tls_config(&cfg).unwrap_err().to_string();
+        assert!(e.contains("no PEM certificate"), "{e}");
+    }
+}

@@ -1,0 +1,53 @@
+//! Audio endpoints as the pipeline sees them: a source of 80 ms mono frames with capture
+//! timestamps, and a sink that plays mono frames. Device details (ALSA, channels,
+//! resampling, reopening) live behind these traits.
+
+use std::time::{Duration, Instant};
+
+/// Errors from audio endpoints.
+#[derive(Debug, thiserror::Error)]
+pub enum SoundError {
+    /// The source has no more audio (end of a WAV file).
+    #[error("end of input")]
+    Ended,
+    /// A device failed.
+    #[error("{0}")]
+    Device(String),
+}
+
+/// One captured frame: `FRAME_SAMPLES` mono samples at 24 kHz.
+#[derive(Debug, Clone)]
+pub struct InFrame {
+    /// The samples.
+    pub samples: Vec<f32>,
+    /// When the first sample was captured.
+    pub captured_at: Instant,
+}
+
+/// A microphone.
+pub trait Source: Send {
+    /// Waits up to `timeout` for the next frame (`Ok(None)` on timeout).
+    fn recv(&mut self, timeout: Duration) -> Result<Option<InFrame>, SoundError>;
+    /// Frames already waiting (used to skip when inference falls behind).
+    fn backlog(&self) -> usize;
+}
+
+/// A speaker.
+pub trait Sink: Send {
+    /// Plays one mono frame; blocks while the device buffer is full (that is the pacing).
+    fn play(&mut self, samples: &[f32]) -> Result<(), SoundError>;
+    /// Audio written but not yet heard, if the device can tell.
+    fn delay(&self) -> Duration {
+        Duration::ZERO
+    }
+    /// Flushes everything written (end of a file-backed run).
+    fn finish(&mut self) -> Result<(), SoundError> {
+        Ok(())
+    }
+}
+
+/// Echo cancellation: removes `far` (what the speaker played) from `near` (the mic).
+pub trait EchoCancel: Send {
+    /// Processes one frame in place.
+    fn process(&mut self, far: &[f32], near: &mut [f32]);
+}

@@ -1,0 +1,431 @@
+//! Model files on disk: Hugging Face downloads into the cache (Python's layout), offline
+//! use of that cache, local files, and integrity checks.
+//!
+//! A file is only handed out after its content matched the hash the hub named it by
+//! (sha256 for LFS files, git's blob sha1 otherwise). hf-hub downloads to `*.part` and
+//! renames; we verify after that and delete what does not match, so a partial or
+//! corrupt file is never used. Verified blobs get a stamp so restarts skip re-hashing.
+
+use crate::config::{Config, ModelSource, VoicePreset};
+use hf_hub::api::sync::ApiBuilder;
+use hf_hub::{Cache, Repo, RepoType};
+use sha1::Sha1;
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// Errors while locating, downloading or verifying model files.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Offline and the file is not in the cache.
+    #[error("{file} from {repo} is not in the cache {cache} and model.offline = true: run `moshid fetch` with network access first")]
+    NotCached {
+        /// Repo id.
+        repo: String,
+        /// File name.
+        file: String,
+        /// Cache folder.
+        cache: PathBuf,
+    },
+    /// The hub could not be reached or refused.
+    #[error("cannot download {file} from {repo}: {message} (check the network, the repo name, or set HF_TOKEN for gated repos)")]
+    Download {
+        /// Repo id.
+        repo: String,
+        /// File name.
+        file: String,
+        /// hf-hub's message.
+        message: String,
+    },
+    /// Content did not match its hash; the file was deleted.
+    #[error("{path}: content does not match its hash {expected} (got {actual}); the corrupt file was deleted, run again to re-download")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Hash from the hub.
+        expected: String,
+        /// Hash of what is on disk.
+        actual: String,
+    },
+    /// A local file is missing or unreadable.
+    #[error("model file {path}: {source} (check [model.local] in the config)")]
+    Local {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Other I/O trouble in the cache.
+    #[error("model cache {path}: {source} (is the cache directory writable?)")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Building the demo model failed.
+    #[error("cannot build the demo model in {path}: {message}")]
+    Demo {
+        /// Folder.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// What kind of model the files hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelKind {
+    /// Real Moshi (7B LM config, full Mimi).
+    Moshi,
+    /// The built-in random-weight demo model (small config).
+    Demo,
+}
+
+/// The three files a model needs, verified and ready to load.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelFiles {
+    /// Real or demo.
+    pub kind: ModelKind,
+    /// LM weights.
+    pub lm: PathBuf,
+    /// Mimi weights.
+    pub mimi: PathBuf,
+    /// Text tokenizer.
+    pub tokenizer: PathBuf,
+    /// LM config JSON, when not the default 7B one.
+    pub lm_config: Option<PathBuf>,
+}
+
+/// Download progress callback: (file name, bytes done, bytes total).
+pub type ProgressFn<'a> = &'a mut dyn FnMut(&str, u64, u64);
+
+/// The hub cache folder inside the configured cache dir (Python's `hub/` layout).
+pub fn hub_cache_dir(cache_dir: &Path) -> PathBuf {
+    cache_dir.join("hub")
+}
+
+/// Resolves (downloading if needed and allowed) the files of `voice` per the config.
+pub fn resolve(
+    cfg: &Config,
+    voice: &str,
+    progress: ProgressFn<'_>,
+) -> Result<ModelFiles, StoreError> {
+    match cfg.model.source {
+        ModelSource::Local => {
+            let l = cfg.model.local.as_ref().ok_or_else(|| StoreError::Local {
+                path: PathBuf::from("[model.local]"),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "table missing"),
+            })?;
+            for p in [&l.lm, &l.mimi, &l.tokenizer]
+                .into_iter()
+                .chain(l.lm_config.as_ref())
+            {
+                std::fs::File::open(p).map_err(|source| StoreError::Local {
+                    path: p.clone(),
+                    source,
+                })?;
+            }
+            Ok(ModelFiles {
+                kind: ModelKind::Moshi,
+                lm: l.lm.clone(),
+                mimi: l.mimi.clone(),
+                tokenizer: l.tokenizer.clone(),
+                lm_config: l.lm_config.clone(),
+            })
+        }
+        ModelSource::Demo => crate::demo_model::ensure(&cfg.cache_dir, voice),
+        ModelSource::Hub => {
+            // Config validation guarantees the preset exists; be safe anyway.
+            let preset = cfg.voices.get(voice).ok_or_else(|| StoreError::Download {
+                repo: "?".into(),
+                file: "?".into(),
+                message: format!("no voice preset named {voice:?}"),
+            })?;
+            let hub = hub_cache_dir(&cfg.cache_dir);
+            let mut get = |f: &str| fetch_file(&hub, preset, f, cfg.model.offline, progress);
+            Ok(ModelFiles {
+                kind: ModelKind::Moshi,
+                lm: get(&preset.lm_file)?,
+                mimi: get(&preset.mimi_file)?,
+                tokenizer: get(&preset.tokenizer_file)?,
+                lm_config: None,
+            })
+        }
+    }
+}
+
+fn repo_of(p: &VoicePreset) -> Repo {
+    Repo::with_revision(p.repo.clone(), RepoType::Model, p.revision.clone())
+}
+
+/// One file of a preset: from the cache if present and intact, else downloaded (unless
+/// offline), then verified.
+pub fn fetch_file(
+    hub_cache: &Path,
+    preset: &VoicePreset,
+    file: &str,
+    offline: bool,
+    progress: ProgressFn<'_>,
+) -> Result<PathBuf, StoreError> {
+    let cache = Cache::new(hub_cache.to_path_buf());
+    if let Some(path) = cache.repo(repo_of(preset)).get(file) {
+        match verify(hub_cache, &path) {
+            Ok(()) => return Ok(path),
+            Err(e) if offline => return Err(e),
+            Err(e) => log::warn!("{e}; downloading {file} again"),
+        }
+    }
+    if offline {
+        return Err(StoreError::NotCached {
+            repo: preset.repo.clone(),
+            file: file.to_string(),
+            cache: hub_cache.to_path_buf(),
+        });
+    }
+    std::fs::create_dir_all(hub_cache).map_err(|source| StoreError::Io {
+        path: hub_cache.to_path_buf(),
+        source,
+    })?;
+    let dl_err = |message: String| StoreError::Download {
+        repo: preset.repo.clone(),
+        file: file.to_string(),
+        message,
+    };
+    let api = ApiBuilder::from_cache(cache)
+        .with_progress(false)
+        .with_token(std::env::var("HF_TOKEN").ok())
+        .build()
+        .map_err(|e| dl_err(e.to_string()))?;
+    let path = api
+        .repo(repo_of(preset))
+        .download_with_progress(
+            file,
+            HubProgress {
+                name: file.to_string(),
+                done: 0,
+                total: 0,
+                f: progress,
+            },
+        )
+        .map_err(|e| dl_err(e.to_string()))?;
+    verify(hub_cache, &path)?;
+    Ok(path)
+}
+
+struct HubProgress<'a, 'b> {
+    name: String,
+    done: u64,
+    total: u64,
+    f: &'a mut (dyn FnMut(&str, u64, u64) + 'b),
+}
+
+impl hf_hub::api::Progress for HubProgress<'_, '_> {
+    fn init(&mut self, size: usize, _filename: &str) {
+        self.total = size as u64;
+        (self.f)(&self.name, self.done, self.total);
+    }
+    fn update(&mut self, size: usize) {
+        self.done += size as u64;
+        (self.f)(&self.name, self.done, self.total);
+    }
+    fn finish(&mut self) {
+        (self.f)(&self.name, self.total, self.total);
+    }
+}
+
+/// Checks a cached file against the hash its blob is named by; deletes it on mismatch.
+///
+/// Snapshot entries are symlinks to `blobs/<hash>`; a regular file (copied cache) has no
+/// hash to check and is accepted as is.
+pub fn verify(hub_cache: &Path, path: &Path) -> Result<(), StoreError> {
+    let io = |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let blob = std::fs::canonicalize(path).map_err(io)?;
+    let expected = blob
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let is_hex = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit());
+    let kind = match expected.len() {
+        64 if is_hex(&expected) => HashKind::Sha256,
+        40 if is_hex(&expected) => HashKind::GitSha1,
+        _ => {
+            log::warn!(
+                "{}: no hash to check it against (not a hub blob); using it as is",
+                path.display()
+            );
+            return Ok(());
+        }
+    };
+    let size = std::fs::metadata(&blob).map_err(io)?.len();
+    let stamp = hub_cache.join(".moshid-verified").join(&expected);
+    if std::fs::read_to_string(&stamp)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        == Some(size)
+    {
+        return Ok(());
+    }
+    let actual = hash_file(&blob, kind, size).map_err(io)?;
+    if actual != expected {
+        // Remove both the blob and the pointer so the next run downloads afresh.
+        let _ = std::fs::remove_file(&blob);
+        let _ = std::fs::remove_file(path);
+        return Err(StoreError::Corrupt {
+            path: path.to_path_buf(),
+            expected,
+            actual,
+        });
+    }
+    if let Some(dir) = stamp.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = std::fs::write(&stamp, size.to_string());
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum HashKind {
+    Sha256,
+    GitSha1,
+}
+
+fn hash_file(path: &Path, kind: HashKind, size: u64) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut sha256 = Sha256::new();
+    let mut sha1 = Sha1::new();
+    if let HashKind::GitSha1 = kind {
+        sha1.update(format!("blob {size}\0").as_bytes());
+    }
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        match kind {
+            HashKind::Sha256 => sha256.update(&buf[..n]),
+            HashKind::GitSha1 => sha1.update(&buf[..n]),
+        }
+    }
+    let digest: Vec<u8> = match kind {
+        HashKind::Sha256 => sha256.finalize().to_vec(),
+        HashKind::GitSha1 => sha1.finalize().to_vec(),
+    };
+    Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lays out a Python-style cache entry: blobs/<hash>, snapshots/<rev>/<file> -> blob.
+    fn put(hub: &Path, repo: &str, file: &str, content: &[u8], hash: &str) {
+        let folder = hub.join(format!("models--{}", repo.replace('/', "--")));
+        let rev = "0123456789abcdef0123456789abcdef01234567";
+        std::fs::create_dir_all(folder.join("blobs")).unwrap();
+        std::fs::create_dir_all(folder.join("refs")).unwrap();
+        std::fs::create_dir_all(folder.join("snapshots").join(rev)).unwrap();
+        std::fs::write(folder.join("refs/main"), rev).unwrap();
+        std::fs::write(folder.join("blobs").join(hash), content).unwrap();
+        std::os::unix::fs::symlink(
+            format!("../../blobs/{hash}"),
+            folder.join("snapshots").join(rev).join(file),
+        )
+        .unwrap();
+    }
+
+    fn sha256_hex(b: &[u8]) -> String {
+        Sha256::digest(b)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    fn preset() -> VoicePreset {
+        crate::config::builtin_voices()["moshiko"].clone()
+    }
+
+    #[test]
+    fn offline_cache_hit_is_verified_and_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = dir.path().join("hub");
+        let data = b"pretend these are weights";
+        put(
+            &hub,
+            "kyutai/moshiko-candle-q8",
+            "model.q8.gguf",
+            data,
+            &sha256_hex(data),
+        );
+        let mut calls = 0;
+        let p = fetch_file(&hub, &preset(), "model.q8.gguf", true, &mut |_, _, _| {
+            calls += 1
+        })
+        .expect("cached file is found offline");
+        assert_eq!(std::fs::read(&p).unwrap(), data);
+        assert_eq!(calls, 0, "no download progress for a cache hit");
+        // A stamp records the verification so restarts skip hashing.
+        assert!(hub.join(".moshid-verified").join(sha256_hex(data)).exists());
+    }
+
+    #[test]
+    fn corrupt_blob_is_rejected_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = dir.path().join("hub");
+        let good = b"the real content";
+        put(
+            &hub,
+            "kyutai/moshiko-candle-q8",
+            "model.q8.gguf",
+            b"the real cont",
+            &sha256_hex(good),
+        );
+        let e = fetch_file(&hub, &preset(), "model.q8.gguf", true, &mut |_, _, _| {}).unwrap_err();
+        assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
+        // Gone: the next offline attempt says "not cached" instead of using it.
+        let e = fetch_file(&hub, &preset(), "model.q8.gguf", true, &mut |_, _, _| {}).unwrap_err();
+        assert!(matches!(e, StoreError::NotCached { .. }), "{e}");
+    }
+
+    #[test]
+    fn missing_offline_says_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = fetch_file(
+            dir.path(),
+            &preset(),
+            "model.q8.gguf",
+            true,
+            &mut |_, _, _| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("moshid fetch"), "{e}");
+    }
+
+    #[test]
+    fn git_sha1_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = dir.path().join("hub");
+        let f = dir.path().join("x");
+        std::fs::write(&f, b"hi").unwrap();
+        // git itself names the blob; our hash must agree with it.
+        let out = std::process::Command::new("git")
+            .args(["hash-object", "--no-filters"])
+            .arg(&f)
+            .output()
+            .expect("git is installed");
+        let h = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        assert_eq!(h.len(), 40);
+        put(&hub, "a/b", "t.model", b"hi", &h);
+        let p = VoicePreset {
+            repo: "a/b".into(),
+            ..preset()
+        };
+        fetch_file(&hub, &p, "t.model", true, &mut |_, _, _| {}).expect("sha1 blob verifies");
+    }
+}
