@@ -1,0 +1,121 @@
+//! Split residual vector quantizer: one semantic codebook (`rvq_first`) and the acoustic ones
+//! (`rvq_rest`), each group with its own input and output projections, both fed the same latent.
+
+use candle_core::{DType, Result, Tensor, D};
+
+use super::config::QuantizerConfig;
+use super::load::Weights;
+use super::MimiError;
+
+#[derive(Debug, Clone)]
+struct Codebook {
+    /// Centroids `[bins, dim]` = `embedding_sum / max(cluster_usage, 1e-5)`.
+    centroids: Tensor,
+    /// `|c|^2` per centroid, `[1, bins]`.
+    norms: Tensor,
+}
+
+#[derive(Debug, Clone)]
+struct Group {
+    /// `[dim, latent]`.
+    input_proj: Tensor,
+    /// `[latent, dim]`.
+    output_proj: Tensor,
+    codebooks: Vec<Codebook>,
+}
+
+/// The quantizer with `num_codebooks` active levels.
+#[derive(Debug, Clone)]
+pub(crate) struct Quantizer {
+    first: Group,
+    rest: Group,
+}
+
+fn group(w: &Weights, name: &str, levels: usize) -> std::result::Result<Group, MimiError> {
+    let p = format!("quantizer.{name}");
+    let proj = |n: &str| -> std::result::Result<Tensor, MimiError> {
+        let t = w.get(&format!("{p}.{n}.weight"))?;
+        Ok(t.squeeze(2)?)
+    };
+    let mut codebooks = Vec::with_capacity(levels);
+    for l in 0..levels {
+        let c = format!("{p}.vq.layers.{l}._codebook");
+        let sum = w.get(&format!("{c}.embedding_sum"))?;
+        let usage = w.get(&format!("{c}.cluster_usage"))?;
+        let centroids = sum.broadcast_div(&usage.clamp(1e-5f32, f32::MAX)?.unsqueeze(1)?)?;
+        let norms = centroids.sqr()?.sum(1)?.unsqueeze(0)?;
+        codebooks.push(Codebook { centroids, norms });
+    }
+    Ok(Group {
+        input_proj: proj("input_proj")?,
+        output_proj: proj("output_proj")?,
+        codebooks,
+    })
+}
+
+impl Group {
+    /// `x`: `[T, latent]` -> one `[T]` u32 code tensor per level.
+    fn encode(&self, x: &Tensor, out: &mut Vec<Tensor>) -> Result<()> {
+        let mut r = x.matmul(&self.input_proj.t()?)?;
+        for cb in &self.codebooks {
+            // argmin |r - c|^2 = argmin (|c|^2 - 2 r.c)
+            let dots = r.matmul(&cb.centroids.t()?)?;
+            let d = cb.norms.broadcast_sub(&(dots * 2.0)?)?;
+            let codes = d.argmin(D::Minus1)?.to_dtype(DType::U32)?;
+            r = (r - cb.centroids.index_select(&codes, 0)?)?;
+            out.push(codes);
+        }
+        Ok(())
+    }
+
+    /// `codes[l]`: `[T]` u32 -> `[T, latent]`.
+    fn decode(&self, codes: &[Tensor]) -> Result<Tensor> {
+        let mut acc: Option<Tensor> = None;
+        for (cb, c) in self.codebooks.iter().zip(codes) {
+            let v = cb.centroids.index_select(c, 0)?;
+            acc = Some(match acc {
+                Some(a) => (a + v)?,
+                None => v,
+            });
+        }
+        match acc {
+            Some(a) => a.matmul(&self.output_proj.t()?),
+            None => candle_core::bail!("no codebook level to decode"),
+        }
+    }
+}
+
+impl Quantizer {
+    /// Loads the first `num_codebooks` levels (1 semantic + `num_codebooks - 1` acoustic).
+    pub(crate) fn load(
+        w: &Weights,
+        _cfg: &QuantizerConfig,
+        num_codebooks: usize,
+    ) -> std::result::Result<Self, MimiError> {
+        Ok(Self {
+            first: group(w, "rvq_first", 1)?,
+            rest: group(w, "rvq_rest", num_codebooks - 1)?,
+        })
+    }
+
+    /// `x`: `[T, latent]` -> `[T, K]` u32 codes.
+    pub(crate) fn encode(&self, x: &Tensor) -> Result<Tensor> {
+        let mut levels = Vec::with_capacity(1 + self.rest.codebooks.len());
+        self.first.encode(x, &mut levels)?;
+        self.rest.encode(x, &mut levels)?;
+        Tensor::stack(&levels, 1)
+    }
+
+    /// `codes`: `[T, K]` u32 -> `[T, latent]`.
+    pub(crate) fn decode(&self, codes: &Tensor) -> Result<Tensor> {
+        let k = codes.dim(1)?;
+        let levels: Vec<Tensor> = (0..k)
+            .map(|l| codes.narrow(1, l, 1)?.squeeze(1)?.contiguous())
+            .collect::<Result<_>>()?;
+        let mut y = self.first.decode(&levels[..1])?;
+        if k > 1 {
+            y = (y + self.rest.decode(&levels[1..])?)?;
+        }
+        Ok(y)
+    }
+}

@@ -1,0 +1,175 @@
+//! Mimi's causal transformer: pre-norm layers (LayerNorm), RoPE (interleaved pairs), layer
+//! scale, GELU feed-forward, a limited attention context and a streaming KV cache.
+
+use candle_core::{Device, Module, Result, Tensor};
+use candle_nn::LayerNorm;
+
+use super::config::TransformerConfig;
+use super::load::Weights;
+use super::MimiError;
+
+#[derive(Debug, Clone)]
+struct Layer {
+    /// `[3d, d]` (PyTorch `in_proj_weight`, q/k/v stacked).
+    in_proj: Tensor,
+    out_proj: Tensor,
+    norm1: LayerNorm,
+    norm2: LayerNorm,
+    linear1: Tensor,
+    linear2: Tensor,
+    scale1: Tensor,
+    scale2: Tensor,
+    /// Past keys/values `[H, L, Dh]`, at most `context` steps.
+    k_cache: Option<Tensor>,
+    v_cache: Option<Tensor>,
+}
+
+/// A stack of layers with its streaming position.
+#[derive(Debug, Clone)]
+pub(crate) struct Transformer {
+    layers: Vec<Layer>,
+    num_heads: usize,
+    head_dim: usize,
+    context: usize,
+    /// Steps per code frame: the reference's ring cache is filled `granularity` steps at a
+    /// time, which decides which old keys a query can still see.
+    granularity: usize,
+    inv_freq: Vec<f32>,
+    /// Position of the next step.
+    pos: usize,
+    device: Device,
+}
+
+impl Transformer {
+    pub(crate) fn load(
+        w: &Weights,
+        prefix: &str,
+        cfg: &TransformerConfig,
+        granularity: usize,
+    ) -> std::result::Result<Self, MimiError> {
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for l in 0..cfg.num_layers {
+            let p = format!("{prefix}.transformer.layers.{l}");
+            let norm = |n: &str| -> std::result::Result<LayerNorm, MimiError> {
+                Ok(LayerNorm::new(
+                    w.get(&format!("{p}.{n}.weight"))?,
+                    w.get(&format!("{p}.{n}.bias"))?,
+                    1e-5,
+                ))
+            };
+            layers.push(Layer {
+                in_proj: w.get(&format!("{p}.self_attn.in_proj_weight"))?,
+                out_proj: w.get(&format!("{p}.self_attn.out_proj.weight"))?,
+                norm1: norm("norm1")?,
+                norm2: norm("norm2")?,
+                linear1: w.get(&format!("{p}.linear1.weight"))?,
+                linear2: w.get(&format!("{p}.linear2.weight"))?,
+                scale1: w.get(&format!("{p}.layer_scale_1.scale"))?,
+                scale2: w.get(&format!("{p}.layer_scale_2.scale"))?,
+                k_cache: None,
+                v_cache: None,
+            });
+        }
+        let head_dim = cfg.d_model / cfg.num_heads;
+        // Same arithmetic as the reference: exp(i * (-ln(max_period) * 2 / D)) in f32.
+        let step = (-(cfg.max_period.ln()) * 2.0 / head_dim as f64) as f32;
+        let inv_freq = (0..head_dim / 2).map(|i| (i as f32 * step).exp()).collect();
+        Ok(Self {
+            layers,
+            num_heads: cfg.num_heads,
+            head_dim,
+            context: cfg.context,
+            granularity: granularity.max(1),
+            inv_freq,
+            pos: 0,
+            device: w.device().clone(),
+        })
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.pos = 0;
+        for l in &mut self.layers {
+            l.k_cache = None;
+            l.v_cache = None;
+        }
+    }
+
+    /// `x`: `[T, d]` with `T` a multiple of the granularity; returns `[T, d]`.
+    pub(crate) fn step(&mut self, x: &Tensor) -> Result<Tensor> {
+        let t = x.dim(0)?;
+        let half = self.head_dim / 2;
+        let mut cos = Vec::with_capacity(t * half);
+        let mut sin = Vec::with_capacity(t * half);
+        for i in 0..t {
+            let p = (self.pos + i) as f32;
+            for f in &self.inv_freq {
+                let a = f * p;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        let cos = Tensor::from_vec(cos, (t, half), &self.device)?;
+        let sin = Tensor::from_vec(sin, (t, half), &self.device)?;
+        let mut x = x.clone();
+        for li in 0..self.layers.len() {
+            x = self.layer_step(li, &x, &cos, &sin)?;
+        }
+        self.pos += t;
+        Ok(x)
+    }
+
+    fn layer_step(&mut self, li: usize, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let (t, d) = x.dims2()?;
+        let (h, dh) = (self.num_heads, self.head_dim);
+        let pos = self.pos;
+        let context = self.context;
+        let g = self.granularity;
+        let layer = &mut self.layers[li];
+
+        let hx = layer.norm1.forward(x)?;
+        let qkv = hx.matmul(&layer.in_proj.t()?)?; // [T, 3d]
+        let qkv = qkv.reshape((t, 3, h, dh))?.permute((1, 2, 0, 3))?; // [3, H, T, Dh]
+        let q = qkv.get(0)?.unsqueeze(0)?.contiguous()?;
+        let k = qkv.get(1)?.unsqueeze(0)?.contiguous()?;
+        let v = qkv.get(2)?.contiguous()?;
+        let q = candle_nn::rotary_emb::rope_i(&q, cos, sin)?.squeeze(0)?;
+        let k = candle_nn::rotary_emb::rope_i(&k, cos, sin)?.squeeze(0)?;
+
+        let (k_all, v_all) = match (&layer.k_cache, &layer.v_cache) {
+            (Some(kc), Some(vc)) => (Tensor::cat(&[kc, &k], 1)?, Tensor::cat(&[vc, &v], 1)?),
+            _ => (k, v),
+        };
+        let n_keys = k_all.dim(1)?;
+        let first_key = pos + t - n_keys;
+        // A key is visible when it is causal, inside the context, and still in the
+        // reference's ring cache when the query's frame is processed.
+        let mut mask = Vec::with_capacity(t * n_keys);
+        for i in 0..t {
+            let qp = pos + i;
+            let frame_end = (qp / g + 1) * g;
+            let oldest = frame_end.saturating_sub(context);
+            for j in 0..n_keys {
+                let kp = first_key + j;
+                let ok = kp <= qp && qp - kp < context && kp >= oldest;
+                mask.push(if ok { 0f32 } else { f32::NEG_INFINITY });
+            }
+        }
+        let mask = Tensor::from_vec(mask, (1, t, n_keys), x.device())?;
+        let scale = 1.0 / (dh as f64).sqrt();
+        let att = (q.matmul(&k_all.t()?)? * scale)?.broadcast_add(&mask)?;
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let y = att.matmul(&v_all)?; // [H, T, Dh]
+        let y = y.transpose(0, 1)?.reshape((t, d))?;
+        let y = y.matmul(&layer.out_proj.t()?)?;
+        let x = (x + y.broadcast_mul(&layer.scale1)?)?;
+
+        let keep = n_keys.min(context);
+        layer.k_cache = Some(k_all.narrow(1, n_keys - keep, keep)?.contiguous()?);
+        layer.v_cache = Some(v_all.narrow(1, n_keys - keep, keep)?.contiguous()?);
+
+        let hx = layer.norm2.forward(&x)?;
+        let ff = hx.matmul(&layer.linear1.t()?)?.gelu_erf()?;
+        let ff = ff.matmul(&layer.linear2.t()?)?;
+        x + ff.broadcast_mul(&layer.scale2)?
+    }
+}
