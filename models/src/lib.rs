@@ -3,4 +3,6 @@
 //! Nothing here touches audio devices or the network; the only I/O is loading weights.
 
 pub mod device;
+pub mod lm;
 pub mod mimi;
+pub mod tokenizer;

@@ -1,0 +1,343 @@
+//! Streaming generation equal to the reference package's `LMGen`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::model::{LmModel, RingKv};
+use super::LmError;
+
+/// Number of generated (and of user) audio codebooks.
+pub const AUDIO_CODEBOOKS: usize = 8;
+
+/// Token sampling settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    /// Text temperature.
+    pub temp_text: f64,
+    /// Audio temperature.
+    pub temp_audio: f64,
+    /// Top-k for both text and audio (0 = no top-k).
+    pub top_k: usize,
+    /// Argmax instead of sampling (temperatures and top-k ignored).
+    pub greedy: bool,
+    /// Seed of the sampling RNG (ChaCha8): same seed, same tokens.
+    pub seed: u64,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self {
+            temp_text: 0.8,
+            temp_audio: 0.8,
+            top_k: 250,
+            greedy: false,
+            seed: 299792458,
+        }
+    }
+}
+
+/// One re-aligned output frame: Moshi's text token and its 8 audio codes for the same
+/// time position, ready for Mimi decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepOut {
+    /// Text token (pad = `existing_text_padding_id`, 0 = end of padding).
+    pub text: u32,
+    /// Audio codes for Mimi, codebook 0 first.
+    pub audio: [u32; AUDIO_CODEBOOKS],
+}
+
+/// Wall time of the last step's two halves.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepTiming {
+    /// Temporal transformer + text head + text sampling.
+    pub temporal: Duration,
+    /// The 8 depth-transformer steps + audio sampling.
+    pub depth: Duration,
+}
+
+const UNGENERATED: i64 = -2;
+
+/// Streaming generator: feed the user's 8 codes every 80 ms, get Moshi's text and audio.
+///
+/// Holds the rotating KV cache (fixed `context`), so memory stays flat however long it runs.
+pub struct LmGen {
+    model: Arc<LmModel>,
+    sampling: Sampling,
+    rng: ChaCha8Rng,
+    context: usize,
+    main_cache: Vec<RingKv>,
+    dep_cache: Vec<RingKv>,
+    /// Token ring per stream, `max_delay + 2` wide, as in the reference.
+    tokens: Vec<Vec<i64>>,
+    offset: usize,
+    input: Vec<u32>,
+    text_logits: Vec<f32>,
+    audio_logits: Vec<f32>,
+    order: Vec<u32>,
+    probs: Vec<f32>,
+    last_text: u32,
+    last_audio: [u32; AUDIO_CODEBOOKS],
+    timing: StepTiming,
+}
+
+impl LmGen {
+    /// A generator with a temporal attention window of `context` steps (the KV cache size;
+    /// the model was trained with `LmConfig::context`, 3000 for the 7B).
+    pub fn new(
+        model: impl Into<Arc<LmModel>>,
+        sampling: Sampling,
+        context: usize,
+    ) -> Result<Self, LmError> {
+        let model = model.into();
+        if context == 0 {
+            return Err(LmError::Config("context must be at least 1 step".into()));
+        }
+        let (main_cache, dep_cache) = model.new_caches(context)?;
+        let cfg = model.config();
+        let ct = cfg.max_delay() + 2;
+        Ok(Self {
+            rng: ChaCha8Rng::seed_from_u64(sampling.seed),
+            sampling,
+            context,
+            main_cache,
+            dep_cache,
+            tokens: vec![vec![UNGENERATED; ct]; cfg.n_q + 1],
+            offset: 0,
+            input: vec![0; cfg.n_q + 1],
+            text_logits: vec![0.0; cfg.text_card],
+            audio_logits: vec![0.0; cfg.dep_q * cfg.card],
+            order: Vec::with_capacity(cfg.text_card.max(cfg.card)),
+            probs: Vec::with_capacity(cfg.text_card.max(cfg.card)),
+            last_text: 0,
+            last_audio: [0; AUDIO_CODEBOOKS],
+            timing: StepTiming::default(),
+            model,
+        })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Arc<LmModel> {
+        &self.model
+    }
+
+    /// Attention window in steps.
+    pub fn context(&self) -> usize {
+        self.context
+    }
+
+    /// Bytes held by the KV caches (constant for the generator's life).
+    pub fn cache_bytes(&self) -> u64 {
+        LmModel::cache_bytes(&self.main_cache) + LmModel::cache_bytes(&self.dep_cache)
+    }
+
+    /// Steps run since creation or the last reset.
+    pub fn steps(&self) -> usize {
+        self.offset
+    }
+
+    /// Forgets the conversation (caches, delays, RNG back to the seed).
+    pub fn reset(&mut self) {
+        for c in self.main_cache.iter_mut().chain(self.dep_cache.iter_mut()) {
+            c.reset();
+        }
+        for t in self.tokens.iter_mut() {
+            t.fill(UNGENERATED);
+        }
+        self.offset = 0;
+        self.rng = ChaCha8Rng::seed_from_u64(self.sampling.seed);
+    }
+
+    /// Tokens sampled by the last step, before delay re-alignment: text, then 8 audio codes.
+    pub fn last_sampled(&self) -> (u32, [u32; AUDIO_CODEBOOKS]) {
+        (self.last_text, self.last_audio)
+    }
+
+    /// Text logits of the last step (f32, `text_card` entries).
+    pub fn last_text_logits(&self) -> &[f32] {
+        &self.text_logits
+    }
+
+    /// Audio logits of the last step, `dep_q` rows of `card` entries.
+    pub fn last_audio_logits(&self) -> &[f32] {
+        &self.audio_logits
+    }
+
+    /// Timing of the last step.
+    pub fn last_timing(&self) -> StepTiming {
+        self.timing
+    }
+
+    /// One 80 ms step: the user's 8 Mimi codes in; once the delays are filled (from the
+    /// second step on), Moshi's re-aligned text token and 8 audio codes out.
+    pub fn step(&mut self, user_codes: &[u32]) -> Result<Option<StepOut>, LmError> {
+        let cfg = self.model.config().clone_shape();
+        if user_codes.len() < AUDIO_CODEBOOKS {
+            return Err(LmError::Input(format!(
+                "step needs {AUDIO_CODEBOOKS} user codes, got {}",
+                user_codes.len()
+            )));
+        }
+        if let Some(bad) = user_codes[..AUDIO_CODEBOOKS]
+            .iter()
+            .find(|&&c| c as usize >= cfg.card)
+        {
+            return Err(LmError::Input(format!(
+                "user code {bad} out of range: this model's codebooks have {} entries",
+                cfg.card
+            )));
+        }
+        let ct = self.tokens[0].len();
+        let model = self.model.clone();
+        let delays = &model.config().delays;
+        let user0 = cfg.dep_q + 1;
+        for (k, &c) in user_codes[..AUDIO_CODEBOOKS].iter().enumerate() {
+            let s = user0 + k;
+            self.tokens[s][(self.offset + delays[s]) % ct] = c as i64;
+        }
+        for (s, input) in self.input.iter_mut().enumerate() {
+            let initial = if s == 0 { cfg.text_card } else { cfg.card } as u32;
+            *input = if self.offset <= delays[s] {
+                initial
+            } else {
+                let t = self.tokens[s][self.offset % ct];
+                if t < 0 {
+                    return Err(LmError::Input(format!(
+                        "internal: stream {s} has no token at step {}",
+                        self.offset
+                    )));
+                }
+                t as u32
+            };
+        }
+        let t0 = Instant::now();
+        let (tout, text_logits) = model
+            .temporal(&self.input, self.offset, &mut self.main_cache)
+            .map_err(|e| LmError::Candle(format!("temporal step {}: {e}", self.offset)))?;
+        copy_logits(&text_logits, &mut self.text_logits)?;
+        let text = self.sample(true, 0);
+        let t1 = Instant::now();
+        for c in self.dep_cache.iter_mut() {
+            c.reset();
+        }
+        let mut prev = text;
+        for k in 0..cfg.dep_q {
+            let logits = model
+                .depth(k, prev, &tout, &mut self.dep_cache)
+                .map_err(|e| {
+                    LmError::Candle(format!("depth step {k} at step {}: {e}", self.offset))
+                })?;
+            let row = &mut self.audio_logits[k * cfg.card..(k + 1) * cfg.card];
+            copy_logits(&logits, row)?;
+            prev = self.sample(false, k);
+            self.last_audio[k] = prev;
+        }
+        let t2 = Instant::now();
+        self.timing = StepTiming {
+            temporal: t1 - t0,
+            depth: t2 - t1,
+        };
+        self.last_text = text;
+        self.offset += 1;
+        let pos = self.offset % ct;
+        self.tokens[0][pos] = text as i64;
+        for k in 0..cfg.dep_q {
+            self.tokens[1 + k][pos] = self.last_audio[k] as i64;
+        }
+        let max_delay = cfg.max_delay;
+        if self.offset <= max_delay {
+            return Ok(None);
+        }
+        let at = |s: usize| self.tokens[s][(self.offset - max_delay + delays[s]) % ct];
+        let mut audio = [0u32; AUDIO_CODEBOOKS];
+        for (k, a) in audio.iter_mut().enumerate() {
+            *a = at(1 + k) as u32;
+        }
+        Ok(Some(StepOut {
+            text: at(0) as u32,
+            audio,
+        }))
+    }
+
+    /// Samples from the text logits (`text`) or audio row `k`, as the reference's
+    /// `sample_token`: argmax, or softmax(logits / temp) restricted to the top-k.
+    fn sample(&mut self, text: bool, k: usize) -> u32 {
+        let card = self.audio_logits.len() / AUDIO_CODEBOOKS;
+        let logits: &[f32] = if text {
+            &self.text_logits
+        } else {
+            &self.audio_logits[k * card..(k + 1) * card]
+        };
+        let temp = if text {
+            self.sampling.temp_text
+        } else {
+            self.sampling.temp_audio
+        };
+        if self.sampling.greedy || temp <= 0.0 {
+            return argmax(logits);
+        }
+        self.order.clear();
+        self.order.extend(0..logits.len() as u32);
+        let kk = if self.sampling.top_k == 0 {
+            logits.len()
+        } else {
+            self.sampling.top_k.min(logits.len())
+        };
+        let by_logit = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]);
+        if kk < logits.len() {
+            self.order.select_nth_unstable_by(kk - 1, by_logit);
+            self.order.truncate(kk);
+        }
+        let max = self
+            .order
+            .iter()
+            .map(|&i| logits[i as usize])
+            .fold(f32::NEG_INFINITY, f32::max);
+        self.probs.clear();
+        let mut sum = 0f64;
+        for &i in &self.order {
+            let p = (((logits[i as usize] - max) as f64) / temp).exp();
+            sum += p;
+            self.probs.push(p as f32);
+        }
+        let mut u = self.rng.random::<f64>() * sum;
+        for (j, &p) in self.probs.iter().enumerate() {
+            u -= p as f64;
+            if u <= 0.0 {
+                return self.order[j];
+            }
+        }
+        self.order[self.order.len() - 1]
+    }
+}
+
+/// First index of the maximum (torch.argmax's tie rule).
+fn argmax(xs: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in xs.iter().enumerate() {
+        if x > xs[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn copy_logits(t: &Tensor, out: &mut [f32]) -> Result<(), LmError> {
+    let v = t
+        .flatten_all()
+        .and_then(|t| t.to_dtype(DType::F32))
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(|e| LmError::Candle(e.to_string()))?;
+    if v.len() != out.len() {
+        return Err(LmError::Candle(format!(
+            "logits have {} entries, expected {}",
+            v.len(),
+            out.len()
+        )));
+    }
+    out.copy_from_slice(&v);
+    Ok(())
+}

@@ -1,0 +1,78 @@
+//! The Moshi language model: temporal + depth transformers, streaming generation,
+//! checkpoint loading (PyTorch and candle layouts, safetensors and GGUF) and quantization.
+
+mod config;
+mod gen;
+mod gguf;
+mod model;
+mod random;
+mod weights;
+
+use std::path::PathBuf;
+
+pub use config::LmConfig;
+pub use gen::{LmGen, Sampling, StepOut, StepTiming, AUDIO_CODEBOOKS};
+pub use gguf::{quantize_file, QuantReport, QuantType};
+pub use model::{default_dtype, estimate_memory, LmModel, MemoryEstimate};
+pub use random::{checkpoint_tensors, write_random_checkpoint, write_random_gguf};
+pub use weights::Layout;
+
+/// Errors from the LM.
+#[derive(Debug, thiserror::Error)]
+pub enum LmError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not a usable checkpoint.
+    #[error("{path}: {what}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// A tensor the configuration needs is absent.
+    #[error("{path}: tensor `{name}` is missing: the checkpoint does not match the LM configuration (check --lm-config) or is truncated")]
+    MissingTensor {
+        /// Tensor name.
+        name: String,
+        /// The file.
+        path: PathBuf,
+    },
+    /// A tensor has the wrong shape for the configuration.
+    #[error("{path}: tensor `{name}` has shape {got:?}, the LM configuration expects {expected:?} (check --lm-config)")]
+    TensorShape {
+        /// Tensor name.
+        name: String,
+        /// Expected shape.
+        expected: Vec<usize>,
+        /// Shape in the file.
+        got: Vec<usize>,
+        /// The file.
+        path: PathBuf,
+    },
+    /// Unsupported or inconsistent configuration.
+    #[error("LM configuration: {0}")]
+    Config(String),
+    /// Bad input to a step.
+    #[error("LM input: {0}")]
+    Input(String),
+    /// The model and cache cannot fit in memory.
+    #[error("needs {needed} bytes but only {available} are available: {hint}")]
+    WontFit {
+        /// Bytes needed.
+        needed: u64,
+        /// Bytes available.
+        available: u64,
+        /// What to change.
+        hint: String,
+    },
+    /// A tensor operation failed.
+    #[error("LM compute: {0}")]
+    Candle(String),
+}

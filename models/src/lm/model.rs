@@ -1,0 +1,544 @@
+//! The LM's weights and its two transformers, run one step at a time.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, D};
+
+use super::weights::{Embedding, Layout, Linear, Store};
+use super::{LmConfig, LmError};
+
+fn ce(e: candle_core::Error) -> LmError {
+    LmError::Candle(e.to_string())
+}
+
+/// One pre-norm transformer layer: RMSNorm -> attention -> residual, RMSNorm -> SiLU-gated
+/// FFN -> residual, no biases.
+#[derive(Debug, Clone)]
+struct Layer {
+    norm1: Tensor,
+    norm2: Tensor,
+    in_proj: Linear,
+    out_proj: Linear,
+    ff_in: Linear,
+    ff_out: Linear,
+}
+
+/// The weights of one depth-transformer step (codebook `k`).
+#[derive(Debug, Clone)]
+struct DepStep {
+    linear_in: Linear,
+    emb: Embedding,
+    layers: Vec<Layer>,
+    linear_out: Linear,
+}
+
+/// Moshi's LM weights: the temporal transformer, the depth transformer and the heads.
+#[derive(Debug, Clone)]
+pub struct LmModel {
+    pub(crate) cfg: LmConfig,
+    emb: Vec<Embedding>,
+    text_emb: Embedding,
+    layers: Vec<Layer>,
+    out_norm: Tensor,
+    text_linear: Linear,
+    dep: Vec<DepStep>,
+    dtype: DType,
+    device: Device,
+    weight_bytes: u64,
+    layout: Layout,
+    quantized: bool,
+}
+
+/// A fixed-capacity ring of keys and values for one attention layer.
+#[derive(Debug)]
+pub(crate) struct RingKv {
+    k: Tensor,
+    v: Tensor,
+    cap: usize,
+    len: usize,
+    next: usize,
+}
+
+impl RingKv {
+    pub(crate) fn new(
+        heads: usize,
+        cap: usize,
+        head_dim: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self, LmError> {
+        let k = Tensor::zeros((1, heads, cap, head_dim), dtype, device).map_err(ce)?;
+        let v = Tensor::zeros((1, heads, cap, head_dim), dtype, device).map_err(ce)?;
+        Ok(Self {
+            k,
+            v,
+            cap,
+            len: 0,
+            next: 0,
+        })
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.len = 0;
+        self.next = 0;
+    }
+
+    /// Stores one step's `[1, H, 1, D]` key and value, overwriting the oldest when full, and
+    /// returns the valid keys/values. Order inside the ring does not matter: positions are
+    /// already in the keys (RoPE), and attention is a set operation over them.
+    fn push(&mut self, k: &Tensor, v: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        self.k.slice_set(k, 2, self.next)?;
+        self.v.slice_set(v, 2, self.next)?;
+        self.next = (self.next + 1) % self.cap;
+        self.len = (self.len + 1).min(self.cap);
+        if self.len == self.cap {
+            Ok((self.k.clone(), self.v.clone()))
+        } else {
+            Ok((
+                self.k.narrow(2, 0, self.len)?,
+                self.v.narrow(2, 0, self.len)?,
+            ))
+        }
+    }
+
+    fn bytes(&self) -> u64 {
+        2 * (self.k.elem_count() * self.k.dtype().size_in_bytes()) as u64
+    }
+}
+
+/// What loading a model and its KV cache will take, from the file headers alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryEstimate {
+    /// Weights as held for compute.
+    pub weights_bytes: u64,
+    /// Temporal KV cache for the chosen context (keys + values, all layers).
+    pub kv_cache_bytes: u64,
+}
+
+impl MemoryEstimate {
+    /// Total bytes.
+    pub fn total(&self) -> u64 {
+        self.weights_bytes + self.kv_cache_bytes
+    }
+
+    /// KV cache bytes for `context` steps at `dtype`.
+    pub fn kv_bytes(cfg: &LmConfig, context: usize, dtype: DType) -> u64 {
+        (2 * cfg.num_layers * context * cfg.dim * dtype.size_in_bytes()) as u64
+    }
+
+    /// Refuses a configuration that cannot fit in the memory this machine has free (CPU:
+    /// MemAvailable from /proc/meminfo; other devices are not checked here).
+    pub fn check_fits(&self, device: &Device, context: usize) -> Result<(), LmError> {
+        if !device.is_cpu() {
+            return Ok(());
+        }
+        let Some(avail) = mem_available() else {
+            return Ok(());
+        };
+        if self.total() > avail {
+            return Err(LmError::WontFit {
+                needed: self.total(),
+                available: avail,
+                hint: format!(
+                    "weights {:.2} GB + KV cache {:.2} GB for context {context}: use a smaller --context, a q8_0/q4 GGUF (moshid quantize), or free memory",
+                    gb(self.weights_bytes),
+                    gb(self.kv_cache_bytes)
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn gb(b: u64) -> f64 {
+    b as f64 / 1e9
+}
+
+fn mem_available() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Estimates memory for `path` with `cfg` at `dtype` and `context`, reading headers only.
+pub fn estimate_memory(
+    path: &Path,
+    cfg: &LmConfig,
+    dtype: DType,
+    context: usize,
+) -> Result<MemoryEstimate, LmError> {
+    let weights_bytes = super::weights::stored_weight_bytes(path, dtype)?;
+    Ok(MemoryEstimate {
+        weights_bytes,
+        kv_cache_bytes: MemoryEstimate::kv_bytes(cfg, context, dtype),
+    })
+}
+
+/// Default compute dtype for a device: f32 on CPU; on CUDA bf16 where the GPU has it
+/// (compute capability >= 8.0), else f16.
+pub fn default_dtype(device: &Device) -> DType {
+    if device.is_cpu() {
+        return DType::F32;
+    }
+    if cuda_has_bf16(device) {
+        DType::BF16
+    } else {
+        DType::F16
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_has_bf16(device: &Device) -> bool {
+    use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
+    match device {
+        Device::Cuda(d) => d
+            .cuda_stream()
+            .context()
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
+            .map(|major| major >= 8)
+            .unwrap_or(false),
+        _ => false,
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_has_bf16(_device: &Device) -> bool {
+    false
+}
+
+impl LmModel {
+    /// Loads weights from safetensors (PyTorch or candle layout, detected by key names) or
+    /// GGUF. `dtype` defaults to [`default_dtype`] for the device.
+    pub fn load(
+        path: &Path,
+        cfg: &LmConfig,
+        dtype: Option<DType>,
+        device: &Device,
+    ) -> Result<Self, LmError> {
+        cfg.validate()?;
+        let dtype = dtype.unwrap_or_else(|| default_dtype(device));
+        let mut st = Store::open(path, dtype, device)?;
+        let d = cfg.dim;
+        let mut emb = Vec::with_capacity(cfg.n_q);
+        for i in 0..cfg.n_q {
+            emb.push(st.embedding(&format!("emb.{i}.weight"), cfg.card + 1, d)?);
+        }
+        let text_emb = st.embedding("text_emb.weight", cfg.text_card + 1, d)?;
+        let text_linear = st.linear("text_linear.weight", cfg.text_card, d)?;
+        let out_norm = st.norm("out_norm.alpha", d)?;
+        let hidden = cfg.hidden();
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for l in 0..cfg.num_layers {
+            let p = format!("transformer.layers.{l}.");
+            layers.push(Layer {
+                norm1: st.norm(&format!("{p}norm1.alpha"), d)?,
+                norm2: st.norm(&format!("{p}norm2.alpha"), d)?,
+                in_proj: st.linear(&format!("{p}self_attn.in_proj_weight"), 3 * d, d)?,
+                out_proj: st.linear(&format!("{p}self_attn.out_proj.weight"), d, d)?,
+                ff_in: st.linear(&format!("{p}gating.linear_in.weight"), 2 * hidden, d)?,
+                ff_out: st.linear(&format!("{p}gating.linear_out.weight"), d, hidden)?,
+            });
+        }
+        let dd = cfg.depformer_dim;
+        let dh = cfg.depformer_hidden();
+        let steps = cfg.dep_q;
+        let mut dep = Vec::with_capacity(steps);
+        for k in 0..steps {
+            let emb_rows = if k == 0 {
+                cfg.text_card + 1
+            } else {
+                cfg.card + 1
+            };
+            let step = match st.layout {
+                Layout::Candle => {
+                    let mut dl = Vec::with_capacity(cfg.depformer_num_layers);
+                    for l in 0..cfg.depformer_num_layers {
+                        let p = format!("depformer.{k}.transformer.layers.{l}.");
+                        dl.push(Layer {
+                            norm1: st.norm(&format!("{p}norm1.alpha"), dd)?,
+                            norm2: st.norm(&format!("{p}norm2.alpha"), dd)?,
+                            in_proj: st.linear(
+                                &format!("{p}self_attn.in_proj_weight"),
+                                3 * dd,
+                                dd,
+                            )?,
+                            out_proj: st.linear(
+                                &format!("{p}self_attn.out_proj.weight"),
+                                dd,
+                                dd,
+                            )?,
+                            ff_in: st.linear(&format!("{p}gating.linear_in.weight"), 2 * dh, dd)?,
+                            ff_out: st.linear(&format!("{p}gating.linear_out.weight"), dd, dh)?,
+                        });
+                    }
+                    DepStep {
+                        linear_in: st.linear(&format!("depformer.{k}.linear_in.weight"), dd, d)?,
+                        emb: st.embedding(&format!("depformer.{k}.emb.weight"), emb_rows, dd)?,
+                        layers: dl,
+                        linear_out: st.linear(
+                            &format!("depformer.{k}.linear_out.weight"),
+                            cfg.card,
+                            dd,
+                        )?,
+                    }
+                }
+                Layout::PyTorch => {
+                    let mut dl = Vec::with_capacity(cfg.depformer_num_layers);
+                    for l in 0..cfg.depformer_num_layers {
+                        let p = format!("depformer.layers.{l}.");
+                        dl.push(Layer {
+                            norm1: st.norm(&format!("{p}norm1.alpha"), dd)?,
+                            norm2: st.norm(&format!("{p}norm2.alpha"), dd)?,
+                            in_proj: st.linear_rows(
+                                &format!("{p}self_attn.in_proj_weight"),
+                                steps,
+                                k,
+                                3 * dd,
+                                dd,
+                            )?,
+                            out_proj: st.linear_rows(
+                                &format!("{p}self_attn.out_proj.weight"),
+                                steps,
+                                k,
+                                dd,
+                                dd,
+                            )?,
+                            ff_in: st.linear(
+                                &format!("{p}gating.{k}.linear_in.weight"),
+                                2 * dh,
+                                dd,
+                            )?,
+                            ff_out: st.linear(
+                                &format!("{p}gating.{k}.linear_out.weight"),
+                                dd,
+                                dh,
+                            )?,
+                        });
+                    }
+                    let emb_name = if k == 0 {
+                        "depformer_text_emb.weight".to_string()
+                    } else {
+                        format!("depformer_emb.{}.weight", k - 1)
+                    };
+                    DepStep {
+                        linear_in: st.linear(&format!("depformer_in.{k}.weight"), dd, d)?,
+                        emb: st.embedding(&emb_name, emb_rows, dd)?,
+                        layers: dl,
+                        linear_out: st.linear(&format!("linears.{k}.weight"), cfg.card, dd)?,
+                    }
+                }
+            };
+            dep.push(step);
+        }
+        Ok(Self {
+            cfg: cfg.clone(),
+            emb,
+            text_emb,
+            layers,
+            out_norm,
+            text_linear,
+            dep,
+            dtype,
+            device: device.clone(),
+            weight_bytes: st.bytes,
+            layout: st.layout,
+            quantized: st.quantized,
+        })
+    }
+
+    /// The configuration the model was loaded with.
+    pub fn config(&self) -> &LmConfig {
+        &self.cfg
+    }
+
+    /// Compute dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Bytes of weights held in memory.
+    pub fn weight_bytes(&self) -> u64 {
+        self.weight_bytes
+    }
+
+    /// Which naming layout the checkpoint used.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// Whether the weights came from GGUF (quantized linear layers).
+    pub fn is_gguf(&self) -> bool {
+        self.quantized
+    }
+
+    pub(crate) fn new_caches(&self, context: usize) -> Result<(Vec<RingKv>, Vec<RingKv>), LmError> {
+        let c = &self.cfg;
+        let hd = c.dim / c.num_heads;
+        let main = (0..c.num_layers)
+            .map(|_| RingKv::new(c.num_heads, context, hd, self.dtype, &self.device))
+            .collect::<Result<Vec<_>, _>>()?;
+        let dhd = c.depformer_dim / c.depformer_num_heads;
+        let dep = (0..c.depformer_num_layers)
+            .map(|_| {
+                RingKv::new(
+                    c.depformer_num_heads,
+                    c.dep_q,
+                    dhd,
+                    self.dtype,
+                    &self.device,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((main, dep))
+    }
+
+    pub(crate) fn cache_bytes(caches: &[RingKv]) -> u64 {
+        caches.iter().map(RingKv::bytes).sum()
+    }
+
+    /// Temporal step: embeds the 17 input tokens, runs the transformer at position `pos`,
+    /// returns (`transformer_out` [1,1,dim], text logits [1,1,text_card] in f32).
+    pub(crate) fn temporal(
+        &self,
+        tokens: &[u32],
+        pos: usize,
+        caches: &mut [RingKv],
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let dev = &self.device;
+        // Same summation order as the reference: audio streams first, then text.
+        let mut x: Option<Tensor> = None;
+        for (i, e) in self.emb.iter().enumerate() {
+            let id = Tensor::from_slice(&tokens[1 + i..2 + i], (1, 1), dev)?;
+            let y = e.lookup(&id)?;
+            x = Some(match x {
+                None => y,
+                Some(x) => (x + y)?,
+            });
+        }
+        let id = Tensor::from_slice(&tokens[0..1], (1, 1), dev)?;
+        let t = self.text_emb.lookup(&id)?;
+        let mut x = match x {
+            Some(x) => (x + t)?,
+            None => t,
+        };
+        let c = &self.cfg;
+        let (cos, sin) = rope_tables(c.dim / c.num_heads, c.max_period, pos, dev)?;
+        for (layer, cache) in self.layers.iter().zip(caches.iter_mut()) {
+            x = layer.forward(&x, c.num_heads, Some((&cos, &sin)), cache, c.norm_eps())?;
+        }
+        let out = rms_norm(&x, &self.out_norm, c.norm_eps())?;
+        let logits = self.text_linear.forward(&out)?;
+        Ok((out, logits))
+    }
+
+    /// Depth step `k`: the input is the previous token of this step (the text token for
+    /// k = 0), returns audio logits [1,1,card].
+    pub(crate) fn depth(
+        &self,
+        k: usize,
+        prev_token: u32,
+        transformer_out: &Tensor,
+        caches: &mut [RingKv],
+    ) -> candle_core::Result<Tensor> {
+        let s = &self.dep[k];
+        let id = Tensor::from_slice(&[prev_token], (1, 1), &self.device)?;
+        let mut x = (s.linear_in.forward(transformer_out)? + s.emb.lookup(&id)?)?;
+        let c = &self.cfg;
+        for (layer, cache) in s.layers.iter().zip(caches.iter_mut()) {
+            x = layer.forward(&x, c.depformer_num_heads, None, cache, c.norm_eps())?;
+        }
+        s.linear_out.forward(&x)
+    }
+}
+
+impl Layer {
+    fn forward(
+        &self,
+        x: &Tensor,
+        heads: usize,
+        rope: Option<(&Tensor, &Tensor)>,
+        cache: &mut RingKv,
+        eps: f64,
+    ) -> candle_core::Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        let hd = d / heads;
+        let h = rms_norm(x, &self.norm1, eps)?;
+        let qkv = self.in_proj.forward(&h)?.reshape((b, t, 3, heads, hd))?;
+        let q = qkv
+            .narrow(2, 0, 1)?
+            .squeeze(2)?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let k = qkv
+            .narrow(2, 1, 1)?
+            .squeeze(2)?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let v = qkv
+            .narrow(2, 2, 1)?
+            .squeeze(2)?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let (q, k) = match rope {
+            Some((cos, sin)) => {
+                let dt = q.dtype();
+                let q = candle_nn::rotary_emb::rope_i(&q.to_dtype(DType::F32)?, cos, sin)?
+                    .to_dtype(dt)?;
+                let k = candle_nn::rotary_emb::rope_i(&k.to_dtype(DType::F32)?, cos, sin)?
+                    .to_dtype(dt)?;
+                (q, k)
+            }
+            None => (q, k),
+        };
+        let (ks, vs) = cache.push(&k, &v)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let att = (q.matmul(&ks.t()?)? * scale)?;
+        let att =
+            candle_nn::ops::softmax_last_dim(&att.to_dtype(DType::F32)?)?.to_dtype(vs.dtype())?;
+        let y = att.matmul(&vs)?.transpose(1, 2)?.reshape((b, t, d))?;
+        let x = (x + self.out_proj.forward(&y)?)?;
+        let h = rms_norm(&x, &self.norm2, eps)?;
+        let g = self.ff_in.forward(&h)?;
+        let hidden = g.dim(D::Minus1)? / 2;
+        let a = candle_nn::ops::silu(&g.narrow(D::Minus1, 0, hidden)?)?;
+        let u = (a * g.narrow(D::Minus1, hidden, hidden)?)?;
+        x + self.ff_out.forward(&u)?
+    }
+}
+
+/// RMSNorm computed in f32 (the reference's `rms_norm_f32`), output in the input dtype.
+fn rms_norm(x: &Tensor, alpha: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    let dt = x.dtype();
+    candle_nn::ops::rms_norm(&x.to_dtype(DType::F32)?, alpha, eps as f32)?.to_dtype(dt)
+}
+
+/// Interleaved-RoPE cos/sin for one position, `[1, head_dim / 2]` each, in f32. Angles are
+/// formed in f64 so that hours-long conversations keep exact phases.
+fn rope_tables(
+    head_dim: usize,
+    max_period: f64,
+    pos: usize,
+    dev: &Device,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let half = head_dim / 2;
+    let mut cos = [0f32; 256];
+    let mut sin = [0f32; 256];
+    let scale = (-(max_period.ln()) * 2.0 / head_dim as f64) as f32;
+    for i in 0..half.min(256) {
+        // Same f32 frequency as the reference.
+        let freq = (i as f32 * scale).exp() as f64;
+        let a = freq * pos as f64;
+        cos[i] = a.cos() as f32;
+        sin[i] = a.sin() as f32;
+    }
+    Ok((
+        Tensor::from_slice(&cos[..half], (1, half), dev)?,
+        Tensor::from_slice(&sin[..half], (1, half), dev)?,
+    ))
+}

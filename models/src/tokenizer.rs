@@ -1,0 +1,267 @@
+//! Moshi's text tokens -> words, from a SentencePiece `.model` file.
+//!
+//! Decoding needs only the piece table, so the model's protobuf is read directly (a few
+//! dozen lines) rather than through a C++ binding that would need cmake and a compiler here.
+
+use std::path::{Path, PathBuf};
+
+/// Errors from reading a tokenizer model.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not a SentencePiece model.
+    #[error("{path}: not a SentencePiece model ({what}); pass tokenizer_spm_32k_3.model from the Moshi repository")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+/// Piece kinds, as in SentencePiece's `ModelProto.SentencePiece.Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Normal,
+    Unknown,
+    Control,
+    Byte(u8),
+}
+
+/// A SentencePiece vocabulary for decoding Moshi's text stream.
+#[derive(Debug, Clone)]
+pub struct TextTokenizer {
+    pieces: Vec<(String, Kind)>,
+}
+
+/// Token ids Moshi's text stream uses for "no word here": end of padding (0) and padding (3).
+pub const SKIPPED_IDS: [u32; 2] = [0, 3];
+
+impl TextTokenizer {
+    /// Reads a SentencePiece `.model` file.
+    pub fn from_file(path: &Path) -> Result<Self, TokenizerError> {
+        let bytes = std::fs::read(path).map_err(|source| TokenizerError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_bytes(&bytes).map_err(|what| TokenizerError::Format {
+            path: path.to_path_buf(),
+            what,
+        })
+    }
+
+    /// Parses the bytes of a SentencePiece model (`ModelProto`).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
+        let mut pieces = Vec::new();
+        let mut r = Reader { b: bytes, i: 0 };
+        while !r.done() {
+            let (field, wire) = r.key()?;
+            if field == 1 && wire == 2 {
+                let msg = r.bytes()?;
+                pieces.push(parse_piece(msg)?);
+            } else {
+                r.skip(wire)?;
+            }
+        }
+        if pieces.is_empty() {
+            return Err("no pieces".into());
+        }
+        Ok(Self { pieces })
+    }
+
+    /// Number of pieces.
+    pub fn vocab_size(&self) -> usize {
+        self.pieces.len()
+    }
+
+    /// The raw piece of `id` (with `▁` for spaces), if it exists.
+    pub fn piece(&self, id: u32) -> Option<&str> {
+        self.pieces.get(id as usize).map(|(p, _)| p.as_str())
+    }
+
+    /// Decodes a whole sequence (padding and control tokens skipped).
+    pub fn decode(&self, ids: &[u32]) -> String {
+        let mut d = self.stream();
+        let mut out = String::new();
+        for &id in ids {
+            d.push(id, &mut out);
+        }
+        d.finish(&mut out);
+        out
+    }
+
+    /// A streaming decoder: push tokens as Moshi produces them, get text as soon as it is
+    /// known (byte pieces are held until they form a whole UTF-8 character).
+    pub fn stream(&self) -> TextStream<'_> {
+        TextStream {
+            tok: self,
+            bytes: Vec::with_capacity(4),
+            started: false,
+        }
+    }
+}
+
+/// Streaming state of [`TextTokenizer::stream`].
+#[derive(Debug)]
+pub struct TextStream<'a> {
+    tok: &'a TextTokenizer,
+    bytes: Vec<u8>,
+    started: bool,
+}
+
+impl TextStream<'_> {
+    /// Appends the text of token `id` to `out`; returns whether anything was appended.
+    /// Padding ids (0, 3), control and unknown-range ids add nothing.
+    pub fn push(&mut self, id: u32, out: &mut String) -> bool {
+        let before = out.len();
+        if SKIPPED_IDS.contains(&id) {
+            return false;
+        }
+        let Some((piece, kind)) = self.tok.pieces.get(id as usize) else {
+            return false;
+        };
+        match *kind {
+            Kind::Control => {}
+            Kind::Byte(b) => {
+                self.bytes.push(b);
+                match std::str::from_utf8(&self.bytes) {
+                    Ok(s) => {
+                        self.emit(s.to_owned().as_str(), out);
+                        self.bytes.clear();
+                    }
+                    Err(e) if e.error_len().is_some() || self.bytes.len() >= 4 => {
+                        self.flush_invalid(out)
+                    }
+                    Err(_) => {} // an incomplete character: wait for its next byte
+                }
+            }
+            Kind::Unknown => {
+                self.flush_invalid(out);
+                self.emit(" \u{2047} ", out);
+            }
+            Kind::Normal => {
+                self.flush_invalid(out);
+                let text = piece.replace('\u{2581}', " ");
+                self.emit(&text, out);
+            }
+        }
+        out.len() > before
+    }
+
+    /// Flushes bytes left pending at the end of the stream.
+    pub fn finish(&mut self, out: &mut String) {
+        self.flush_invalid(out);
+    }
+
+    fn flush_invalid(&mut self, out: &mut String) {
+        if !self.bytes.is_empty() {
+            let s = String::from_utf8_lossy(&self.bytes).into_owned();
+            self.bytes.clear();
+            self.emit(&s, out);
+        }
+    }
+
+    fn emit(&mut self, text: &str, out: &mut String) {
+        // Like SentencePiece's decode, the stream's very first word loses its leading space.
+        let text = if self.started {
+            text
+        } else {
+            text.strip_prefix(' ').unwrap_or(text)
+        };
+        if !text.is_empty() {
+            self.started = true;
+            out.push_str(text);
+        }
+    }
+}
+
+fn parse_piece(msg: &[u8]) -> Result<(String, Kind), String> {
+    let mut r = Reader { b: msg, i: 0 };
+    let mut piece = String::new();
+    let mut ty = 1u64;
+    while !r.done() {
+        let (field, wire) = r.key()?;
+        match (field, wire) {
+            (1, 2) => piece = String::from_utf8_lossy(r.bytes()?).into_owned(),
+            (3, 0) => ty = r.varint()?,
+            _ => r.skip(wire)?,
+        }
+    }
+    let kind = match ty {
+        2 => Kind::Unknown,
+        3 | 5 => Kind::Control,
+        6 => {
+            let hex = piece
+                .strip_prefix("<0x")
+                .and_then(|s| s.strip_suffix('>'))
+                .ok_or_else(|| format!("byte piece `{piece}` is not <0xNN>"))?;
+            Kind::Byte(
+                u8::from_str_radix(hex, 16)
+                    .map_err(|_| format!("byte piece `{piece}` is not <0xNN>"))?,
+            )
+        }
+        _ => Kind::Normal,
+    };
+    Ok((piece, kind))
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn done(&self) -> bool {
+        self.i >= self.b.len()
+    }
+    fn varint(&mut self) -> Result<u64, String> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *self.b.get(self.i).ok_or("truncated varint")?;
+            self.i += 1;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err("varint too long".into())
+    }
+    fn key(&mut self) -> Result<(u64, u64), String> {
+        let k = self.varint()?;
+        Ok((k >> 3, k & 7))
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], String> {
+        let n = usize::try_from(self.varint()?).map_err(|_| "length overflow")?;
+        let end = self
+            .i
+            .checked_add(n)
+            .filter(|&e| e <= self.b.len())
+            .ok_or("truncated field")?;
+        let s = &self.b[self.i..end];
+        self.i = end;
+        Ok(s)
+    }
+    fn skip(&mut self, wire: u64) -> Result<(), String> {
+        match wire {
+            0 => self.varint().map(|_| ()),
+            1 => self.advance(8),
+            2 => self.bytes().map(|_| ()),
+            5 => self.advance(4),
+            w => Err(format!("unsupported wire type {w}")),
+        }
+    }
+    fn advance(&mut self, n: usize) -> Result<(), String> {
+        if self.i + n > self.b.len() {
+            return Err("truncated field".into());
+        }
+        self.i += n;
+        Ok(())
+    }
+}
