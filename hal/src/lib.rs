@@ -7,6 +7,7 @@ pub const MODEL_RATE: u32 = 24_000;
 pub const FRAME_SAMPLES: usize = 1920;
 
 mod error;
+pub mod aec;
 pub mod resample;
 pub mod wav;
 
