@@ -36,7 +36,7 @@ pub fn write_random_checkpoint(cfg: &MimiConfig, seed: u64, path: &Path) -> Resu
         } else if name.ends_with(".bias") {
             normal(&mut rng, n, if name.contains(".norm") { 0.0 } else { 0.01 })
         } else if name.ends_with(".embedding_sum") {
-            normal(&mut rng, n, 0.5)
+            normal(&mut rng, n, 0.1)
         } else {
             // Fan-in: a transposed conv of kernel 2*stride sums 2 input steps per output sample.
             let fan_in = if name.contains("convtr") {
