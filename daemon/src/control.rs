@@ -175,15 +175,15 @@ pub struct StateSnapshot {
     /// Voice preset.
     pub voice: String,
     /// End-to-end latency in ms (capture to playback), last frame.
-    pub latency_ms: f32,
+    pub latency_ms: f64,
     /// Real-time factor of the model step (below 1 = faster than real time).
-    pub rtf: f32,
+    pub rtf: f64,
     /// Input frames skipped since start.
     pub dropped_frames: u64,
     /// Model steps since start.
     pub steps: u64,
     /// Level of what the model last heard (after mute and echo cancellation), dBFS.
-    pub input_dbfs: f32,
+    pub input_dbfs: f64,
     /// Human-readable status line.
     pub status: String,
     /// Download progress 0-100 while fetching models.
@@ -314,7 +314,7 @@ impl Shared {
     }
 
     /// Records one model step and its duration.
-    pub fn record_step(&self, step_s: f32, latency_ms: Option<f32>) {
+    pub fn record_step(&self, step_s: f32) {
         self.step_stats.record(step_s * 1000.0);
         let rtf = step_s / 0.08;
         let old = f32::from_bits(self.rtf.load(Ordering::Relaxed));
@@ -325,9 +325,6 @@ impl Shared {
             old * 0.95 + rtf * 0.05
         };
         self.rtf.store(new.to_bits(), Ordering::Relaxed);
-        if let Some(l) = latency_ms {
-            self.latency_ms.store(l.to_bits(), Ordering::Relaxed);
-        }
         self.steps.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -368,11 +365,11 @@ impl Shared {
             muted: self.muted.load(Ordering::Relaxed),
             volume: self.volume.load(Ordering::Relaxed),
             voice: t.voice.clone(),
-            latency_ms: (self.latency_ms() * 10.0).round() / 10.0,
-            rtf: (self.rtf() * 1000.0).round() / 1000.0,
+            latency_ms: (self.latency_ms() as f64 * 10.0).round() / 10.0,
+            rtf: (self.rtf() as f64 * 1000.0).round() / 1000.0,
             dropped_frames: self.dropped_frames.load(Ordering::Relaxed),
             steps: self.steps.load(Ordering::Relaxed),
-            input_dbfs: self.input_dbfs(),
+            input_dbfs: (self.input_dbfs() as f64 * 10.0).round() / 10.0,
             status: t.status.clone(),
             download_percent: t.download,
             error: if phase == Phase::Error {
@@ -488,7 +485,8 @@ mod tests {
         assert_eq!(s.snapshot().phase, Phase::Loading);
         s.set_phase(Phase::Idle);
         s.muted.store(true, Ordering::Relaxed);
-        s.record_step(0.04, Some(123.4));
+        s.record_step(0.04);
+        s.record_latency(123.4);
         let j = serde_json::to_value(s.snapshot()).unwrap();
         assert_eq!(j["phase"], "idle");
         assert_eq!(j["muted"], true);

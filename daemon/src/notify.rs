@@ -15,14 +15,18 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    /// Reads `WATCHDOG_USEC`/`WATCHDOG_PID` from the environment.
+    /// Reads `WATCHDOG_USEC`/`WATCHDOG_PID` from the environment. Like
+    /// `sd_watchdog_enabled(3)`, a missing `WATCHDOG_PID` means "this process".
     pub fn from_env() -> Notifier {
-        let mut usec = 0u64;
-        let watchdog = if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
-            Some(Duration::from_micros(usec))
-        } else {
-            None
+        let usec = std::env::var("WATCHDOG_USEC")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .filter(|&u| u > 0);
+        let for_us = match std::env::var("WATCHDOG_PID") {
+            Ok(pid) => pid.trim().parse::<u32>().ok() == Some(std::process::id()),
+            Err(_) => true,
         };
+        let watchdog = usec.filter(|_| for_us).map(Duration::from_micros);
         Notifier {
             watchdog,
             warned: AtomicBool::new(false),

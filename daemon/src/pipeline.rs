@@ -177,7 +177,8 @@ impl InferLoop {
     }
 
     fn run(&mut self, stop: &AtomicBool) {
-        let mut in_conversation = false;
+        // None until the first frame, so the initial phase is always published.
+        let mut in_conversation: Option<bool> = None;
         let mut conv_start = Instant::now();
         let mut last_voice = Instant::now();
         let mut silence = vec![0.0f32; FRAME_SAMPLES];
@@ -216,11 +217,12 @@ impl InferLoop {
             }
 
             let want = self.shared.conversation.load(Ordering::Relaxed);
-            if want != in_conversation || self.shared.reset_requested.swap(false, Ordering::Relaxed)
+            if Some(want) != in_conversation
+                || self.shared.reset_requested.swap(false, Ordering::Relaxed)
             {
                 // Every conversation starts from a fresh model state.
                 self.engine.reset();
-                in_conversation = want;
+                in_conversation = Some(want);
                 conv_start = Instant::now();
                 last_voice = Instant::now();
                 if self.shared.phase() != Phase::Error {
@@ -231,7 +233,7 @@ impl InferLoop {
                     });
                 }
             }
-            if !in_conversation {
+            if !want {
                 continue;
             }
 
@@ -269,7 +271,7 @@ impl InferLoop {
                 break;
             }
             let step_s = t0.elapsed().as_secs_f32();
-            self.shared.record_step(step_s, None);
+            self.shared.record_step(step_s);
             let gain = self.shared.volume.load(Ordering::Relaxed) as f32 / 100.0;
             for s in out.iter_mut() {
                 *s = (*s * gain).clamp(-1.0, 1.0);
@@ -418,6 +420,7 @@ mod tests {
         period: Duration,
         step: Duration,
         shared: Arc<Shared>,
+        queue_frames: usize,
     ) -> (Vec<f32>, Vec<f32>, Vec<Event>) {
         let out = Arc::new(Mutex::new(Vec::new()));
         let inputs = Arc::new(Mutex::new(Vec::new()));
@@ -435,7 +438,7 @@ mod tests {
             shared,
             vec![tx],
             Params {
-                queue_frames: 2,
+                queue_frames,
                 idle_timeout: None,
             },
         )
@@ -453,7 +456,13 @@ mod tests {
     #[test]
     fn conversation_plays_model_audio_and_emits_text() {
         let shared = Arc::new(Shared::new("v", 100, true));
-        let (out, _, evs) = run(20, Duration::from_millis(2), Duration::ZERO, shared.clone());
+        let (out, _, evs) = run(
+            20,
+            Duration::from_millis(2),
+            Duration::ZERO,
+            shared.clone(),
+            30,
+        );
         assert_eq!(out.len(), 20 * FRAME_SAMPLES);
         assert!(out.iter().all(|&x| (x - 0.1).abs() < 1e-6));
         let words: Vec<_> = evs
@@ -474,7 +483,7 @@ mod tests {
     fn mute_feeds_silence_and_volume_scales() {
         let shared = Arc::new(Shared::new("v", 50, true));
         shared.muted.store(true, Ordering::Relaxed);
-        let (out, inputs, _) = run(5, Duration::from_millis(2), Duration::ZERO, shared);
+        let (out, inputs, _) = run(5, Duration::from_millis(2), Duration::ZERO, shared, 30);
         assert!(!inputs.is_empty() && inputs.iter().all(|&x| x == 0.0));
         assert!(out.iter().all(|&x| x == 0.0));
     }
@@ -482,7 +491,13 @@ mod tests {
     #[test]
     fn idle_when_conversation_off() {
         let shared = Arc::new(Shared::new("v", 100, false));
-        let (out, inputs, _) = run(5, Duration::from_millis(2), Duration::ZERO, shared.clone());
+        let (out, inputs, _) = run(
+            5,
+            Duration::from_millis(2),
+            Duration::ZERO,
+            shared.clone(),
+            30,
+        );
         assert!(out.is_empty() && inputs.is_empty());
         assert_eq!(shared.phase(), Phase::Idle);
         assert_eq!(shared.steps.load(Ordering::Relaxed), 0);
@@ -497,6 +512,7 @@ mod tests {
             Duration::from_millis(2),
             Duration::from_millis(10),
             shared.clone(),
+            2,
         );
         let dropped = shared.dropped_frames.load(Ordering::Relaxed);
         let stepped = inputs.len() / FRAME_SAMPLES;

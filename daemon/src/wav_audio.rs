@@ -13,6 +13,7 @@ pub struct WavSource {
     next: usize,
     start: Option<Instant>,
     paced: bool,
+    looped: bool,
 }
 
 impl WavSource {
@@ -25,7 +26,20 @@ impl WavSource {
             next: 0,
             start: None,
             paced,
+            looped: false,
         }
+    }
+
+    /// Starts over at the end instead of ending (a file standing in for a live mic).
+    pub fn looped(mut self) -> WavSource {
+        self.looped = true;
+        self
+    }
+
+    fn sample_frame(&self, k: usize) -> &[f32] {
+        let n = self.frames().max(1);
+        let k = k % n;
+        &self.samples[k * FRAME_SAMPLES..(k + 1) * FRAME_SAMPLES]
     }
 
     fn frames(&self) -> usize {
@@ -39,7 +53,7 @@ impl WavSource {
 
 impl Source for WavSource {
     fn recv(&mut self, timeout: Duration) -> Result<Option<InFrame>, SoundError> {
-        if self.next >= self.frames() {
+        if self.frames() == 0 || (self.next >= self.frames() && !self.looped) {
             return Err(SoundError::Ended);
         }
         let start = *self.start.get_or_insert_with(Instant::now);
@@ -60,7 +74,7 @@ impl Source for WavSource {
         }
         self.next += 1;
         Ok(Some(InFrame {
-            samples: self.samples[k * FRAME_SAMPLES..(k + 1) * FRAME_SAMPLES].to_vec(),
+            samples: self.sample_frame(k).to_vec(),
             captured_at: if self.paced {
                 captured_at
             } else {
@@ -74,7 +88,12 @@ impl Source for WavSource {
             (true, Some(start)) => {
                 let elapsed = start.elapsed().as_micros() as usize / 80_000;
                 // Complete frames not yet taken, capped by what the file holds.
-                elapsed.min(self.frames()).saturating_sub(self.next)
+                let cap = if self.looped {
+                    usize::MAX
+                } else {
+                    self.frames()
+                };
+                elapsed.min(cap).saturating_sub(self.next)
             }
             _ => 0,
         }

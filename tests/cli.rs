@@ -1,0 +1,162 @@
+//! The binary's offline commands: `demo`, `check-config`, `fetch` from a pre-populated
+//! cache without network.
+
+mod support;
+
+use std::process::Command;
+use support::*;
+
+#[test]
+fn demo_turns_a_wav_into_a_wav_and_a_transcript() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.wav");
+    write_voice_wav(&input, 3.0);
+    let out = dir.path().join("out.wav");
+    let transcript = dir.path().join("t.jsonl");
+    let o = Command::new(MOSHID)
+        .args(["demo", "--fast", "--input"])
+        .arg(&input)
+        .arg("--output")
+        .arg(&out)
+        .arg("--transcript")
+        .arg(&transcript)
+        .arg("--cache-dir")
+        .arg(model_cache())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(stdout.contains("WEIGHTS ARE RANDOM"), "{stdout}");
+    assert!(stdout.contains("RTF"), "{stdout}");
+    let (n, peak) = wav_peak(&out);
+    // 3 s in -> 3 s out (rounded up to whole 80 ms frames), with a non-silent voice.
+    assert_eq!(n, (3 * 24_000usize).div_ceil(1920) * 1920);
+    assert!(peak > 0.01, "silent output");
+    let lines = std::fs::read_to_string(&transcript).unwrap();
+    let pieces: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!pieces.is_empty(), "empty transcript");
+    assert!(pieces
+        .iter()
+        .all(|p| p["text"].is_string() && p["time"].is_number()));
+}
+
+#[test]
+fn check_config_accepts_the_example_and_names_bad_fields() {
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../systemd/moshid.toml.example"
+    );
+    let o = Command::new(MOSHID)
+        .args(["check-config", example])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("OK"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[mqtt]\nport = 0\nenabled = true\n[sampling]\ntemp_text = -1\n",
+    )
+    .unwrap();
+    let o = Command::new(MOSHID)
+        .args(["check-config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("`mqtt.port`") && err.contains("`sampling.temp_text`"),
+        "{err}"
+    );
+
+    std::fs::write(&bad, "[audio]\ncaptur = \"default\"\n").unwrap();
+    let o = Command::new(MOSHID)
+        .args(["check-config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("captur"));
+}
+
+#[test]
+fn fetch_uses_a_prepopulated_cache_offline() {
+    // A cache laid out like Python's huggingface_hub: refs/main, snapshots/<rev>/file ->
+    // ../../blobs/<sha256>. With offline = true nothing may touch the network.
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir
+        .path()
+        .join("cache/hub/models--kyutai--moshiko-candle-q8");
+    let rev = "7f0f9d9e0c6d1c3b2a19e8f7a6b5c4d3e2f1a0b9";
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::create_dir_all(repo.join("snapshots").join(rev)).unwrap();
+    std::fs::write(repo.join("refs/main"), rev).unwrap();
+    for (name, content) in [
+        ("model.q8.gguf", "lm weights"),
+        (
+            "tokenizer-e351c8d8-checkpoint125.safetensors",
+            "mimi weights",
+        ),
+        ("tokenizer_spm_32k_3.model", "spm"),
+    ] {
+        use sha2::Digest;
+        let hash: String = sha2::Sha256::digest(content.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        std::fs::write(repo.join("blobs").join(&hash), content).unwrap();
+        std::os::unix::fs::symlink(
+            format!("../../blobs/{hash}"),
+            repo.join("snapshots").join(rev).join(name),
+        )
+        .unwrap();
+    }
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "cache_dir = \"{}\"\n[model]\noffline = true\n",
+            dir.path().join("cache").display()
+        ),
+    )
+    .unwrap();
+    let o = Command::new(MOSHID)
+        .args(["fetch", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(stdout.contains("voice moshiko: verified"), "{stdout}");
+
+    // Corrupt one blob: fetch refuses it (and says to re-download) instead of using it.
+    let gguf =
+        std::fs::canonicalize(repo.join("snapshots").join(rev).join("model.q8.gguf")).unwrap();
+    std::fs::write(&gguf, "lm weightz").unwrap();
+    std::fs::remove_dir_all(dir.path().join("cache/hub/.moshid-verified")).unwrap();
+    let o = Command::new(MOSHID)
+        .args(["fetch", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("does not match its hash"), "{err}");
+    assert!(!gguf.exists(), "the corrupt blob must be deleted");
+}

@@ -1,0 +1,293 @@
+//! End-to-end: `moshid run` with the demo model, a real mosquitto broker, a datagram
+//! socket as NOTIFY_SOCKET, and file-backed microphone and speaker.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+use support::*;
+
+const ID: &str = "e2e";
+
+fn topic(t: &str) -> String {
+    format!("moshid/{ID}/{t}")
+}
+
+/// Writes the daemon's config: demo model, file-backed audio, the test broker.
+fn write_config(dir: &Path, port: u16, extra_top: &str) -> std::path::PathBuf {
+    write_voice_wav(&dir.join("mic.wav"), 8.0);
+    let cfg = format!(
+        r#"device_id = "{ID}"
+cache_dir = "{cache}"
+autostart = false
+idle_timeout_s = 0
+{extra_top}
+[model]
+source = "demo"
+[audio]
+capture = "wav:{mic}"
+playback = "wav:{spk}"
+[aec]
+enabled = false
+[mqtt]
+enabled = true
+host = "127.0.0.1"
+port = {port}
+keepalive_s = 5
+"#,
+        cache = model_cache().display(),
+        mic = dir.join("mic.wav").display(),
+        spk = dir.join("spk.wav").display(),
+    );
+    let path = dir.join("config.toml");
+    std::fs::write(&path, cfg).unwrap();
+    path
+}
+
+fn start(dir: &Path, broker: &Broker, notify: &Notify) -> (Daemon, std::path::PathBuf) {
+    let cfg = write_config(dir, broker.port, "");
+    let d = Daemon::spawn(
+        &["run", "--config", cfg.to_str().unwrap()],
+        &[
+            ("NOTIFY_SOCKET", notify.path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "2000000"),
+        ],
+        dir,
+    );
+    (d, cfg)
+}
+
+#[test]
+fn appliance_over_mqtt_and_systemd() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let notify = Notify::bind(dir.path());
+    let obs = Observer::connect(broker.port, "obs", &[&topic("#"), "homeassistant/#"]);
+    let (mut d, _cfg) = start(dir.path(), &broker, &notify);
+
+    // READY=1 once the model is loaded and audio open, with a readable STATUS.
+    assert!(
+        notify.wait("READY=1", Duration::from_secs(120)),
+        "no READY=1; notify: {:?}\nlog:\n{}",
+        notify.lines(),
+        d.log()
+    );
+    assert!(notify.lines().iter().any(|l| l.starts_with("STATUS=")));
+
+    // Availability (retained) and discovery for every entity.
+    let online = obs
+        .wait(&topic("availability"), Duration::from_secs(10), |m| {
+            m.payload == "online"
+        })
+        .expect("availability online");
+    assert!(
+        online.retain
+            || obs
+                .on(&topic("availability"))
+                .iter()
+                .any(|m| m.payload == "online")
+    );
+    for entity in [
+        "homeassistant/switch/e2e/conversation/config",
+        "homeassistant/switch/e2e/mute/config",
+        "homeassistant/number/e2e/volume/config",
+        "homeassistant/select/e2e/voice/config",
+        "homeassistant/sensor/e2e/latency/config",
+        "homeassistant/sensor/e2e/state/config",
+    ] {
+        let m = obs
+            .wait(entity, Duration::from_secs(5), |_| true)
+            .unwrap_or_else(|| panic!("no discovery on {entity}"));
+        let v: serde_json::Value = serde_json::from_str(&m.payload).unwrap();
+        assert_eq!(v["availability_topic"], topic("availability"));
+    }
+    obs.wait_json(&topic("state"), Duration::from_secs(10), |v| {
+        v["phase"] == "idle"
+    })
+    .expect("state idle before the conversation");
+
+    // Conversation ON: state, transcript, and the model's audio reaches the speaker.
+    obs.publish(&topic("set/conversation"), "ON");
+    obs.wait_json(&topic("state"), Duration::from_secs(5), |v| {
+        v["phase"] == "conversation"
+    })
+    .expect("state conversation");
+    let words = obs
+        .wait(&topic("transcript"), Duration::from_secs(10), |_| true)
+        .expect("transcript messages");
+    let w: serde_json::Value = serde_json::from_str(&words.payload).unwrap();
+    assert!(w["text"].is_string() && w["time"].is_number(), "{w}");
+    obs.wait_json(&topic("state"), Duration::from_secs(10), |v| {
+        v["steps"].as_u64() > Some(10) && v["latency_ms"].as_f64() > Some(0.0)
+    })
+    .expect("steps and latency in the state");
+
+    // The inference loop drives the watchdog while it makes progress.
+    assert!(
+        notify.wait("WATCHDOG=1", Duration::from_secs(5)),
+        "no WATCHDOG=1"
+    );
+
+    // Mute: the model hears digital silence; unmute: it hears the mic again.
+    obs.clear();
+    obs.publish(&topic("set/mute"), "ON");
+    obs.wait_json(&topic("state"), Duration::from_secs(5), |v| {
+        v["muted"] == true && v["input_dbfs"].as_f64() == Some(-120.0)
+    })
+    .expect("muted state with silent model input");
+    obs.publish(&topic("set/mute"), "OFF");
+    obs.wait_json(&topic("state"), Duration::from_secs(5), |v| {
+        v["muted"] == false && v["input_dbfs"].as_f64() > Some(-40.0)
+    })
+    .expect("unmuted state with the mic's level");
+
+    // Malformed commands: an error naming the topic, nothing changes, daemon carries on.
+    obs.clear();
+    obs.publish(&topic("set/volume"), "loud");
+    obs.publish(&topic("set/voice"), "nobody");
+    obs.publish(&topic("set/explode"), "now");
+    let errs = wait_for(Duration::from_secs(5), || {
+        let e = obs.on(&topic("error"));
+        (e.len() >= 3).then_some(e)
+    })
+    .expect("three error messages");
+    for (e, t) in errs.iter().zip(["set/volume", "set/voice", "set/explode"]) {
+        let v: serde_json::Value = serde_json::from_str(&e.payload).unwrap();
+        assert_eq!(v["topic"], topic(t));
+        assert!(v["error"].as_str().is_some_and(|s| !s.is_empty()));
+    }
+    obs.publish(&topic("set/volume"), "42");
+    obs.wait_json(&topic("state"), Duration::from_secs(5), |v| {
+        v["volume"] == 42 && v["phase"] == "conversation"
+    })
+    .expect("valid command after the bad ones");
+
+    // Home Assistant restarts: discovery is sent again.
+    obs.clear();
+    obs.client
+        .publish(
+            "homeassistant/status",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            "online",
+        )
+        .unwrap();
+    obs.wait(
+        "homeassistant/select/e2e/voice/config",
+        Duration::from_secs(5),
+        |_| true,
+    )
+    .expect("discovery re-sent on homeassistant/status online");
+
+    // SIGHUP: RELOADING=1 (with MONOTONIC_USEC), then READY=1 again.
+    let ready_before = notify.count("READY=1");
+    d.signal(libc::SIGHUP);
+    assert!(
+        notify.wait("RELOADING=1", Duration::from_secs(5)),
+        "no RELOADING=1"
+    );
+    assert!(notify
+        .lines()
+        .iter()
+        .any(|l| l.starts_with("MONOTONIC_USEC=")));
+    assert!(
+        notify.wait_more("READY=1", ready_before, Duration::from_secs(10)),
+        "no READY=1 after reload"
+    );
+
+    // SIGTERM: STOPPING=1, `offline`, exit 0 within 2 s.
+    obs.clear();
+    let t0 = Instant::now();
+    d.signal(libc::SIGTERM);
+    let status = d.wait_exit(Duration::from_secs(2));
+    let took = t0.elapsed();
+    assert!(
+        status.is_some(),
+        "did not exit within 2 s\nlog:\n{}",
+        d.log()
+    );
+    assert!(
+        status.unwrap().success(),
+        "exit status {status:?}\nlog:\n{}",
+        d.log()
+    );
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert!(notify.wait("STOPPING=1", Duration::from_secs(1)));
+    obs.wait(&topic("availability"), Duration::from_secs(3), |m| {
+        m.payload == "offline"
+    })
+    .expect("availability offline after SIGTERM");
+
+    // The speaker got the model's (non-silent) audio.
+    let (n, peak) = wav_peak(&dir.path().join("spk.wav"));
+    assert!(n > 24_000, "only {n} samples played");
+    assert!(peak > 0.01, "speaker output is silent (peak {peak})");
+}
+
+#[test]
+fn reconnects_after_broker_restart() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(dir.path());
+    let notify = Notify::bind(dir.path());
+    let (mut d, _cfg) = start(dir.path(), &broker, &notify);
+    assert!(
+        notify.wait("READY=1", Duration::from_secs(120)),
+        "no READY=1\nlog:\n{}",
+        d.log()
+    );
+    let obs = Observer::connect(broker.port, "obs1", &[&topic("#")]);
+    obs.wait(&topic("availability"), Duration::from_secs(10), |m| {
+        m.payload == "online"
+    })
+    .expect("online before the restart");
+    obs.publish(&topic("set/mute"), "ON");
+    obs.wait_json(&topic("state"), Duration::from_secs(5), |v| {
+        v["muted"] == true
+    })
+    .expect("muted before the restart");
+    drop(obs);
+
+    // The broker dies and comes back empty (no persistence): no retained messages.
+    broker.kill();
+    std::thread::sleep(Duration::from_millis(1500));
+    broker.restart();
+    let t0 = Instant::now();
+
+    // A fresh subscriber must get the retained availability and state back within 10 s,
+    // and commands must work again (the daemon re-subscribed).
+    let obs = Observer::connect(broker.port, "obs2", &[&topic("#")]);
+    let state = wait_for(Duration::from_secs(10), || {
+        let fresh = Observer::connect(
+            broker.port,
+            "probe",
+            &[&topic("state"), &topic("availability")],
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let retained: Vec<_> = fresh.all().into_iter().filter(|m| m.retain).collect();
+        let online = retained
+            .iter()
+            .any(|m| m.topic == topic("availability") && m.payload == "online");
+        let state = retained.into_iter().find(|m| m.topic == topic("state"));
+        match (online, state) {
+            (true, Some(s)) => Some(s),
+            _ => None,
+        }
+    })
+    .unwrap_or_else(|| panic!("retained state not back within 10 s\nlog:\n{}", d.log()));
+    assert!(t0.elapsed() < Duration::from_secs(11));
+    let v: serde_json::Value = serde_json::from_str(&state.payload).unwrap();
+    assert_eq!(v["muted"], true, "state kept across the reconnect");
+    obs.publish(&topic("set/mute"), "OFF");
+    obs.wait_json(&topic("state"), Duration::from_secs(5), |v| {
+        v["muted"] == false
+    })
+    .expect("commands work after the reconnect");
+
+    d.signal(libc::SIGTERM);
+    let status = d
+        .wait_exit(Duration::from_secs(2))
+        .expect("exit within 2 s");
+    assert!(status.success());
+}

@@ -1,0 +1,338 @@
+//! Real components for the end-to-end tests: a mosquitto broker on a free port, a Unix
+//! datagram socket standing in for systemd's NOTIFY_SOCKET, an MQTT observer, and the
+//! `moshid` binary as a child process.
+
+#![allow(dead_code)]
+
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The moshid binary under test.
+pub const MOSHID: &str = env!("CARGO_BIN_EXE_moshid");
+
+/// Daemon tests run one at a time: each runs real-time inference on a small CPU.
+pub static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Takes the serial lock even if a previous test panicked while holding it.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Polls `f` every 20 ms until it returns Some or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().unwrap().port()
+}
+
+/// A mosquitto process with its own config in a temp dir.
+pub struct Broker {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Broker {
+    pub fn start(dir: &Path) -> Broker {
+        let mut b = Broker {
+            port: free_port(),
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        b.restart();
+        b
+    }
+
+    /// Starts (again) on the same port, without persistence: retained messages are gone.
+    pub fn restart(&mut self) {
+        let conf = self.dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n",
+                self.port
+            ),
+        )
+        .unwrap();
+        let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("mosquitto is installed (scripts/setup.sh installs it)");
+        let log = std::fs::File::create(self.dir.join("mosquitto.log")).unwrap();
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start mosquitto");
+        self.child = Some(child);
+        let port = self.port;
+        wait_for(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        })
+        .expect("mosquitto listens within 10 s");
+    }
+
+    /// SIGKILL: the broker vanishes without saying goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One received MQTT message.
+#[derive(Debug, Clone)]
+pub struct Msg {
+    pub topic: String,
+    pub payload: String,
+    pub retain: bool,
+    pub at: Instant,
+}
+
+/// An MQTT client that records everything on its subscriptions.
+pub struct Observer {
+    pub client: Client,
+    msgs: Arc<Mutex<Vec<Msg>>>,
+}
+
+impl Observer {
+    pub fn connect(port: u16, id: &str, topics: &[&str]) -> Observer {
+        let mut o = MqttOptions::new(id, "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(5));
+        let (client, mut conn) = Client::new(o, 64);
+        for t in topics {
+            client.subscribe(*t, QoS::AtLeastOnce).unwrap();
+        }
+        let msgs = Arc::new(Mutex::new(Vec::new()));
+        let m = msgs.clone();
+        std::thread::spawn(move || {
+            for ev in conn.iter() {
+                match ev {
+                    Ok(Event::Incoming(Packet::Publish(p))) => m.lock().unwrap().push(Msg {
+                        topic: p.topic.clone(),
+                        payload: String::from_utf8_lossy(&p.payload).into_owned(),
+                        retain: p.retain,
+                        at: Instant::now(),
+                    }),
+                    Ok(_) => {}
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        });
+        Observer { client, msgs }
+    }
+
+    pub fn all(&self) -> Vec<Msg> {
+        self.msgs.lock().unwrap().clone()
+    }
+
+    pub fn clear(&self) {
+        self.msgs.lock().unwrap().clear();
+    }
+
+    /// Messages on `topic` so far.
+    pub fn on(&self, topic: &str) -> Vec<Msg> {
+        self.all()
+            .into_iter()
+            .filter(|m| m.topic == topic)
+            .collect()
+    }
+
+    /// Waits for a message on `topic` matching `pred`.
+    pub fn wait(&self, topic: &str, timeout: Duration, pred: impl Fn(&Msg) -> bool) -> Option<Msg> {
+        wait_for(timeout, || self.on(topic).into_iter().find(|m| pred(m)))
+    }
+
+    /// Waits for a JSON state on `topic` for which `pred` holds.
+    pub fn wait_json(
+        &self,
+        topic: &str,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<serde_json::Value> {
+        wait_for(timeout, || {
+            self.on(topic)
+                .into_iter()
+                .filter_map(|m| serde_json::from_str::<serde_json::Value>(&m.payload).ok())
+                .find(|v| pred(v))
+        })
+    }
+
+    pub fn publish(&self, topic: &str, payload: &str) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.as_bytes().to_vec())
+            .unwrap();
+    }
+}
+
+/// A bound datagram socket collecting sd_notify messages.
+pub struct Notify {
+    pub path: PathBuf,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Notify {
+    pub fn bind(dir: &Path) -> Notify {
+        let path = dir.join("notify.sock");
+        let sock = UnixDatagram::bind(&path).expect("bind NOTIFY_SOCKET");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = sock.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let mut l = l.lock().unwrap();
+                for line in text.lines() {
+                    l.push(line.to_string());
+                }
+            }
+        });
+        Notify { path, lines }
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    pub fn count(&self, line: &str) -> usize {
+        self.lines().iter().filter(|l| *l == line).count()
+    }
+
+    pub fn wait(&self, line: &str, timeout: Duration) -> bool {
+        wait_for(timeout, || {
+            self.lines().iter().any(|l| l == line).then_some(())
+        })
+        .is_some()
+    }
+
+    /// Waits until `line` has been seen more than `n` times.
+    pub fn wait_more(&self, line: &str, n: usize, timeout: Duration) -> bool {
+        wait_for(timeout, || (self.count(line) > n).then_some(())).is_some()
+    }
+}
+
+/// Writes a 24 kHz mono 16-bit WAV of a voice-like signal (pulse train through a
+/// resonator, syllable envelope), loud enough to be far from silence.
+pub fn write_voice_wav(path: &Path, seconds: f32) {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 24_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec).unwrap();
+    let mut phase = 0.0f32;
+    let mut res = 0.0f32;
+    for i in 0..(seconds * 24_000.0) as usize {
+        let t = i as f32 / 24_000.0;
+        phase += (150.0 + 40.0 * (t * 1.3).sin()) / 24_000.0;
+        let pulse = if phase >= 1.0 {
+            phase -= 1.0;
+            1.0
+        } else {
+            0.0
+        };
+        res = 0.97 * res + pulse;
+        let env = 0.5 + 0.5 * (t * 9.0).sin().abs();
+        let x = (0.12 * res * env).clamp(-0.9, 0.9);
+        w.write_sample((x * 32767.0) as i16).unwrap();
+    }
+    w.finalize().unwrap();
+}
+
+/// Peak absolute sample of a WAV file (any format hound reads).
+pub fn wav_peak(path: &Path) -> (usize, f32) {
+    let mut r = hound::WavReader::open(path).expect("speaker WAV exists");
+    let spec = r.spec();
+    let v: Vec<f32> = match spec.sample_format {
+        hound::SampleFormat::Float => r.samples::<f32>().map(|s| s.unwrap()).collect(),
+        hound::SampleFormat::Int => r
+            .samples::<i32>()
+            .map(|s| s.unwrap() as f32 / (1u32 << (spec.bits_per_sample - 1)) as f32)
+            .collect(),
+    };
+    let peak = v.iter().fold(0.0f32, |a, &b| a.max(b.abs()));
+    (v.len(), peak)
+}
+
+/// The daemon as a child process; killed on drop if still running.
+pub struct Daemon {
+    pub child: Child,
+    pub stderr: PathBuf,
+}
+
+impl Daemon {
+    pub fn spawn(args: &[&str], env: &[(&str, &str)], dir: &Path) -> Daemon {
+        let stderr = dir.join("moshid.stderr");
+        let mut cmd = Command::new(MOSHID);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .env("MOSHID_LOG", "debug");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Daemon {
+            child: cmd.spawn().expect("start moshid"),
+            stderr,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety implications.
+        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
+        assert_eq!(rc, 0, "kill({sig})");
+    }
+
+    /// Waits for exit up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        wait_for(timeout, || self.child.try_wait().ok().flatten())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A directory shared by all tests for the cached demo model (built once).
+pub fn model_cache() -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("moshid-e2e-cache");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
