@@ -1,17 +1,162 @@
-//! `moshid codec encode|decode` (issue 2: being written).
+//! `moshid codec encode|decode`: WAV <-> Mimi codes (JSON), streamed frame by frame.
 
-use clap::Subcommand;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use moshid_models::mimi::{Mimi, MimiConfig, SAMPLE_RATE};
+use serde::{Deserialize, Serialize};
 
 /// Codec subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Encode a WAV file to Mimi codes (JSON).
-    Encode,
-    /// Decode Mimi codes (JSON) to a 24 kHz WAV file.
-    Decode,
+    /// Encode a WAV file (any rate, channels, format) to Mimi codes (JSON).
+    Encode(EncodeArgs),
+    /// Decode Mimi codes (JSON) to a 24 kHz mono 32-bit float WAV file.
+    Decode(DecodeArgs),
+}
+
+/// Which Mimi to load and where to run it (shared by `codec` and `bench mimi`).
+#[derive(Args, Debug, Clone)]
+pub struct MimiArgs {
+    /// Mimi weights (safetensors, released names), e.g. tokenizer-e351c8d8-checkpoint125.safetensors.
+    #[arg(long, value_name = "FILE")]
+    pub mimi: PathBuf,
+    /// Mimi configuration JSON (the reference's layout); default: the released Mimi.
+    #[arg(long, value_name = "JSON")]
+    pub mimi_config: Option<PathBuf>,
+    /// Device: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+impl MimiArgs {
+    /// The configuration, from `--mimi-config` or the released one.
+    pub fn config(&self) -> anyhow::Result<MimiConfig> {
+        match &self.mimi_config {
+            Some(p) => Ok(MimiConfig::from_json_file(p)?),
+            None => Ok(MimiConfig::v0_1()),
+        }
+    }
+
+    /// Loads Mimi with `num_codebooks` codebooks.
+    pub fn load(&self, num_codebooks: usize) -> anyhow::Result<Mimi> {
+        let cfg = self.config()?;
+        let device = moshid_models::device::open(&self.device)?;
+        Ok(Mimi::load(&self.mimi, &cfg, num_codebooks, &device)?)
+    }
+}
+
+/// `moshid codec encode`.
+#[derive(Args, Debug)]
+pub struct EncodeArgs {
+    #[command(flatten)]
+    mimi: MimiArgs,
+    /// Codebooks per frame (1..=32; Moshi uses 8).
+    #[arg(long, default_value_t = 8)]
+    num_codebooks: usize,
+    /// Input WAV.
+    input: PathBuf,
+    /// Output JSON: {"num_codebooks": K, "codes": [[c_0, ..., c_K-1], ...]}.
+    output: PathBuf,
+}
+
+/// `moshid codec decode`.
+#[derive(Args, Debug)]
+pub struct DecodeArgs {
+    #[command(flatten)]
+    mimi: MimiArgs,
+    /// Input JSON as written by `codec encode`.
+    input: PathBuf,
+    /// Output WAV (24 kHz mono, 32-bit float).
+    output: PathBuf,
+}
+
+/// The codes file: one inner list per 80 ms frame.
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct CodesFile {
+    num_codebooks: usize,
+    codes: Vec<Vec<u32>>,
 }
 
 /// Runs a codec subcommand.
-pub fn run(_cmd: Command) -> anyhow::Result<()> {
-    anyhow::bail!("codec is not implemented yet")
+pub fn run(cmd: Command) -> anyhow::Result<()> {
+    match cmd {
+        Command::Encode(a) => encode(a),
+        Command::Decode(a) => decode(a),
+    }
+}
+
+fn encode(a: EncodeArgs) -> anyhow::Result<()> {
+    let pcm = moshid_hal::wav::read_mono_24k(&a.input)?;
+    let mut mimi = a.mimi.load(a.num_codebooks)?;
+    let fs = mimi.frame_samples();
+    let k = mimi.num_codebooks();
+    let mut frame = vec![0f32; fs];
+    let mut codes = Vec::with_capacity(pcm.len().div_ceil(fs));
+    for chunk in pcm.chunks(fs) {
+        // The last partial frame is zero-padded.
+        frame[..chunk.len()].copy_from_slice(chunk);
+        frame[chunk.len()..].fill(0.0);
+        let mut c = vec![0u32; k];
+        mimi.encode_step(&frame, &mut c)
+            .with_context(|| format!("encoding frame {}", codes.len()))?;
+        codes.push(c);
+    }
+    let out = CodesFile {
+        num_codebooks: k,
+        codes,
+    };
+    write_json(&a.output, &out)
+}
+
+fn write_json(path: &Path, v: &CodesFile) -> anyhow::Result<()> {
+    let text = serde_json::to_string(v)?;
+    std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn decode(a: DecodeArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&a.input)
+        .with_context(|| format!("cannot read {}", a.input.display()))?;
+    let file: CodesFile = serde_json::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: not a codes file ({e}); expected {{\"num_codebooks\": K, \"codes\": [[c_0, ..., c_K-1], ...]}} with codes as non-negative integers",
+            a.input.display()
+        )
+    })?;
+    let cfg = a.mimi.config()?;
+    let k = file.num_codebooks;
+    if k == 0 || k > cfg.quantizer.n_q {
+        bail!(
+            "{}: num_codebooks is {k}, this Mimi has 1..={} codebooks",
+            a.input.display(),
+            cfg.quantizer.n_q
+        );
+    }
+    for (i, f) in file.codes.iter().enumerate() {
+        if f.len() != k {
+            bail!(
+                "{}: frame {i} has {} codes, num_codebooks says {k}",
+                a.input.display(),
+                f.len()
+            );
+        }
+        if let Some(c) = f.iter().find(|&&c| c as usize >= cfg.quantizer.bins) {
+            bail!(
+                "{}: frame {i} has code {c}, out of range 0..{}",
+                a.input.display(),
+                cfg.quantizer.bins
+            );
+        }
+    }
+    let mut mimi = a.mimi.load(k)?;
+    let fs = mimi.frame_samples();
+    let mut pcm = vec![0f32; file.codes.len() * fs];
+    for (i, (c, out)) in file.codes.iter().zip(pcm.chunks_mut(fs)).enumerate() {
+        mimi.decode_step(c, out)
+            .with_context(|| format!("decoding frame {i}"))?;
+    }
+    moshid_hal::wav::write_mono_f32(&a.output, &pcm, SAMPLE_RATE)?;
+    Ok(())
 }

@@ -117,7 +117,7 @@ impl MimiConfig {
     pub fn from_json_file(path: &std::path::Path) -> Result<Self, MimiError> {
         let text = std::fs::read_to_string(path).map_err(|e| MimiError::Io {
             path: path.to_path_buf(),
-            source: e,
+            error: e,
         })?;
         let cfg: Self = serde_json::from_str(&text).map_err(|e| {
             MimiError::Config(format!(

@@ -161,7 +161,7 @@ impl Weights {
         let pb = path.to_path_buf();
         let meta = std::fs::metadata(path).map_err(|e| MimiError::Io {
             path: pb.clone(),
-            source: e,
+            error: e,
         })?;
         if !meta.is_file() {
             return Err(MimiError::Checkpoint {

@@ -41,12 +41,12 @@ const BATCH_FRAMES: usize = 64;
 #[derive(Debug, thiserror::Error)]
 pub enum MimiError {
     /// A file could not be read.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {error}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
+        /// The OS error (kept in the message, not as a `source`, so it is printed once).
+        error: std::io::Error,
     },
     /// The checkpoint is not a usable safetensors file.
     #[error("Mimi checkpoint {}: {msg}", path.display())]

@@ -1,0 +1,340 @@
+//! `moshid codec encode|decode` and `moshid bench mimi` through the built binary, on the
+//! committed Mimi fixtures (models/tests/fixtures/mimi, made by gen_mimi.py).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::{Device, Tensor};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/mimi")
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("moshid-codec-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn moshid(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_moshid"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run moshid")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `--mimi FIXTURE --mimi-config FIXTURE_CONFIG` plus `rest`.
+fn with_small<'a>(w: &'a str, c: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["--mimi", w, "--mimi-config", c];
+    v.extend_from_slice(rest);
+    v
+}
+
+fn reference() -> std::collections::HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixtures().join("reference.safetensors"), &Device::Cpu).unwrap()
+}
+
+fn assert_clean_failure(out: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "must fail: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(err.starts_with("moshid: error:"), "{err}");
+    assert!(err.contains(needle), "expected `{needle}` in: {err}");
+}
+
+#[derive(serde::Deserialize)]
+struct Codes {
+    num_codebooks: usize,
+    codes: Vec<Vec<u32>>,
+}
+
+#[test]
+fn encode_then_decode_matches_the_reference() {
+    let dir = tmpdir("roundtrip");
+    let (w, c) = (
+        fixtures().join("mimi_small.safetensors"),
+        fixtures().join("mimi_config.json"),
+    );
+    let wav = fixtures().join("speech_24k.wav");
+    let json = dir.join("codes.json");
+    let out = moshid(
+        &[
+            &["codec", "encode"][..],
+            &with_small(s(&w), s(&c), &[s(&wav), s(&json)]),
+        ]
+        .concat(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let codes: Codes = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(codes.num_codebooks, 8);
+
+    let r = reference();
+    let ref_codes: Vec<Vec<i64>> = r["codes"].to_vec2().unwrap();
+    let gap: Vec<Vec<f32>> = r["gap"].to_vec2().unwrap();
+    // The clip is 122 880 samples rounded up to whole frames; the CLI pads the last one.
+    assert_eq!(codes.codes.len(), ref_codes.len());
+    let (mut n, mut same) = (0, 0);
+    for ((o, rc), g) in codes.codes.iter().zip(&ref_codes).zip(&gap) {
+        assert_eq!(o.len(), 8);
+        for l in 0..8 {
+            let first = if l == 0 { 0 } else { 1 };
+            if g[first..=l].iter().all(|&x| x >= 1e-4) {
+                n += 1;
+                same += usize::from(o[l] as i64 == rc[l]);
+            }
+        }
+    }
+    assert!(same as f64 / n as f64 >= 0.995, "agreement {same}/{n}");
+
+    // Decode the reference's own codes: SNR against the reference decode.
+    let ref_json = dir.join("ref.json");
+    let ref8: Vec<Vec<i64>> = ref_codes.iter().map(|f| f[..8].to_vec()).collect();
+    std::fs::write(
+        &ref_json,
+        serde_json::json!({"num_codebooks": 8, "codes": ref8}).to_string(),
+    )
+    .unwrap();
+    let wav_out = dir.join("out.wav");
+    let out = moshid(
+        &[
+            &["codec", "decode"][..],
+            &with_small(s(&w), s(&c), &[s(&ref_json), s(&wav_out)]),
+        ]
+        .concat(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut rd = hound::WavReader::open(&wav_out).unwrap();
+    let spec = rd.spec();
+    assert_eq!(
+        (spec.sample_rate, spec.channels, spec.bits_per_sample),
+        (24_000, 1, 32)
+    );
+    assert_eq!(spec.sample_format, hound::SampleFormat::Float);
+    let pcm: Vec<f32> = rd.samples::<f32>().map(|x| x.unwrap()).collect();
+    let expected: Vec<f32> = r["decoded8"].to_vec1().unwrap();
+    assert_eq!(pcm.len(), expected.len());
+    let sig: f64 = expected.iter().map(|x| (*x as f64).powi(2)).sum();
+    let noise: f64 = expected
+        .iter()
+        .zip(&pcm)
+        .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+        .sum();
+    let snr = 10.0 * (sig / noise.max(1e-300)).log10();
+    assert!(snr >= 80.0, "decode SNR {snr:.1} dB");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn encode_accepts_other_rates_channels_and_formats() {
+    let dir = tmpdir("formats");
+    let (w, c) = (
+        fixtures().join("mimi_small.safetensors"),
+        fixtures().join("mimi_config.json"),
+    );
+    // 44.1 kHz stereo 24-bit integer, 0.5 s: resampled and downmixed by the CLI.
+    let wav = dir.join("in.wav");
+    let spec = hound::WavSpec {
+        channels: 2,
+        sample_rate: 44_100,
+        bits_per_sample: 24,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut wr = hound::WavWriter::create(&wav, spec).unwrap();
+    for i in 0..22_050 {
+        let v = ((i as f32 * 0.03).sin() * 3_000_000.0) as i32;
+        wr.write_sample(v).unwrap();
+        wr.write_sample(-v / 2).unwrap();
+    }
+    wr.finalize().unwrap();
+    let json = dir.join("codes.json");
+    let out = moshid(
+        &[
+            &["codec", "encode"][..],
+            &with_small(s(&w), s(&c), &["--num-codebooks", "3", s(&wav), s(&json)]),
+        ]
+        .concat(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let codes: Codes = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(codes.num_codebooks, 3);
+    // 0.5 s at 24 kHz = 12 000 samples = 6.25 frames -> 7 (last one zero-padded).
+    assert_eq!(codes.codes.len(), 7);
+    assert!(codes
+        .codes
+        .iter()
+        .all(|f| f.len() == 3 && f.iter().all(|&x| x < 64)));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn bench_prints_one_json_line() {
+    let (w, c) = (
+        fixtures().join("mimi_small.safetensors"),
+        fixtures().join("mimi_config.json"),
+    );
+    let wav = fixtures().join("speech_24k.wav");
+    let out = moshid(
+        &[
+            &["bench", "mimi"][..],
+            &with_small(s(&w), s(&c), &["--wav", s(&wav), "--frames", "5"]),
+        ]
+        .concat(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.trim_end().lines().count(), 1, "{text}");
+    let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    let (e, d, rtf) = (
+        v["encode_ms_median"].as_f64().unwrap(),
+        v["decode_ms_median"].as_f64().unwrap(),
+        v["rtf"].as_f64().unwrap(),
+    );
+    assert!(e > 0.0 && d > 0.0);
+    assert!((rtf - (e + d) / 80.0).abs() < 0.01, "{v}");
+    assert_eq!(v["frames"], 5);
+}
+
+#[test]
+fn bad_input_is_a_one_line_error() {
+    let dir = tmpdir("bad");
+    let (w, c) = (
+        fixtures().join("mimi_small.safetensors"),
+        fixtures().join("mimi_config.json"),
+    );
+    let (w, c) = (s(&w).to_string(), s(&c).to_string());
+    let wav = fixtures().join("speech_24k.wav");
+    let wav = s(&wav).to_string();
+    let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    let json_out = p("out.json");
+    let wav_out = p("out.wav");
+
+    // Missing checkpoint.
+    let out = moshid(&[
+        "codec",
+        "encode",
+        "--mimi",
+        "/nonexistent/mimi.safetensors",
+        &wav,
+        &json_out,
+    ]);
+    assert_clean_failure(&out, "/nonexistent/mimi.safetensors");
+    // Truncated checkpoint.
+    let bytes = std::fs::read(&w).unwrap();
+    std::fs::write(p("cut.safetensors"), &bytes[..bytes.len() / 3]).unwrap();
+    let out = moshid(
+        &[
+            &["codec", "encode"][..],
+            &with_small(&p("cut.safetensors"), &c, &[&wav, &json_out]),
+        ]
+        .concat(),
+    );
+    assert_clean_failure(&out, "cut.safetensors");
+    // The small checkpoint against the default (full-size) config: wrong shapes, named.
+    let out = moshid(&["codec", "encode", "--mimi", &w, &wav, &json_out]);
+    assert_clean_failure(&out, "encoder.model.0.conv.conv.weight");
+    // A tensor renamed.
+    let mut t = candle_core::safetensors::load(&w, &Device::Cpu).unwrap();
+    let v = t.remove("upsample.convtr.convtr.convtr.weight").unwrap();
+    t.insert("upsample.weight".into(), v);
+    candle_core::safetensors::save(&t, p("renamed.safetensors")).unwrap();
+    let out = moshid(
+        &[
+            &["codec", "encode"][..],
+            &with_small(&p("renamed.safetensors"), &c, &[&wav, &json_out]),
+        ]
+        .concat(),
+    );
+    assert_clean_failure(&out, "upsample.convtr.convtr.convtr.weight");
+    // Input that is not a WAV, and a truncated WAV.
+    let out = moshid(
+        &[
+            &["codec", "encode"][..],
+            &with_small(&w, &c, &[&c, &json_out]),
+        ]
+        .concat(),
+    );
+    assert_clean_failure(&out, "WAV");
+    let wbytes = std::fs::read(&wav).unwrap();
+    std::fs::write(p("cut.wav"), &wbytes[..21]).unwrap();
+    let out = moshid(
+        &[
+            &["codec", "encode"][..],
+            &with_small(&w, &c, &[&p("cut.wav"), &json_out]),
+        ]
+        .concat(),
+    );
+    assert_clean_failure(&out, "cut.wav");
+    // Too many codebooks.
+    let out = moshid(
+        &[
+            &["codec", "encode"][..],
+            &with_small(&w, &c, &["--num-codebooks", "33", &wav, &json_out]),
+        ]
+        .concat(),
+    );
+    assert_clean_failure(&out, "33");
+
+    // Codes files: out of range, wrong count, not JSON, negative.
+    let cases = [
+        (
+            r#"{"num_codebooks": 2, "codes": [[1, 2], [3, 64]]}"#,
+            "out of range",
+        ),
+        (
+            r#"{"num_codebooks": 2, "codes": [[1, 2], [3]]}"#,
+            "frame 1 has 1 codes",
+        ),
+        (
+            r#"{"num_codebooks": 40, "codes": []}"#,
+            "num_codebooks is 40",
+        ),
+        (
+            r#"{"num_codebooks": 2, "codes": [[1, -2]]}"#,
+            "not a codes file",
+        ),
+        ("not json", "not a codes file"),
+    ];
+    for (i, (text, needle)) in cases.iter().enumerate() {
+        let f = p(&format!("c{i}.json"));
+        std::fs::write(&f, text).unwrap();
+        let out = moshid(
+            &[
+                &["codec", "decode"][..],
+                &with_small(&w, &c, &[&f, &wav_out]),
+            ]
+            .concat(),
+        );
+        assert_clean_failure(&out, needle);
+    }
+    let out = moshid(
+        &[
+            &["codec", "decode"][..],
+            &with_small(&w, &c, &[&p("absent.json"), &wav_out]),
+        ]
+        .concat(),
+    );
+    assert_clean_failure(&out, "absent.json");
+    std::fs::remove_dir_all(&dir).ok();
+}
