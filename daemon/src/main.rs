@@ -44,6 +44,10 @@ enum Command {
     Fetch(cmd::fetch::Args),
     /// Validate a configuration file.
     CheckConfig(cmd::check_config::Args),
+    /// Run Moshi's LM offline over a WAV or Mimi codes: trace, transcript, WAV out.
+    Infer(cmd::infer::Args),
+    /// Convert a safetensors LM checkpoint to GGUF (q8_0, q4_0, q4k), keeping names.
+    Quantize(cmd::quantize::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -55,6 +59,8 @@ fn main() -> std::process::ExitCode {
         Command::Demo(a) => cmd::demo::run(a),
         Command::Fetch(a) => cmd::fetch::run(a),
         Command::CheckConfig(a) => cmd::check_config::run(a),
+        Command::Infer(a) => cmd::infer::run(a),
+        Command::Quantize(a) => cmd::quantize::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
