@@ -6,9 +6,20 @@ pub const MODEL_RATE: u32 = 24_000;
 /// One Mimi frame: 80 ms at 24 kHz.
 pub const FRAME_SAMPLES: usize = 1920;
 
-mod error;
 pub mod aec;
+pub mod alsa;
+pub mod device;
+mod error;
 pub mod resample;
+pub mod stream;
 pub mod wav;
+pub mod wavfile;
 
+pub use crate::alsa::list_devices;
+pub use aec::{AecOptions, EchoCanceller};
+pub use device::{CaptureDevice, DeviceError, DeviceParams, PlaybackDevice, SampleFormat};
 pub use error::HalError;
+pub use stream::{
+    CaptureConfig, CaptureStream, Endpoint, Frame, PlaybackConfig, PlaybackStream, StreamState,
+    StreamStats,
+};

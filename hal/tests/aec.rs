@@ -62,4 +62,3 @@ fn mismatched_lengths_are_an_error_not_a_panic() {
     let e = aec.process(&[0.0; 240], &mut near).unwrap_err().to_string();
     assert!(e.contains("same length"), "{e}");
 }
-

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 /// A committed test clip, read as 24 kHz mono.
 pub fn clip(name: &str) -> Vec<f32> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name);
     moshid_hal::wav::read_mono_24k(&p).expect("committed test clip")
 }
 
