@@ -28,7 +28,7 @@ source = "demo"
 capture = "wav:{mic}"
 playback = "wav:{spk}"
 [aec]
-enabled = false
+enabled = true
 [mqtt]
 enabled = true
 host = "127.0.0.1"

@@ -4,7 +4,7 @@
 
 use crate::config::Config;
 use crate::service::AudioFactory;
-use crate::sound::{EchoCancel, Sink, Source};
+use crate::sound::{EchoCancel, EchoCancelFactory, Sink, Source};
 use crate::wav_audio::{WavSink, WavSource};
 use anyhow::Context;
 use std::path::PathBuf;
@@ -46,7 +46,40 @@ impl AudioFactory for AlsaFactory {
     }
 }
 
-/// The echo canceller, when `[aec] enabled`.
-pub fn load_aec(_cfg: &Config) -> anyhow::Result<Option<Box<dyn EchoCancel>>> {
-    Ok(None)
+/// hal's AEC3 canceller behind the pipeline's trait.
+struct Aec {
+    inner: moshid_hal::aec::EchoCanceller,
+    failed: bool,
+}
+
+impl EchoCancel for Aec {
+    fn process(&mut self, far: &[f32], near: &mut [f32]) {
+        // A failing canceller must not stop the conversation: pass the mic through.
+        if let Err(e) = self.inner.process(far, near) {
+            if !self.failed {
+                log::warn!("echo cancellation failed, passing the microphone through: {e}");
+                self.failed = true;
+            }
+        }
+    }
+}
+
+/// The echo canceller, when `[aec] enabled`: checked here (so a bad setup fails the
+/// start with a clear message), built again on the inference thread.
+pub fn load_aec(cfg: &Config) -> anyhow::Result<Option<EchoCancelFactory>> {
+    if !cfg.aec.enabled {
+        return Ok(None);
+    }
+    let opts = moshid_hal::aec::AecOptions::default();
+    drop(
+        moshid_hal::aec::EchoCanceller::new(&opts)
+            .context("cannot start echo cancellation (set [aec] enabled = false to run without)")?,
+    );
+    Ok(Some(Box::new(move || {
+        let inner = moshid_hal::aec::EchoCanceller::new(&opts).map_err(|e| e.to_string())?;
+        Ok(Box::new(Aec {
+            inner,
+            failed: false,
+        }) as Box<dyn EchoCancel>)
+    })))
 }

@@ -8,7 +8,7 @@
 
 use crate::control::{Phase, Shared};
 use crate::engine::Engine;
-use crate::sound::{EchoCancel, Sink, SoundError, Source};
+use crate::sound::{EchoCancel, EchoCancelFactory, Sink, SoundError, Source};
 use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
 use moshid_hal::FRAME_SAMPLES;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,7 +65,7 @@ impl Pipeline {
         engine: Box<dyn Engine>,
         source: Box<dyn Source>,
         sink: Box<dyn Sink>,
-        aec: Option<Box<dyn EchoCancel>>,
+        aec: Option<EchoCancelFactory>,
         shared: Arc<Shared>,
         events: Vec<EventTx>,
         params: Params,
@@ -86,21 +86,31 @@ impl Pipeline {
         };
         let infer = {
             let stop = stop.clone();
-            let mut l = InferLoop {
-                engine,
-                source,
-                aec,
-                shared,
-                events,
-                params,
-                full_tx,
-                free_rx,
-                far: vec![0.0; FRAME_SAMPLES],
-                text: String::with_capacity(64),
-            };
             std::thread::Builder::new()
                 .name("moshid-infer".into())
-                .spawn(move || l.run(&stop))?
+                .spawn(move || {
+                    // Built here: cancellers need not be Send.
+                    let aec = aec.and_then(|make| match make() {
+                        Ok(a) => Some(a),
+                        Err(e) => {
+                            log::error!("echo cancellation disabled: {e}");
+                            None
+                        }
+                    });
+                    let mut l = InferLoop {
+                        engine,
+                        source,
+                        aec,
+                        shared,
+                        events,
+                        params,
+                        full_tx,
+                        free_rx,
+                        far: vec![0.0; FRAME_SAMPLES],
+                        text: String::with_capacity(64),
+                    };
+                    l.run(&stop)
+                })?
         };
         Ok(Pipeline {
             stop,

@@ -8,7 +8,7 @@ use crate::engine::Engine;
 use crate::mqtt::{self, Mqtt};
 use crate::notify::Notifier;
 use crate::pipeline::{EventTx, Params, Pipeline};
-use crate::sound::{EchoCancel, Sink, Source};
+use crate::sound::{EchoCancelFactory, Sink, Source};
 use crate::store::{self, ModelFiles};
 use anyhow::Context;
 use std::path::PathBuf;
@@ -29,7 +29,7 @@ pub trait AudioFactory: Send + Sync {
 pub type EngineLoader = fn(files: &ModelFiles, cfg: &Config) -> anyhow::Result<Box<dyn Engine>>;
 
 /// Builds the echo canceller, if enabled.
-pub type AecLoader = fn(cfg: &Config) -> anyhow::Result<Option<Box<dyn EchoCancel>>>;
+pub type AecLoader = fn(cfg: &Config) -> anyhow::Result<Option<EchoCancelFactory>>;
 
 /// How the service runs.
 pub struct ServiceOptions {
@@ -72,7 +72,7 @@ struct Loaded {
     engine: Box<dyn Engine>,
     source: Box<dyn Source>,
     sink: Box<dyn Sink>,
-    aec: Option<Box<dyn EchoCancel>>,
+    aec: Option<EchoCancelFactory>,
     describe: String,
 }
 

@@ -47,7 +47,12 @@ pub trait Sink: Send {
 }
 
 /// Echo cancellation: removes `far` (what the speaker played) from `near` (the mic).
-pub trait EchoCancel: Send {
+/// Not `Send`: cancellers may hold thread-local state, so they are built on the
+/// inference thread by an [`EchoCancelFactory`].
+pub trait EchoCancel {
     /// Processes one frame in place.
     fn process(&mut self, far: &[f32], near: &mut [f32]);
 }
+
+/// Builds the echo canceller on the thread that will use it.
+pub type EchoCancelFactory = Box<dyn FnOnce() -> Result<Box<dyn EchoCancel>, String> + Send>;

@@ -191,7 +191,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             paced: !args.fast,
         }),
         engine: crate::moshi_engine::load,
-        aec: |_| Ok(None),
+        aec: crate::alsa_audio::load_aec,
         exit_when_source_ends: true,
         extra_events: vec![tx],
     })?;
