@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use support::*;
 
@@ -13,20 +13,30 @@ fn topic(t: &str) -> String {
     format!("moshid/{ID}/{t}")
 }
 
-/// Writes the daemon's config: demo model, file-backed audio, the test broker.
-fn write_config(dir: &Path, port: u16, extra_top: &str) -> std::path::PathBuf {
-    write_voice_wav(&dir.join("mic.wav"), 8.0);
+/// Writes the daemon's config (demo model, ALSA `file` PCMs as mic and speaker, the
+/// test broker) and the ALSA configuration defining those PCMs.
+fn write_config(dir: &Path, port: u16) -> (PathBuf, String) {
+    // Longer than any test runs: past its end the file plugin returns stale data.
+    write_voice_raw(&dir.join("mic.raw"), 40.0);
+    let d = dir.display();
+    let asound = format!(
+        "pcm.mic {{ type file; slave.pcm \"null\"; file \"/dev/null\"; infile \"{d}/mic.raw\"; format \"raw\" }}\n\
+         pcm.spk {{ type file; slave.pcm \"null\"; file \"{d}/spk.raw\"; format \"raw\" }}\n"
+    );
+    std::fs::write(dir.join("asound.conf"), asound).unwrap();
     let cfg = format!(
         r#"device_id = "{ID}"
 cache_dir = "{cache}"
 autostart = false
 idle_timeout_s = 0
-{extra_top}
 [model]
 source = "demo"
 [audio]
-capture = "wav:{mic}"
-playback = "wav:{spk}"
+capture = "mic"
+playback = "spk"
+rate = 24000
+format = "S16"
+pace = true
 [aec]
 enabled = true
 [mqtt]
@@ -36,25 +46,24 @@ port = {port}
 keepalive_s = 5
 "#,
         cache = model_cache().display(),
-        mic = dir.join("mic.wav").display(),
-        spk = dir.join("spk.wav").display(),
     );
     let path = dir.join("config.toml");
     std::fs::write(&path, cfg).unwrap();
-    path
+    let alsa = format!("/usr/share/alsa/alsa.conf:{d}/asound.conf");
+    (path, alsa)
 }
 
-fn start(dir: &Path, broker: &Broker, notify: &Notify) -> (Daemon, std::path::PathBuf) {
-    let cfg = write_config(dir, broker.port, "");
-    let d = Daemon::spawn(
+fn start(dir: &Path, broker: &Broker, notify: &Notify) -> Daemon {
+    let (cfg, alsa) = write_config(dir, broker.port);
+    Daemon::spawn(
         &["run", "--config", cfg.to_str().unwrap()],
         &[
             ("NOTIFY_SOCKET", notify.path.to_str().unwrap()),
             ("WATCHDOG_USEC", "2000000"),
+            ("ALSA_CONFIG_PATH", &alsa),
         ],
         dir,
-    );
-    (d, cfg)
+    )
 }
 
 #[test]
@@ -64,7 +73,7 @@ fn appliance_over_mqtt_and_systemd() {
     let broker = Broker::start(dir.path());
     let notify = Notify::bind(dir.path());
     let obs = Observer::connect(broker.port, "obs", &[&topic("#"), "homeassistant/#"]);
-    let (mut d, _cfg) = start(dir.path(), &broker, &notify);
+    let mut d = start(dir.path(), &broker, &notify);
 
     // READY=1 once the model is loaded and audio open, with a readable STATUS.
     assert!(
@@ -220,7 +229,7 @@ fn appliance_over_mqtt_and_systemd() {
     .expect("availability offline after SIGTERM");
 
     // The speaker got the model's (non-silent) audio.
-    let (n, peak) = wav_peak(&dir.path().join("spk.wav"));
+    let (n, peak) = raw_peak(&dir.path().join("spk.raw"));
     assert!(n > 24_000, "only {n} samples played");
     assert!(peak > 0.01, "speaker output is silent (peak {peak})");
 }
@@ -231,7 +240,7 @@ fn reconnects_after_broker_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut broker = Broker::start(dir.path());
     let notify = Notify::bind(dir.path());
-    let (mut d, _cfg) = start(dir.path(), &broker, &notify);
+    let mut d = start(dir.path(), &broker, &notify);
     assert!(
         notify.wait("READY=1", Duration::from_secs(120)),
         "no READY=1\nlog:\n{}",

@@ -1,48 +1,138 @@
-//! Microphone and speaker for `moshid run`: ALSA devices through moshid-hal, or WAV
-//! files named `wav:/path` (a looping file as microphone, a file collecting what would
-//! be played; for tests and measurements without a sound card).
+//! Microphone and speaker for `moshid run`: moshid-hal's capture and playback streams
+//! (ALSA PCMs, or `wav:/path` files), each on its own thread with a bounded queue and
+//! reopen-with-backoff when a device goes away.
 
 use crate::config::Config;
 use crate::service::AudioFactory;
-use crate::sound::{EchoCancel, EchoCancelFactory, Sink, Source};
-use crate::wav_audio::{WavSink, WavSource};
+use crate::sound::{EchoCancel, EchoCancelFactory, InFrame, Sink, SoundError, Source};
 use anyhow::Context;
-use std::path::PathBuf;
+use moshid_hal::{CaptureConfig, CaptureStream, Frame, PlaybackConfig, PlaybackStream};
+use moshid_hal::{SampleFormat, FRAME_SAMPLES};
+use std::time::{Duration, Instant};
 
-/// Opens the configured devices.
+/// Opens the configured devices through moshid-hal.
 pub struct AlsaFactory;
 
-fn wav_path(name: &str) -> Option<PathBuf> {
-    name.strip_prefix("wav:").map(PathBuf::from)
+fn format(cfg: &Config) -> anyhow::Result<SampleFormat> {
+    cfg.audio
+        .format
+        .parse()
+        .map_err(|e| anyhow::anyhow!("audio.format: {e}"))
 }
 
 impl AudioFactory for AlsaFactory {
     fn open(&self, cfg: &Config) -> anyhow::Result<(Box<dyn Source>, Box<dyn Sink>)> {
-        let source: Box<dyn Source> = match wav_path(&cfg.audio.capture) {
-            Some(p) => {
-                let s = moshid_hal::wav::read_mono_24k(&p)
-                    .with_context(|| format!("audio.capture = {:?}", cfg.audio.capture))?;
-                Box::new(WavSource::new(s, true).looped())
-            }
-            None => anyhow::bail!(
-                "audio.capture = {:?}: ALSA capture is not integrated yet; use `wav:/path.wav`",
-                cfg.audio.capture
-            ),
-        };
-        let sink: Box<dyn Sink> = match wav_path(&cfg.audio.playback) {
-            Some(p) => Box::new(WavSink::new(p, 24_000 * 60)),
-            None => anyhow::bail!(
-                "audio.playback = {:?}: ALSA playback is not integrated yet; use `wav:/path.wav`",
-                cfg.audio.playback
-            ),
-        };
-        Ok((source, sink))
+        let a = &cfg.audio;
+        let mut c = CaptureConfig::new(&a.capture);
+        c.rate = a.rate;
+        c.channels = a.capture_channels as usize;
+        c.format = format(cfg)?;
+        c.mic_channels = a.mic_channels.iter().map(|&x| x as usize).collect();
+        c.gain = a.mic_gain;
+        c.pace = a.pace;
+        // The pipeline skips frames itself; the stream only needs to absorb jitter.
+        c.queue_frames = a.queue_frames.max(1) + 2;
+        let capture = CaptureStream::start(&c).with_context(|| {
+            format!("cannot open the microphone audio.capture = {:?}", a.capture)
+        })?;
+
+        let mut p = PlaybackConfig::new(&a.playback);
+        p.rate = a.rate;
+        p.channels = a.playback_channels as usize;
+        p.format = c.format;
+        p.pace = a.pace;
+        p.queue_frames = a.queue_frames.max(1);
+        let playback = PlaybackStream::start(&p).with_context(|| {
+            format!("cannot open the speaker audio.playback = {:?}", a.playback)
+        })?;
+        let params = playback.params();
+        let device_delay =
+            Duration::from_secs_f64(params.buffer_frames as f64 / params.rate.max(1) as f64);
+        Ok((
+            Box::new(HalSource { stream: capture }),
+            Box::new(HalSink {
+                stream: Some(playback),
+                device_delay,
+            }),
+        ))
     }
+
     fn describe(&self, cfg: &Config) -> String {
         format!(
             "mic {:?}, speaker {:?}",
             cfg.audio.capture, cfg.audio.playback
         )
+    }
+}
+
+struct HalSource {
+    stream: CaptureStream,
+}
+
+impl Source for HalSource {
+    fn recv(&mut self, timeout: Duration) -> Result<Option<InFrame>, SoundError> {
+        match self.stream.recv(timeout) {
+            Some(f) => Ok(Some(InFrame {
+                samples: f.samples,
+                captured_at: f.captured_at,
+            })),
+            None if self.stream.is_finished() => Err(SoundError::Ended),
+            None => Ok(None),
+        }
+    }
+
+    fn backlog(&self) -> usize {
+        self.stream.stats().queue_depth
+    }
+
+    fn recycle(&mut self, frame: InFrame) {
+        self.stream.recycle(Frame {
+            samples: frame.samples,
+            captured_at: frame.captured_at,
+        });
+    }
+}
+
+struct HalSink {
+    stream: Option<PlaybackStream>,
+    device_delay: Duration,
+}
+
+impl Sink for HalSink {
+    fn play(&mut self, samples: &[f32]) -> Result<(), SoundError> {
+        let Some(stream) = self.stream.as_ref() else {
+            return Err(SoundError::Device("speaker already closed".into()));
+        };
+        // Reuse the buffers the playback thread hands back as echo reference.
+        let mut buf = match stream.reference().try_recv() {
+            Ok(f) if f.samples.len() == FRAME_SAMPLES => f.samples,
+            _ => vec![0.0; FRAME_SAMPLES],
+        };
+        buf.copy_from_slice(samples);
+        let frame = Frame {
+            samples: buf,
+            captured_at: Instant::now(),
+        };
+        stream.send_blocking(frame).map_err(|_| {
+            SoundError::Device(
+                stream
+                    .last_error()
+                    .unwrap_or_else(|| "speaker stream stopped".into()),
+            )
+        })
+    }
+
+    fn delay(&self) -> Duration {
+        // Queued frames plus the device buffer: audio written but not yet heard.
+        let queued = self.stream.as_ref().map_or(0, |s| s.stats().queue_depth);
+        Duration::from_millis(80 * queued as u64) + self.device_delay
+    }
+
+    fn finish(&mut self) -> Result<(), SoundError> {
+        if let Some(s) = self.stream.take() {
+            s.finish();
+        }
+        Ok(())
     }
 }
 

@@ -172,27 +172,33 @@ pub struct SamplingConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AudioConfig {
-    /// ALSA PCM name for the microphone (e.g. `default`, `plughw:1,0`).
+    /// Microphone: an ALSA PCM name (e.g. `default`, `plughw:1,0`) or `wav:/path.wav`.
     #[serde(default = "default_pcm")]
     pub capture: String,
-    /// ALSA PCM name for the speaker.
+    /// Speaker: an ALSA PCM name or `wav:/path.wav`.
     #[serde(default = "default_pcm")]
     pub playback: String,
     /// Sample rate opened on the devices (resampled to/from 24 kHz).
     #[serde(default = "default_rate")]
     pub rate: u32,
+    /// Sample format on the devices: `S16`, `S32` or `F32`.
+    #[serde(default = "default_format")]
+    pub format: String,
     /// Channels opened on the microphone.
     #[serde(default = "default_one")]
     pub capture_channels: u16,
-    /// Which capture channel is the voice (0-based).
+    /// Microphone channels averaged into the voice signal (0-based); empty = all.
     #[serde(default)]
-    pub capture_channel: u16,
-    /// Channels opened on the speaker.
+    pub mic_channels: Vec<u16>,
+    /// Linear gain on the microphone signal.
+    #[serde(default = "default_gain")]
+    pub mic_gain: f32,
+    /// Channels opened on the speaker (each gets Moshi's voice).
     #[serde(default = "default_one")]
     pub playback_channels: u16,
-    /// Which speaker channels get the voice (0-based); default all.
+    /// Pace file-backed devices (ALSA `file`/`null` PCMs, WAV files) to real time.
     #[serde(default)]
-    pub playback_channel_map: Option<Vec<u16>>,
+    pub pace: bool,
     /// Initial volume, 0-100.
     #[serde(default = "default_volume")]
     pub volume: u8,
@@ -317,6 +323,12 @@ fn default_pcm() -> String {
 fn default_rate() -> u32 {
     24_000
 }
+fn default_format() -> String {
+    "S16".into()
+}
+fn default_gain() -> f32 {
+    1.0
+}
 fn default_one() -> u16 {
     1
 }
@@ -372,10 +384,12 @@ impl Default for AudioConfig {
             capture: default_pcm(),
             playback: default_pcm(),
             rate: default_rate(),
+            format: default_format(),
             capture_channels: 1,
-            capture_channel: 0,
+            mic_channels: Vec::new(),
+            mic_gain: 1.0,
             playback_channels: 1,
-            playback_channel_map: None,
+            pace: false,
             volume: default_volume(),
             queue_frames: default_queue(),
         }
@@ -619,10 +633,10 @@ impl Config {
                 a.capture_channels
             ));
         }
-        if a.capture_channel >= a.capture_channels {
+        if let Some(c) = a.mic_channels.iter().find(|&&c| c >= a.capture_channels) {
             p.push(format!(
-                "`audio.capture_channel` = {}: must be below capture_channels ({})",
-                a.capture_channel, a.capture_channels
+                "`audio.mic_channels` = {:?}: channel {c} does not exist with capture_channels = {}",
+                a.mic_channels, a.capture_channels
             ));
         }
         if !(1..=32).contains(&a.playback_channels) {
@@ -631,13 +645,14 @@ impl Config {
                 a.playback_channels
             ));
         }
-        if let Some(map) = &a.playback_channel_map {
-            if map.is_empty() || map.iter().any(|&c| c >= a.playback_channels) {
-                p.push(format!(
-                    "`audio.playback_channel_map` = {map:?}: list channels below playback_channels ({})",
-                    a.playback_channels
-                ));
-            }
+        if !["S16", "S32", "F32"].contains(&a.format.to_ascii_uppercase().as_str()) {
+            p.push(format!(
+                "`audio.format` = {:?}: use S16, S32 or F32",
+                a.format
+            ));
+        }
+        if !(a.mic_gain.is_finite() && (0.0..=100.0).contains(&a.mic_gain)) {
+            p.push(format!("`audio.mic_gain` = {}: use 0..=100", a.mic_gain));
         }
         if a.volume > 100 {
             p.push(format!("`audio.volume` = {}: use 0..=100", a.volume));
@@ -737,7 +752,7 @@ mod tests {
     #[test]
     fn bad_values_are_named() {
         let e = parse(
-            "device_id = \"a b\"\n[sampling]\ntop_k = 0\n[audio]\nvolume = 101\ncapture_channel = 3\n[model]\nvoice = \"nobody\"\n",
+            "device_id = \"a b\"\n[sampling]\ntop_k = 0\n[audio]\nvolume = 101\nmic_channels = [3]\n[model]\nvoice = \"nobody\"\n",
         )
         .unwrap_err()
         .to_string();
@@ -745,7 +760,7 @@ mod tests {
             "`device_id`",
             "`sampling.top_k`",
             "`audio.volume`",
-            "`audio.capture_channel`",
+            "`audio.mic_channels`",
             "`model.voice`",
         ] {
             assert!(e.contains(f), "{f} missing in {e}");
@@ -758,6 +773,13 @@ mod tests {
             parse("[voices.mine]\nrepo = \"me/my-moshi\"\n[model]\nvoice = \"mine\"\n").unwrap();
         assert_eq!(c.voices.len(), 3);
         assert_eq!(c.voices["mine"].lm_file, "model.q8.gguf");
+    }
+
+    #[test]
+    fn documented_example_is_valid() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/moshid.toml.example");
+        let c = Config::load(&p).expect("the example config validates");
+        assert_eq!(c, parse("").unwrap(), "the example shows the defaults");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use crate::control::{Phase, Shared};
 use crate::engine::Engine;
-use crate::sound::{EchoCancel, EchoCancelFactory, Sink, SoundError, Source};
+use crate::sound::{EchoCancel, EchoCancelFactory, InFrame, Sink, SoundError, Source};
 use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
 use moshid_hal::FRAME_SAMPLES;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -108,6 +108,10 @@ impl Pipeline {
                         free_rx,
                         far: vec![0.0; FRAME_SAMPLES],
                         text: String::with_capacity(64),
+                        in_conversation: None,
+                        conv_start: Instant::now(),
+                        last_voice: Instant::now(),
+                        silence: vec![0.0; FRAME_SAMPLES],
                     };
                     l.run(&stop)
                 })?
@@ -175,6 +179,11 @@ struct InferLoop {
     /// The last frame sent to the speaker: the echo reference.
     far: Vec<f32>,
     text: String,
+    /// None until the first frame, so the initial phase is always published.
+    in_conversation: Option<bool>,
+    conv_start: Instant,
+    last_voice: Instant,
+    silence: Vec<f32>,
 }
 
 impl InferLoop {
@@ -187,11 +196,6 @@ impl InferLoop {
     }
 
     fn run(&mut self, stop: &AtomicBool) {
-        // None until the first frame, so the initial phase is always published.
-        let mut in_conversation: Option<bool> = None;
-        let mut conv_start = Instant::now();
-        let mut last_voice = Instant::now();
-        let mut silence = vec![0.0f32; FRAME_SAMPLES];
         while !stop.load(Ordering::Relaxed) {
             let mut frame = match self.source.recv(Duration::from_millis(200)) {
                 Ok(Some(f)) => f,
@@ -211,108 +215,119 @@ impl InferLoop {
             while self.source.backlog() >= self.params.queue_frames {
                 match self.source.recv(Duration::ZERO) {
                     Ok(Some(newer)) => {
-                        frame = newer;
+                        let old = std::mem::replace(&mut frame, newer);
+                        self.source.recycle(old);
                         self.shared.dropped_frames.fetch_add(1, Ordering::Relaxed);
                     }
                     _ => break,
                 }
             }
-            self.shared.beat();
-            if frame.samples.len() != FRAME_SAMPLES {
-                log::warn!(
-                    "source gave a frame of {} samples, expected {FRAME_SAMPLES}; skipped",
-                    frame.samples.len()
-                );
-                continue;
-            }
-
-            let want = self.shared.conversation.load(Ordering::Relaxed);
-            if Some(want) != in_conversation
-                || self.shared.reset_requested.swap(false, Ordering::Relaxed)
-            {
-                // Every conversation starts from a fresh model state.
-                self.engine.reset();
-                in_conversation = Some(want);
-                conv_start = Instant::now();
-                last_voice = Instant::now();
-                if self.shared.phase() != Phase::Error {
-                    self.shared.set_phase(if want {
-                        Phase::Conversation
-                    } else {
-                        Phase::Idle
-                    });
-                }
-            }
-            if !want {
-                continue;
-            }
-
-            let muted = self.shared.muted.load(Ordering::Relaxed);
-            let input: &mut [f32] = if muted {
-                silence.fill(0.0);
-                &mut silence
-            } else {
-                if let Some(aec) = self.aec.as_mut() {
-                    aec.process(&self.far, &mut frame.samples);
-                }
-                &mut frame.samples
-            };
-            let rms = (input.iter().map(|x| x * x).sum::<f32>() / FRAME_SAMPLES as f32).sqrt();
-            self.shared.record_input_rms(rms);
-            if rms > SILENCE_RMS {
-                last_voice = Instant::now();
-            }
-
-            // Playback behind too: no free buffer means the output queue is full.
-            let mut out = match self.free_rx.try_recv() {
-                Ok(b) => b,
-                Err(TryRecvError::Empty) => {
-                    self.shared.dropped_output.fetch_add(1, Ordering::Relaxed);
-                    self.far.fill(0.0);
-                    continue;
-                }
-                Err(TryRecvError::Disconnected) => break,
-            };
-            let t0 = Instant::now();
-            self.text.clear();
-            if let Err(e) = self.engine.step(input, &mut out, &mut self.text) {
-                log::error!("{e}");
-                self.shared.set_error(&e.to_string());
+            let go_on = self.handle(&mut frame);
+            self.source.recycle(frame);
+            if !go_on {
                 break;
-            }
-            let step_s = t0.elapsed().as_secs_f32();
-            self.shared.record_step(step_s);
-            let gain = self.shared.volume.load(Ordering::Relaxed) as f32 / 100.0;
-            for s in out.iter_mut() {
-                *s = (*s * gain).clamp(-1.0, 1.0);
-            }
-            self.far.copy_from_slice(&out);
-            if !self.text.is_empty() {
-                let text = self.text.clone();
-                self.emit(Event::Transcript {
-                    text,
-                    time: conv_start.elapsed().as_secs_f64(),
-                });
-            }
-            if self
-                .full_tx
-                .send(OutFrame {
-                    samples: out,
-                    captured_at: frame.captured_at,
-                })
-                .is_err()
-            {
-                break;
-            }
-            // The source keeps its frame buffers; recycle ours by reusing `frame` next loop.
-            if let Some(t) = self.params.idle_timeout {
-                if last_voice.elapsed() >= t {
-                    log::info!(idle_s = t.as_secs(); "no speech for the idle timeout: ending the conversation");
-                    self.shared.conversation.store(false, Ordering::Relaxed);
-                    self.emit(Event::IdleTimeout);
-                }
             }
         }
+    }
+
+    /// Processes one frame; false stops the loop.
+    fn handle(&mut self, frame: &mut InFrame) -> bool {
+        self.shared.beat();
+        if frame.samples.len() != FRAME_SAMPLES {
+            log::warn!(
+                "source gave a frame of {} samples, expected {FRAME_SAMPLES}; skipped",
+                frame.samples.len()
+            );
+            return true;
+        }
+
+        let want = self.shared.conversation.load(Ordering::Relaxed);
+        if Some(want) != self.in_conversation
+            || self.shared.reset_requested.swap(false, Ordering::Relaxed)
+        {
+            // Every conversation starts from a fresh model state.
+            self.engine.reset();
+            self.in_conversation = Some(want);
+            self.conv_start = Instant::now();
+            self.last_voice = Instant::now();
+            if self.shared.phase() != Phase::Error {
+                self.shared.set_phase(if want {
+                    Phase::Conversation
+                } else {
+                    Phase::Idle
+                });
+            }
+        }
+        if !want {
+            return true;
+        }
+
+        let muted = self.shared.muted.load(Ordering::Relaxed);
+        let input: &mut [f32] = if muted {
+            self.silence.fill(0.0);
+            &mut self.silence
+        } else {
+            if let Some(aec) = self.aec.as_mut() {
+                aec.process(&self.far, &mut frame.samples);
+            }
+            &mut frame.samples
+        };
+        let rms = (input.iter().map(|x| x * x).sum::<f32>() / FRAME_SAMPLES as f32).sqrt();
+        self.shared.record_input_rms(rms);
+        if rms > SILENCE_RMS {
+            self.last_voice = Instant::now();
+        }
+
+        // Playback behind too: no free buffer means the output queue is full.
+        let mut out = match self.free_rx.try_recv() {
+            Ok(b) => b,
+            Err(TryRecvError::Empty) => {
+                self.shared.dropped_output.fetch_add(1, Ordering::Relaxed);
+                self.far.fill(0.0);
+                return true;
+            }
+            Err(TryRecvError::Disconnected) => return false,
+        };
+        let t0 = Instant::now();
+        self.text.clear();
+        if let Err(e) = self.engine.step(input, &mut out, &mut self.text) {
+            log::error!("{e}");
+            self.shared.set_error(&e.to_string());
+            return false;
+        }
+        let step_s = t0.elapsed().as_secs_f32();
+        self.shared.record_step(step_s);
+        let gain = self.shared.volume.load(Ordering::Relaxed) as f32 / 100.0;
+        for s in out.iter_mut() {
+            *s = (*s * gain).clamp(-1.0, 1.0);
+        }
+        self.far.copy_from_slice(&out);
+        if !self.text.is_empty() {
+            let text = self.text.clone();
+            self.emit(Event::Transcript {
+                text,
+                time: self.conv_start.elapsed().as_secs_f64(),
+            });
+        }
+        if self
+            .full_tx
+            .send(OutFrame {
+                samples: out,
+                captured_at: frame.captured_at,
+            })
+            .is_err()
+        {
+            return false;
+        }
+        // The source keeps its frame buffers; recycle ours by reusing `frame` next loop.
+        if let Some(t) = self.params.idle_timeout {
+            if self.last_voice.elapsed() >= t {
+                log::info!(idle_s = t.as_secs(); "no speech for the idle timeout: ending the conversation");
+                self.shared.conversation.store(false, Ordering::Relaxed);
+                self.emit(Event::IdleTimeout);
+            }
+        }
+        true
     }
 }
 

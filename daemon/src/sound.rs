@@ -30,6 +30,8 @@ pub trait Source: Send {
     fn recv(&mut self, timeout: Duration) -> Result<Option<InFrame>, SoundError>;
     /// Frames already waiting (used to skip when inference falls behind).
     fn backlog(&self) -> usize;
+    /// Gives a frame's buffer back for reuse (no allocation per frame).
+    fn recycle(&mut self, _frame: InFrame) {}
 }
 
 /// A speaker.

@@ -13,7 +13,6 @@ pub struct WavSource {
     next: usize,
     start: Option<Instant>,
     paced: bool,
-    looped: bool,
 }
 
 impl WavSource {
@@ -26,19 +25,10 @@ impl WavSource {
             next: 0,
             start: None,
             paced,
-            looped: false,
         }
     }
 
-    /// Starts over at the end instead of ending (a file standing in for a live mic).
-    pub fn looped(mut self) -> WavSource {
-        self.looped = true;
-        self
-    }
-
     fn sample_frame(&self, k: usize) -> &[f32] {
-        let n = self.frames().max(1);
-        let k = k % n;
         &self.samples[k * FRAME_SAMPLES..(k + 1) * FRAME_SAMPLES]
     }
 
@@ -53,7 +43,7 @@ impl WavSource {
 
 impl Source for WavSource {
     fn recv(&mut self, timeout: Duration) -> Result<Option<InFrame>, SoundError> {
-        if self.frames() == 0 || (self.next >= self.frames() && !self.looped) {
+        if self.next >= self.frames() {
             return Err(SoundError::Ended);
         }
         let start = *self.start.get_or_insert_with(Instant::now);

@@ -237,8 +237,7 @@ impl Notify {
     }
 }
 
-/// Writes a 24 kHz mono 16-bit WAV of a voice-like signal (pulse train through a
-/// resonator, syllable envelope), loud enough to be far from silence.
+/// Writes a 24 kHz mono 16-bit WAV of [`voice`].
 pub fn write_voice_wav(path: &Path, seconds: f32) {
     let spec = hound::WavSpec {
         channels: 1,
@@ -247,6 +246,35 @@ pub fn write_voice_wav(path: &Path, seconds: f32) {
         sample_format: hound::SampleFormat::Int,
     };
     let mut w = hound::WavWriter::create(path, spec).unwrap();
+    for x in voice(seconds) {
+        w.write_sample(x).unwrap();
+    }
+    w.finalize().unwrap();
+}
+
+/// Writes raw S16_LE 24 kHz mono (an ALSA `file` PCM's infile) of [`voice`].
+pub fn write_voice_raw(path: &Path, seconds: f32) {
+    let bytes: Vec<u8> = voice(seconds)
+        .into_iter()
+        .flat_map(i16::to_le_bytes)
+        .collect();
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Peak of raw S16_LE samples (an ALSA `file` PCM's output) and their count.
+pub fn raw_peak(path: &Path) -> (usize, f32) {
+    let b = std::fs::read(path).unwrap_or_default();
+    let peak = b
+        .chunks_exact(2)
+        .map(|c| (i16::from_le_bytes([c[0], c[1]]) as f32 / 32768.0).abs())
+        .fold(0.0f32, f32::max);
+    (b.len() / 2, peak)
+}
+
+/// A voice-like signal (pulse train through a resonator, syllable envelope), loud enough
+/// to be far from silence.
+pub fn voice(seconds: f32) -> Vec<i16> {
+    let mut out = Vec::new();
     let mut phase = 0.0f32;
     let mut res = 0.0f32;
     for i in 0..(seconds * 24_000.0) as usize {
@@ -261,9 +289,9 @@ pub fn write_voice_wav(path: &Path, seconds: f32) {
         res = 0.97 * res + pulse;
         let env = 0.5 + 0.5 * (t * 9.0).sin().abs();
         let x = (0.12 * res * env).clamp(-0.9, 0.9);
-        w.write_sample((x * 32767.0) as i16).unwrap();
+        out.push((x * 32767.0) as i16);
     }
-    w.finalize().unwrap();
+    out
 }
 
 /// Peak absolute sample of a WAV file (any format hound reads).
