@@ -4,28 +4,52 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args as ClapArgs;
-use moshid_models::lm::{quantize_file, QuantType};
+use moshid_models::lm::{quantize_file, write_random_gguf, QuantType};
 
 /// Arguments of `moshid quantize`.
 #[derive(ClapArgs, Debug)]
 pub struct Args {
     /// Input checkpoint (safetensors, f32/bf16/f16, either layout).
-    #[arg(long = "in")]
-    pub input: PathBuf,
+    #[arg(long = "in", required_unless_present = "random_seed")]
+    pub input: Option<PathBuf>,
     /// Output GGUF file.
     #[arg(long = "out")]
     pub output: PathBuf,
     /// Quantization: q8_0, q4_0 or q4k.
     #[arg(long = "type", value_parser = ["q8_0", "q4_0", "q4k"])]
     pub ty: String,
+    /// Instead of --in: write a deterministic random-weight model of --lm-config (default
+    /// the 7B shape) with this seed, tensor by tensor (for benchmarks; never a real voice).
+    #[arg(long, conflicts_with = "input")]
+    pub random_seed: Option<u64>,
+    /// lm_kwargs JSON for --random-seed.
+    #[arg(long, requires = "random_seed")]
+    pub lm_config: Option<PathBuf>,
 }
 
 /// Runs `moshid quantize`.
 pub fn run(a: Args) -> anyhow::Result<()> {
     let ty: QuantType = a.ty.parse()?;
     let t0 = std::time::Instant::now();
-    let r = quantize_file(&a.input, &a.output, ty)
-        .with_context(|| format!("quantizing {} to {}", a.input.display(), a.output.display()))?;
+    if let Some(seed) = a.random_seed {
+        let cfg = super::infer::lm_config(a.lm_config.as_deref())?;
+        write_random_gguf(&cfg, seed, &a.output, ty)
+            .with_context(|| format!("writing {}", a.output.display()))?;
+        let bytes = std::fs::metadata(&a.output)?.len();
+        eprintln!(
+            "moshid: wrote random-weight {} ({:.2} GB, seed {seed}) in {:.1} s",
+            a.output.display(),
+            bytes as f64 / 1e9,
+            t0.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
+    let input = a
+        .input
+        .as_ref()
+        .context("give --in FILE.safetensors (or --random-seed N)")?;
+    let r = quantize_file(input, &a.output, ty)
+        .with_context(|| format!("quantizing {} to {}", input.display(), a.output.display()))?;
     eprintln!(
         "moshid: wrote {} ({:.2} GB) in {:.1} s: {} tensors {}, {} in a 32-block fallback (rows not a multiple of the block), {} norms in f32",
         a.output.display(),
