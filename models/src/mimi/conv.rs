@@ -8,10 +8,21 @@
 
 use candle_core::{Result, Tensor, D};
 
+use super::kernels::{im2col, Packed};
+
+/// A convolution kernel: packed `[C_in * K, C_out]` for the CPU kernels, or the PyTorch
+/// layout `[C_out, C_in, K]` for candle's conv1d on other devices.
+#[derive(Debug, Clone)]
+enum ConvWeight {
+    Packed(Packed),
+    Plain(Tensor),
+}
+
 /// Streaming causal `Conv1d` on `[1, C, T]` tensors.
 #[derive(Debug, Clone)]
 pub(crate) struct StreamConv1d {
-    weight: Tensor,
+    weight: ConvWeight,
+    kernel: usize,
     bias: Option<Tensor>,
     stride: usize,
     dilation: usize,
@@ -30,14 +41,20 @@ impl StreamConv1d {
         dilation: usize,
         replicate: bool,
     ) -> Result<Self> {
-        let k = weight.dim(2)?;
+        let (c_out, c_in, k) = weight.dims3()?;
         let eff = (k - 1) * dilation + 1;
+        let weight = if weight.device().is_cpu() {
+            ConvWeight::Packed(Packed::new(&weight.reshape((c_out, c_in * k))?.t()?)?)
+        } else {
+            ConvWeight::Plain(weight)
+        };
         let bias = match bias {
             Some(b) => Some(b.reshape((1, (), 1))?),
             None => None,
         };
         Ok(Self {
             weight,
+            kernel: k,
             bias,
             stride,
             dilation,
@@ -71,7 +88,18 @@ impl StreamConv1d {
             );
             full
         };
-        let y = x.conv1d(&self.weight, 0, self.stride, self.dilation, 1)?;
+        let y = match &self.weight {
+            ConvWeight::Packed(w) => {
+                let x = x.squeeze(0)?;
+                let cols = if self.kernel == 1 && self.stride == 1 {
+                    x.t()?
+                } else {
+                    im2col(&x, self.kernel, self.stride, self.dilation)?
+                };
+                w.mm_t(&cols)?.unsqueeze(0)?
+            }
+            ConvWeight::Plain(w) => x.conv1d(w, 0, self.stride, self.dilation, 1)?,
+        };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
@@ -83,9 +111,10 @@ impl StreamConv1d {
 /// one matrix product plus an overlap-add of two halves.
 #[derive(Debug, Clone)]
 pub(crate) struct StreamConvTr1d {
-    /// `[C_in, C_out * K]` for dense, `[1, C, K]` for depthwise.
-    weight: Tensor,
-    depthwise: bool,
+    /// `[C_in, C_out * K]` for dense.
+    dense: Option<Packed>,
+    /// `[1, C, K]` for depthwise.
+    depthwise: Option<Tensor>,
     bias: Option<Tensor>,
     c_out: usize,
     stride: usize,
@@ -106,17 +135,18 @@ impl StreamConvTr1d {
         if k != 2 * stride {
             candle_core::bail!("transposed conv kernel {k} must be twice its stride {stride}");
         }
-        let (weight, c_out) = if depthwise {
-            (weight.reshape((1, c_in, k))?, c_in)
+        let (dense, depthwise, c_out) = if depthwise {
+            (None, Some(weight.reshape((1, c_in, k))?), c_in)
         } else {
-            (weight.reshape((c_in, c_per_group * k))?, c_per_group)
+            let w = weight.reshape((c_in, c_per_group * k))?;
+            (Some(Packed::new(&w)?), None, c_per_group)
         };
         let bias = match bias {
             Some(b) => Some(b.reshape((1, (), 1))?),
             None => None,
         };
         Ok(Self {
-            weight,
+            dense,
             depthwise,
             bias,
             c_out,
@@ -134,13 +164,11 @@ impl StreamConvTr1d {
         let t = x.dim(2)?;
         let s = self.stride;
         // cols[t, c, k]: the contribution of input step t to output sample t*S + k.
-        let cols = if self.depthwise {
-            x.squeeze(0)?
-                .t()?
-                .unsqueeze(2)?
-                .broadcast_mul(&self.weight)?
-        } else {
-            x.squeeze(0)?.t()?.matmul(&self.weight)?
+        let xt = x.squeeze(0)?.t()?;
+        let cols = match (&self.dense, &self.depthwise) {
+            (Some(w), _) => w.mm(&xt)?,
+            (None, Some(w)) => xt.unsqueeze(2)?.broadcast_mul(w)?,
+            (None, None) => candle_core::bail!("transposed conv without weights"),
         };
         let cols = cols.reshape((t, self.c_out, 2, s))?;
         let head = cols.narrow(2, 0, 1)?.squeeze(2)?; // [T, C, S]

@@ -9,6 +9,7 @@
 
 mod config;
 mod conv;
+mod kernels;
 mod load;
 mod quantizer;
 mod random;

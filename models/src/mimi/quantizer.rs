@@ -4,6 +4,7 @@
 use candle_core::{DType, Result, Tensor, D};
 
 use super::config::QuantizerConfig;
+use super::kernels::Packed;
 use super::load::Weights;
 use super::MimiError;
 
@@ -11,16 +12,18 @@ use super::MimiError;
 struct Codebook {
     /// Centroids `[bins, dim]` = `embedding_sum / max(cluster_usage, 1e-5)`.
     centroids: Tensor,
+    /// The same, transposed `[dim, bins]`, for the distance product.
+    centroids_t: Packed,
     /// `|c|^2` per centroid, `[1, bins]`.
     norms: Tensor,
 }
 
 #[derive(Debug, Clone)]
 struct Group {
-    /// `[dim, latent]`.
-    input_proj: Tensor,
-    /// `[latent, dim]`.
-    output_proj: Tensor,
+    /// `[latent, dim]` (transposed from the checkpoint).
+    input_proj: Packed,
+    /// `[dim, latent]` (transposed from the checkpoint).
+    output_proj: Packed,
     codebooks: Vec<Codebook>,
 }
 
@@ -33,9 +36,9 @@ pub(crate) struct Quantizer {
 
 fn group(w: &Weights, name: &str, levels: usize) -> std::result::Result<Group, MimiError> {
     let p = format!("quantizer.{name}");
-    let proj = |n: &str| -> std::result::Result<Tensor, MimiError> {
+    let proj = |n: &str| -> std::result::Result<Packed, MimiError> {
         let t = w.get(&format!("{p}.{n}.weight"))?;
-        Ok(t.squeeze(2)?)
+        Ok(Packed::new(&t.squeeze(2)?.t()?)?)
     };
     let mut codebooks = Vec::with_capacity(levels);
     for l in 0..levels {
@@ -44,7 +47,12 @@ fn group(w: &Weights, name: &str, levels: usize) -> std::result::Result<Group, M
         let usage = w.get(&format!("{c}.cluster_usage"))?;
         let centroids = sum.broadcast_div(&usage.clamp(1e-5f32, f32::MAX)?.unsqueeze(1)?)?;
         let norms = centroids.sqr()?.sum(1)?.unsqueeze(0)?;
-        codebooks.push(Codebook { centroids, norms });
+        let centroids_t = Packed::new(&centroids.t()?)?;
+        codebooks.push(Codebook {
+            centroids,
+            centroids_t,
+            norms,
+        });
     }
     Ok(Group {
         input_proj: proj("input_proj")?,
@@ -56,10 +64,10 @@ fn group(w: &Weights, name: &str, levels: usize) -> std::result::Result<Group, M
 impl Group {
     /// `x`: `[T, latent]` -> one `[T]` u32 code tensor per level.
     fn encode(&self, x: &Tensor, out: &mut Vec<Tensor>) -> Result<()> {
-        let mut r = x.matmul(&self.input_proj.t()?)?;
+        let mut r = self.input_proj.mm(x)?;
         for cb in &self.codebooks {
             // argmin |r - c|^2 = argmin (|c|^2 - 2 r.c)
-            let dots = r.matmul(&cb.centroids.t()?)?;
+            let dots = cb.centroids_t.mm(&r)?;
             let d = cb.norms.broadcast_sub(&(dots * 2.0)?)?;
             let codes = d.argmin(D::Minus1)?.to_dtype(DType::U32)?;
             r = (r - cb.centroids.index_select(&codes, 0)?)?;
@@ -79,7 +87,7 @@ impl Group {
             });
         }
         match acc {
-            Some(a) => a.matmul(&self.output_proj.t()?),
+            Some(a) => self.output_proj.mm(&a),
             None => candle_core::bail!("no codebook level to decode"),
         }
     }

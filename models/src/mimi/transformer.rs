@@ -5,18 +5,19 @@ use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::LayerNorm;
 
 use super::config::TransformerConfig;
+use super::kernels::Packed;
 use super::load::Weights;
 use super::MimiError;
 
 #[derive(Debug, Clone)]
 struct Layer {
-    /// `[3d, d]` (PyTorch `in_proj_weight`, q/k/v stacked).
-    in_proj: Tensor,
-    out_proj: Tensor,
+    /// `[d, 3d]` (PyTorch `in_proj_weight` transposed, q/k/v stacked).
+    in_proj: Packed,
+    out_proj: Packed,
     norm1: LayerNorm,
     norm2: LayerNorm,
-    linear1: Tensor,
-    linear2: Tensor,
+    linear1: Packed,
+    linear2: Packed,
     scale1: Tensor,
     scale2: Tensor,
     /// Past keys/values `[H, L, Dh]`, at most `context` steps.
@@ -50,6 +51,10 @@ impl Transformer {
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for l in 0..cfg.num_layers {
             let p = format!("{prefix}.transformer.layers.{l}");
+            // Linear weights are kept transposed, `[in, out]`, for the small-batch kernels.
+            let wt = |n: &str| -> std::result::Result<Packed, MimiError> {
+                Ok(Packed::new(&w.get(n)?.t()?)?)
+            };
             let norm = |n: &str| -> std::result::Result<LayerNorm, MimiError> {
                 Ok(LayerNorm::new(
                     w.get(&format!("{p}.{n}.weight"))?,
@@ -58,12 +63,12 @@ impl Transformer {
                 ))
             };
             layers.push(Layer {
-                in_proj: w.get(&format!("{p}.self_attn.in_proj_weight"))?,
-                out_proj: w.get(&format!("{p}.self_attn.out_proj.weight"))?,
+                in_proj: wt(&format!("{p}.self_attn.in_proj_weight"))?,
+                out_proj: wt(&format!("{p}.self_attn.out_proj.weight"))?,
                 norm1: norm("norm1")?,
                 norm2: norm("norm2")?,
-                linear1: w.get(&format!("{p}.linear1.weight"))?,
-                linear2: w.get(&format!("{p}.linear2.weight"))?,
+                linear1: wt(&format!("{p}.linear1.weight"))?,
+                linear2: wt(&format!("{p}.linear2.weight"))?,
                 scale1: w.get(&format!("{p}.layer_scale_1.scale"))?,
                 scale2: w.get(&format!("{p}.layer_scale_2.scale"))?,
                 k_cache: None,
@@ -127,7 +132,7 @@ impl Transformer {
         let layer = &mut self.layers[li];
 
         let hx = layer.norm1.forward(x)?;
-        let qkv = hx.matmul(&layer.in_proj.t()?)?; // [T, 3d]
+        let qkv = layer.in_proj.mm(&hx)?; // [T, 3d]
         let qkv = qkv.reshape((t, 3, h, dh))?.permute((1, 2, 0, 3))?; // [3, H, T, Dh]
         let q = qkv.get(0)?.unsqueeze(0)?.contiguous()?;
         let k = qkv.get(1)?.unsqueeze(0)?.contiguous()?;
@@ -160,7 +165,7 @@ impl Transformer {
         let att = candle_nn::ops::softmax_last_dim(&att)?;
         let y = att.matmul(&v_all)?; // [H, T, Dh]
         let y = y.transpose(0, 1)?.reshape((t, d))?;
-        let y = y.matmul(&layer.out_proj.t()?)?;
+        let y = layer.out_proj.mm(&y)?;
         let x = (x + y.broadcast_mul(&layer.scale1)?)?;
 
         let keep = n_keys.min(context);
@@ -168,8 +173,8 @@ impl Transformer {
         layer.v_cache = Some(v_all.narrow(1, n_keys - keep, keep)?.contiguous()?);
 
         let hx = layer.norm2.forward(&x)?;
-        let ff = hx.matmul(&layer.linear1.t()?)?.gelu_erf()?;
-        let ff = ff.matmul(&layer.linear2.t()?)?;
+        let ff = layer.linear1.mm(&hx)?.gelu_erf()?;
+        let ff = layer.linear2.mm(&ff)?;
         x + ff.broadcast_mul(&layer.scale2)?
     }
 }
