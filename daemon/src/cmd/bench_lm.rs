@@ -28,6 +28,43 @@ pub struct Args {
     /// Attention window in steps (default: the configuration's context).
     #[arg(long)]
     pub context: Option<usize>,
+    /// Also measure memory bandwidth (STREAM-like copy and read over 1 GiB, all cores) and
+    /// report the step-time floor: weight bytes / copy bandwidth.
+    #[arg(long)]
+    pub bandwidth: bool,
+}
+
+/// Best-of-5 (copy GB/s counting read + write as STREAM does, read-only GB/s), one thread
+/// per core over disjoint halves.
+fn bandwidth() -> (f64, f64) {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let per = (512usize << 20) / 8 / threads; // f64 elements per thread, 512 MiB src in all
+    let mut src: Vec<Vec<f64>> = (0..threads).map(|t| vec![t as f64 + 0.5; per]).collect();
+    let mut dst: Vec<Vec<f64>> = (0..threads).map(|_| vec![0.0; per]).collect();
+    let (mut copy, mut read) = (0f64, 0f64);
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        std::thread::scope(|sc| {
+            for (s, d) in src.iter().zip(dst.iter_mut()) {
+                sc.spawn(move || d.copy_from_slice(s));
+            }
+        });
+        copy = copy.max((2 * threads * per * 8) as f64 / t.elapsed().as_secs_f64() / 1e9);
+        let t = std::time::Instant::now();
+        let sums: Vec<f64> = std::thread::scope(|sc| {
+            let hs: Vec<_> = src
+                .iter_mut()
+                .map(|s| sc.spawn(move || s.chunks(8).map(|c| c.iter().sum::<f64>()).sum::<f64>()))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap_or(0.0)).collect()
+        });
+        std::hint::black_box(sums);
+        read = read.max((threads * per * 8) as f64 / t.elapsed().as_secs_f64() / 1e9);
+    }
+    std::hint::black_box(&dst);
+    (copy, read)
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -85,7 +122,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
     }
     let step = median(&mut total);
-    let line = serde_json::json!({
+    let (copy_gbps, read_gbps) = if a.bandwidth { bandwidth() } else { (0.0, 0.0) };
+    let mut line = serde_json::json!({
         "bench": "lm",
         "lm": a.lm.display().to_string(),
         "device": a.device,
@@ -103,6 +141,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "peak_rss_bytes": peak_rss_bytes(),
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     });
+    if a.bandwidth {
+        line["stream_copy_gbps"] = copy_gbps.into();
+        line["read_gbps"] = read_gbps.into();
+        line["floor_ms"] = (weights as f64 / (copy_gbps * 1e9) * 1000.0).into();
+        line["step_over_floor"] = (step / (weights as f64 / (copy_gbps * 1e9) * 1000.0)).into();
+    }
     println!("{line}");
     Ok(())
 }
