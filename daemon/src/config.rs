@@ -125,6 +125,9 @@ pub struct LocalFiles {
     /// LM configuration JSON (reference `lm_kwargs` keys); default: the 7B Moshi config.
     #[serde(default)]
     pub lm_config: Option<PathBuf>,
+    /// Mimi configuration JSON; default: the released Mimi.
+    #[serde(default)]
+    pub mimi_config: Option<PathBuf>,
 }
 
 /// A named voice: a Hugging Face repo and the files in it.

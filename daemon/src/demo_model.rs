@@ -112,6 +112,7 @@ pub fn ensure(cache_dir: &Path, voice: &str) -> Result<ModelFiles, StoreError> {
         mimi: dir.join("mimi.safetensors"),
         tokenizer: dir.join("pieces.txt"),
         lm_config: Some(dir.join("lm_config.json")),
+        mimi_config: None,
     };
     if dir.join("complete").exists() {
         return Ok(files);

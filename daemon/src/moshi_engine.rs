@@ -74,13 +74,26 @@ pub fn load(files: &ModelFiles, cfg: &Config) -> anyhow::Result<Box<dyn Engine>>
             crate::demo_model::lm_config(),
         ),
         ModelKind::Moshi => (
-            MimiConfig::v0_1(),
+            match &files.mimi_config {
+                Some(p) => MimiConfig::from_json_file(p)?,
+                None => MimiConfig::v0_1(),
+            },
             match &files.lm_config {
                 Some(p) => LmConfig::from_json_file(p)?,
                 None => LmConfig::v0_1(),
             },
         ),
     };
+    // Codes flow Mimi -> LM -> Mimi: the codebook sizes and counts must agree.
+    if mimi_cfg.quantizer.bins != lm_cfg.card || mimi_cfg.quantizer.n_q < lm_cfg.dep_q {
+        anyhow::bail!(
+            "the LM expects {} codebooks of {} entries but Mimi has {} of {}: use a Mimi and an LM made for each other (model.local.mimi_config / lm_config)",
+            lm_cfg.dep_q,
+            lm_cfg.card,
+            mimi_cfg.quantizer.n_q,
+            mimi_cfg.quantizer.bins
+        );
+    }
     let mimi = Mimi::load(&files.mimi, &mimi_cfg, lm_cfg.dep_q, &device)
         .with_context(|| format!("cannot load Mimi from {}", files.mimi.display()))?;
     let lm = LmModel::load(&files.lm, &lm_cfg, dtype(&cfg.model.dtype), &device)

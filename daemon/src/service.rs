@@ -179,6 +179,8 @@ pub fn run(opts: ServiceOptions) -> anyhow::Result<Summary> {
         tx.clone(),
     );
     let mut pipeline: Option<Pipeline> = None;
+    let mut retry_at: Option<Instant> = None;
+    let mut retry_backoff = Duration::from_secs(5);
     let mut last_status = String::new();
     let mut last_watchdog = Instant::now() - Duration::from_secs(3600);
     let mut last_figures = Instant::now();
@@ -219,6 +221,7 @@ pub fn run(opts: ServiceOptions) -> anyhow::Result<Summary> {
                             }
                             shared.set_phase(Phase::Loading);
                             shared.set_voice(&cfg.model.voice);
+                            retry_at = None;
                             generation += 1;
                             loading = true;
                             spawn_loader(
@@ -253,6 +256,7 @@ pub fn run(opts: ServiceOptions) -> anyhow::Result<Summary> {
                 }
                 shared.set_voice(&v);
                 shared.set_phase(Phase::Loading);
+                retry_at = None;
                 generation += 1;
                 loading = true;
                 spawn_loader(
@@ -268,21 +272,34 @@ pub fn run(opts: ServiceOptions) -> anyhow::Result<Summary> {
             }
             Ok(Msg::Loaded(g, _)) if g != generation => {} // superseded by a newer load
             Ok(Msg::Loaded(_, Err(e))) => {
-                loading = false;
                 let msg = format!("{e:#}");
-                log::error!("cannot start: {msg}");
                 shared.set_error(&msg);
-                shared.set_status(&format!("error: {msg}"));
-                if opts.exit_when_source_ends {
-                    if let Some(m) = mqtt.take() {
-                        m.shutdown(Duration::from_millis(800));
-                    }
-                    signals.close();
-                    return Err(e);
+                if !opts.exit_when_source_ends {
+                    // Networks come up late and devices get plugged in: try again, with
+                    // backoff, staying visible over MQTT meanwhile.
+                    log::error!(
+                        "cannot start: {msg}; retrying in {}s",
+                        retry_backoff.as_secs()
+                    );
+                    shared.set_status(&format!(
+                        "error (retrying in {}s): {msg}",
+                        retry_backoff.as_secs()
+                    ));
+                    retry_at = Some(Instant::now() + retry_backoff);
+                    retry_backoff = (retry_backoff * 2).min(Duration::from_secs(60));
+                    continue;
                 }
+                // A one-shot run (the demo) reports the failure and ends.
+                log::error!("cannot start: {msg}");
+                if let Some(m) = mqtt.take() {
+                    m.shutdown(Duration::from_millis(800));
+                }
+                signals.close();
+                return Err(e);
             }
             Ok(Msg::Loaded(_, Ok(l))) => {
                 loading = false;
+                retry_backoff = Duration::from_secs(5);
                 shared.clear_error();
                 let started_pipeline = Pipeline::start(
                     l.engine,
@@ -323,6 +340,20 @@ pub fn run(opts: ServiceOptions) -> anyhow::Result<Summary> {
         }
 
         // Periodic duties.
+        if retry_at.is_some_and(|t| Instant::now() >= t) {
+            retry_at = None;
+            shared.set_phase(Phase::Loading);
+            spawn_loader(
+                generation,
+                cfg.clone(),
+                shared.voice(),
+                shared.clone(),
+                audio.clone(),
+                opts.engine,
+                opts.aec,
+                tx.clone(),
+            );
+        }
         if pipeline.as_ref().is_some_and(|p| p.is_finished()) {
             if opts.exit_when_source_ends {
                 break;

@@ -95,6 +95,8 @@ pub struct ModelFiles {
     pub tokenizer: PathBuf,
     /// LM config JSON, when not the default 7B one.
     pub lm_config: Option<PathBuf>,
+    /// Mimi config JSON, when not the released Mimi.
+    pub mimi_config: Option<PathBuf>,
 }
 
 /// Download progress callback: (file name, bytes done, bytes total).
@@ -120,6 +122,7 @@ pub fn resolve(
             for p in [&l.lm, &l.mimi, &l.tokenizer]
                 .into_iter()
                 .chain(l.lm_config.as_ref())
+                .chain(l.mimi_config.as_ref())
             {
                 std::fs::File::open(p).map_err(|source| StoreError::Local {
                     path: p.clone(),
@@ -132,6 +135,7 @@ pub fn resolve(
                 mimi: l.mimi.clone(),
                 tokenizer: l.tokenizer.clone(),
                 lm_config: l.lm_config.clone(),
+                mimi_config: l.mimi_config.clone(),
             })
         }
         ModelSource::Demo => crate::demo_model::ensure(&cfg.cache_dir, voice),
@@ -150,6 +154,7 @@ pub fn resolve(
                 mimi: get(&preset.mimi_file)?,
                 tokenizer: get(&preset.tokenizer_file)?,
                 lm_config: None,
+                mimi_config: None,
             })
         }
     }
@@ -192,11 +197,15 @@ pub fn fetch_file(
         file: file.to_string(),
         message,
     };
-    let api = ApiBuilder::from_cache(cache)
+    let mut builder = ApiBuilder::from_cache(cache)
         .with_progress(false)
-        .with_token(std::env::var("HF_TOKEN").ok())
-        .build()
-        .map_err(|e| dl_err(e.to_string()))?;
+        .with_retries(3)
+        .with_token(std::env::var("HF_TOKEN").ok());
+    // Same variable as Python's huggingface_hub: mirrors, proxies, tests.
+    if let Ok(ep) = std::env::var("HF_ENDPOINT") {
+        builder = builder.with_endpoint(ep.trim_end_matches('/').to_string());
+    }
+    let api = builder.build().map_err(|e| dl_err(e.to_string()))?;
     let path = api
         .repo(repo_of(preset))
         .download_with_progress(

@@ -78,12 +78,7 @@ impl Source for WavSource {
             (true, Some(start)) => {
                 let elapsed = start.elapsed().as_micros() as usize / 80_000;
                 // Complete frames not yet taken, capped by what the file holds.
-                let cap = if self.looped {
-                    usize::MAX
-                } else {
-                    self.frames()
-                };
-                elapsed.min(cap).saturating_sub(self.next)
+                elapsed.min(self.frames()).saturating_sub(self.next)
             }
             _ => 0,
         }
