@@ -156,7 +156,7 @@ impl MimiConfig {
         if s.ratios.is_empty() || s.ratios.contains(&0) {
             return bad("seanet.ratios must be non-empty positive integers".into());
         }
-        if !(self.frame_rate > 0.0) || self.sample_rate == 0 {
+        if !self.frame_rate.is_finite() || self.frame_rate <= 0.0 || self.sample_rate == 0 {
             return bad("sample_rate and frame_rate must be positive".into());
         }
         let fs = self.frame_size();
