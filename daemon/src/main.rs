@@ -33,6 +33,9 @@ enum Command {
     /// Mimi codec tools: encode a WAV to codes, decode codes to a WAV.
     #[command(subcommand)]
     Codec(cmd::codec::Command),
+    /// Audio devices: list PCMs, run the capture/playback path, cancel echo offline.
+    #[command(subcommand)]
+    Audio(cmd::audio::Command),
     /// Print speed figures (one JSON line) for a model.
     #[command(subcommand)]
     Bench(cmd::bench::Command),
@@ -54,6 +57,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Codec(c) => cmd::codec::run(c),
+        Command::Audio(c) => cmd::audio::run(c),
         Command::Bench(c) => cmd::bench::run(c),
         Command::Run(a) => cmd::run::run(a),
         Command::Demo(a) => cmd::demo::run(a),

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod audio;
 pub mod bench;
 pub mod bench_lm;
 pub mod check_config;
