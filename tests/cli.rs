@@ -160,3 +160,95 @@ fn fetch_uses_a_prepopulated_cache_offline() {
     assert!(err.contains("does not match its hash"), "{err}");
     assert!(!gguf.exists(), "the corrupt blob must be deleted");
 }
+
+const REPO_FILES: [&str; 3] = [
+    "model.q8.gguf",
+    "tokenizer-e351c8d8-checkpoint125.safetensors",
+    "tokenizer_spm_32k_3.model",
+];
+
+fn hub_files() -> Vec<(String, Vec<u8>)> {
+    REPO_FILES
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.to_string(), bytes(200_000 + i * 1000, i as u64 + 7)))
+        .collect()
+}
+
+fn fetch(cache: &std::path::Path, hub: &FakeHub, offline: bool) -> std::process::Output {
+    let cfg = cache.with_extension("toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "cache_dir = \"{}\"\n[model]\noffline = {offline}\n",
+            cache.display()
+        ),
+    )
+    .unwrap();
+    Command::new(MOSHID)
+        .args(["fetch", "--config"])
+        .arg(&cfg)
+        .env("HF_ENDPOINT", &hub.url)
+        .output()
+        .unwrap()
+}
+
+fn snapshot(cache: &std::path::Path, file: &str) -> std::path::PathBuf {
+    cache
+        .join("hub/models--kyutai--moshiko-candle-q8/snapshots/0123456789abcdef0123456789abcdef01234567")
+        .join(file)
+}
+
+#[test]
+fn fetch_downloads_verifies_and_then_works_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let hub = FakeHub::start(hub_files(), HubMode::Good, usize::MAX);
+    let o = fetch(&cache, &hub, false);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(stdout.contains("voice moshiko: verified"), "{stdout}");
+    for (name, data) in &hub.files {
+        assert_eq!(
+            &std::fs::read(snapshot(&cache, name)).unwrap(),
+            data,
+            "{name}"
+        );
+    }
+    // Offline now, with the hub gone quiet: the cache alone must do.
+    let gone = FakeHub {
+        url: "http://127.0.0.1:9".into(),
+        files: vec![],
+    };
+    let o = fetch(&cache, &gone, true);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn fetch_never_keeps_a_corrupt_or_partial_file() {
+    for mode in [HubMode::Corrupt, HubMode::Truncate] {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        let hub = FakeHub::start(hub_files(), mode, usize::MAX);
+        let o = fetch(&cache, &hub, false);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{mode:?} was accepted");
+        if mode == HubMode::Corrupt {
+            assert!(err.contains("does not match its hash"), "{err}");
+        }
+        // Nothing usable was left under the final name.
+        assert!(!snapshot(&cache, REPO_FILES[0]).exists(), "{mode:?}: {err}");
+        let blobs = cache.join("hub/models--kyutai--moshiko-candle-q8/blobs");
+        for e in std::fs::read_dir(&blobs).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            assert!(
+                name.ends_with(".part") || name.ends_with(".lock"),
+                "{mode:?}: complete-looking blob {name} left behind"
+            );
+        }
+    }
+}

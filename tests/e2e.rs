@@ -300,3 +300,80 @@ fn reconnects_after_broker_restart() {
         .expect("exit within 2 s");
     assert!(status.success());
 }
+
+#[test]
+fn daemon_reports_download_progress_and_survives_a_bad_model() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let notify = Notify::bind(dir.path());
+    // ~0.6 MB at 300 kB/s: a couple of seconds of downloading to watch.
+    let files: Vec<(String, Vec<u8>)> = [
+        "model.q8.gguf",
+        "tokenizer-e351c8d8-checkpoint125.safetensors",
+        "tokenizer_spm_32k_3.model",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, n)| (n.to_string(), bytes(200_000, i as u64 + 1)))
+    .collect();
+    let hub = FakeHub::start(files, HubMode::Good, 300_000);
+    let cfg = dir.path().join("hub.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "device_id = \"{ID}\"\ncache_dir = \"{}\"\n[mqtt]\nenabled = true\nhost = \"127.0.0.1\"\nport = {}\n",
+            dir.path().join("cache").display(),
+            broker.port
+        ),
+    )
+    .unwrap();
+    let obs = Observer::connect(broker.port, "obs", &[&topic("#")]);
+    let mut d = Daemon::spawn(
+        &["run", "--config", cfg.to_str().unwrap()],
+        &[
+            ("NOTIFY_SOCKET", notify.path.to_str().unwrap()),
+            ("HF_ENDPOINT", &hub.url),
+        ],
+        dir.path(),
+    );
+    // While downloading: STATUS= says so, and the MQTT state carries the progress.
+    assert!(
+        wait_for(Duration::from_secs(10), || notify
+            .lines()
+            .iter()
+            .any(|l| l.starts_with("STATUS=downloading model.q8.gguf"))
+            .then_some(()))
+        .is_some(),
+        "no download STATUS: {:?}\n{}",
+        notify.lines(),
+        d.log()
+    );
+    obs.wait_json(&topic("state"), Duration::from_secs(10), |v| {
+        v["phase"] == "loading" && v["download_percent"].as_f64().is_some()
+    })
+    .expect("download progress in the MQTT state");
+    // The files are not a model: phase error with the reason, no READY, still serving.
+    let err = obs
+        .wait_json(&topic("state"), Duration::from_secs(15), |v| {
+            v["phase"] == "error"
+        })
+        .expect("error state after the bad model");
+    assert!(
+        err["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Mimi") || e.contains("LM")),
+        "{err}"
+    );
+    assert_eq!(notify.count("READY=1"), 0);
+    obs.publish(&topic("set/volume"), "10");
+    obs.wait_json(&topic("state"), Duration::from_secs(5), |v| {
+        v["volume"] == 10
+    })
+    .expect("commands still served while in error");
+    d.signal(libc::SIGTERM);
+    let status = d
+        .wait_exit(Duration::from_secs(2))
+        .expect("exit within 2 s");
+    assert!(status.success());
+}
