@@ -66,10 +66,10 @@ fn run(model: &LmModel, context: usize, codes: &[[u32; 8]]) -> Run {
     r
 }
 
-fn expected_run(
-    e: &serde_json::Value,
-    tag: &str,
-) -> (Vec<u32>, Vec<[u32; 8]>, Vec<Option<(u32, [u32; 8])>>) {
+/// Sampled text, sampled audio, re-aligned output per step.
+type Tokens = (Vec<u32>, Vec<[u32; 8]>, Vec<Option<(u32, [u32; 8])>>);
+
+fn expected_run(e: &serde_json::Value, tag: &str) -> Tokens {
     let x = &e[tag];
     let text: Vec<u32> = serde_json::from_value(x["text"].clone()).unwrap();
     let audio: Vec<[u32; 8]> = serde_json::from_value(x["audio"].clone()).unwrap();
