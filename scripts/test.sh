@@ -7,3 +7,14 @@ t0=$(date +%s)
 cargo fmt --all -- --check
 cargo test --workspace --release --locked
 echo "test: cargo test took $(( $(date +%s) - t0 )) s"
+# Packaging and the Jetson builds (cross/README.md): unit checks, .deb + lintian (reusing the
+# release build above), Yocto lint, then the aarch64 cross build with its tests under qemu.
+# MOSHID_SKIP_CROSS=1 skips the cross stage (about 20 min cold) on a laptop; the CUDA build
+# is not in CI (its cost would push CI past an hour): MOSHID_CUDA=1 adds it.
+t1=$(date +%s)
+./scripts/ci-systemd.sh
+./scripts/ci-deb.sh
+./scripts/ci-yocto.sh
+echo "test: packaging checks took $(( $(date +%s) - t1 )) s"
+[ "${MOSHID_SKIP_CROSS:-0}" = 1 ] || ./scripts/ci-cross.sh
+[ "${MOSHID_CUDA:-0}" != 1 ] || ./scripts/ci-cuda.sh
