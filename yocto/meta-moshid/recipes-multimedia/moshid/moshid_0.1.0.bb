@@ -16,7 +16,7 @@ DEPENDS += "alsa-lib"
 
 SRC_URI = "git://github.com/moshid/moshid.git;protocol=https;branch=main"
 # Bump together with moshid-crates.inc (yocto/update-crates.py writes it from Cargo.lock).
-SRCREV = "91b401935c4d589a89191704b715ceac56fd9938"
+SRCREV = "5beff8f30f5e43664e252b58791c16aeb8c2af59"
 
 S = "${WORKDIR}/git"
 
