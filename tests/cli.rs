@@ -252,3 +252,84 @@ fn fetch_never_keeps_a_corrupt_or_partial_file() {
         }
     }
 }
+
+#[test]
+fn demo_with_a_local_model_from_the_config() {
+    // `source = "local"`: the LM fixture (a small Moshi in the candle layout, its
+    // lm_kwargs JSON and a real SentencePiece model) and a random Mimi sized to match.
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let fx = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/lm");
+    let lm_cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fx.join("config.json")).unwrap()).unwrap();
+    let mut mimi = moshid_models::mimi::MimiConfig::v0_1();
+    mimi.seanet.n_filters = 8;
+    mimi.seanet.dimension = 64;
+    mimi.transformer.d_model = 64;
+    mimi.transformer.num_heads = 4;
+    mimi.transformer.num_layers = 1;
+    mimi.transformer.dim_feedforward = 128;
+    mimi.quantizer.dimension = 32;
+    mimi.quantizer.n_q = 8;
+    mimi.quantizer.bins = lm_cfg["card"].as_u64().unwrap() as usize;
+    let mimi_path = dir.path().join("mimi.safetensors");
+    moshid_models::mimi::write_random_checkpoint(&mimi, 5, &mimi_path).unwrap();
+    std::fs::write(
+        dir.path().join("mimi.json"),
+        serde_json::to_string(&mimi).unwrap(),
+    )
+    .unwrap();
+    let cfg = dir.path().join("local.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[model]\nsource = \"local\"\n[model.local]\nlm = \"{fx}/model_candle.safetensors\"\n\
+             lm_config = \"{fx}/config.json\"\ntokenizer = \"{fx}/spm.model\"\nmimi = \"{m}\"\n\
+             mimi_config = \"{d}/mimi.json\"\n[sampling]\ntemp_text = 5.0\n",
+            fx = fx.display(),
+            m = mimi_path.display(),
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let input = dir.path().join("in.wav");
+    write_voice_wav(&input, 4.0);
+    let out = dir.path().join("out.wav");
+    let transcript = dir.path().join("t.jsonl");
+    let o = Command::new(MOSHID)
+        .args(["demo", "--fast", "--config"])
+        .arg(&cfg)
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&out)
+        .arg("--transcript")
+        .arg(&transcript)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!stdout.contains("RANDOM"), "{stdout}");
+    assert!(stdout.contains("Local"), "{stdout}");
+    let (n, peak) = wav_peak(&out);
+    assert_eq!(n, (4 * 24_000usize).div_ceil(1920) * 1920);
+    assert!(peak > 0.0, "silent output");
+    // Text pieces come from the SentencePiece model: all its pieces are short and
+    // never contain the `▁` marker (turned into spaces).
+    let text: String = std::fs::read_to_string(&transcript)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(!text.is_empty(), "no text from a hot text temperature");
+    assert!(!text.contains('\u{2581}'), "{text}");
+}

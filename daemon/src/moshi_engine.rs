@@ -12,6 +12,14 @@ use moshid_models::mimi::{Mimi, MimiConfig};
 pub struct Pieces {
     pieces: Vec<String>,
     pad: u32,
+    /// Bytes of a multi-byte character spelled with byte-fallback pieces (`<0xE2>`...).
+    pending: Vec<u8>,
+}
+
+/// `<0xNN>` byte-fallback pieces.
+fn byte_piece(p: &str) -> Option<u8> {
+    let hex = p.strip_prefix("<0x")?.strip_suffix('>')?;
+    u8::from_str_radix(hex, 16).ok()
 }
 
 impl Pieces {
@@ -28,11 +36,15 @@ impl Pieces {
             crate::spm::pieces(&bytes)
                 .with_context(|| format!("{} is not a SentencePiece model", path.display()))?
         };
-        Ok(Pieces { pieces, pad })
+        Ok(Pieces {
+            pieces,
+            pad,
+            pending: Vec::with_capacity(4),
+        })
     }
 
-    /// Appends the text of `token` (nothing for padding and special tokens).
-    pub fn push(&self, token: u32, out: &mut String) {
+    /// Appends the text of `token` (nothing for padding and control tokens).
+    pub fn push(&mut self, token: u32, out: &mut String) {
         // 0 = end of padding, pad = padding; both are silence in the text stream.
         if token == 0 || token == self.pad {
             return;
@@ -40,6 +52,20 @@ impl Pieces {
         let Some(p) = self.pieces.get(token as usize) else {
             return;
         };
+        if let Some(b) = byte_piece(p) {
+            self.pending.push(b);
+            match std::str::from_utf8(&self.pending) {
+                Ok(s) => {
+                    out.extend(s.chars().filter(|c| !c.is_control()));
+                    self.pending.clear();
+                }
+                // An incomplete character: wait for its next byte (at most 4 in all).
+                Err(e) if e.error_len().is_none() && self.pending.len() < 4 => {}
+                Err(_) => self.pending.clear(),
+            }
+            return;
+        }
+        self.pending.clear();
         if p.starts_with('<') && p.ends_with('>') {
             return; // control pieces such as <s>, <unk>
         }
@@ -163,5 +189,35 @@ impl Engine for MoshiEngine {
 
     fn describe(&self) -> String {
         self.what.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_decode_words_bytes_and_skip_specials() {
+        let table = [
+            "<unk>",
+            "<s>",
+            "</s>",
+            "<pad>",
+            "\u{2581}hello",
+            "lo",
+            "<0xC3>",
+            "<0xA9>",
+            "<0x41>",
+        ];
+        let mut p = Pieces {
+            pieces: table.iter().map(|s| s.to_string()).collect(),
+            pad: 3,
+            pending: Vec::new(),
+        };
+        let mut out = String::new();
+        for t in [0, 4, 5, 3, 1, 6, 7, 8, 99] {
+            p.push(t, &mut out);
+        }
+        assert_eq!(out, " hellol\u{e9}A");
     }
 }

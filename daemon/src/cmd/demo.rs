@@ -41,6 +41,11 @@ pub struct Args {
     /// Seconds of generated input when no --input is given.
     #[arg(long, default_value_t = 10.0)]
     pub seconds: f32,
+    /// Take the model (source, voices, device, dtype, sampling) and AEC settings from
+    /// this config instead of the built-in demo model: the same offline run with real
+    /// weights, e.g. to measure a board. Audio stays WAV; MQTT only with --mqtt.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }
 
 fn default_cache() -> PathBuf {
@@ -119,9 +124,23 @@ impl AudioFactory for WavFactory {
 /// Runs the demo and prints its figures.
 pub fn run(args: Args) -> anyhow::Result<()> {
     crate::logging::init();
-    let mut cfg = Config::demo_default();
-    cfg.model.source = ModelSource::Demo;
-    cfg.cache_dir = args.cache_dir.clone().unwrap_or_else(default_cache);
+    let mut cfg = match &args.config {
+        Some(p) => {
+            let mut c = Config::load(p)?;
+            c.mqtt = Config::demo_default().mqtt;
+            c
+        }
+        None => {
+            let mut c = Config::demo_default();
+            c.model.source = ModelSource::Demo;
+            c.cache_dir = default_cache();
+            c
+        }
+    };
+    if let Some(d) = &args.cache_dir {
+        cfg.cache_dir = d.clone();
+    }
+    let random = cfg.model.source == ModelSource::Demo;
     cfg.device_id = Some(args.device_id.clone());
     cfg.idle_timeout_s = 0;
     cfg.autostart = true;
@@ -132,7 +151,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             cfg.voices.keys().cloned().collect::<Vec<_>>().join(", ")
         );
     }
-    cfg.model.voice = args.voice.clone();
+    if args.config.is_none() || args.voice != "moshiko" {
+        cfg.model.voice = args.voice.clone();
+    }
     if let Some(hp) = &args.mqtt {
         let (host, port) = hp
             .rsplit_once(':')
@@ -165,11 +186,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         anyhow::bail!("the input has no audio: give a longer --input WAV");
     }
     let seconds = input.len() as f64 / MODEL_RATE as f64;
-    println!("moshid demo: THE MODEL WEIGHTS ARE RANDOM. The architecture is Moshi's (Mimi codec");
-    println!(
-        "+ temporal and depth transformers) at a small size; what it says is noise. The point"
-    );
-    println!("is the pipeline: capture -> Mimi encode -> LM step -> Mimi decode -> playback.");
+    if random {
+        println!("moshid demo: THE MODEL WEIGHTS ARE RANDOM. The architecture is Moshi's");
+        println!("(Mimi codec + temporal and depth transformers) at a small size; what it says");
+        println!("is noise. The point is the pipeline: capture -> echo cancellation -> Mimi");
+        println!("encode -> LM step -> Mimi decode -> playback.");
+    } else {
+        println!(
+            "moshid demo: the configured model ({:?} source, voice {}) on {}, offline from a WAV file.",
+            cfg.model.source, cfg.model.voice, cfg.model.device
+        );
+    }
     println!(
         "input: {origin}, {seconds:.1} s, fed {}",
         if args.fast {
@@ -178,7 +205,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "in real time (like a microphone)"
         }
     );
-    println!("model cache: {}", cfg.cache_dir.join("demo").display());
+    if random {
+        println!("model cache: {}", cfg.cache_dir.join("demo").display());
+    }
 
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(16_384);
     let started = std::time::Instant::now();
@@ -238,8 +267,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         st.dropped_frames
     );
     println!(
-        "transcript ({} pieces, random words): {}",
+        "transcript ({} words{}): {}",
         text.split_whitespace().count(),
+        if random { ", random" } else { "" },
         text.trim()
     );
     println!(
