@@ -1,15 +1,21 @@
 //! Acoustic echo cancellation with the `aec3` crate (a Rust port of WebRTC AEC3).
 //!
-//! Works on 24 kHz mono in 10 ms sub-blocks; an 80 ms frame is eight of them. AEC3
-//! estimates the echo path delay itself; [`AecOptions::initial_delay_ms`] seeds it with the
-//! known playback buffer latency so it converges faster.
+//! Takes 24 kHz mono; runs AEC3 at 32 kHz (its native two-band rate: at 24 kHz AEC3
+//! resamples internally with a much slower sinc resampler than rubato's FFT one) in 10 ms
+//! blocks; an 80 ms frame is eight of them. AEC3 estimates the echo path delay itself;
+//! [`AecOptions::initial_delay_ms`] seeds it with the known playback buffer latency.
 
+use crate::resample::StreamResampler;
 use crate::{HalError, MODEL_RATE};
 use aec3::nodes::audio::AudioFormat;
 use aec3::pipelines::linear::{self, LinearPipeline};
 
-/// Samples in one 10 ms AEC3 block at 24 kHz.
+/// The rate AEC3 runs at.
+const AEC_RATE: u32 = 32_000;
+/// Samples in one 10 ms block at 24 kHz (the caller's granularity).
 const BLOCK: usize = (MODEL_RATE / 100) as usize;
+/// Samples in one 10 ms AEC3 block at 32 kHz.
+const AEC_BLOCK: usize = (AEC_RATE / 100) as usize;
 
 /// Echo canceller options.
 #[derive(Debug, Clone, Default)]
@@ -36,7 +42,12 @@ pub struct AecMetrics {
 /// A 24 kHz mono echo canceller.
 pub struct EchoCanceller {
     pipeline: LinearPipeline,
-    out: [f32; BLOCK],
+    far_up: StreamResampler,
+    near_up: StreamResampler,
+    out_down: StreamResampler,
+    far32: [f32; AEC_BLOCK],
+    near32: [f32; AEC_BLOCK],
+    out32: [f32; AEC_BLOCK],
     metrics: Option<AecMetrics>,
 }
 
@@ -47,7 +58,7 @@ fn aec_err(e: impl std::fmt::Display) -> HalError {
 impl EchoCanceller {
     /// Builds a canceller (high-pass filter always on; NS and AGC as asked).
     pub fn new(opts: &AecOptions) -> Result<Self, HalError> {
-        let format = AudioFormat::ten_ms(MODEL_RATE, 1);
+        let format = AudioFormat::ten_ms(AEC_RATE, 1);
         let mut b = linear::builder(format, format)
             .enable_high_pass_filter(true)
             .enable_noise_suppression(opts.noise_suppression)
@@ -60,7 +71,12 @@ impl EchoCanceller {
         }
         Ok(Self {
             pipeline: b.build().map_err(aec_err)?,
-            out: [0.0; BLOCK],
+            far_up: StreamResampler::new(MODEL_RATE, AEC_RATE)?,
+            near_up: StreamResampler::new(MODEL_RATE, AEC_RATE)?,
+            out_down: StreamResampler::new(AEC_RATE, MODEL_RATE)?,
+            far32: [0.0; AEC_BLOCK],
+            near32: [0.0; AEC_BLOCK],
+            out32: [0.0; AEC_BLOCK],
             metrics: None,
         })
     }
@@ -78,13 +94,21 @@ impl EchoCanceller {
             )));
         }
         for (f, n) in far.chunks_exact(BLOCK).zip(near.chunks_exact_mut(BLOCK)) {
-            self.pipeline.handle_render_frame(f).map_err(aec_err)?;
-            let produced = self
-                .pipeline
-                .process_capture_frame(n, &mut self.out)
-                .map_err(aec_err)?;
-            if produced {
-                n.copy_from_slice(&self.out);
+            // 240 samples at 24 kHz are exactly 320 at 32 kHz, so each 10 ms block in gives
+            // one block to AEC3 and one back out, with a fixed resampling delay.
+            self.far_up.push(f)?;
+            self.near_up.push(n)?;
+            while self.far_up.pop(&mut self.far32) && self.near_up.pop(&mut self.near32) {
+                self.pipeline
+                    .handle_render_frame(&self.far32)
+                    .map_err(aec_err)?;
+                self.pipeline
+                    .process_capture_frame(&self.near32, &mut self.out32)
+                    .map_err(aec_err)?;
+                self.out_down.push(&self.out32)?;
+            }
+            if !self.out_down.pop(n) {
+                n.iter_mut().for_each(|v| *v = 0.0);
             }
         }
         while let Some(m) = self.pipeline.try_pull_metrics().map_err(aec_err)? {

@@ -279,8 +279,15 @@ impl<D: ?Sized> Reopen<D> {
     }
 }
 
-/// Mixes the chosen channels of interleaved audio to mono with a gain (no allocation).
-fn mix(interleaved: &[f32], channels: usize, pick: &[usize], gain: f32, out: &mut [f32]) -> usize {
+/// Mixes the chosen channels of interleaved audio to mono with a gain (no allocation);
+/// returns the number of frames written to `out`.
+pub fn mix(
+    interleaved: &[f32],
+    channels: usize,
+    pick: &[usize],
+    gain: f32,
+    out: &mut [f32],
+) -> usize {
     let frames = interleaved.len() / channels;
     let scale = gain / pick.len() as f32;
     for (o, f) in out

@@ -46,13 +46,13 @@ fn near_end_speech_alone_passes_with_at_most_1_db_loss() {
     eprintln!("near-end loss {loss:.2} dB");
     assert!(loss.abs() <= 1.0, "near-end level changed by {loss:.2} dB");
     // Content, not just level: the output is the input, high-passed and delayed by AEC3's
-    // one 10 ms block plus its internal band-split resampling (about 255 samples).
-    let (lag, c) = (0..480)
+    // one 10 ms block plus the 24 <-> 32 kHz resampling around it (about 18 ms in all).
+    let (lag, c) = (0..960)
         .map(|lag| (lag, correlation(&near[2400..], &out[2400 + lag..])))
         .fold((0, f32::MIN), |b, x| if x.1 > b.1 { x } else { b });
     eprintln!("near-end lag {lag} samples, correlation {c:.3}");
     assert!(c > 0.95, "near-end correlation {c} at lag {lag}");
-    assert!(lag <= 264, "AEC adds {lag} samples of latency (> 11 ms)");
+    assert!(lag <= 480, "AEC adds {lag} samples of latency (> 20 ms)");
 }
 
 #[test]
