@@ -218,6 +218,6 @@ mod tests {
         for t in [0, 4, 5, 3, 1, 6, 7, 8, 99] {
             p.push(t, &mut out);
         }
-        assert_eq!(out, " hellol\u{e9}A");
+        assert_eq!(out, " hellolo\u{e9}A");
     }
 }
