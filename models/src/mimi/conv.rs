@@ -33,18 +33,23 @@ pub(crate) struct StreamConv1d {
 }
 
 impl StreamConv1d {
-    /// `weight` is `[C_out, C_in, K]`, `bias` `[C_out]`.
+    /// `weight` is `[C_out, C_in, K]`, `bias` `[C_out]`; `steps_out` is the output length
+    /// of one streaming call (chooses the matmul layout).
     pub(crate) fn new(
         weight: Tensor,
         bias: Option<Tensor>,
         stride: usize,
         dilation: usize,
         replicate: bool,
+        steps_out: usize,
     ) -> Result<Self> {
         let (c_out, c_in, k) = weight.dims3()?;
         let eff = (k - 1) * dilation + 1;
         let weight = if weight.device().is_cpu() {
-            ConvWeight::Packed(Packed::new(&weight.reshape((c_out, c_in * k))?.t()?)?)
+            ConvWeight::Packed(Packed::new(
+                &weight.reshape((c_out, c_in * k))?.t()?,
+                steps_out,
+            )?)
         } else {
             ConvWeight::Plain(weight)
         };
@@ -124,12 +129,13 @@ pub(crate) struct StreamConvTr1d {
 
 impl StreamConvTr1d {
     /// `weight` is the PyTorch layout `[C_in, C_out / groups, K]`; `depthwise` means
-    /// `groups = C_in = C_out`.
+    /// `groups = C_in = C_out`; `steps_in` is the input length of one streaming call.
     pub(crate) fn new(
         weight: Tensor,
         bias: Option<Tensor>,
         stride: usize,
         depthwise: bool,
+        steps_in: usize,
     ) -> Result<Self> {
         let (c_in, c_per_group, k) = weight.dims3()?;
         if k != 2 * stride {
@@ -139,7 +145,7 @@ impl StreamConvTr1d {
             (None, Some(weight.reshape((1, c_in, k))?), c_in)
         } else {
             let w = weight.reshape((c_in, c_per_group * k))?;
-            (Some(Packed::new(&w)?), None, c_per_group)
+            (Some(Packed::new(&w, steps_in)?), None, c_per_group)
         };
         let bias = match bias {
             Some(b) => Some(b.reshape((1, (), 1))?),

@@ -193,7 +193,7 @@ impl Mimi {
         let w = load::Weights::open(weights, cfg, device)?;
         let g = cfg.downsample_stride();
         let enc = EncoderPart {
-            seanet: Seanet::encoder(&w, &cfg.seanet)?,
+            seanet: Seanet::encoder(&w, &cfg.seanet, cfg.frame_size())?,
             transformer: Transformer::load(&w, "encoder_transformer", &cfg.transformer, g)?,
             downsample: StreamConv1d::new(
                 w.get("downsample.conv.conv.conv.weight")?,
@@ -201,6 +201,7 @@ impl Mimi {
                 g,
                 1,
                 true,
+                1,
             )?,
         };
         let dec = DecoderPart {
@@ -209,9 +210,10 @@ impl Mimi {
                 None,
                 g,
                 true,
+                1,
             )?,
             transformer: Transformer::load(&w, "decoder_transformer", &cfg.transformer, g)?,
-            seanet: Seanet::decoder(&w, &cfg.seanet)?,
+            seanet: Seanet::decoder(&w, &cfg.seanet, g)?,
         };
         let quantizer = Quantizer::load(&w, &cfg.quantizer, num_codebooks)?;
         Ok(Mimi {

@@ -38,7 +38,7 @@ fn group(w: &Weights, name: &str, levels: usize) -> std::result::Result<Group, M
     let p = format!("quantizer.{name}");
     let proj = |n: &str| -> std::result::Result<Packed, MimiError> {
         let t = w.get(&format!("{p}.{n}.weight"))?;
-        Ok(Packed::new(&t.squeeze(2)?.t()?)?)
+        Ok(Packed::new(&t.squeeze(2)?.t()?, 1)?)
     };
     let mut codebooks = Vec::with_capacity(levels);
     for l in 0..levels {
@@ -47,7 +47,7 @@ fn group(w: &Weights, name: &str, levels: usize) -> std::result::Result<Group, M
         let usage = w.get(&format!("{c}.cluster_usage"))?;
         let centroids = sum.broadcast_div(&usage.clamp(1e-5f32, f32::MAX)?.unsqueeze(1)?)?;
         let norms = centroids.sqr()?.sum(1)?.unsqueeze(0)?;
-        let centroids_t = Packed::new(&centroids.t()?)?;
+        let centroids_t = Packed::new(&centroids.t()?, 1)?;
         codebooks.push(Codebook {
             centroids,
             centroids_t,

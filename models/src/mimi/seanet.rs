@@ -27,6 +27,7 @@ fn conv(
     p: &str,
     stride: usize,
     dilation: usize,
+    steps_out: usize,
 ) -> std::result::Result<StreamConv1d, MimiError> {
     let c = StreamConv1d::new(
         w.get(&format!("{p}.conv.conv.weight"))?,
@@ -34,6 +35,7 @@ fn conv(
         stride,
         dilation,
         false,
+        steps_out,
     )?;
     Ok(c)
 }
@@ -44,13 +46,14 @@ fn res_blocks(
     prefix: &str,
     idx: &mut usize,
     layers: &mut Vec<Layer>,
+    steps: usize,
 ) -> std::result::Result<(), MimiError> {
     let mut dilation = 1;
     for _ in 0..cfg.n_residual_layers {
         let p = format!("{prefix}.model.{idx}.block");
         layers.push(Layer::Res(
-            conv(w, &format!("{p}.1"), 1, dilation)?,
-            conv(w, &format!("{p}.3"), 1, 1)?,
+            conv(w, &format!("{p}.1"), 1, dilation, steps)?,
+            conv(w, &format!("{p}.3"), 1, 1, steps)?,
         ));
         dilation *= cfg.dilation_base;
         *idx += 1;
@@ -59,24 +62,38 @@ fn res_blocks(
 }
 
 impl Seanet {
-    pub(crate) fn encoder(w: &Weights, cfg: &SeanetConfig) -> std::result::Result<Self, MimiError> {
-        let mut layers = vec![Layer::Conv(conv(w, "encoder.model.0", 1, 1)?)];
+    /// `frame`: audio samples per streaming call.
+    pub(crate) fn encoder(
+        w: &Weights,
+        cfg: &SeanetConfig,
+        frame: usize,
+    ) -> std::result::Result<Self, MimiError> {
+        let mut steps = frame;
+        let mut layers = vec![Layer::Conv(conv(w, "encoder.model.0", 1, 1, steps)?)];
         let mut idx = 1;
         for &r in cfg.ratios.iter().rev() {
-            res_blocks(w, cfg, "encoder", &mut idx, &mut layers)?;
+            res_blocks(w, cfg, "encoder", &mut idx, &mut layers, steps)?;
             layers.push(Layer::Elu);
             idx += 1;
-            layers.push(Layer::Conv(conv(w, &format!("encoder.model.{idx}"), r, 1)?));
+            steps /= r;
+            let c = conv(w, &format!("encoder.model.{idx}"), r, 1, steps)?;
+            layers.push(Layer::Conv(c));
             idx += 1;
         }
         layers.push(Layer::Elu);
         idx += 1;
-        layers.push(Layer::Conv(conv(w, &format!("encoder.model.{idx}"), 1, 1)?));
+        let c = conv(w, &format!("encoder.model.{idx}"), 1, 1, steps)?;
+        layers.push(Layer::Conv(c));
         Ok(Self { layers })
     }
 
-    pub(crate) fn decoder(w: &Weights, cfg: &SeanetConfig) -> std::result::Result<Self, MimiError> {
-        let mut layers = vec![Layer::Conv(conv(w, "decoder.model.0", 1, 1)?)];
+    /// `steps`: latent steps per streaming call.
+    pub(crate) fn decoder(
+        w: &Weights,
+        cfg: &SeanetConfig,
+        mut steps: usize,
+    ) -> std::result::Result<Self, MimiError> {
+        let mut layers = vec![Layer::Conv(conv(w, "decoder.model.0", 1, 1, steps)?)];
         let mut idx = 1;
         for &r in &cfg.ratios {
             layers.push(Layer::Elu);
@@ -87,13 +104,16 @@ impl Seanet {
                 Some(w.get(&format!("{p}.bias"))?),
                 r,
                 false,
+                steps,
             )?));
             idx += 1;
-            res_blocks(w, cfg, "decoder", &mut idx, &mut layers)?;
+            steps *= r;
+            res_blocks(w, cfg, "decoder", &mut idx, &mut layers, steps)?;
         }
         layers.push(Layer::Elu);
         idx += 1;
-        layers.push(Layer::Conv(conv(w, &format!("decoder.model.{idx}"), 1, 1)?));
+        let c = conv(w, &format!("decoder.model.{idx}"), 1, 1, steps)?;
+        layers.push(Layer::Conv(c));
         Ok(Self { layers })
     }
 

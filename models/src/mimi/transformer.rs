@@ -53,7 +53,7 @@ impl Transformer {
             let p = format!("{prefix}.transformer.layers.{l}");
             // Linear weights are kept transposed, `[in, out]`, for the small-batch kernels.
             let wt = |n: &str| -> std::result::Result<Packed, MimiError> {
-                Ok(Packed::new(&w.get(n)?.t()?)?)
+                Ok(Packed::new(&w.get(n)?.t()?, granularity)?)
             };
             let norm = |n: &str| -> std::result::Result<LayerNorm, MimiError> {
                 Ok(LayerNorm::new(
