@@ -94,17 +94,25 @@ fn spawn_signals(tx: Sender<Msg>) -> anyhow::Result<signal_hook::iterator::Handl
     Ok(handle)
 }
 
-/// Starts a loader thread: resolve (download) files, load the engine, open audio.
-fn spawn_loader(
-    generation: u64,
-    cfg: Config,
-    voice: String,
+/// What every load needs besides the configuration.
+#[derive(Clone)]
+struct Loader {
     shared: Arc<Shared>,
     audio: Arc<dyn AudioFactory>,
     engine: EngineLoader,
     aec: AecLoader,
     tx: Sender<Msg>,
-) {
+}
+
+/// Starts a loader thread: resolve (download) files, load the engine, open audio.
+fn spawn_loader(generation: u64, cfg: Config, voice: String, l: &Loader) {
+    let Loader {
+        shared,
+        audio,
+        engine,
+        aec,
+        tx,
+    } = l.clone();
     let spawned = std::thread::Builder::new()
         .name("moshid-loader".into())
         .spawn(move || {
@@ -164,20 +172,18 @@ pub fn run(opts: ServiceOptions) -> anyhow::Result<Summary> {
     log::info!(device_id = device_id.as_str(); "moshid {} starting", env!("CARGO_PKG_VERSION"));
 
     let mut mqtt = start_mqtt(&cfg, &device_id, &shared, &tx)?;
+    let loader = Loader {
+        shared: shared.clone(),
+        audio: audio.clone(),
+        engine: opts.engine,
+        aec: opts.aec,
+        tx: tx.clone(),
+    };
     let mut generation = 1u64;
     let mut loading = true;
     let mut ready_sent = false;
     let mut load_s = 0.0;
-    spawn_loader(
-        generation,
-        cfg.clone(),
-        shared.voice(),
-        shared.clone(),
-        audio.clone(),
-        opts.engine,
-        opts.aec,
-        tx.clone(),
-    );
+    spawn_loader(generation, cfg.clone(), shared.voice(), &loader);
     let mut pipeline: Option<Pipeline> = None;
     let mut retry_at: Option<Instant> = None;
     let mut retry_backoff = Duration::from_secs(5);
@@ -224,16 +230,7 @@ pub fn run(opts: ServiceOptions) -> anyhow::Result<Summary> {
                             retry_at = None;
                             generation += 1;
                             loading = true;
-                            spawn_loader(
-                                generation,
-                                cfg.clone(),
-                                shared.voice(),
-                                shared.clone(),
-                                audio.clone(),
-                                opts.engine,
-                                opts.aec,
-                                tx.clone(),
-                            );
+                            spawn_loader(generation, cfg.clone(), shared.voice(), &loader);
                         }
                     }
                 }
@@ -259,16 +256,7 @@ pub fn run(opts: ServiceOptions) -> anyhow::Result<Summary> {
                 retry_at = None;
                 generation += 1;
                 loading = true;
-                spawn_loader(
-                    generation,
-                    cfg.clone(),
-                    v,
-                    shared.clone(),
-                    audio.clone(),
-                    opts.engine,
-                    opts.aec,
-                    tx.clone(),
-                );
+                spawn_loader(generation, cfg.clone(), v, &loader);
             }
             Ok(Msg::Loaded(g, _)) if g != generation => {} // superseded by a newer load
             Ok(Msg::Loaded(_, Err(e))) => {
@@ -343,16 +331,7 @@ pub fn run(opts: ServiceOptions) -> anyhow::Result<Summary> {
         if retry_at.is_some_and(|t| Instant::now() >= t) {
             retry_at = None;
             shared.set_phase(Phase::Loading);
-            spawn_loader(
-                generation,
-                cfg.clone(),
-                shared.voice(),
-                shared.clone(),
-                audio.clone(),
-                opts.engine,
-                opts.aec,
-                tx.clone(),
-            );
+            spawn_loader(generation, cfg.clone(), shared.voice(), &loader);
         }
         if pipeline.as_ref().is_some_and(|p| p.is_finished()) {
             if opts.exit_when_source_ends {
