@@ -76,6 +76,27 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// CPU time (user + system) this process has used, in ms: on a shared machine the wall time
+/// of a step depends on the other load, its CPU time much less.
+fn cpu_ms() -> f64 {
+    // SAFETY: getrusage only writes into the zeroed struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return 0.0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 * 1000.0 + t.tv_usec as f64 / 1000.0;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 fn peak_rss_bytes() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let l = s.lines().find(|l| l.starts_with("VmHWM:"))?;
@@ -106,7 +127,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut x = 12345u32;
     let mut codes = [0u32; 8];
     let (mut total, mut temporal, mut depth) = (vec![], vec![], vec![]);
+    let mut cpu0 = 0.0;
     for i in 0..a.steps + 2 {
+        if i == 2 {
+            cpu0 = cpu_ms();
+        }
         for c in codes.iter_mut() {
             x = x.wrapping_mul(1664525).wrapping_add(1013904223);
             *c = (x >> 8) % cfg.card as u32;
@@ -121,6 +146,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             depth.push(t.depth.as_secs_f64() * 1000.0);
         }
     }
+    let cpu_per_step = (cpu_ms() - cpu0) / a.steps as f64;
     let step = median(&mut total);
     let (copy_gbps, read_gbps) = if a.bandwidth { bandwidth() } else { (0.0, 0.0) };
     let mut line = serde_json::json!({
@@ -135,6 +161,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "temporal_ms_median": median(&mut temporal),
         "depth_ms_median": median(&mut depth),
         "rtf": step / 80.0,
+        "cpu_ms_per_step": cpu_per_step,
+        "load_average_1m": load_average(),
         "load_s": load_s,
         "weights_bytes": weights,
         "kv_cache_bytes": gen.cache_bytes(),
