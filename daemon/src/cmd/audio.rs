@@ -132,6 +132,7 @@ fn passthrough(a: PassthroughArgs) -> anyhow::Result<()> {
     pcfg.rate = a.playback_rate;
     pcfg.channels = a.playback_channels;
     pcfg.format = a.playback_format;
+    pcfg.pace = a.pace;
     let cap = CaptureStream::start(&ccfg).context("opening the capture side")?;
     let play = PlaybackStream::start(&pcfg).context("opening the playback side")?;
     let (cp, pp) = (cap.params().clone(), play.params().clone());
