@@ -377,3 +377,174 @@ fn daemon_reports_download_progress_and_survives_a_bad_model() {
         .expect("exit within 2 s");
     assert!(status.success());
 }
+
+/// A daemon config for broker-connection tests (demo model, file audio not needed:
+/// the MQTT side works before and regardless of the model).
+fn mqtt_only_config(dir: &Path, port: u16, mqtt_extra: &str) -> PathBuf {
+    let (_, _) = write_config(dir, port);
+    let cfg = format!(
+        "device_id = \"{ID}\"\ncache_dir = \"{}\"\nautostart = false\n[model]\nsource = \"demo\"\n\
+         [audio]\ncapture = \"mic\"\nplayback = \"spk\"\nformat = \"S16\"\npace = true\n\
+         [mqtt]\nenabled = true\nport = {port}\n{mqtt_extra}",
+        model_cache().display()
+    );
+    let path = dir.join("mqtt.toml");
+    std::fs::write(&path, cfg).unwrap();
+    path
+}
+
+fn spawn_with(dir: &Path, cfg: &Path) -> Daemon {
+    let alsa = format!("/usr/share/alsa/alsa.conf:{}/asound.conf", dir.display());
+    Daemon::spawn(
+        &["run", "--config", cfg.to_str().unwrap()],
+        &[("ALSA_CONFIG_PATH", &alsa)],
+        dir,
+    )
+}
+
+#[test]
+fn tls_with_client_certificate() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_certs(d);
+    let broker = Broker::start_with(
+        d,
+        &format!(
+            "allow_anonymous true\ncafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\nrequire_certificate true\n",
+            d.display()
+        ),
+    );
+    let cfg = mqtt_only_config(
+        d,
+        broker.port,
+        &format!(
+            "host = \"127.0.0.1\"\n[mqtt.tls]\nca_file = \"{0}/ca.pem\"\nclient_cert = \"{0}/client.pem\"\nclient_key = \"{0}/client.key\"\n",
+            d.display()
+        ),
+    );
+    let mut daemon = spawn_with(d, &cfg);
+    let log_has = |s: &str| {
+        wait_for(Duration::from_secs(10), || {
+            daemon.log().contains(s).then_some(())
+        })
+        .is_some()
+    };
+    assert!(
+        log_has("MQTT connected"),
+        "no TLS connection\n{}",
+        daemon.log()
+    );
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon
+        .wait_exit(Duration::from_secs(2))
+        .is_some_and(|s| s.success()));
+
+    // Without the client certificate the broker refuses the handshake.
+    let cfg = mqtt_only_config(
+        d,
+        broker.port,
+        &format!(
+            "host = \"127.0.0.1\"\n[mqtt.tls]\nca_file = \"{}/ca.pem\"\n",
+            d.display()
+        ),
+    );
+    let mut daemon = spawn_with(d, &cfg);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!daemon.log().contains("MQTT connected"), "{}", daemon.log());
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon
+        .wait_exit(Duration::from_secs(2))
+        .is_some_and(|s| s.success()));
+}
+
+#[test]
+fn username_password_and_last_will() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Readable by mosquitto's own user when it starts as root and drops privileges.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    sh(
+        "mosquitto_passwd",
+        &["-b", "-c", "passwd", "moshid", "s3cret"],
+        d,
+    );
+    sh("mosquitto_passwd", &["-b", "passwd", "obs", "obs"], d);
+    std::fs::set_permissions(d.join("passwd"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let broker = Broker::start_with(
+        d,
+        &format!(
+            "allow_anonymous false\npassword_file {}/passwd\n",
+            d.display()
+        ),
+    );
+    std::fs::write(d.join("mqtt-password"), "s3cret\n").unwrap();
+
+    // Wrong password: refused, and the log says what to fix.
+    let cfg = mqtt_only_config(
+        d,
+        broker.port,
+        "host = \"127.0.0.1\"\nusername = \"moshid\"\npassword = \"nope\"\n",
+    );
+    let mut daemon = spawn_with(d, &cfg);
+    assert!(
+        wait_for(Duration::from_secs(10), || daemon
+            .log()
+            .contains("refused the credentials")
+            .then_some(()))
+        .is_some(),
+        "{}",
+        daemon.log()
+    );
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon
+        .wait_exit(Duration::from_secs(2))
+        .is_some_and(|s| s.success()));
+
+    // Right password from a file: online; killed without a goodbye, the broker
+    // publishes the last will `offline`.
+    let cfg = mqtt_only_config(
+        d,
+        broker.port,
+        &format!(
+            "host = \"127.0.0.1\"\nusername = \"moshid\"\npassword_file = \"{}/mqtt-password\"\n",
+            d.display()
+        ),
+    );
+    let mut o = rumqttc::MqttOptions::new("obs", "127.0.0.1", broker.port);
+    o.set_credentials("obs", "obs");
+    let (client, mut conn) = rumqttc::Client::new(o, 16);
+    client
+        .subscribe(topic("availability"), rumqttc::QoS::AtLeastOnce)
+        .unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let s2 = seen.clone();
+    std::thread::spawn(move || {
+        for ev in conn.iter() {
+            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) = ev {
+                s2.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&p.payload).into_owned());
+            }
+        }
+    });
+    let mut daemon = spawn_with(d, &cfg);
+    let has = |want: &str| {
+        wait_for(Duration::from_secs(10), || {
+            seen.lock().unwrap().iter().any(|m| m == want).then_some(())
+        })
+        .is_some()
+    };
+    assert!(
+        has("online"),
+        "not online with password_file\n{}",
+        daemon.log()
+    );
+    seen.lock().unwrap().clear();
+    daemon.child.kill().unwrap();
+    let _ = daemon.child.wait();
+    assert!(has("offline"), "no last will after SIGKILL");
+    drop(client);
+}

@@ -47,14 +47,22 @@ pub struct Broker {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Listener settings after the `listener` line.
+    settings: String,
 }
 
 impl Broker {
     pub fn start(dir: &Path) -> Broker {
+        Self::start_with(dir, "allow_anonymous true\n")
+    }
+
+    /// A broker whose listener has these settings (TLS files, password_file, ...).
+    pub fn start_with(dir: &Path, settings: &str) -> Broker {
         let mut b = Broker {
             port: free_port(),
             dir: dir.to_path_buf(),
             child: None,
+            settings: settings.to_string(),
         };
         b.restart();
         b
@@ -66,8 +74,8 @@ impl Broker {
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n",
-                self.port
+                "persistence false\nlistener {} 127.0.0.1\n{}",
+                self.port, self.settings
             ),
         )
         .unwrap();
@@ -473,4 +481,99 @@ pub fn bytes(n: usize, seed: u64) -> Vec<u8> {
             x as u8
         })
         .collect()
+}
+
+/// Runs a command, panicking with its stderr when it fails.
+pub fn sh(cmd: &str, args: &[&str], dir: &Path) {
+    let o = Command::new(cmd)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e} (scripts/setup.sh installs it)"));
+    assert!(
+        o.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A test CA, a server certificate for 127.0.0.1 and a client certificate (openssl CLI).
+/// Readable by all: mosquitto started as root drops to its own user before loading them.
+pub fn make_certs(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut a = vec!["req", "-x509"];
+    a.extend(ec);
+    a.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=moshid test CA",
+    ]);
+    a.extend([
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    sh("openssl", &a, dir);
+    for (name, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        ),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+        let mut r = vec!["req"];
+        r.extend(ec);
+        let key = format!("{name}.key");
+        let csr = format!("{name}.csr");
+        let pem = format!("{name}.pem");
+        let extf = format!("{name}.ext");
+        let subj = format!("/CN=moshid-{name}");
+        r.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+        sh("openssl", &r, dir);
+        sh(
+            "openssl",
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                &extf,
+            ],
+            dir,
+        );
+    }
+    for f in [
+        "ca.pem",
+        "server.pem",
+        "server.key",
+        "client.pem",
+        "client.key",
+    ] {
+        std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
 }
