@@ -333,3 +333,36 @@ fn demo_with_a_local_model_from_the_config() {
     assert!(!text.is_empty(), "no text from a hot text temperature");
     assert!(!text.contains('\u{2581}'), "{text}");
 }
+
+#[test]
+fn demo_attaches_to_a_broker() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let obs = Observer::connect(broker.port, "obs", &["moshid/demo/#"]);
+    let input = dir.path().join("in.wav");
+    write_voice_wav(&input, 3.0);
+    let o = Command::new(MOSHID)
+        .args(["demo", "--input"])
+        .arg(&input)
+        .arg("--output")
+        .arg(dir.path().join("out.wav"))
+        .arg("--transcript")
+        .arg(dir.path().join("t.jsonl"))
+        .arg("--cache-dir")
+        .arg(model_cache())
+        .arg("--mqtt")
+        .arg(format!("127.0.0.1:{}", broker.port))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let msgs = obs.all();
+    let on = |t: &str| msgs.iter().filter(|m| m.topic == t).count();
+    assert!(on("moshid/demo/transcript") > 5, "{msgs:?}");
+    assert!(msgs
+        .iter()
+        .any(|m| m.topic == "moshid/demo/state" && m.payload.contains("\"conversation\"")));
+    assert!(msgs
+        .iter()
+        .any(|m| m.topic == "moshid/demo/availability" && m.payload == "offline"));
+}

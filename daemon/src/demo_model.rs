@@ -9,7 +9,7 @@ use moshid_models::mimi::{MimiConfig, QuantizerConfig, SeanetConfig, Transformer
 use std::path::Path;
 
 /// Bump when the demo model changes, so stale caches are not reused.
-const VERSION: &str = "v1";
+const VERSION: &str = "v2";
 
 /// Words of the demo vocabulary (ids 4..); ids 0-3 are Moshi's special text tokens.
 const WORDS: &str = "the be to of and a in that have it for not on with he as you do at this \
@@ -24,7 +24,9 @@ volume louder quieter coffee tea water dinner lunch breakfast story joke questio
 friend family happy sad maybe really very much more less little big small long short old \
 young here where why again still never always sometimes together moshi listen talk speak \
 hear understand remember forget help thing things idea world life love feel try tell ask \
-call name place point hand part child eye woman man week month";
+call name place point hand part child eye woman man week month bed table chair book \
+phone car garden dog cat bird tree flower rain snow sun wind cloud song dance game team \
+city street shop money job school teacher doctor";
 
 /// Number of text tokens of the demo LM (4 specials + the word table, rounded up).
 pub const TEXT_CARD: usize = 256;
