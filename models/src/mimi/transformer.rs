@@ -168,9 +168,10 @@ impl Transformer {
         let y = layer.out_proj.mm(&y)?;
         let x = (x + y.broadcast_mul(&layer.scale1)?)?;
 
+        // Views, not copies: the next step's `cat` copies them anyway.
         let keep = n_keys.min(context);
-        layer.k_cache = Some(k_all.narrow(1, n_keys - keep, keep)?.contiguous()?);
-        layer.v_cache = Some(v_all.narrow(1, n_keys - keep, keep)?.contiguous()?);
+        layer.k_cache = Some(k_all.narrow(1, n_keys - keep, keep)?);
+        layer.v_cache = Some(v_all.narrow(1, n_keys - keep, keep)?);
 
         let hx = layer.norm2.forward(&x)?;
         let ff = layer.linear1.mm(&hx)?.gelu_erf()?;
