@@ -259,6 +259,25 @@ fn bad_inputs_fail_with_a_clear_message() {
         err.contains("emb.0.weight") && err.contains("--lm-config"),
         "{err}"
     );
+    // A context whose KV cache cannot fit in this machine's memory is refused before
+    // anything is allocated.
+    let out = moshid(&[
+        "infer",
+        "--lm",
+        s(&lm),
+        "--lm-config",
+        s(&cfg),
+        "--input-codes",
+        s(&good),
+        "--context",
+        "1000000000",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("KV cache") && err.contains("--context") && err.contains("available"),
+        "{err}"
+    );
     // Neither input given.
     let out = moshid(&["infer", "--lm", s(&lm)]);
     assert!(!out.status.success());
