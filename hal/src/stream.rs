@@ -583,6 +583,7 @@ impl PlaybackStream {
             rx: rx.clone(),
             ref_tx,
             ref_drain: ref_rx.clone(),
+            pace: cfg.pace,
             resampler,
             mono: vec![0.0; out_frames],
             inter: vec![0.0; out_frames * params.channels],
@@ -679,6 +680,7 @@ struct PlaybackWorker {
     rx: Receiver<Frame>,
     ref_tx: Sender<Frame>,
     ref_drain: Receiver<Frame>,
+    pace: bool,
     resampler: StreamResampler,
     mono: Vec<f32>,
     inter: Vec<f32>,
@@ -688,6 +690,7 @@ impl PlaybackWorker {
     fn run(mut self) {
         self.shared.set_state(StreamState::Running);
         let mut spare: Option<Vec<f32>> = None;
+        let (started, mut played) = (Instant::now(), 0u64);
         'outer: while !self.shared.stop.load(Ordering::Relaxed) {
             let frame = match self.rx.recv_timeout(FRAME_DURATION) {
                 Ok(f) => f,
@@ -737,6 +740,15 @@ impl PlaybackWorker {
                 }
             }
             self.shared.frames.fetch_add(1, Ordering::Relaxed);
+            played += 1;
+            if self.pace {
+                // Like a sound card: one frame per 80 ms, whatever the device accepts.
+                let due = started + FRAME_DURATION * played as u32;
+                let now = Instant::now();
+                if due > now {
+                    self.shared.sleep(due - now);
+                }
+            }
             let r = Frame {
                 samples: frame.samples,
                 captured_at: handed,
