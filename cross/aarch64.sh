@@ -72,10 +72,28 @@ t1=$(date +%s)
 echo "cross: aarch64 build took $((t1 - t0)) s"
 file "$CARGO_TARGET_DIR/$target/release/moshid" 2>/dev/null || true
 
+# Integration tests exec the aarch64 `moshid` binary (CARGO_BIN_EXE_moshid): that needs the
+# kernel's binfmt_misc to hand aarch64 ELF files to qemu. Register it when we may (root, a VM
+# or privileged container); otherwise run every test that does not exec the binary.
+binfmt=/proc/sys/fs/binfmt_misc
+register_binfmt() {
+  [ -e $binfmt/qemu-aarch64 ] && return 0
+  [ "$(id -u)" -eq 0 ] || return 1
+  [ -e $binfmt/register ] || mount -t binfmt_misc binfmt_misc $binfmt 2>/dev/null || return 1
+  # Debian's qemu-user-binfmt entry; F: the kernel opens qemu now (works inside chroots too).
+  printf '%s' ':qemu-aarch64:M::\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00:\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff:/usr/bin/qemu-aarch64:F' \
+    >$binfmt/register 2>/dev/null || return 1
+  [ -e $binfmt/qemu-aarch64 ]
+}
+
 if [ "$run_tests" = 1 ]; then
-  # Integration tests that exec the aarch64 `moshid` binary need binfmt_misc (absent in
-  # containers); they see MOSHID_CROSS_RUNNER and run the binary through it instead.
-  export MOSHID_CROSS_RUNNER=qemu-aarch64
-  $cargo test --release --locked --target $target "${pkgs_test[@]}" "$@"
+  if register_binfmt; then
+    $cargo test --release --locked --target $target "${pkgs_test[@]}" "$@"
+  else
+    echo "cross: no binfmt_misc for aarch64 here: the daemon's integration tests (they exec the"
+    echo "cross: aarch64 moshid binary) are skipped; its unit tests and all models/hal tests run"
+    $cargo test --release --locked --target $target -p moshid-models -p moshid-hal "$@"
+    $cargo test --release --locked --target $target -p moshid --bins "$@"
+  fi
   echo "cross: tests under qemu-aarch64 took $(( $(date +%s) - t1 )) s"
 fi
