@@ -172,6 +172,15 @@ fn appliance_over_mqtt_and_systemd() {
     })
     .expect("valid command after the bad ones");
 
+    // Voice switch: the model is reloaded (the demo builds the other voice's weights)
+    // and the conversation goes on with it.
+    obs.clear();
+    obs.publish(&topic("set/voice"), "moshika");
+    obs.wait_json(&topic("state"), Duration::from_secs(30), |v| {
+        v["voice"] == "moshika" && v["phase"] == "conversation"
+    })
+    .expect("voice switched and conversation resumed");
+
     // Home Assistant restarts: discovery is sent again.
     obs.clear();
     obs.client
@@ -230,7 +239,7 @@ fn appliance_over_mqtt_and_systemd() {
 
     // The speaker got the model's (non-silent) audio.
     let (n, peak) = raw_peak(&dir.path().join("spk.raw"));
-    assert!(n > 24_000, "only {n} samples played");
+    assert!(n > 24_000, "only {n} samples played\nlog:\n{}", d.log());
     assert!(peak > 0.01, "speaker output is silent (peak {peak})");
 }
 

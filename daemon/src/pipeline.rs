@@ -47,6 +47,7 @@ pub type EventTx = tokio::sync::mpsc::Sender<Event>;
 /// Running pipeline threads.
 pub struct Pipeline {
     stop: Arc<AtomicBool>,
+    engine_tx: Sender<Box<dyn Engine>>,
     infer: Option<JoinHandle<()>>,
     output: Option<JoinHandle<()>>,
 }
@@ -71,6 +72,7 @@ impl Pipeline {
         params: Params,
     ) -> std::io::Result<Pipeline> {
         let stop = Arc::new(AtomicBool::new(false));
+        let (engine_tx, engine_rx) = bounded::<Box<dyn Engine>>(1);
         let depth = params.queue_frames.max(1) + 1;
         let (full_tx, full_rx) = bounded::<OutFrame>(depth);
         let (free_tx, free_rx) = bounded::<Vec<f32>>(depth);
@@ -99,6 +101,7 @@ impl Pipeline {
                     });
                     let mut l = InferLoop {
                         engine,
+                        engine_rx,
                         source,
                         aec,
                         shared,
@@ -118,9 +121,18 @@ impl Pipeline {
         };
         Ok(Pipeline {
             stop,
+            engine_tx,
             infer: Some(infer),
             output: Some(output),
         })
+    }
+
+    /// Replaces the model between two frames (voice switch): the devices stay open and
+    /// the next frame starts a fresh conversation state with the new model.
+    pub fn swap_engine(&self, engine: Box<dyn Engine>) {
+        if self.engine_tx.try_send(engine).is_err() {
+            log::warn!("a model swap is already pending; this one is dropped");
+        }
     }
 
     /// True once both threads have ended (source exhausted or failed).
@@ -169,6 +181,7 @@ impl Drop for Pipeline {
 
 struct InferLoop {
     engine: Box<dyn Engine>,
+    engine_rx: Receiver<Box<dyn Engine>>,
     source: Box<dyn Source>,
     aec: Option<Box<dyn EchoCancel>>,
     shared: Arc<Shared>,
@@ -233,6 +246,12 @@ impl InferLoop {
     /// Processes one frame; false stops the loop.
     fn handle(&mut self, frame: &mut InFrame) -> bool {
         self.shared.beat();
+        if let Ok(e) = self.engine_rx.try_recv() {
+            log::info!("model swapped in: {}", e.describe());
+            self.engine = e;
+            // Forces a reset and a phase update below.
+            self.in_conversation = None;
+        }
         if frame.samples.len() != FRAME_SAMPLES {
             log::warn!(
                 "source gave a frame of {} samples, expected {FRAME_SAMPLES}; skipped",

@@ -70,9 +70,8 @@ enum Msg {
 
 struct Loaded {
     engine: Box<dyn Engine>,
-    source: Box<dyn Source>,
-    sink: Box<dyn Sink>,
-    aec: Option<EchoCancelFactory>,
+    /// Freshly opened audio; None when only the model was reloaded (voice switch).
+    audio: Option<(Box<dyn Source>, Box<dyn Sink>, Option<EchoCancelFactory>)>,
     describe: String,
 }
 
@@ -104,8 +103,9 @@ struct Loader {
     tx: Sender<Msg>,
 }
 
-/// Starts a loader thread: resolve (download) files, load the engine, open audio.
-fn spawn_loader(generation: u64, cfg: Config, voice: String, l: &Loader) {
+/// Starts a loader thread: resolve (download) files, load the engine, open audio unless
+/// the running pipeline keeps its devices (`open_audio = false`).
+fn spawn_loader(generation: u64, cfg: Config, voice: String, open_audio: bool, l: &Loader) {
     let Loader {
         shared,
         audio,
@@ -140,15 +140,17 @@ fn spawn_loader(generation: u64, cfg: Config, voice: String, l: &Loader) {
                 shared.set_download(None);
                 shared.set_status(&format!("loading model ({})", files.lm.display()));
                 let engine = engine(&files, &cfg)?;
-                shared.set_status(&format!("opening audio ({})", audio.describe(&cfg)));
-                let (source, sink) = audio.open(&cfg)?;
-                let aec = aec(&cfg)?;
+                let audio = if open_audio {
+                    shared.set_status(&format!("opening audio ({})", audio.describe(&cfg)));
+                    let (source, sink) = audio.open(&cfg)?;
+                    Some((source, sink, aec(&cfg)?))
+                } else {
+                    None
+                };
                 Ok(Loaded {
                     describe: engine.describe(),
                     engine,
-                    source,
-                    sink,
-                    aec,
+                    audio,
                 })
             })();
             let _ = tx.send(Msg::Loaded(generation, result));
@@ -183,7 +185,7 @@ pub fn run(opts: ServiceOptions) -> anyhow::Result<Summary> {
     let mut loading = true;
     let mut ready_sent = false;
     let mut load_s = 0.0;
-    spawn_loader(generation, cfg.clone(), shared.voice(), &loader);
+    spawn_loader(generation, cfg.clone(), shared.voice(), true, &loader);
     let mut pipeline: Option<Pipeline> = None;
     let mut retry_at: Option<Instant> = None;
     let mut retry_backoff = Duration::from_secs(5);
@@ -230,7 +232,13 @@ pub fn run(opts: ServiceOptions) -> anyhow::Result<Summary> {
                             retry_at = None;
                             generation += 1;
                             loading = true;
-                            spawn_loader(generation, cfg.clone(), shared.voice(), &loader);
+                            spawn_loader(
+                                generation,
+                                cfg.clone(),
+                                shared.voice(),
+                                pipeline.is_none(),
+                                &loader,
+                            );
                         }
                     }
                 }
@@ -248,15 +256,14 @@ pub fn run(opts: ServiceOptions) -> anyhow::Result<Summary> {
                     continue;
                 }
                 log::info!(voice = v.as_str(); "switching voice");
-                if let Some(p) = pipeline.take() {
-                    p.stop(Duration::from_secs(1));
-                }
+                // The devices stay open; the current voice goes on until the new
+                // model is ready and swapped in.
                 shared.set_voice(&v);
                 shared.set_phase(Phase::Loading);
                 retry_at = None;
                 generation += 1;
                 loading = true;
-                spawn_loader(generation, cfg.clone(), v, &loader);
+                spawn_loader(generation, cfg.clone(), v, pipeline.is_none(), &loader);
             }
             Ok(Msg::Loaded(g, _)) if g != generation => {} // superseded by a newer load
             Ok(Msg::Loaded(_, Err(e))) => {
@@ -289,23 +296,38 @@ pub fn run(opts: ServiceOptions) -> anyhow::Result<Summary> {
                 loading = false;
                 retry_backoff = Duration::from_secs(5);
                 shared.clear_error();
-                let started_pipeline = Pipeline::start(
-                    l.engine,
-                    l.source,
-                    l.sink,
-                    l.aec,
-                    shared.clone(),
-                    events_for(&mqtt),
-                    Params {
-                        queue_frames: cfg.audio.queue_frames,
-                        idle_timeout: (cfg.idle_timeout_s > 0)
-                            .then(|| Duration::from_secs(cfg.idle_timeout_s)),
-                    },
-                );
-                match started_pipeline {
-                    Ok(p) => pipeline = Some(p),
-                    Err(e) => {
-                        shared.set_error(&format!("cannot start pipeline threads: {e}"));
+                match (l.audio, pipeline.as_ref()) {
+                    (None, Some(p)) => p.swap_engine(l.engine),
+                    (Some((source, sink, aec)), _) => {
+                        if let Some(p) = pipeline.take() {
+                            p.stop(Duration::from_secs(1));
+                        }
+                        let started_pipeline = Pipeline::start(
+                            l.engine,
+                            source,
+                            sink,
+                            aec,
+                            shared.clone(),
+                            events_for(&mqtt),
+                            Params {
+                                queue_frames: cfg.audio.queue_frames,
+                                idle_timeout: (cfg.idle_timeout_s > 0)
+                                    .then(|| Duration::from_secs(cfg.idle_timeout_s)),
+                            },
+                        );
+                        match started_pipeline {
+                            Ok(p) => pipeline = Some(p),
+                            Err(e) => {
+                                shared.set_error(&format!("cannot start pipeline threads: {e}"));
+                                continue;
+                            }
+                        }
+                    }
+                    (None, None) => {
+                        // The pipeline went away while the model loaded: open audio too.
+                        loading = true;
+                        generation += 1;
+                        spawn_loader(generation, cfg.clone(), shared.voice(), true, &loader);
                         continue;
                     }
                 }
@@ -331,7 +353,13 @@ pub fn run(opts: ServiceOptions) -> anyhow::Result<Summary> {
         if retry_at.is_some_and(|t| Instant::now() >= t) {
             retry_at = None;
             shared.set_phase(Phase::Loading);
-            spawn_loader(generation, cfg.clone(), shared.voice(), &loader);
+            spawn_loader(
+                generation,
+                cfg.clone(),
+                shared.voice(),
+                pipeline.is_none(),
+                &loader,
+            );
         }
         if pipeline.as_ref().is_some_and(|p| p.is_finished()) {
             if opts.exit_when_source_ends {
