@@ -68,10 +68,13 @@ enum Msg {
     Loaded(u64, anyhow::Result<Loaded>),
 }
 
+/// Opened microphone, speaker and echo canceller.
+type Audio = (Box<dyn Source>, Box<dyn Sink>, Option<EchoCancelFactory>);
+
 struct Loaded {
     engine: Box<dyn Engine>,
     /// Freshly opened audio; None when only the model was reloaded (voice switch).
-    audio: Option<(Box<dyn Source>, Box<dyn Sink>, Option<EchoCancelFactory>)>,
+    audio: Option<Audio>,
     describe: String,
 }
 
