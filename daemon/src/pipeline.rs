@@ -498,6 +498,41 @@ mod tests {
     }
 
     #[test]
+    fn silence_ends_the_conversation_after_the_idle_timeout() {
+        let shared = Arc::new(Shared::new("v", 100, true));
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1000);
+        let p = Pipeline::start(
+            Box::new(Scripted {
+                n: 0,
+                delay: Duration::ZERO,
+                resets: Arc::new(Mutex::new(0)),
+                inputs: Arc::new(Mutex::new(Vec::new())),
+            }),
+            // 40 silent frames, 5 ms apart: 200 ms of silence against a 60 ms timeout.
+            Box::new(Synth::new(40, Duration::from_millis(5), 0.0)),
+            Box::new(Collect(Arc::new(Mutex::new(Vec::new())))),
+            None,
+            shared.clone(),
+            vec![tx],
+            Params {
+                queue_frames: 30,
+                idle_timeout: Some(Duration::from_millis(60)),
+            },
+        )
+        .unwrap();
+        p.wait();
+        let mut evs = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            evs.push(e);
+        }
+        assert!(evs.contains(&Event::IdleTimeout), "{evs:?}");
+        assert!(!shared.conversation.load(Ordering::Relaxed));
+        assert_eq!(shared.phase(), Phase::Idle);
+        let steps = shared.steps.load(Ordering::Relaxed);
+        assert!((5..40).contains(&steps), "{steps} steps");
+    }
+
+    #[test]
     fn conversation_plays_model_audio_and_emits_text() {
         let shared = Arc::new(Shared::new("v", 100, true));
         let (out, _, evs) = run(
