@@ -13,7 +13,6 @@ mod notify;
 mod pipeline;
 mod service;
 mod sound;
-mod spm;
 mod store;
 mod wav_audio;
 

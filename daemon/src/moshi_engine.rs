@@ -7,77 +7,27 @@ use anyhow::Context;
 use candle_core::DType;
 use moshid_models::lm::{LmConfig, LmGen, LmModel, Sampling};
 use moshid_models::mimi::{Mimi, MimiConfig};
+use moshid_models::tokenizer::{StreamState, TextTokenizer};
 
-/// Token id -> text piece.
-pub struct Pieces {
-    pieces: Vec<String>,
-    pad: u32,
-    /// Bytes of a multi-byte character spelled with byte-fallback pieces (`<0xE2>`...).
-    pending: Vec<u8>,
-}
-
-/// `<0xNN>` byte-fallback pieces.
-fn byte_piece(p: &str) -> Option<u8> {
-    let hex = p.strip_prefix("<0x")?.strip_suffix('>')?;
-    u8::from_str_radix(hex, 16).ok()
-}
-
-impl Pieces {
-    /// Reads a piece table: a SentencePiece `.model` or a text file with one piece a line.
-    pub fn load(path: &std::path::Path, pad: u32) -> anyhow::Result<Pieces> {
-        let bytes = std::fs::read(path)
-            .with_context(|| format!("cannot read the text tokenizer {}", path.display()))?;
-        let pieces = if path.extension().is_some_and(|e| e == "txt") {
-            String::from_utf8_lossy(&bytes)
-                .lines()
-                .map(str::to_string)
-                .collect()
-        } else {
-            crate::spm::pieces(&bytes)
-                .with_context(|| format!("{} is not a SentencePiece model", path.display()))?
-        };
-        Ok(Pieces {
-            pieces,
-            pad,
-            pending: Vec::with_capacity(4),
-        })
+/// Reads the text tokenizer: a SentencePiece `.model`, or a `.txt` piece table (one piece
+/// per line, as the offline demo writes).
+fn load_tokenizer(path: &std::path::Path) -> anyhow::Result<TextTokenizer> {
+    if path.extension().is_some_and(|e| e == "txt") {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the text piece table {}", path.display()))?;
+        return Ok(TextTokenizer::from_pieces(
+            text.lines().map(str::to_string).collect(),
+        ));
     }
-
-    /// Appends the text of `token` (nothing for padding and control tokens).
-    pub fn push(&mut self, token: u32, out: &mut String) {
-        // 0 = end of padding, pad = padding; both are silence in the text stream.
-        if token == 0 || token == self.pad {
-            return;
-        }
-        let Some(p) = self.pieces.get(token as usize) else {
-            return;
-        };
-        if let Some(b) = byte_piece(p) {
-            self.pending.push(b);
-            match std::str::from_utf8(&self.pending) {
-                Ok(s) => {
-                    out.extend(s.chars().filter(|c| !c.is_control()));
-                    self.pending.clear();
-                }
-                // An incomplete character: wait for its next byte (at most 4 in all).
-                Err(e) if e.error_len().is_none() && self.pending.len() < 4 => {}
-                Err(_) => self.pending.clear(),
-            }
-            return;
-        }
-        self.pending.clear();
-        if p.starts_with('<') && p.ends_with('>') {
-            return; // control pieces such as <s>, <unk>
-        }
-        out.push_str(&p.replace('\u{2581}', " "));
-    }
+    Ok(TextTokenizer::from_file(path)?)
 }
 
 /// Mimi + Moshi.
 pub struct MoshiEngine {
     mimi: Mimi,
     gen: LmGen,
-    pieces: Pieces,
+    tokenizer: TextTokenizer,
+    text_state: StreamState,
     codes: Vec<u32>,
     what: String,
 }
@@ -145,12 +95,13 @@ pub fn load(files: &ModelFiles, cfg: &Config) -> anyhow::Result<Box<dyn Engine>>
         cfg.model.context
     );
     let gen = LmGen::new(lm, sampling, cfg.model.context)?;
-    let pieces = Pieces::load(&files.tokenizer, lm_cfg.existing_text_padding_id)?;
+    let tokenizer = load_tokenizer(&files.tokenizer)?;
     Ok(Box::new(MoshiEngine {
         codes: vec![0; mimi.num_codebooks()],
         mimi,
         gen,
-        pieces,
+        tokenizer,
+        text_state: StreamState::default(),
         what,
     }))
 }
@@ -174,7 +125,7 @@ impl Engine for MoshiEngine {
                 self.mimi
                     .decode_step(&out.audio, output)
                     .map_err(|e| EngineError(format!("Mimi decode: {e}")))?;
-                self.pieces.push(out.text, text);
+                self.tokenizer.push(&mut self.text_state, out.text, text);
             }
             // The LM's acoustic delay: no output frame yet.
             None => output.fill(0.0),
@@ -185,6 +136,7 @@ impl Engine for MoshiEngine {
     fn reset(&mut self) {
         self.mimi.reset();
         self.gen.reset();
+        self.text_state = StreamState::default();
     }
 
     fn describe(&self) -> String {
@@ -197,7 +149,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pieces_decode_words_bytes_and_skip_specials() {
+    fn piece_tables_decode_words_bytes_and_skip_specials() {
+        let dir = std::env::temp_dir().join(format!("moshid-pieces-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pieces.txt");
         let table = [
             "<unk>",
             "<s>",
@@ -209,15 +164,16 @@ mod tests {
             "<0xA9>",
             "<0x41>",
         ];
-        let mut p = Pieces {
-            pieces: table.iter().map(|s| s.to_string()).collect(),
-            pad: 3,
-            pending: Vec::new(),
-        };
+        std::fs::write(&path, table.join("\n")).unwrap();
+        let tok = load_tokenizer(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let mut state = StreamState::default();
         let mut out = String::new();
         for t in [0, 4, 5, 3, 1, 6, 7, 8, 99] {
-            p.push(t, &mut out);
+            tok.push(&mut state, t, &mut out);
         }
-        assert_eq!(out, " hellolo\u{e9}A");
+        // Padding (3), end of padding (0), control and out-of-range ids add nothing; the two
+        // byte pieces make one character; the stream's first word loses its leading space.
+        assert_eq!(out, "hellolo\u{e9}A");
     }
 }

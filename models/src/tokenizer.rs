@@ -76,6 +76,28 @@ impl TextTokenizer {
         Ok(Self { pieces })
     }
 
+    /// Builds a vocabulary from a plain piece table (one piece per token id): `<0xNN>` is a
+    /// byte piece, any other `<...>` a control piece. For tables that are not SentencePiece
+    /// files, such as the offline demo's.
+    pub fn from_pieces(pieces: Vec<String>) -> Self {
+        let pieces = pieces
+            .into_iter()
+            .map(|p| {
+                let byte = p
+                    .strip_prefix("<0x")
+                    .and_then(|s| s.strip_suffix('>'))
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                let kind = match byte {
+                    Some(b) => Kind::Byte(b),
+                    None if p.starts_with('<') && p.ends_with('>') => Kind::Control,
+                    None => Kind::Normal,
+                };
+                (p, kind)
+            })
+            .collect();
+        Self { pieces }
+    }
+
     /// Number of pieces.
     pub fn vocab_size(&self) -> usize {
         self.pieces.len()
@@ -102,29 +124,57 @@ impl TextTokenizer {
     pub fn stream(&self) -> TextStream<'_> {
         TextStream {
             tok: self,
-            bytes: Vec::with_capacity(4),
-            started: false,
+            state: StreamState::default(),
         }
+    }
+
+    /// Streaming decode with caller-owned state (for owners that keep the tokenizer and the
+    /// state side by side): appends the text of `id` to `out`, as [`TextStream::push`].
+    pub fn push(&self, state: &mut StreamState, id: u32, out: &mut String) -> bool {
+        state.push(self, id, out)
+    }
+
+    /// Flushes what `state` still holds, as [`TextStream::finish`].
+    pub fn finish(&self, state: &mut StreamState, out: &mut String) {
+        state.flush_invalid(out)
     }
 }
 
-/// Streaming state of [`TextTokenizer::stream`].
+/// A streaming decoder borrowing its tokenizer: see [`TextTokenizer::stream`].
 #[derive(Debug)]
 pub struct TextStream<'a> {
     tok: &'a TextTokenizer,
-    bytes: Vec<u8>,
-    started: bool,
+    state: StreamState,
 }
 
 impl TextStream<'_> {
     /// Appends the text of token `id` to `out`; returns whether anything was appended.
     /// Padding ids (0, 3), control and unknown-range ids add nothing.
     pub fn push(&mut self, id: u32, out: &mut String) -> bool {
+        self.state.push(self.tok, id, out)
+    }
+
+    /// Flushes bytes left pending at the end of the stream.
+    pub fn finish(&mut self, out: &mut String) {
+        self.state.flush_invalid(out);
+    }
+}
+
+/// What a streaming decode carries between tokens: bytes of an incomplete UTF-8 character
+/// and whether any text was produced yet.
+#[derive(Debug, Default)]
+pub struct StreamState {
+    bytes: Vec<u8>,
+    started: bool,
+}
+
+impl StreamState {
+    fn push(&mut self, tok: &TextTokenizer, id: u32, out: &mut String) -> bool {
         let before = out.len();
         if SKIPPED_IDS.contains(&id) {
             return false;
         }
-        let Some((piece, kind)) = self.tok.pieces.get(id as usize) else {
+        let Some((piece, kind)) = tok.pieces.get(id as usize) else {
             return false;
         };
         match *kind {
@@ -153,11 +203,6 @@ impl TextStream<'_> {
             }
         }
         out.len() > before
-    }
-
-    /// Flushes bytes left pending at the end of the stream.
-    pub fn finish(&mut self, out: &mut String) {
-        self.flush_invalid(out);
     }
 
     fn flush_invalid(&mut self, out: &mut String) {
