@@ -4,7 +4,9 @@
 
 use crate::config::Config;
 use crate::service::AudioFactory;
-use crate::sound::{EchoCancel, EchoCancelFactory, InFrame, Sink, SoundError, Source};
+use crate::sound::{
+    EchoCancel, EchoCancelFactory, EchoReference, InFrame, Sink, SoundError, Source,
+};
 use anyhow::Context;
 use moshid_hal::{CaptureConfig, CaptureStream, Frame, PlaybackConfig, PlaybackStream};
 use moshid_hal::{SampleFormat, FRAME_SAMPLES};
@@ -53,6 +55,7 @@ impl AudioFactory for AlsaFactory {
             Box::new(HalSink {
                 stream: Some(playback),
                 device_delay,
+                spare: None,
             }),
         ))
     }
@@ -96,6 +99,8 @@ impl Source for HalSource {
 struct HalSink {
     stream: Option<PlaybackStream>,
     device_delay: Duration,
+    /// Once the echo canceller reads the device reference, buffers come back here.
+    spare: Option<crossbeam_channel::Receiver<Vec<f32>>>,
 }
 
 impl Sink for HalSink {
@@ -103,9 +108,14 @@ impl Sink for HalSink {
         let Some(stream) = self.stream.as_ref() else {
             return Err(SoundError::Device("speaker already closed".into()));
         };
-        // Reuse the buffers the playback thread hands back as echo reference.
-        let mut buf = match stream.reference().try_recv() {
-            Ok(f) if f.samples.len() == FRAME_SAMPLES => f.samples,
+        // Reuse buffers: from the echo canceller when it reads the device reference, else
+        // straight from the reference nobody reads. A fresh one only while they fill up.
+        let reused = match &self.spare {
+            Some(spare) => spare.try_recv().ok(),
+            None => stream.reference().try_recv().ok().map(|f| f.samples),
+        };
+        let mut buf = match reused {
+            Some(b) if b.len() == FRAME_SAMPLES => b,
             _ => vec![0.0; FRAME_SAMPLES],
         };
         buf.copy_from_slice(samples);
@@ -119,6 +129,16 @@ impl Sink for HalSink {
                     .last_error()
                     .unwrap_or_else(|| "speaker stream stopped".into()),
             )
+        })
+    }
+
+    fn echo_reference(&mut self) -> Option<EchoReference> {
+        let stream = self.stream.as_ref()?;
+        let (spare_tx, spare_rx) = crossbeam_channel::bounded(16);
+        self.spare = Some(spare_rx);
+        Some(EchoReference {
+            frames: stream.reference().clone(),
+            spare: spare_tx,
         })
     }
 

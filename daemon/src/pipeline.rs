@@ -8,7 +8,9 @@
 
 use crate::control::{Phase, Shared};
 use crate::engine::Engine;
-use crate::sound::{EchoCancel, EchoCancelFactory, InFrame, Sink, SoundError, Source};
+use crate::sound::{
+    EchoCancel, EchoCancelFactory, EchoReference, InFrame, Sink, SoundError, Source,
+};
 use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
 use moshid_hal::FRAME_SAMPLES;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,12 +67,18 @@ impl Pipeline {
     pub fn start(
         engine: Box<dyn Engine>,
         source: Box<dyn Source>,
-        sink: Box<dyn Sink>,
+        mut sink: Box<dyn Sink>,
         aec: Option<EchoCancelFactory>,
         shared: Arc<Shared>,
         events: Vec<EventTx>,
         params: Params,
     ) -> std::io::Result<Pipeline> {
+        // The canceller's far end is what the device got, when the sink can tell.
+        let far_ref = if aec.is_some() {
+            sink.echo_reference()
+        } else {
+            None
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let (engine_tx, engine_rx) = bounded::<Box<dyn Engine>>(1);
         let depth = params.queue_frames.max(1) + 1;
@@ -110,6 +118,7 @@ impl Pipeline {
                         full_tx,
                         free_rx,
                         far: vec![0.0; FRAME_SAMPLES],
+                        far_ref,
                         text: String::with_capacity(64),
                         in_conversation: None,
                         conv_start: Instant::now(),
@@ -189,8 +198,10 @@ struct InferLoop {
     params: Params,
     full_tx: Sender<OutFrame>,
     free_rx: Receiver<Vec<f32>>,
-    /// The last frame sent to the speaker: the echo reference.
+    /// The echo reference for the next microphone frame.
     far: Vec<f32>,
+    /// The device's own reference; without it `far` is the last frame queued for playback.
+    far_ref: Option<EchoReference>,
     text: String,
     /// None until the first frame, so the initial phase is always published.
     in_conversation: Option<bool>,
@@ -287,6 +298,9 @@ impl InferLoop {
             &mut self.silence
         } else {
             if let Some(aec) = self.aec.as_mut() {
+                if let Some(r) = &self.far_ref {
+                    next_far(r, &mut self.far);
+                }
                 aec.process(&self.far, &mut frame.samples);
             }
             &mut frame.samples
@@ -302,7 +316,9 @@ impl InferLoop {
             Ok(b) => b,
             Err(TryRecvError::Empty) => {
                 self.shared.dropped_output.fetch_add(1, Ordering::Relaxed);
-                self.far.fill(0.0);
+                if self.far_ref.is_none() {
+                    self.far.fill(0.0);
+                }
                 return true;
             }
             Err(TryRecvError::Disconnected) => return false,
@@ -320,7 +336,9 @@ impl InferLoop {
         for s in out.iter_mut() {
             *s = (*s * gain).clamp(-1.0, 1.0);
         }
-        self.far.copy_from_slice(&out);
+        if self.far_ref.is_none() {
+            self.far.copy_from_slice(&out);
+        }
         if !self.text.is_empty() {
             let text = self.text.clone();
             self.emit(Event::Transcript {
@@ -347,6 +365,28 @@ impl InferLoop {
             }
         }
         true
+    }
+}
+
+/// Takes the device's next far-end frame into `far`: one per microphone frame, so both
+/// streams advance together; a backlog beyond a few frames (the canceller was idle) is
+/// dropped to the newest. Nothing played yet means silence.
+fn next_far(r: &EchoReference, far: &mut [f32]) {
+    while r.frames.len() > 2 {
+        if let Ok(old) = r.frames.try_recv() {
+            let _ = r.spare.try_send(old.samples);
+        }
+    }
+    match r.frames.try_recv() {
+        Ok(f) => {
+            if f.samples.len() == far.len() {
+                far.copy_from_slice(&f.samples);
+            } else {
+                far.fill(0.0);
+            }
+            let _ = r.spare.try_send(f.samples);
+        }
+        Err(_) => far.fill(0.0),
     }
 }
 
@@ -597,5 +637,83 @@ mod tests {
         let stepped = inputs.len() / FRAME_SAMPLES;
         assert!(dropped > 20, "dropped {dropped}");
         assert_eq!(stepped as u64 + dropped, 60);
+    }
+
+    /// A speaker whose device got something other than what the pipeline queued (as when
+    /// the device fills silence): it hands the device's version back as echo reference.
+    struct DeviceSink {
+        tx: Sender<moshid_hal::Frame>,
+        rx: Receiver<moshid_hal::Frame>,
+        spare: Option<Receiver<Vec<f32>>>,
+    }
+    impl Sink for DeviceSink {
+        fn play(&mut self, s: &[f32]) -> Result<(), SoundError> {
+            let mut buf = self
+                .spare
+                .as_ref()
+                .and_then(|r| r.try_recv().ok())
+                .unwrap_or_else(|| vec![0.0; FRAME_SAMPLES]);
+            buf.fill(-s[0]);
+            let _ = self.tx.send(moshid_hal::Frame {
+                samples: buf,
+                captured_at: Instant::now(),
+            });
+            Ok(())
+        }
+        fn echo_reference(&mut self) -> Option<EchoReference> {
+            let (spare_tx, spare_rx) = bounded(16);
+            self.spare = Some(spare_rx);
+            Some(EchoReference {
+                frames: self.rx.clone(),
+                spare: spare_tx,
+            })
+        }
+    }
+
+    struct RecordFar(Arc<Mutex<Vec<f32>>>);
+    impl EchoCancel for RecordFar {
+        fn process(&mut self, far: &[f32], _near: &mut [f32]) {
+            self.0.lock().unwrap().push(far[0]);
+        }
+    }
+
+    #[test]
+    fn canceller_gets_what_the_device_got() {
+        let shared = Arc::new(Shared::new("v", 100, true));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let rec = seen.clone();
+        let (tx, rx) = bounded(64);
+        let p = Pipeline::start(
+            Box::new(Scripted {
+                n: 0,
+                delay: Duration::ZERO,
+                resets: Arc::new(Mutex::new(0)),
+                inputs: Arc::new(Mutex::new(Vec::new())),
+            }),
+            // Input 0.2 -> the scripted model says 0.1 -> the device gets -0.1.
+            Box::new(Synth::new(30, Duration::from_millis(5), 0.2)),
+            Box::new(DeviceSink {
+                tx,
+                rx,
+                spare: None,
+            }),
+            Some(Box::new(move || {
+                Ok(Box::new(RecordFar(rec)) as Box<dyn EchoCancel>)
+            })),
+            shared,
+            Vec::new(),
+            Params {
+                queue_frames: 30,
+                idle_timeout: None,
+            },
+        )
+        .unwrap();
+        p.wait();
+        let far = seen.lock().unwrap().clone();
+        assert_eq!(far.len(), 30);
+        // Silence until the device has played something, then the device's version only:
+        // never the queued 0.1.
+        assert!(far.iter().all(|&x| x == 0.0 || x == -0.1), "{far:?}");
+        assert!(far.iter().filter(|&&x| x == -0.1).count() >= 20, "{far:?}");
     }
 }

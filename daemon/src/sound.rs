@@ -46,6 +46,20 @@ pub trait Sink: Send {
     fn finish(&mut self) -> Result<(), SoundError> {
         Ok(())
     }
+    /// The far end exactly as the device got it (silence fill included), for the echo
+    /// canceller. Called once, before playback starts; `None` when the sink cannot tell, and
+    /// the pipeline then uses the frames it queued for playback.
+    fn echo_reference(&mut self) -> Option<EchoReference> {
+        None
+    }
+}
+
+/// What the speaker device was handed, frame by frame, plus a way to give the buffers back.
+pub struct EchoReference {
+    /// 80 ms mono 24 kHz frames in the order the device got them.
+    pub frames: crossbeam_channel::Receiver<moshid_hal::Frame>,
+    /// Used buffers go back to the sink for reuse.
+    pub spare: crossbeam_channel::Sender<Vec<f32>>,
 }
 
 /// Echo cancellation: removes `far` (what the speaker played) from `near` (the mic).
