@@ -174,6 +174,16 @@ impl LmGen {
     /// One 80 ms step: the user's 8 Mimi codes in; once the delays are filled (from the
     /// second step on), Moshi's re-aligned text token and 8 audio codes out.
     pub fn step(&mut self, user_codes: &[u32]) -> Result<Option<StepOut>, LmError> {
+        if self.model.device().is_cpu() {
+            // Run the whole step on a rayon worker: the CPU matmuls (lm::qgemv) split over
+            // rayon, and from inside the pool each one is a cheap fork instead of a hand-off
+            // from this thread and back (two thread wake-ups per matmul, ~250 per step).
+            return rayon::scope(|_| self.step_inner(user_codes));
+        }
+        self.step_inner(user_codes)
+    }
+
+    fn step_inner(&mut self, user_codes: &[u32]) -> Result<Option<StepOut>, LmError> {
         let cfg = self.model.config().clone_shape();
         if user_codes.len() < AUDIO_CODEBOOKS {
             return Err(LmError::Input(format!(

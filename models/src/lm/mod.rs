@@ -5,6 +5,7 @@ mod config;
 mod gen;
 mod gguf;
 mod model;
+mod qgemv;
 mod random;
 mod weights;
 

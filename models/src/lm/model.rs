@@ -4,7 +4,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, D};
 
-use super::weights::{Embedding, Layout, Linear, Store};
+use super::weights::{AnyLinear as Linear, Embedding, Layout, Store};
 use super::{LmConfig, LmError};
 
 fn ce(e: candle_core::Error) -> LmError {
