@@ -77,3 +77,15 @@ pub enum LmError {
     #[error("LM compute: {0}")]
     Candle(String),
 }
+
+/// For `cargo bench -p moshid-models`: the CPU q8_0 kernel over raw GGML blocks `[n, k]`,
+/// or `None` where it does not run (no AVX2). Not part of the API.
+#[doc(hidden)]
+pub fn bench_q8_gemv(
+    n: usize,
+    k: usize,
+    blocks: &[u8],
+) -> Option<impl Fn(&candle_core::Tensor) -> candle_core::Result<candle_core::Tensor>> {
+    let g = qgemv::QGemv::new(candle_core::quantized::GgmlDType::Q8_0, n, k, blocks)?;
+    Some(move |x: &candle_core::Tensor| g.forward(x))
+}
