@@ -148,6 +148,7 @@ fn quantize_then_infer_and_bench_on_gguf() {
         s(&cfg),
         "--steps",
         "5",
+        "--full-context",
     ]);
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert_eq!(stdout.lines().count(), 1, "one JSON line: {stdout}");
@@ -163,6 +164,7 @@ fn quantize_then_infer_and_bench_on_gguf() {
         assert!(j[k].as_f64().is_some_and(|v| v > 0.0), "{k} in {j}");
     }
     assert!(j["step_ms_median"].as_f64().unwrap() >= j["depth_ms_median"].as_f64().unwrap());
+    assert_eq!(j["full_context"], true, "{j}");
 }
 
 #[test]

@@ -134,6 +134,19 @@ impl LmGen {
         LmModel::cache_bytes(&self.main_cache) + LmModel::cache_bytes(&self.dep_cache)
     }
 
+    /// For benchmarks: marks the temporal KV cache as full (the keys/values already there
+    /// are kept, zeros at first), so that the next steps attend over the whole window and
+    /// cost what they cost after `context` steps of conversation. Generation quality after
+    /// this is meaningless; [`LmGen::reset`] undoes it.
+    #[doc(hidden)]
+    pub fn fill_context_for_bench(&mut self) -> Result<(), LmError> {
+        for c in self.main_cache.iter_mut() {
+            c.fill_for_bench()
+                .map_err(|e| LmError::Candle(e.to_string()))?;
+        }
+        Ok(())
+    }
+
     /// Steps run since creation or the last reset.
     pub fn steps(&self) -> usize {
         self.offset

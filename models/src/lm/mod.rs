@@ -1,6 +1,7 @@
 //! The Moshi language model: temporal + depth transformers, streaming generation,
 //! checkpoint loading (PyTorch and candle layouts, safetensors and GGUF) and quantization.
 
+mod attend;
 mod config;
 mod gen;
 mod gguf;

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Storage, Tensor, D};
 
 use super::weights::{AnyLinear as Linear, Embedding, Layout, Store};
 use super::{LmConfig, LmError};
@@ -99,6 +99,29 @@ impl RingKv {
                 self.v.narrow(2, 0, self.len)?,
             ))
         }
+    }
+
+    /// Marks the ring full with small non-zero keys/values written to every entry (untouched
+    /// zero pages would all map one physical page and read from cache, unrealistically).
+    pub(crate) fn fill_for_bench(&mut self) -> candle_core::Result<()> {
+        self.k = self.k.affine(0.0, 0.01)?;
+        self.v = self.v.affine(0.0, 0.01)?;
+        self.len = self.cap;
+        Ok(())
+    }
+
+    /// Stores one step's key and value like [`RingKv::push`] and returns the whole ring
+    /// with the number of valid rows (the first `len` of each head).
+    fn push_raw(
+        &mut self,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> candle_core::Result<(&Tensor, &Tensor, usize)> {
+        self.k.slice_set(k, 2, self.next)?;
+        self.v.slice_set(v, 2, self.next)?;
+        self.next = (self.next + 1) % self.cap;
+        self.len = (self.len + 1).min(self.cap);
+        Ok((&self.k, &self.v, self.len))
     }
 
     fn bytes(&self) -> u64 {
@@ -496,12 +519,33 @@ impl Layer {
             }
             None => (q, k),
         };
-        let (ks, vs) = cache.push(&k, &v)?;
         let scale = 1.0 / (hd as f64).sqrt();
-        let att = (q.matmul(&ks.t()?)? * scale)?;
-        let att =
-            candle_nn::ops::softmax_last_dim(&att.to_dtype(DType::F32)?)?.to_dtype(vs.dtype())?;
-        let y = att.matmul(&vs)?.transpose(1, 2)?.reshape((b, t, d))?;
+        let y = if t == 1 && q.dtype() == DType::F32 && q.device().is_cpu() {
+            let (ks, vs, len) = cache.push_raw(&k, &v)?;
+            let mut out = vec![0f32; d];
+            {
+                let (qs, ql) = q.storage_and_layout();
+                let (kst, kl) = ks.storage_and_layout();
+                let (vst, vl) = vs.storage_and_layout();
+                let (Storage::Cpu(qs), Storage::Cpu(kst), Storage::Cpu(vst)) = (&*qs, &*kst, &*vst)
+                else {
+                    candle_core::bail!("attention: tensors not on the CPU");
+                };
+                let qs = &qs.as_slice::<f32>()?[ql.start_offset()..ql.start_offset() + d];
+                let n = ks.elem_count();
+                let kst = &kst.as_slice::<f32>()?[kl.start_offset()..kl.start_offset() + n];
+                let vst = &vst.as_slice::<f32>()?[vl.start_offset()..vl.start_offset() + n];
+                let cap = n / d;
+                super::attend::attend_one(qs, kst, vst, cap, len, hd, scale as f32, &mut out);
+            }
+            Tensor::from_vec(out, (b, t, d), x.device())?
+        } else {
+            let (ks, vs) = cache.push(&k, &v)?;
+            let att = (q.matmul(&ks.t()?)? * scale)?;
+            let att = candle_nn::ops::softmax_last_dim(&att.to_dtype(DType::F32)?)?
+                .to_dtype(vs.dtype())?;
+            att.matmul(&vs)?.transpose(1, 2)?.reshape((b, t, d))?
+        };
         let x = (x + self.out_proj.forward(&y)?)?;
         let h = rms_norm(&x, &self.norm2, eps)?;
         let g = self.ff_in.forward(&h)?;
