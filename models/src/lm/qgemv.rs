@@ -129,7 +129,8 @@ impl std::fmt::Debug for Lines {
 
 /// A `[n, k]` quantized weight, repacked at load for the kernel: rows in groups of [`G`]
 /// (the last padded with zero rows); per group and block, the `G` f16 scales together and
-/// the `G` rows' quants together. Same bytes as GGML's layout, same arithmetic.
+/// the `G` rows' quants together (q4_0: nibbles regrouped, see `new`). Same bytes as GGML's
+/// layout, same arithmetic.
 #[derive(Debug, Clone)]
 pub(crate) struct QGemv {
     /// `[groups][nb][G]` f16 bits.
@@ -149,6 +150,9 @@ struct Scratch {
     scales: Vec<f32>,
     /// Activation quants, `[m][nb]` lines of 32.
     quants: Vec<Line>,
+    /// For q4_0: per activation block, eight i32 lanes of 8 * (sum of the 4 quants of each
+    /// lane), the offset that unsigned nibbles carry.
+    sums: Vec<Line>,
 }
 
 thread_local! {
@@ -192,7 +196,25 @@ impl QGemv {
                 let src = &data[(r * nb + j) * bb..(r * nb + j + 1) * bb];
                 scales[(g * nb + j) * G + i] = u16::from_le_bytes([src[0], src[1]]);
                 let at = ((g * nb + j) * G + i) * qb;
-                qbytes[at..at + qb].copy_from_slice(&src[2..]);
+                match kind {
+                    Kind::Q8_0 => qbytes[at..at + qb].copy_from_slice(&src[2..]),
+                    Kind::Q4_0 => {
+                        // Rows 2p and 2p+1 share one 32-byte line: byte b holds value b of
+                        // the even row in its low nibble and of the odd row in its high one,
+                        // so that one load and two masks give both rows' 32 values in order.
+                        // (GGML: value b < 16 is qs[b] & 15, value b >= 16 is qs[b - 16] >> 4.)
+                        let line = ((g * nb + j) * G + (i & !1)) * qb;
+                        let shift = if i % 2 == 0 { 0 } else { 4 };
+                        for b in 0..QK {
+                            let v = if b < 16 {
+                                src[2 + b] & 15
+                            } else {
+                                src[2 + b - 16] >> 4
+                            };
+                            qbytes[line + b] |= v << shift;
+                        }
+                    }
+                }
             }
         }
         Some(Self {
@@ -263,10 +285,28 @@ impl QGemv {
                     *d = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
                     q.0.copy_from_slice(&b[2..]);
                 }
+                if self.kind == Kind::Q4_0 {
+                    sc.sums.resize(m * nb, Line([0; 32]));
+                    for (q, o) in sc.quants.iter().zip(sc.sums.iter_mut()) {
+                        let mut lanes = [0i32; 8];
+                        for (l, four) in lanes.iter_mut().zip(q.0.chunks_exact(4)) {
+                            *l = 8 * four.iter().map(|&b| b as i8 as i32).sum::<i32>();
+                        }
+                        for (dst, l) in o.0.chunks_exact_mut(4).zip(lanes) {
+                            dst.copy_from_slice(&l.to_ne_bytes());
+                        }
+                    }
+                }
                 for (r, dst) in out.chunks_exact_mut(self.n).enumerate() {
+                    let sums = if self.kind == Kind::Q4_0 {
+                        &sc.sums[r * nb..(r + 1) * nb]
+                    } else {
+                        &[][..]
+                    };
                     self.gemv(
                         &sc.scales[r * nb..(r + 1) * nb],
                         &sc.quants[r * nb..(r + 1) * nb],
+                        sums,
                         dst,
                     );
                 }
@@ -281,7 +321,7 @@ impl QGemv {
 
     /// One activation row against all weight rows, split over rayon in chunks of whole
     /// groups; chunks are small enough to rebalance when a core is busy elsewhere.
-    fn gemv(&self, ad: &[f32], aq: &[Line], dst: &mut [f32]) {
+    fn gemv(&self, ad: &[f32], aq: &[Line], asums: &[Line], dst: &mut [f32]) {
         let threads = rayon::current_num_threads().max(1);
         let nb = self.k / QK;
         let qb = self.kind.block_bytes() - 2;
@@ -292,7 +332,7 @@ impl QGemv {
             let gs = out.len().div_ceil(G);
             let sc = &self.scales[g0 * nb * G..(g0 + gs) * nb * G];
             let q = &self.quants.as_slice()[g0 * nb * G * qb / 32..(g0 + gs) * nb * G * qb / 32];
-            groups_dot(self.kind, nb, sc, q, ad, aq, out);
+            groups_dot(self.kind, nb, sc, q, ad, aq, asums, out);
         };
         if groups <= chunk {
             run((0, dst));
@@ -303,6 +343,7 @@ impl QGemv {
 }
 
 /// `out[i] = dot(row i, act)` for the rows of the groups in `sc`/`q`.
+#[allow(clippy::too_many_arguments)]
 fn groups_dot(
     kind: Kind,
     nb: usize,
@@ -310,22 +351,24 @@ fn groups_dot(
     q: &[Line],
     ad: &[f32],
     aq: &[Line],
+    asums: &[Line],
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: QGemv::new only exists on CPUs with avx2, fma and f16c; slices are sized
-        // by construction (whole groups of nb blocks; out.len() <= groups * G).
+        // by construction (whole groups of nb blocks; out.len() <= groups * G; asums has nb
+        // lines for q4_0).
         unsafe {
             match kind {
-                Kind::Q8_0 => avx::groups::<false>(nb, sc, q, ad, aq, out),
-                Kind::Q4_0 => avx::groups::<true>(nb, sc, q, ad, aq, out),
+                Kind::Q8_0 => avx::groups::<false>(nb, sc, q, ad, aq, asums, out),
+                Kind::Q4_0 => avx::groups::<true>(nb, sc, q, ad, aq, asums, out),
             }
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (kind, nb, sc, q, ad, aq, out);
+        let _ = (kind, nb, sc, q, ad, aq, asums, out);
         unreachable!("QGemv::new refuses non-x86-64 CPUs");
     }
 }
@@ -335,24 +378,14 @@ mod avx {
     use super::{Line, G, PREFETCH};
     use core::arch::x86_64::*;
 
-    /// The 32 signed weights of one row's block at `p` (32 bytes for q8_0, 16 for q4_0).
+    /// One q4_0 row-block's lanes: `sum(u * a) - 8 * sum(a)` per 4 bytes with `u` the
+    /// unsigned nibbles, which is exactly candle's `sum((u - 8) * a)` (all integer, no
+    /// saturation: |u * a| <= 15 * 127), converted to f32 as candle does.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn weights<const Q4: bool>(p: *const u8) -> __m256i {
-        unsafe {
-            if Q4 {
-                // candle's bytes_from_nibbles_32 then -8.
-                let tmp = _mm_loadu_si128(p as *const __m128i);
-                let bytes = _mm256_insertf128_si256::<1>(
-                    _mm256_castsi128_si256(tmp),
-                    _mm_srli_epi16(tmp, 4),
-                );
-                let b = _mm256_and_si256(_mm256_set1_epi8(0xF), bytes);
-                _mm256_sub_epi8(b, _mm256_set1_epi8(8))
-            } else {
-                _mm256_loadu_si256(p as *const __m256i)
-            }
-        }
+    fn q4_lanes(u: __m256i, a: __m256i, sum8: __m256i) -> __m256 {
+        let dot = _mm256_madd_epi16(_mm256_set1_epi16(1), _mm256_maddubs_epi16(u, a));
+        _mm256_cvtepi32_ps(_mm256_sub_epi32(dot, sum8))
     }
 
     /// candle's mul_sum_i8_pairs_float.
@@ -378,7 +411,8 @@ mod avx {
 
     /// # Safety
     /// avx2, fma and f16c present; `sc`/`q` hold whole groups of `nb` blocks in the
-    /// [`super::QGemv`] layout, `out.len() <= groups * G`; `ad`/`aq` hold `nb` blocks.
+    /// [`super::QGemv`] layout, `out.len() <= groups * G`; `ad`/`aq` (and for q4_0 `asums`)
+    /// hold `nb` blocks.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn groups<const Q4: bool>(
         nb: usize,
@@ -386,6 +420,7 @@ mod avx {
         q: &[Line],
         ad: &[f32],
         aq: &[Line],
+        asums: &[Line],
         out: &mut [f32],
     ) {
         let qb = if Q4 { 16 } else { 32 };
@@ -393,8 +428,10 @@ mod avx {
         debug_assert!(out.len() <= groups * G);
         debug_assert_eq!(q.len() * 32, groups * nb * G * qb);
         debug_assert!(ad.len() >= nb && aq.len() >= nb);
+        debug_assert!(!Q4 || asums.len() >= nb);
         let qp = q.as_ptr() as *const u8;
         let mut d = [0f32; G];
+        let low = _mm256_set1_epi8(0x0F);
         unsafe {
             for g in 0..groups {
                 let mut acc = [_mm256_setzero_ps(); G];
@@ -416,9 +453,29 @@ mod avx {
                         _mm_prefetch::<_MM_HINT_T0>(bq.wrapping_add(PREFETCH + l) as *const i8);
                         l += 64;
                     }
-                    for (i, a) in acc.iter_mut().enumerate() {
-                        let w = weights::<Q4>(bq.add(i * qb));
-                        *a = _mm256_fmadd_ps(_mm256_broadcast_ss(&d[i]), mul_sum(w, by), *a);
+                    if Q4 {
+                        let s8 = _mm256_load_si256(asums.as_ptr().add(j) as *const __m256i);
+                        for p in 0..G / 2 {
+                            let line = _mm256_load_si256(bq.add(p * 32) as *const __m256i);
+                            let u0 = _mm256_and_si256(line, low);
+                            let u1 = _mm256_and_si256(_mm256_srli_epi16::<4>(line), low);
+                            let (i0, i1) = (2 * p, 2 * p + 1);
+                            acc[i0] = _mm256_fmadd_ps(
+                                _mm256_broadcast_ss(&d[i0]),
+                                q4_lanes(u0, by, s8),
+                                acc[i0],
+                            );
+                            acc[i1] = _mm256_fmadd_ps(
+                                _mm256_broadcast_ss(&d[i1]),
+                                q4_lanes(u1, by, s8),
+                                acc[i1],
+                            );
+                        }
+                    } else {
+                        for (i, a) in acc.iter_mut().enumerate() {
+                            let w = _mm256_load_si256(bq.add(i * qb) as *const __m256i);
+                            *a = _mm256_fmadd_ps(_mm256_broadcast_ss(&d[i]), mul_sum(w, by), *a);
+                        }
                     }
                 }
                 let o = g * G;
@@ -442,9 +499,14 @@ mod tests {
     /// is not a multiple of four.
     #[test]
     fn matches_candle() {
-        let (n, k) = (203, 256);
+        for (n, k) in [(203, 256), (64, 1024)] {
+            matches_candle_at(n, k);
+        }
+    }
+
+    fn matches_candle_at(n: usize, k: usize) {
         let w: Vec<f32> = (0..n * k)
-            .map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 97.0)
+            .map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 97.0 * (1 + i % 5) as f32)
             .collect();
         let w = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
         let x: Vec<f32> = (0..2 * k)
