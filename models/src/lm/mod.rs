@@ -5,6 +5,7 @@ mod attend;
 mod config;
 mod gen;
 mod gguf;
+mod huge;
 mod model;
 mod qgemv;
 mod random;
@@ -89,4 +90,11 @@ pub fn bench_q8_gemv(
 ) -> Option<impl Fn(&candle_core::Tensor) -> candle_core::Result<candle_core::Tensor>> {
     let g = qgemv::QGemv::new(candle_core::quantized::GgmlDType::Q8_0, n, k, blocks)?;
     Some(move |x: &candle_core::Tensor| g.forward(x))
+}
+
+/// For `cargo bench -p moshid-models`: one query against a full window of `cap` keys and
+/// values (`[heads, cap, d]` each) into `out` (`[heads, d]`). Not part of the API.
+#[doc(hidden)]
+pub fn bench_attend(q: &[f32], k: &[f32], v: &[f32], cap: usize, d: usize, out: &mut [f32]) {
+    attend::attend_one(q, k, v, cap, cap, d, 1.0 / (d as f32).sqrt(), out);
 }

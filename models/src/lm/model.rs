@@ -69,6 +69,23 @@ impl RingKv {
     ) -> Result<Self, LmError> {
         let k = Tensor::zeros((1, heads, cap, head_dim), dtype, device).map_err(ce)?;
         let v = Tensor::zeros((1, heads, cap, head_dim), dtype, device).map_err(ce)?;
+        if dtype == DType::F32 {
+            // A full window is read every step (3.15 GB for the 7B at context 3000): huge
+            // pages, as for the weights. The zeroed buffers are fresh mappings not yet
+            // touched, so the pages the ring then writes come as 2 MiB pages.
+            for t in [&k, &v] {
+                let (st, l) = t.storage_and_layout();
+                if let Storage::Cpu(c) = &*st {
+                    if let Ok(all) = c.as_slice::<f32>() {
+                        let n = t
+                            .elem_count()
+                            .min(all.len().saturating_sub(l.start_offset()));
+                        let xs = &all[l.start_offset()..l.start_offset() + n];
+                        super::huge::advise(xs.as_ptr() as *const u8, std::mem::size_of_val(xs));
+                    }
+                }
+            }
+        }
         Ok(Self {
             k,
             v,
@@ -104,8 +121,11 @@ impl RingKv {
     /// Marks the ring full with small non-zero keys/values written to every entry (untouched
     /// zero pages would all map one physical page and read from cache, unrealistically).
     pub(crate) fn fill_for_bench(&mut self) -> candle_core::Result<()> {
-        self.k = self.k.affine(0.0, 0.01)?;
-        self.v = self.v.affine(0.0, 0.01)?;
+        // In place, so that the ring keeps its memory (and its huge pages).
+        let full =
+            Tensor::full(0.01f32, self.k.shape(), self.k.device())?.to_dtype(self.k.dtype())?;
+        self.k.slice_set(&full, 2, 0)?;
+        self.v.slice_set(&full, 2, 0)?;
         self.len = self.cap;
         Ok(())
     }

@@ -60,12 +60,14 @@ unsafe impl Send for Lines {}
 // SAFETY: shared access is read-only.
 unsafe impl Sync for Lines {}
 
-const HUGE: usize = 2 << 20;
-
 impl Lines {
     fn layout(len: usize) -> std::alloc::Layout {
         let bytes = (len * 32).max(32);
-        let align = if bytes >= HUGE { HUGE } else { 32 };
+        let align = if bytes >= super::huge::HUGE {
+            super::huge::HUGE
+        } else {
+            32
+        };
         // Cannot fail: align is a power of two and bytes is far below isize::MAX.
         std::alloc::Layout::from_size_align(bytes, align).expect("layout")
     }
@@ -78,15 +80,8 @@ impl Lines {
         let Some(ptr) = std::ptr::NonNull::new(raw as *mut Line) else {
             std::alloc::handle_alloc_error(layout);
         };
-        #[cfg(target_os = "linux")]
-        if layout.align() == HUGE {
-            // Before the first touch, so that faults map huge pages. Advisory: on a kernel
-            // without THP this fails harmlessly and the memory is ordinary pages.
-            // SAFETY: the range is exactly our fresh allocation.
-            unsafe {
-                libc::madvise(raw as *mut libc::c_void, layout.size(), libc::MADV_HUGEPAGE);
-            }
-        }
+        // Before the first touch, so that faults map huge pages.
+        super::huge::advise(raw, layout.size());
         // SAFETY: the allocation holds layout.size() >= len * 32 bytes.
         unsafe { std::ptr::write_bytes(raw, 0, layout.size()) };
         Self { ptr, len }
