@@ -18,6 +18,7 @@ const QK: usize = 32;
 /// How far ahead (bytes) the kernel prefetches its weight stream. The hardware prefetchers
 /// alone left each core at ~15 GB/s here, well below what it can read; 2 KiB (8 groups of
 /// q8_0 blocks) measured best against 1 and 3 KiB, alternating steps on a 7B model.
+#[cfg(target_arch = "x86_64")]
 const PREFETCH: usize = 2048;
 /// Bytes of one activation block (`BlockQ8_0`: f16 scale + 32 i8).
 const ACT_BLOCK: usize = 34;
