@@ -3,9 +3,11 @@
 //! Why not candle's `QMatMul`: on AVX2-only CPUs (no VNNI) candle 0.11 runs q8_0/q4_0 decode
 //! one dot product per row, converting each block's f16 scale through a runtime-dispatched
 //! helper, and schedules columns over a spinning pool: measured here it reads the weights at a
-//! fraction of the memory bandwidth, which is what bounds an LM step. This kernel computes
-//! four rows per pass (the activation block loaded once for all four), converts scales with
-//! F16C, and splits rows over rayon. Each row's arithmetic is exactly candle's
+//! fraction of the memory bandwidth, which is what bounds an LM step. This kernel reads the
+//! weights repacked at load (groups of eight rows stored as one stream, in huge pages, see
+//! [`QGemv`]), computes the eight rows of a group per pass with the activation block loaded
+//! once, converts eight scales per F16C instruction, prefetches ahead and splits groups over
+//! rayon. Each row's integer lanes and float arithmetic are exactly candle's
 //! `vec_dot_q8_0_q8_0` / `vec_dot_q4_0_q8_0` (same activation quantization, same lane-wise
 //! accumulation and horizontal sum), so results are bit-identical to the candle path.
 
@@ -16,8 +18,8 @@ use rayon::prelude::*;
 
 const QK: usize = 32;
 /// How far ahead (bytes) the kernel prefetches its weight stream. The hardware prefetchers
-/// alone left each core at ~15 GB/s here, well below what it can read; 2 KiB (8 groups of
-/// q8_0 blocks) measured best against 1 and 3 KiB, alternating steps on a 7B model.
+/// alone left each core at ~15 GB/s here, well below what it can read; 2 KiB (8 blocks ahead
+/// for q8_0, 16 for q4_0) measured best against 1 and 3 KiB, alternating steps on a 7B model.
 #[cfg(target_arch = "x86_64")]
 const PREFETCH: usize = 2048;
 /// Bytes of one activation block (`BlockQ8_0`: f16 scale + 32 i8).
