@@ -40,7 +40,7 @@ pub(crate) fn attend_one(
             let mut s = cell.borrow_mut();
             s.resize(len, 0.0);
             #[cfg(target_arch = "x86_64")]
-            if avx2() {
+            if super::cpu::has_avx2_fma() {
                 // SAFETY: the CPU has AVX2 and FMA (checked just above).
                 unsafe { one_head_avx2(qh, kh, vh, d, scale, &mut s, o) };
                 return;
@@ -56,14 +56,7 @@ pub(crate) fn attend_one(
     }
 }
 
-/// Whether this CPU has AVX2 and FMA (cached by std).
-#[cfg(target_arch = "x86_64")]
-fn avx2() -> bool {
-    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-}
-
-/// [`one_head`] compiled for AVX2: the same Rust (no FMA contraction, so the same results),
-/// eight floats per instruction instead of four.
+/// [`one_head`] compiled for AVX2, with [`dot_avx2`] for the scores.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn one_head_avx2(
@@ -108,11 +101,8 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-    let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    let h = _mm_add_ss(h, _mm_movehdup_ps(h));
     let tail: f32 = a[i..n].iter().zip(&b[i..n]).map(|(x, y)| x * y).sum();
-    _mm_cvtss_f32(h) + tail
+    super::cpu::hsum8(v) + tail
 }
 
 /// One head: scores of `qh` against the `s.len()` keys in `kh`, softmax, weighted sum of
@@ -129,10 +119,9 @@ fn one_head(
     o: &mut [f32],
     dot: impl Fn(&[f32], &[f32]) -> f32,
 ) {
-    // The rows are read once, front to back; the hardware prefetchers alone stop at every
-    // 4 KiB page, so ask for the rows AHEAD bytes on.
+    // Each row is read once, front to back: prefetch the one AHEAD bytes on.
     for (j, (sj, kj)) in s.iter_mut().zip(kh.chunks_exact(d)).enumerate() {
-        prefetch_row(kh, (j * d) * 4 + AHEAD, d * 4);
+        prefetch(kh, j * d * 4 + AHEAD, d * 4);
         *sj = dot(qh, kj) * scale;
     }
     let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -147,7 +136,7 @@ fn one_head(
     let (s4, s_rest) = s.split_at(s.len() / 4 * 4);
     let (v4, v_rest) = vh.split_at(s4.len() * d);
     for (i, (sj, vj)) in s4.chunks_exact(4).zip(v4.chunks_exact(4 * d)).enumerate() {
-        prefetch_row(vh, (i * 4 * d) * 4 + AHEAD, 4 * d * 4);
+        prefetch(vh, i * 4 * d * 4 + AHEAD, 4 * d * 4);
         let (a, b) = vj.split_at(2 * d);
         let (v0, v1) = a.split_at(d);
         let (v2, v3) = b.split_at(d);
@@ -164,25 +153,10 @@ fn one_head(
 /// How far ahead of the row being read to prefetch (bytes).
 const AHEAD: usize = 2048;
 
-/// Hints the cache lines of `xs` from byte `at` for `len` bytes; beyond the end of `xs`
-/// it does nothing (no address is formed outside the slice).
+/// Prefetches `len` bytes of `xs` from byte `at` (see [`super::cpu::prefetch`]).
 #[inline(always)]
-fn prefetch_row(xs: &[f32], at: usize, len: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let bytes = std::mem::size_of_val(xs);
-        let mut o = at;
-        while o < (at + len).min(bytes) {
-            // SAFETY: prefetch never faults; the address is inside `xs`.
-            unsafe {
-                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-                _mm_prefetch::<_MM_HINT_T0>((xs.as_ptr() as *const i8).add(o));
-            }
-            o += 64;
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (xs, at, len);
+fn prefetch(xs: &[f32], at: usize, len: usize) {
+    super::cpu::prefetch((xs.as_ptr() as *const u8).wrapping_add(at), len);
 }
 
 /// Dot product with four 8-wide partial sums (no long chain of dependent adds), reduced

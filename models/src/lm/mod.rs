@@ -3,9 +3,9 @@
 
 mod attend;
 mod config;
+mod cpu;
 mod gen;
 mod gguf;
-mod huge;
 mod model;
 mod qgemv;
 mod random;

@@ -81,7 +81,7 @@ impl RingKv {
                             .elem_count()
                             .min(all.len().saturating_sub(l.start_offset()));
                         let xs = &all[l.start_offset()..l.start_offset() + n];
-                        super::huge::advise(xs.as_ptr() as *const u8, std::mem::size_of_val(xs));
+                        super::cpu::advise(xs.as_ptr() as *const u8, std::mem::size_of_val(xs));
                     }
                 }
             }
@@ -100,21 +100,14 @@ impl RingKv {
         self.next = 0;
     }
 
-    /// Stores one step's `[1, H, 1, D]` key and value, overwriting the oldest when full, and
-    /// returns the valid keys/values. Order inside the ring does not matter: positions are
-    /// already in the keys (RoPE), and attention is a set operation over them.
+    /// [`RingKv::push_raw`], returning the valid keys/values as tensors.
     fn push(&mut self, k: &Tensor, v: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
-        self.k.slice_set(k, 2, self.next)?;
-        self.v.slice_set(v, 2, self.next)?;
-        self.next = (self.next + 1) % self.cap;
-        self.len = (self.len + 1).min(self.cap);
-        if self.len == self.cap {
-            Ok((self.k.clone(), self.v.clone()))
+        let cap = self.cap;
+        let (ks, vs, len) = self.push_raw(k, v)?;
+        if len == cap {
+            Ok((ks.clone(), vs.clone()))
         } else {
-            Ok((
-                self.k.narrow(2, 0, self.len)?,
-                self.v.narrow(2, 0, self.len)?,
-            ))
+            Ok((ks.narrow(2, 0, len)?, vs.narrow(2, 0, len)?))
         }
     }
 
@@ -130,8 +123,10 @@ impl RingKv {
         Ok(())
     }
 
-    /// Stores one step's key and value like [`RingKv::push`] and returns the whole ring
-    /// with the number of valid rows (the first `len` of each head).
+    /// Stores one step's `[1, H, 1, D]` key and value, overwriting the oldest when full, and
+    /// returns the whole ring with the number of valid rows (the first `len` of each head).
+    /// Order inside the ring does not matter: positions are already in the keys (RoPE), and
+    /// attention is a set operation over them.
     fn push_raw(
         &mut self,
         k: &Tensor,

@@ -66,8 +66,8 @@ unsafe impl Sync for Lines {}
 impl Lines {
     fn layout(len: usize) -> std::alloc::Layout {
         let bytes = (len * 32).max(32);
-        let align = if bytes >= super::huge::HUGE {
-            super::huge::HUGE
+        let align = if bytes >= super::cpu::HUGE {
+            super::cpu::HUGE
         } else {
             32
         };
@@ -84,7 +84,7 @@ impl Lines {
             std::alloc::handle_alloc_error(layout);
         };
         // Before the first touch, so that faults map huge pages.
-        super::huge::advise(raw, layout.size());
+        super::cpu::advise(raw, layout.size());
         // SAFETY: the allocation holds layout.size() >= len * 32 bytes.
         unsafe { std::ptr::write_bytes(raw, 0, layout.size()) };
         Self { ptr, len }
@@ -160,9 +160,7 @@ thread_local! {
 /// Whether this CPU runs the kernel (checked once per call site; the detection is cached).
 #[cfg(target_arch = "x86_64")]
 fn cpu_ok() -> bool {
-    is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c")
+    super::cpu::has_avx2_fma() && is_x86_feature_detected!("f16c")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -373,6 +371,7 @@ fn groups_dot(
 
 #[cfg(target_arch = "x86_64")]
 mod avx {
+    use super::super::cpu::{hsum8, prefetch};
     use super::{Line, G, PREFETCH};
     use core::arch::x86_64::*;
 
@@ -394,17 +393,6 @@ mod avx {
         let sy = _mm256_sign_epi8(y, x);
         let dot = _mm256_maddubs_epi16(ax, sy);
         _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_set1_epi16(1), dot))
-    }
-
-    /// candle's hsum_float_8.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn hsum(x: __m256) -> f32 {
-        let res = _mm256_extractf128_ps(x, 1);
-        let res = _mm_add_ps(res, _mm256_castps256_ps128(x));
-        let res = _mm_add_ps(res, _mm_movehl_ps(res, res));
-        let res = _mm_add_ss(res, _mm_movehdup_ps(res));
-        _mm_cvtss_f32(res)
     }
 
     /// # Safety
@@ -444,13 +432,7 @@ mod avx {
                         _mm256_mul_ps(s, _mm256_set1_ps(*ad.get_unchecked(j))),
                     );
                     let bq = gq.add(j * G * qb);
-                    // Past the end of the buffer this only hints at an address; prefetches
-                    // never fault.
-                    let mut l = 0;
-                    while l < G * qb {
-                        _mm_prefetch::<_MM_HINT_T0>(bq.wrapping_add(PREFETCH + l) as *const i8);
-                        l += 64;
-                    }
+                    prefetch(bq.wrapping_add(PREFETCH), G * qb);
                     if Q4 {
                         let s8 = _mm256_load_si256(asums.as_ptr().add(j) as *const __m256i);
                         for p in 0..G / 2 {
@@ -479,7 +461,7 @@ mod avx {
                 let o = g * G;
                 for (i, a) in acc.iter().enumerate() {
                     if let Some(dst) = out.get_mut(o + i) {
-                        *dst = hsum(*a);
+                        *dst = hsum8(*a);
                     }
                 }
             }

@@ -1,0 +1,65 @@
+//! What the CPU kernels (`qgemv`, `attend`) share: transparent huge pages for the big
+//! buffers read every step (weights, KV cache), software prefetch, the x86-64 feature check
+//! and an 8-lane horizontal sum.
+//!
+//! An LM step streams gigabytes: with 4 KiB pages that is a TLB miss every 4 KiB and the
+//! hardware prefetchers stop at each page boundary. Linux backs a range advised with
+//! `MADV_HUGEPAGE` by 2 MiB pages when it is first touched (THP in `madvise` or `always`
+//! mode, the default on Debian and on L4T).
+
+/// Size of a transparent huge page on x86-64 and on aarch64 with 4 KiB base pages.
+pub(crate) const HUGE: usize = 2 << 20;
+
+/// Advises the whole 2 MiB pages inside `[ptr, ptr + len)` as huge-page candidates. Purely a
+/// hint: on kernels without THP, or for ranges shorter than a huge page, nothing happens.
+pub(crate) fn advise(ptr: *const u8, len: usize) {
+    let start = (ptr as usize).next_multiple_of(HUGE);
+    let end = (ptr as usize + len) / HUGE * HUGE;
+    if end <= start {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    // SAFETY: madvise(MADV_HUGEPAGE) changes no contents and no permissions; the range lies
+    // inside memory the caller owns.
+    unsafe {
+        libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+    }
+}
+
+/// Whether this CPU has AVX2 and FMA (std caches the detection).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_avx2_fma() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+}
+
+/// Hints the cache lines of `[p, p + len)` into L1. A stream read once, front to back, needs
+/// it: the hardware prefetchers stop at every 4 KiB page. Past the end of a buffer this
+/// only hints at an address; prefetches never fault. A no-op off x86-64.
+#[inline(always)]
+pub(crate) fn prefetch(p: *const u8, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let mut o = 0;
+        while o < len {
+            // SAFETY: prefetch is a hint and never faults, whatever the address.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(o) as *const i8) };
+            o += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, len);
+}
+
+/// Sum of the 8 lanes of `x` (candle's `hsum_float_8`, so the q8 kernel stays bit-identical).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(crate) fn hsum8(x: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let res = _mm256_extractf128_ps(x, 1);
+    let res = _mm_add_ps(res, _mm256_castps256_ps128(x));
+    let res = _mm_add_ps(res, _mm_movehl_ps(res, res));
+    let res = _mm_add_ss(res, _mm_movehdup_ps(res));
+    _mm_cvtss_f32(res)
+}
