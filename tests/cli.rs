@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::process::Command;
 use support::*;
 
 #[test]
@@ -14,7 +13,7 @@ fn demo_turns_a_wav_into_a_wav_and_a_transcript() {
     write_voice_wav(&input, 3.0);
     let out = dir.path().join("out.wav");
     let transcript = dir.path().join("t.jsonl");
-    let o = Command::new(MOSHID)
+    let o = moshid_cmd()
         .args(["demo", "--fast", "--input"])
         .arg(&input)
         .arg("--output")
@@ -50,11 +49,9 @@ fn demo_turns_a_wav_into_a_wav_and_a_transcript() {
 
 #[test]
 fn check_config_accepts_the_example_and_names_bad_fields() {
-    let example = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../systemd/moshid.toml.example"
-    );
-    let o = Command::new(MOSHID)
+    let example = repo_file("systemd/moshid.toml.example");
+    let example = example.to_str().unwrap();
+    let o = moshid_cmd()
         .args(["check-config", example])
         .output()
         .unwrap();
@@ -68,7 +65,7 @@ fn check_config_accepts_the_example_and_names_bad_fields() {
         "[mqtt]\nport = 0\nenabled = true\n[sampling]\ntemp_text = -1\n",
     )
     .unwrap();
-    let o = Command::new(MOSHID)
+    let o = moshid_cmd()
         .args(["check-config"])
         .arg(&bad)
         .output()
@@ -81,7 +78,7 @@ fn check_config_accepts_the_example_and_names_bad_fields() {
     );
 
     std::fs::write(&bad, "[audio]\ncaptur = \"default\"\n").unwrap();
-    let o = Command::new(MOSHID)
+    let o = moshid_cmd()
         .args(["check-config"])
         .arg(&bad)
         .output()
@@ -132,7 +129,7 @@ fn fetch_uses_a_prepopulated_cache_offline() {
         ),
     )
     .unwrap();
-    let o = Command::new(MOSHID)
+    let o = moshid_cmd()
         .args(["fetch", "--config"])
         .arg(&cfg)
         .output()
@@ -150,7 +147,7 @@ fn fetch_uses_a_prepopulated_cache_offline() {
         std::fs::canonicalize(repo.join("snapshots").join(rev).join("model.q8.gguf")).unwrap();
     std::fs::write(&gguf, "lm weightz").unwrap();
     std::fs::remove_dir_all(dir.path().join("cache/hub/.moshid-verified")).unwrap();
-    let o = Command::new(MOSHID)
+    let o = moshid_cmd()
         .args(["fetch", "--config"])
         .arg(&cfg)
         .output()
@@ -185,7 +182,7 @@ fn fetch(cache: &std::path::Path, hub: &FakeHub, offline: bool) -> std::process:
         ),
     )
     .unwrap();
-    Command::new(MOSHID)
+    moshid_cmd()
         .args(["fetch", "--config"])
         .arg(&cfg)
         .env("HF_ENDPOINT", &hub.url)
@@ -259,7 +256,7 @@ fn demo_with_a_local_model_from_the_config() {
     // lm_kwargs JSON and a real SentencePiece model) and a random Mimi sized to match.
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
-    let fx = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/lm");
+    let fx = fixtures("lm");
     let lm_cfg: serde_json::Value =
         serde_json::from_slice(&std::fs::read(fx.join("config.json")).unwrap()).unwrap();
     let mut mimi = moshid_models::mimi::MimiConfig::v0_1();
@@ -296,7 +293,7 @@ fn demo_with_a_local_model_from_the_config() {
     write_voice_wav(&input, 4.0);
     let out = dir.path().join("out.wav");
     let transcript = dir.path().join("t.jsonl");
-    let o = Command::new(MOSHID)
+    let o = moshid_cmd()
         .args(["demo", "--fast", "--config"])
         .arg(&cfg)
         .arg("--input")
@@ -342,7 +339,7 @@ fn demo_attaches_to_a_broker() {
     let obs = Observer::connect(broker.port, "obs", &["moshid/demo/#"]);
     let input = dir.path().join("in.wav");
     write_voice_wav(&input, 3.0);
-    let o = Command::new(MOSHID)
+    let o = moshid_cmd()
         .args(["demo", "--input"])
         .arg(&input)
         .arg("--output")

@@ -7,63 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use support::*;
 
-const ID: &str = "e2e";
-
-fn topic(t: &str) -> String {
-    format!("moshid/{ID}/{t}")
-}
-
-/// Writes the daemon's config (demo model, ALSA `file` PCMs as mic and speaker, the
-/// test broker) and the ALSA configuration defining those PCMs.
-fn write_config(dir: &Path, port: u16) -> (PathBuf, String) {
-    // Longer than any test runs: past its end the file plugin returns stale data.
-    write_voice_raw(&dir.join("mic.raw"), 40.0);
-    let d = dir.display();
-    let asound = format!(
-        "pcm.mic {{ type file; slave.pcm \"null\"; file \"/dev/null\"; infile \"{d}/mic.raw\"; format \"raw\" }}\n\
-         pcm.spk {{ type file; slave.pcm \"null\"; file \"{d}/spk.raw\"; format \"raw\" }}\n"
-    );
-    std::fs::write(dir.join("asound.conf"), asound).unwrap();
-    let cfg = format!(
-        r#"device_id = "{ID}"
-cache_dir = "{cache}"
-autostart = false
-idle_timeout_s = 0
-[model]
-source = "demo"
-[audio]
-capture = "mic"
-playback = "spk"
-rate = 24000
-format = "S16"
-pace = true
-[aec]
-enabled = true
-[mqtt]
-enabled = true
-host = "127.0.0.1"
-port = {port}
-keepalive_s = 5
-"#,
-        cache = model_cache().display(),
-    );
-    let path = dir.join("config.toml");
-    std::fs::write(&path, cfg).unwrap();
-    let alsa = format!("/usr/share/alsa/alsa.conf:{d}/asound.conf");
-    (path, alsa)
-}
-
 fn start(dir: &Path, broker: &Broker, notify: &Notify) -> Daemon {
-    let (cfg, alsa) = write_config(dir, broker.port);
-    Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        &[
-            ("NOTIFY_SOCKET", notify.path.to_str().unwrap()),
-            ("WATCHDOG_USEC", "2000000"),
-            ("ALSA_CONFIG_PATH", &alsa),
-        ],
-        dir,
-    )
+    let (cfg, alsa) = write_config(dir, broker.port, "");
+    start_daemon(dir, &cfg, &alsa, notify)
 }
 
 #[test]
@@ -390,7 +336,7 @@ fn daemon_reports_download_progress_and_survives_a_bad_model() {
 /// A daemon config for broker-connection tests (demo model, file audio not needed:
 /// the MQTT side works before and regardless of the model).
 fn mqtt_only_config(dir: &Path, port: u16, mqtt_extra: &str) -> PathBuf {
-    let (_, _) = write_config(dir, port);
+    let (_, _) = write_config(dir, port, "");
     let cfg = format!(
         "device_id = \"{ID}\"\ncache_dir = \"{}\"\nautostart = false\n[model]\nsource = \"demo\"\n\
          [audio]\ncapture = \"mic\"\nplayback = \"spk\"\nformat = \"S16\"\npace = true\n\

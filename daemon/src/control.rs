@@ -19,6 +19,8 @@ pub enum Phase {
     Conversation,
     /// Something failed; see `error` in the state.
     Error,
+    /// The daemon stopped cleanly (the last retained state; availability is `offline`).
+    Stopped,
 }
 
 impl Phase {
@@ -27,7 +29,8 @@ impl Phase {
             0 => Phase::Loading,
             1 => Phase::Idle,
             2 => Phase::Conversation,
-            _ => Phase::Error,
+            3 => Phase::Error,
+            _ => Phase::Stopped,
         }
     }
     fn as_u8(self) -> u8 {
@@ -36,6 +39,17 @@ impl Phase {
             Phase::Idle => 1,
             Phase::Conversation => 2,
             Phase::Error => 3,
+            Phase::Stopped => 4,
+        }
+    }
+
+    /// The status line a steady phase starts with (the supervisor adds figures later).
+    fn status(self) -> Option<&'static str> {
+        match self {
+            Phase::Idle => Some("idle: waiting for a conversation"),
+            Phase::Conversation => Some("conversation"),
+            Phase::Stopped => Some("stopped"),
+            Phase::Loading | Phase::Error => None,
         }
     }
 }
@@ -58,6 +72,8 @@ pub struct Shared {
     pub dropped_output: AtomicU64,
     /// Events lost because the MQTT queue was full.
     pub dropped_events: AtomicU64,
+    /// Transcript pieces not sent because the broker was unreachable.
+    pub dropped_transcripts: AtomicU64,
     /// Model steps done since start.
     pub steps: AtomicU64,
     /// Last end-to-end latency (capture to playback), f32 bits, milliseconds.
@@ -158,6 +174,7 @@ impl Histogram {
 #[derive(Debug, Default)]
 struct SharedText {
     voice: String,
+    endpoint: String,
     status: String,
     error: Option<String>,
     download: Option<f32>,
@@ -174,12 +191,16 @@ pub struct StateSnapshot {
     pub volume: u8,
     /// Voice preset.
     pub voice: String,
+    /// Who holds the conversation: `room`, or a remote endpoint.
+    pub endpoint: String,
     /// End-to-end latency in ms (capture to playback), last frame.
     pub latency_ms: f64,
     /// Real-time factor of the model step (below 1 = faster than real time).
     pub rtf: f64,
     /// Input frames skipped since start.
     pub dropped_frames: u64,
+    /// Transcript pieces not sent while the broker was unreachable.
+    pub dropped_transcripts: u64,
     /// Model steps since start.
     pub steps: u64,
     /// Level of what the model last heard (after mute and echo cancellation), dBFS.
@@ -189,7 +210,8 @@ pub struct StateSnapshot {
     /// Download progress 0-100 while fetching models.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub download_percent: Option<f32>,
-    /// Last error, if phase is `error`.
+    /// Last error: why phase is `error`, or a refused change (a failed reload) while the
+    /// rest kept running.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -206,6 +228,7 @@ impl Shared {
             dropped_frames: AtomicU64::new(0),
             dropped_output: AtomicU64::new(0),
             dropped_events: AtomicU64::new(0),
+            dropped_transcripts: AtomicU64::new(0),
             steps: AtomicU64::new(0),
             latency_ms: AtomicU32::new(0),
             rtf: AtomicU32::new(0),
@@ -217,6 +240,7 @@ impl Shared {
             epoch: std::time::Instant::now(),
             text: Mutex::new(SharedText {
                 voice: voice.to_string(),
+                endpoint: "room".into(),
                 status: "starting".into(),
                 ..Default::default()
             }),
@@ -238,17 +262,36 @@ impl Shared {
         Phase::from_u8(self.phase.load(Ordering::Relaxed))
     }
 
-    /// Sets the phase (and clears the error unless the phase is `error`).
+    /// Sets the phase. Entering a steady phase (idle, conversation, stopped) also sets its
+    /// status line, under the same lock, so that no snapshot shows one without the other.
     pub fn set_phase(&self, p: Phase) {
+        let mut t = self.text();
         if self.phase.swap(p.as_u8(), Ordering::Relaxed) != p.as_u8() {
+            if let Some(status) = p.status() {
+                t.status = status.to_string();
+            }
+            drop(t);
             self.bump();
         }
+    }
+
+    /// Sets who holds the conversation (`room`, or a remote endpoint's name).
+    pub fn set_endpoint(&self, name: &str) {
+        self.text().endpoint = name.to_string();
+        self.bump();
     }
 
     /// Enters phase `error` with a message.
     pub fn set_error(&self, msg: &str) {
         self.text().error = Some(msg.to_string());
         self.set_phase(Phase::Error);
+        self.bump();
+    }
+
+    /// Records a problem that did not stop anything (a reload that was refused): the phase
+    /// stays, the message shows in the state's `error` until the next successful change.
+    pub fn set_warning(&self, msg: &str) {
+        self.text().error = Some(msg.to_string());
         self.bump();
     }
 
@@ -284,11 +327,6 @@ impl Shared {
     pub fn set_voice(&self, v: &str) {
         self.text().voice = v.to_string();
         self.bump();
-    }
-
-    /// The voice name.
-    pub fn voice(&self) -> String {
-        self.text().voice.clone()
     }
 
     /// Records the end-to-end latency of one played frame.
@@ -365,18 +403,16 @@ impl Shared {
             muted: self.muted.load(Ordering::Relaxed),
             volume: self.volume.load(Ordering::Relaxed),
             voice: t.voice.clone(),
+            endpoint: t.endpoint.clone(),
             latency_ms: (self.latency_ms() as f64 * 10.0).round() / 10.0,
             rtf: (self.rtf() as f64 * 1000.0).round() / 1000.0,
             dropped_frames: self.dropped_frames.load(Ordering::Relaxed),
+            dropped_transcripts: self.dropped_transcripts.load(Ordering::Relaxed),
             steps: self.steps.load(Ordering::Relaxed),
             input_dbfs: (self.input_dbfs() as f64 * 10.0).round() / 10.0,
             status: t.status.clone(),
             download_percent: t.download,
-            error: if phase == Phase::Error {
-                t.error.clone()
-            } else {
-                None
-            },
+            error: t.error.clone(),
         }
     }
 }

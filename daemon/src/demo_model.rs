@@ -3,13 +3,23 @@
 //! small word table as its text vocabulary. It needs no download and runs in real time
 //! on a small CPU; what it says is noise, and the demo says so.
 
-use crate::store::{ModelFiles, ModelKind, StoreError};
+use crate::model_spec::ModelSpec;
 use moshid_models::lm::{Layout, LmConfig};
 use moshid_models::mimi::{MimiConfig, QuantizerConfig, SeanetConfig, TransformerConfig};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Building the demo model failed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the demo model in {path}: {message}")]
+pub struct DemoError {
+    /// Folder.
+    pub path: PathBuf,
+    /// What failed.
+    pub message: String,
+}
 
 /// Bump when the demo model changes, so stale caches are not reused.
-const VERSION: &str = "v2";
+const VERSION: &str = "v3";
 
 /// Words of the demo vocabulary (ids 4..); ids 0-3 are Moshi's special text tokens.
 const WORDS: &str = "the be to of and a in that have it for not on with he as you do at this \
@@ -105,22 +115,28 @@ pub fn seed_for(voice: &str) -> u64 {
     })
 }
 
-/// Builds (once) and returns the demo model files for `voice` under `cache_dir/demo/`.
-pub fn ensure(cache_dir: &Path, voice: &str) -> Result<ModelFiles, StoreError> {
+/// Builds (once) and returns the demo model for `voice` under `cache_dir/demo/`.
+pub fn ensure(cache_dir: &Path, voice: &str) -> Result<ModelSpec, DemoError> {
     let dir = cache_dir.join("demo").join(format!("{VERSION}-{voice}"));
-    let files = ModelFiles {
-        kind: ModelKind::Demo,
+    let spec = ModelSpec {
+        label: "demo model (random weights)".into(),
         lm: dir.join("lm.safetensors"),
+        lm_config: lm_config(),
         mimi: dir.join("mimi.safetensors"),
+        mimi_config: mimi_config(),
         tokenizer: dir.join("pieces.txt"),
-        lm_config: Some(dir.join("lm_config.json")),
-        mimi_config: None,
     };
     if dir.join("complete").exists() {
-        return Ok(files);
+        return Ok(spec);
     }
-    let err = |message: String| StoreError::Demo {
-        path: dir.clone(),
+    build(cache_dir, voice, &dir)?;
+    Ok(spec)
+}
+
+/// Writes the demo model into a private folder and renames it to `dir`.
+fn build(cache_dir: &Path, voice: &str, dir: &Path) -> Result<(), DemoError> {
+    let err = |message: String| DemoError {
+        path: dir.to_path_buf(),
         message,
     };
     // Build in a private folder and rename it into place: a crash never leaves a
@@ -149,22 +165,20 @@ pub fn ensure(cache_dir: &Path, voice: &str) -> Result<ModelFiles, StoreError> {
         Layout::Candle,
     )
     .map_err(|e| err(e.to_string()))?;
-    let json = serde_json::to_string_pretty(&lm).map_err(|e| err(e.to_string()))?;
-    std::fs::write(tmp.join("lm_config.json"), json).map_err(|e| err(e.to_string()))?;
     std::fs::write(tmp.join("pieces.txt"), pieces().join("\n")).map_err(|e| err(e.to_string()))?;
     std::fs::write(tmp.join("complete"), VERSION).map_err(|e| err(e.to_string()))?;
-    match std::fs::rename(&tmp, &dir) {
+    match std::fs::rename(&tmp, dir) {
         Ok(()) => {}
         // Another process won the race: use its copy.
         Err(_) if dir.join("complete").exists() => {
             let _ = std::fs::remove_dir_all(&tmp);
         }
         Err(e) => {
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::rename(&tmp, &dir).map_err(|e2| err(format!("{e}; {e2}")))?;
+            let _ = std::fs::remove_dir_all(dir);
+            std::fs::rename(&tmp, dir).map_err(|e2| err(format!("{e}; {e2}")))?;
         }
     }
-    Ok(files)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,12 +1,15 @@
 //! `moshid`: the full-duplex voice appliance daemon and its tools.
 
-mod alsa_audio;
+mod audio;
 mod cmd;
 mod config;
 mod control;
 mod demo_model;
+mod endpoint;
 mod engine;
 mod logging;
+mod memory;
+mod model_spec;
 mod moshi_engine;
 mod mqtt;
 mod notify;
@@ -14,7 +17,6 @@ mod pipeline;
 mod service;
 mod sound;
 mod store;
-mod wav_audio;
 
 use clap::{Parser, Subcommand};
 

@@ -2,11 +2,10 @@
 
 use crate::config::Config;
 use crate::engine::{Engine, EngineError};
-use crate::store::{ModelFiles, ModelKind};
+use crate::model_spec::ModelSpec;
 use anyhow::Context;
-use candle_core::DType;
-use moshid_models::lm::{LmConfig, LmGen, LmModel, Sampling};
-use moshid_models::mimi::{Mimi, MimiConfig};
+use moshid_models::lm::{LmGen, LmModel};
+use moshid_models::mimi::Mimi;
 use moshid_models::tokenizer::{StreamState, TextTokenizer};
 
 /// Reads the text tokenizer: a SentencePiece `.model`, or a `.txt` piece table (one piece
@@ -32,70 +31,25 @@ pub struct MoshiEngine {
     what: String,
 }
 
-fn dtype(name: &str) -> Option<DType> {
-    match name {
-        "f32" => Some(DType::F32),
-        "f16" => Some(DType::F16),
-        "bf16" => Some(DType::BF16),
-        _ => None,
-    }
-}
-
-/// Loads the engine described by `files` with the config's device, dtype and sampling.
-pub fn load(files: &ModelFiles, cfg: &Config) -> anyhow::Result<Box<dyn Engine>> {
-    let device = moshid_models::device::open(&cfg.model.device)?;
-    let (mimi_cfg, lm_cfg): (MimiConfig, LmConfig) = match files.kind {
-        ModelKind::Demo => (
-            crate::demo_model::mimi_config(),
-            crate::demo_model::lm_config(),
-        ),
-        ModelKind::Moshi => (
-            match &files.mimi_config {
-                Some(p) => MimiConfig::from_json_file(p)?,
-                None => MimiConfig::v0_1(),
-            },
-            match &files.lm_config {
-                Some(p) => LmConfig::from_json_file(p)?,
-                None => LmConfig::v0_1(),
-            },
-        ),
-    };
-    // Codes flow Mimi -> LM -> Mimi: the codebook sizes and counts must agree.
-    if mimi_cfg.quantizer.bins != lm_cfg.card || mimi_cfg.quantizer.n_q < lm_cfg.dep_q {
-        anyhow::bail!(
-            "the LM expects {} codebooks of {} entries but Mimi has {} of {}: use a Mimi and an LM made for each other (model.local.mimi_config / lm_config)",
-            lm_cfg.dep_q,
-            lm_cfg.card,
-            mimi_cfg.quantizer.n_q,
-            mimi_cfg.quantizer.bins
-        );
-    }
-    let mimi = Mimi::load(&files.mimi, &mimi_cfg, lm_cfg.dep_q, &device)
-        .with_context(|| format!("cannot load Mimi from {}", files.mimi.display()))?;
-    let lm = LmModel::load(&files.lm, &lm_cfg, dtype(&cfg.model.dtype), &device)
-        .with_context(|| format!("cannot load the LM from {}", files.lm.display()))?;
-    let s = &cfg.sampling;
-    let sampling = Sampling {
-        temp_text: s.temp_text,
-        temp_audio: s.temp_audio,
-        top_k: s.top_k,
-        greedy: s.greedy,
-        seed: s.seed,
-    };
+/// Loads `spec` with the config's device, dtype, context and sampling.
+pub fn load(spec: &ModelSpec, cfg: &Config) -> anyhow::Result<Box<dyn Engine>> {
+    let device = cfg.model.device.open()?;
+    spec.check_compatible().map_err(anyhow::Error::msg)?;
+    let mimi = Mimi::load(&spec.mimi, &spec.mimi_config, spec.lm_config.dep_q, &device)
+        .with_context(|| format!("cannot load Mimi from {}", spec.mimi.display()))?;
+    let lm = LmModel::load(&spec.lm, &spec.lm_config, cfg.model.dtype.candle(), &device)
+        .with_context(|| format!("cannot load the LM from {}", spec.lm.display()))?;
     let what = format!(
         "{} on {} ({}, {} layers, dim {}, context {})",
-        match files.kind {
-            ModelKind::Demo => "demo model (random weights)",
-            ModelKind::Moshi => "Moshi",
-        },
+        spec.label,
         cfg.model.device,
         format!("{:?}", lm.dtype()).to_lowercase(),
-        lm_cfg.num_layers,
-        lm_cfg.dim,
+        spec.lm_config.num_layers,
+        spec.lm_config.dim,
         cfg.model.context
     );
-    let gen = LmGen::new(lm, sampling, cfg.model.context)?;
-    let tokenizer = load_tokenizer(&files.tokenizer)?;
+    let gen = LmGen::new(lm, cfg.sampling.sampling(), cfg.model.context)?;
+    let tokenizer = load_tokenizer(&spec.tokenizer)?;
     Ok(Box::new(MoshiEngine {
         codes: vec![0; mimi.num_codebooks()],
         mimi,
@@ -150,9 +104,8 @@ mod tests {
 
     #[test]
     fn piece_tables_decode_words_bytes_and_skip_specials() {
-        let dir = std::env::temp_dir().join(format!("moshid-pieces-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("pieces.txt");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pieces.txt");
         let table = [
             "<unk>",
             "<s>",
@@ -166,7 +119,6 @@ mod tests {
         ];
         std::fs::write(&path, table.join("\n")).unwrap();
         let tok = load_tokenizer(&path).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
         let mut state = StreamState::default();
         let mut out = String::new();
         for t in [0, 4, 5, 3, 1, 6, 7, 8, 99] {

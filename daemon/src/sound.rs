@@ -1,6 +1,7 @@
-//! Audio endpoints as the pipeline sees them: a source of 80 ms mono frames with capture
-//! timestamps, and a sink that plays mono frames. Device details (ALSA, channels,
-//! resampling, reopening) live behind these traits.
+//! Audio as the pipeline sees it: a source of 80 ms mono frames with capture timestamps,
+//! and a sink that plays mono frames. hal's capture and playback streams implement them
+//! (`audio.rs`: ALSA PCMs and WAV files); a remote client (`endpoint.rs`) implements them
+//! too. Device details (channels, resampling, reopening) live behind these traits.
 
 use std::time::{Duration, Instant};
 
@@ -60,6 +61,8 @@ pub struct EchoReference {
     pub frames: crossbeam_channel::Receiver<moshid_hal::Frame>,
     /// Used buffers go back to the sink for reuse.
     pub spare: crossbeam_channel::Sender<Vec<f32>>,
+    /// The playback device's parameters: its buffer seeds the canceller's delay search.
+    pub playback: Option<moshid_hal::DeviceParams>,
 }
 
 /// Echo cancellation: removes `far` (what the speaker played) from `near` (the mic).
@@ -70,5 +73,8 @@ pub trait EchoCancel {
     fn process(&mut self, far: &[f32], near: &mut [f32]);
 }
 
-/// Builds the echo canceller on the thread that will use it.
-pub type EchoCancelFactory = Box<dyn FnOnce() -> Result<Box<dyn EchoCancel>, String> + Send>;
+/// Builds the echo canceller on the thread that will use it, for the speaker whose
+/// parameters it is given (None: the speaker cannot tell).
+pub type EchoCancelFactory = Box<
+    dyn FnOnce(Option<&moshid_hal::DeviceParams>) -> Result<Box<dyn EchoCancel>, String> + Send,
+>;

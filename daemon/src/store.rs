@@ -6,9 +6,12 @@
 //! renames; we verify after that and delete what does not match, so a partial or
 //! corrupt file is never used. Verified blobs get a stamp so restarts skip re-hashing.
 
-use crate::config::{Config, ModelSource, VoicePreset};
+use crate::config::{Config, LocalFiles, ModelSource, VoicePreset};
+use crate::model_spec::ModelSpec;
 use hf_hub::api::sync::ApiBuilder;
 use hf_hub::{Cache, Repo, RepoType};
+use moshid_models::lm::LmConfig;
+use moshid_models::mimi::MimiConfig;
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 use std::io::Read;
@@ -64,39 +67,16 @@ pub enum StoreError {
         source: std::io::Error,
     },
     /// Building the demo model failed.
-    #[error("cannot build the demo model in {path}: {message}")]
-    Demo {
-        /// Folder.
+    #[error(transparent)]
+    Demo(#[from] crate::demo_model::DemoError),
+    /// A configuration JSON next to the weights is unreadable or invalid.
+    #[error("{path}: {message} (check [model.local] lm_config / mimi_config)")]
+    Config {
+        /// The JSON file.
         path: PathBuf,
-        /// What failed.
+        /// What was wrong.
         message: String,
     },
-}
-
-/// What kind of model the files hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ModelKind {
-    /// Real Moshi (7B LM config, full Mimi).
-    Moshi,
-    /// The built-in random-weight demo model (small config).
-    Demo,
-}
-
-/// The three files a model needs, verified and ready to load.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ModelFiles {
-    /// Real or demo.
-    pub kind: ModelKind,
-    /// LM weights.
-    pub lm: PathBuf,
-    /// Mimi weights.
-    pub mimi: PathBuf,
-    /// Text tokenizer.
-    pub tokenizer: PathBuf,
-    /// LM config JSON, when not the default 7B one.
-    pub lm_config: Option<PathBuf>,
-    /// Mimi config JSON, when not the released Mimi.
-    pub mimi_config: Option<PathBuf>,
 }
 
 /// Download progress callback: (file name, bytes done, bytes total).
@@ -107,38 +87,21 @@ pub fn hub_cache_dir(cache_dir: &Path) -> PathBuf {
     cache_dir.join("hub")
 }
 
-/// Resolves (downloading if needed and allowed) the files of `voice` per the config.
+/// Resolves (downloading if needed and allowed) the model of `voice` per the config.
 pub fn resolve(
     cfg: &Config,
     voice: &str,
     progress: ProgressFn<'_>,
-) -> Result<ModelFiles, StoreError> {
+) -> Result<ModelSpec, StoreError> {
     match cfg.model.source {
         ModelSource::Local => {
             let l = cfg.model.local.as_ref().ok_or_else(|| StoreError::Local {
                 path: PathBuf::from("[model.local]"),
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "table missing"),
             })?;
-            for p in [&l.lm, &l.mimi, &l.tokenizer]
-                .into_iter()
-                .chain(l.lm_config.as_ref())
-                .chain(l.mimi_config.as_ref())
-            {
-                std::fs::File::open(p).map_err(|source| StoreError::Local {
-                    path: p.clone(),
-                    source,
-                })?;
-            }
-            Ok(ModelFiles {
-                kind: ModelKind::Moshi,
-                lm: l.lm.clone(),
-                mimi: l.mimi.clone(),
-                tokenizer: l.tokenizer.clone(),
-                lm_config: l.lm_config.clone(),
-                mimi_config: l.mimi_config.clone(),
-            })
+            local(l)
         }
-        ModelSource::Demo => crate::demo_model::ensure(&cfg.cache_dir, voice),
+        ModelSource::Demo => Ok(crate::demo_model::ensure(&cfg.cache_dir, voice)?),
         ModelSource::Hub => {
             // Config validation guarantees the preset exists; be safe anyway.
             let preset = cfg.voices.get(voice).ok_or_else(|| StoreError::Download {
@@ -148,16 +111,50 @@ pub fn resolve(
             })?;
             let hub = hub_cache_dir(&cfg.cache_dir);
             let mut get = |f: &str| fetch_file(&hub, preset, f, cfg.model.offline, progress);
-            Ok(ModelFiles {
-                kind: ModelKind::Moshi,
+            Ok(ModelSpec {
+                label: "Moshi".into(),
                 lm: get(&preset.lm_file)?,
+                lm_config: LmConfig::v0_1(),
                 mimi: get(&preset.mimi_file)?,
+                mimi_config: MimiConfig::v0_1(),
                 tokenizer: get(&preset.tokenizer_file)?,
-                lm_config: None,
-                mimi_config: None,
             })
         }
     }
+}
+
+/// `[model.local]`: every file must be readable now; the JSON configurations are read.
+fn local(l: &LocalFiles) -> Result<ModelSpec, StoreError> {
+    for p in [&l.lm, &l.mimi, &l.tokenizer]
+        .into_iter()
+        .chain(l.lm_config.as_ref())
+        .chain(l.mimi_config.as_ref())
+    {
+        std::fs::File::open(p).map_err(|source| StoreError::Local {
+            path: p.clone(),
+            source,
+        })?;
+    }
+    let bad = |path: &PathBuf, e: &dyn std::fmt::Display| StoreError::Config {
+        path: path.clone(),
+        message: e.to_string(),
+    };
+    let lm_config = match &l.lm_config {
+        Some(p) => LmConfig::from_json_file(p).map_err(|e| bad(p, &e))?,
+        None => LmConfig::v0_1(),
+    };
+    let mimi_config = match &l.mimi_config {
+        Some(p) => MimiConfig::from_json_file(p).map_err(|e| bad(p, &e))?,
+        None => MimiConfig::v0_1(),
+    };
+    Ok(ModelSpec {
+        label: "Moshi".into(),
+        lm: l.lm.clone(),
+        lm_config,
+        mimi: l.mimi.clone(),
+        mimi_config,
+        tokenizer: l.tokenizer.clone(),
+    })
 }
 
 fn repo_of(p: &VoicePreset) -> Repo {

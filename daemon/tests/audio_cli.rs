@@ -3,12 +3,15 @@
 //! Each test runs the binary as a child with its own ALSA_CONFIG_PATH, so tests do not
 //! share alsa-lib state.
 
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
 use std::f32::consts::PI;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 fn moshid() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_moshid"))
+    support::moshid_cmd()
 }
 
 fn text(o: &Output) -> (String, String) {
@@ -138,9 +141,7 @@ fn passthrough_moves_a_4ch_16k_array_to_a_48k_stereo_speaker() {
 }
 
 fn clip(name: &str) -> Vec<f32> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../hal/tests/data")
-        .join(name);
+    let p = support::repo_file("hal/tests/data").join(name);
     moshid_hal::wav::read_mono_24k(&p).unwrap()
 }
 

@@ -1,27 +1,18 @@
 //! `moshid codec encode|decode` and `moshid bench mimi` through the built binary, on the
 //! committed Mimi fixtures (models/tests/fixtures/mimi, made by gen_mimi.py).
 
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use candle_core::{Device, Tensor};
 
+use support::moshid;
+
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/mimi")
-}
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("moshid-codec-cli-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn moshid(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_moshid"))
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run moshid")
+    support::fixtures("mimi")
 }
 
 fn s(p: &Path) -> &str {
@@ -56,7 +47,8 @@ struct Codes {
 
 #[test]
 fn encode_then_decode_matches_the_reference() {
-    let dir = tmpdir("roundtrip");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
     let (w, c) = (
         fixtures().join("mimi_small.safetensors"),
         fixtures().join("mimi_config.json"),
@@ -135,12 +127,12 @@ fn encode_then_decode_matches_the_reference() {
         .sum();
     let snr = 10.0 * (sig / noise.max(1e-300)).log10();
     assert!(snr >= 80.0, "decode SNR {snr:.1} dB");
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn encode_accepts_other_rates_channels_and_formats() {
-    let dir = tmpdir("formats");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
     let (w, c) = (
         fixtures().join("mimi_small.safetensors"),
         fixtures().join("mimi_config.json"),
@@ -181,7 +173,6 @@ fn encode_accepts_other_rates_channels_and_formats() {
         .codes
         .iter()
         .all(|f| f.len() == 3 && f.iter().all(|&x| x < 64)));
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -218,7 +209,8 @@ fn bench_prints_one_json_line() {
 
 #[test]
 fn bad_input_is_a_one_line_error() {
-    let dir = tmpdir("bad");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
     let (w, c) = (
         fixtures().join("mimi_small.safetensors"),
         fixtures().join("mimi_config.json"),
@@ -336,5 +328,4 @@ fn bad_input_is_a_one_line_error() {
         .concat(),
     );
     assert_clean_failure(&out, "absent.json");
-    std::fs::remove_dir_all(&dir).ok();
 }

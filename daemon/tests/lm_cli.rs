@@ -1,25 +1,16 @@
 //! The `moshid infer`, `moshid quantize` and `moshid bench lm` contract, on the small
 //! fixture LM whose greedy run was recorded from the reference package.
 
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use moshid_models::lm::{write_random_checkpoint, Layout, LmConfig};
 use moshid_models::tokenizer::TextTokenizer;
 
-fn fx(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../models/tests/fixtures")
-        .join(rel)
-}
-
-fn moshid(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_moshid"))
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap()
-}
+use support::{fixtures as fx, moshid};
 
 fn ok(args: &[&str]) -> Output {
     let out = moshid(args);

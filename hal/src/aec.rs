@@ -28,6 +28,23 @@ pub struct AecOptions {
     pub initial_delay_ms: Option<i32>,
 }
 
+impl AecOptions {
+    /// The options every caller uses for a live speaker: AEC3's delay search seeded with the
+    /// playback device's buffer (what was handed to the device is heard that much later).
+    pub fn for_playback(
+        playback: &crate::DeviceParams,
+        noise_suppression: bool,
+        agc: bool,
+    ) -> Self {
+        let ms = playback.buffer_frames as u64 * 1000 / playback.rate.max(1) as u64;
+        Self {
+            noise_suppression,
+            agc,
+            initial_delay_ms: Some(ms.min(i32::MAX as u64) as i32),
+        }
+    }
+}
+
 /// What the canceller reports about itself.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AecMetrics {

@@ -102,61 +102,97 @@ struct Pcm {
     params: DeviceParams,
     scratch: Scratch,
     name: String,
+    /// The error behind the last [`DeviceError::Xrun`], handed to `snd_pcm_recover`.
+    pending: Option<alsa::Error>,
 }
 
-fn map_io_err(name: &str, e: alsa::Error) -> DeviceError {
+/// Configuration failed: name the device and suggest a converting PCM.
+fn cfg_err(device: &str, what: &str, e: alsa::Error) -> HalError {
+    HalError::Device {
+        device: device.to_string(),
+        reason: format!(
+            "{what} not supported ({e}); try a `plughw:` or `plug` PCM, which converts"
+        ),
+    }
+}
+
+/// Sets the hardware parameters and reads back what the device agreed to.
+fn set_hw_params(pcm: &PCM, req: &AlsaRequest) -> Result<DeviceParams, HalError> {
+    let err = |what: &str, e| cfg_err(req.device, what, e);
+    let hw = HwParams::any(pcm).map_err(|e| err("hardware parameters", e))?;
+    hw.set_access(Access::RWInterleaved)
+        .map_err(|e| err("interleaved access", e))?;
+    let fmt = match req.format {
+        SampleFormat::S16 => Format::s16(),
+        SampleFormat::S32 => Format::s32(),
+        SampleFormat::F32 => Format::float(),
+    };
+    hw.set_format(fmt)
+        .map_err(|e| err(&format!("format {:?}", req.format), e))?;
+    hw.set_channels(req.channels as u32)
+        .map_err(|e| err(&format!("{} channels", req.channels), e))?;
+    hw.set_rate(req.rate, ValueOr::Nearest)
+        .map_err(|e| err(&format!("rate {} Hz", req.rate), e))?;
+    hw.set_period_size_near(req.period_frames as alsa::pcm::Frames, ValueOr::Nearest)
+        .map_err(|e| err(&format!("period of {} frames", req.period_frames), e))?;
+    hw.set_buffer_size_near(req.buffer_frames as alsa::pcm::Frames)
+        .map_err(|e| err(&format!("buffer of {} frames", req.buffer_frames), e))?;
+    pcm.hw_params(&hw)
+        .map_err(|e| err("these parameters together", e))?;
+    let cur = pcm
+        .hw_params_current()
+        .map_err(|e| err("reading parameters", e))?;
+    Ok(DeviceParams {
+        rate: cur.get_rate().map_err(|e| err("rate", e))?,
+        channels: cur.get_channels().map_err(|e| err("channels", e))? as usize,
+        format: req.format,
+        period_frames: cur.get_period_size().map_err(|e| err("period", e))? as usize,
+        buffer_frames: cur.get_buffer_size().map_err(|e| err("buffer", e))? as usize,
+    })
+}
+
+/// Software parameters as `aplay`/`arecord` set them: wake up once a period is ready;
+/// playback starts when the buffer is full (no underrun right after start), capture on the
+/// first read.
+fn set_sw_params(pcm: &PCM, dir: Direction, p: &DeviceParams, name: &str) -> Result<(), HalError> {
+    let err = |what: &str, e| cfg_err(name, what, e);
+    let sw = pcm
+        .sw_params_current()
+        .map_err(|e| err("software parameters", e))?;
+    sw.set_avail_min(p.period_frames as alsa::pcm::Frames)
+        .map_err(|e| err("avail_min", e))?;
+    let start = match dir {
+        Direction::Playback => p.buffer_frames,
+        Direction::Capture => 1,
+    };
+    sw.set_start_threshold(start as alsa::pcm::Frames)
+        .map_err(|e| err("start threshold", e))?;
+    pcm.sw_params(&sw)
+        .map_err(|e| err("these software parameters", e))
+}
+
+/// What a failed read or write means.
+fn classify(e: alsa::Error, pending: &mut Option<alsa::Error>, name: &str) -> DeviceError {
     match e.errno() {
-        libc_epipe if libc_epipe == EPIPE => DeviceError::Xrun,
-        // Suspended (power management): prepare() brings it back like an xrun.
-        e2 if e2 == ESTRPIPE => DeviceError::Xrun,
+        libc::EPIPE | libc::ESTRPIPE => {
+            // Overrun/underrun or suspend: alsa-lib's own recovery brings the PCM back.
+            *pending = Some(e);
+            DeviceError::Xrun
+        }
         _ => DeviceError::Lost(format!("{name}: {e}")),
     }
 }
 
-const EPIPE: i32 = 32;
-const ESTRPIPE: i32 = 86;
+/// Interrupted or not ready yet: nothing is wrong, the caller just tries again.
+fn is_retry(e: &alsa::Error) -> bool {
+    matches!(e.errno(), libc::EAGAIN | libc::EINTR)
+}
 
 impl Pcm {
     fn open(req: &AlsaRequest, dir: Direction) -> Result<Self, HalError> {
         let pcm = PCM::new(req.device, dir, false).map_err(|e| open_error(req.device, dir, e))?;
-        let cfg_err = |what: &str, e: alsa::Error| HalError::Device {
-            device: req.device.to_string(),
-            reason: format!(
-                "{what} not supported ({e}); try a `plughw:` or `plug` PCM, which converts"
-            ),
-        };
-        let params = {
-            let hw = HwParams::any(&pcm).map_err(|e| cfg_err("hardware parameters", e))?;
-            hw.set_access(Access::RWInterleaved)
-                .map_err(|e| cfg_err("interleaved access", e))?;
-            let fmt = match req.format {
-                SampleFormat::S16 => Format::s16(),
-                SampleFormat::S32 => Format::s32(),
-                SampleFormat::F32 => Format::float(),
-            };
-            hw.set_format(fmt)
-                .map_err(|e| cfg_err(&format!("format {:?}", req.format), e))?;
-            hw.set_channels(req.channels as u32)
-                .map_err(|e| cfg_err(&format!("{} channels", req.channels), e))?;
-            hw.set_rate(req.rate, ValueOr::Nearest)
-                .map_err(|e| cfg_err(&format!("rate {} Hz", req.rate), e))?;
-            hw.set_period_size_near(req.period_frames as alsa::pcm::Frames, ValueOr::Nearest)
-                .map_err(|e| cfg_err(&format!("period of {} frames", req.period_frames), e))?;
-            hw.set_buffer_size_near(req.buffer_frames as alsa::pcm::Frames)
-                .map_err(|e| cfg_err(&format!("buffer of {} frames", req.buffer_frames), e))?;
-            pcm.hw_params(&hw)
-                .map_err(|e| cfg_err("these parameters together", e))?;
-            let cur = pcm
-                .hw_params_current()
-                .map_err(|e| cfg_err("reading parameters", e))?;
-            DeviceParams {
-                rate: cur.get_rate().map_err(|e| cfg_err("rate", e))?,
-                channels: cur.get_channels().map_err(|e| cfg_err("channels", e))? as usize,
-                format: req.format,
-                period_frames: cur.get_period_size().map_err(|e| cfg_err("period", e))? as usize,
-                buffer_frames: cur.get_buffer_size().map_err(|e| cfg_err("buffer", e))? as usize,
-            }
-        };
+        let params = set_hw_params(&pcm, req)?;
+        set_sw_params(&pcm, dir, &params, req.device)?;
         let n = params.period_frames * params.channels;
         let scratch = match params.format {
             SampleFormat::S16 => Scratch::S16(vec![0; n]),
@@ -168,53 +204,42 @@ impl Pcm {
             params,
             scratch,
             name: req.device.to_string(),
+            pending: None,
         })
+    }
+
+    /// Turns an I/O result into frames done: 0 for a retry, an error for the rest.
+    fn outcome(&mut self, r: alsa::Result<usize>) -> Result<usize, DeviceError> {
+        match r {
+            Ok(n) => Ok(n),
+            Err(e) if is_retry(&e) => Ok(0),
+            Err(e) => Err(classify(e, &mut self.pending, &self.name)),
+        }
     }
 
     fn read(&mut self, buf: &mut [f32]) -> Result<usize, DeviceError> {
         let ch = self.params.channels;
-        let frames = (buf.len() / ch).min(self.params.period_frames);
-        let n = frames * ch;
-        let name = &self.name;
-        let got = match &mut self.scratch {
-            Scratch::S16(s) => {
-                let io = self.pcm.io_i16().map_err(|e| map_io_err(name, e))?;
-                let f = io.readi(&mut s[..n]).map_err(|e| map_io_err(name, e))?;
-                for (o, &v) in buf.iter_mut().zip(&s[..f * ch]) {
-                    *o = v as f32 / 32768.0;
-                }
-                f
-            }
+        let n = (buf.len() / ch).min(self.params.period_frames) * ch;
+        let (pcm, scratch) = (&self.pcm, &mut self.scratch);
+        let r = match scratch {
+            Scratch::S16(s) => read_scaled(pcm.io_i16(), &mut s[..n], buf, ch, 1.0 / 32768.0),
             Scratch::S32(s) => {
-                let io = self.pcm.io_i32().map_err(|e| map_io_err(name, e))?;
-                let f = io.readi(&mut s[..n]).map_err(|e| map_io_err(name, e))?;
-                for (o, &v) in buf.iter_mut().zip(&s[..f * ch]) {
-                    *o = v as f32 / 2_147_483_648.0;
-                }
-                f
+                read_scaled(pcm.io_i32(), &mut s[..n], buf, ch, 1.0 / 2_147_483_648.0)
             }
-            Scratch::F32(s) => {
-                let io = self.pcm.io_f32().map_err(|e| map_io_err(name, e))?;
-                let f = io.readi(&mut s[..n]).map_err(|e| map_io_err(name, e))?;
-                buf[..f * ch].copy_from_slice(&s[..f * ch]);
-                f
-            }
+            Scratch::F32(s) => read_scaled(pcm.io_f32(), &mut s[..n], buf, ch, 1.0),
         };
-        Ok(got)
+        self.outcome(r)
     }
 
     fn write(&mut self, buf: &[f32]) -> Result<usize, DeviceError> {
         let ch = self.params.channels;
-        let frames = (buf.len() / ch).min(self.params.period_frames);
-        let n = frames * ch;
-        let name = &self.name;
-        match &mut self.scratch {
+        let n = (buf.len() / ch).min(self.params.period_frames) * ch;
+        let r = match &mut self.scratch {
             Scratch::S16(s) => {
                 for (o, &v) in s.iter_mut().zip(&buf[..n]) {
                     *o = (v * 32768.0).round().clamp(-32768.0, 32767.0) as i16;
                 }
-                let io = self.pcm.io_i16().map_err(|e| map_io_err(name, e))?;
-                io.writei(&s[..n]).map_err(|e| map_io_err(name, e))
+                self.pcm.io_i16().and_then(|io| io.writei(&s[..n]))
             }
             Scratch::S32(s) => {
                 for (o, &v) in s.iter_mut().zip(&buf[..n]) {
@@ -222,22 +247,45 @@ impl Pcm {
                         .round()
                         .clamp(-2_147_483_648.0, 2_147_483_647.0) as i32;
                 }
-                let io = self.pcm.io_i32().map_err(|e| map_io_err(name, e))?;
-                io.writei(&s[..n]).map_err(|e| map_io_err(name, e))
+                self.pcm.io_i32().and_then(|io| io.writei(&s[..n]))
             }
             Scratch::F32(s) => {
                 s[..n].copy_from_slice(&buf[..n]);
-                let io = self.pcm.io_f32().map_err(|e| map_io_err(name, e))?;
-                io.writei(&s[..n]).map_err(|e| map_io_err(name, e))
+                self.pcm.io_f32().and_then(|io| io.writei(&s[..n]))
             }
-        }
+        };
+        self.outcome(r)
     }
 
+    /// `snd_pcm_recover` on the error that caused the xrun (EPIPE: prepare; ESTRPIPE:
+    /// resume, else prepare).
     fn recover(&mut self) -> Result<(), DeviceError> {
-        self.pcm.prepare().map_err(|e| {
-            DeviceError::Lost(format!("{}: cannot restart after xrun: {e}", self.name))
-        })
+        let Some(e) = self.pending.take() else {
+            return self.pcm.prepare().map_err(|e| self.lost("restart", e));
+        };
+        self.pcm
+            .try_recover(e, true)
+            .map_err(|e| self.lost("recover after xrun", e))
     }
+
+    fn lost(&self, what: &str, e: alsa::Error) -> DeviceError {
+        DeviceError::Lost(format!("{}: cannot {what}: {e}", self.name))
+    }
+}
+
+/// Reads interleaved samples of one type and converts them to f32 with `scale`.
+fn read_scaled<T: Copy + Into<f64>>(
+    io: alsa::Result<alsa::pcm::IO<'_, T>>,
+    raw: &mut [T],
+    out: &mut [f32],
+    ch: usize,
+    scale: f64,
+) -> alsa::Result<usize> {
+    let frames = io?.readi(raw)?;
+    for (o, &v) in out.iter_mut().zip(&raw[..frames * ch]) {
+        *o = (v.into() * scale) as f32;
+    }
+    Ok(frames)
 }
 
 /// An ALSA capture PCM.
@@ -267,7 +315,7 @@ impl CaptureDevice for AlsaCapture {
         self.0
             .pcm
             .start()
-            .map_err(|e| DeviceError::Lost(format!("{}: cannot restart capture: {e}", self.0.name)))
+            .map_err(|e| self.0.lost("restart capture", e))
     }
 }
 
@@ -295,5 +343,33 @@ impl PlaybackDevice for AlsaPlayback {
         // drain() fails on a PCM that never started (nothing to play): not an error.
         let _ = self.0.pcm.drain();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errno_values_say_retry_recover_or_lost() {
+        let e = |n| alsa::Error::new("snd_pcm_readi", n);
+        assert!(is_retry(&e(libc::EAGAIN)) && is_retry(&e(libc::EINTR)));
+        let mut pending = None;
+        assert!(matches!(
+            classify(e(libc::EPIPE), &mut pending, "mic"),
+            DeviceError::Xrun
+        ));
+        assert_eq!(pending.map(|p| p.errno()), Some(libc::EPIPE));
+        assert!(matches!(
+            classify(e(libc::ESTRPIPE), &mut None, "mic"),
+            DeviceError::Xrun
+        ));
+        for lost in [libc::ENODEV, libc::EBADFD, libc::EIO] {
+            assert!(!is_retry(&e(lost)));
+            assert!(matches!(
+                classify(e(lost), &mut None, "mic"),
+                DeviceError::Lost(_)
+            ));
+        }
     }
 }

@@ -133,6 +133,13 @@ impl Endpoint {
             None => Endpoint::Alsa(s.to_string()),
         }
     }
+
+    /// A file processed as fast as the consumer goes: no frame is dropped or invented
+    /// (capture waits for room in the queue, playback never fills gaps with silence).
+    /// Anything else keeps real time and drops or fills instead.
+    pub fn is_batch(&self, pace: bool) -> bool {
+        matches!(self, Endpoint::Wav(_)) && !pace
+    }
 }
 
 /// Capture configuration.
@@ -324,6 +331,7 @@ pub struct CaptureStream {
     pool_tx: Sender<Vec<f32>>,
     shared: Arc<Shared>,
     params: DeviceParams,
+    batch: bool,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -353,6 +361,7 @@ impl CaptureStream {
             pick,
             gain: cfg.gain,
             pace: cfg.pace,
+            batch: cfg.device.is_batch(cfg.pace),
             resampler,
             buf: vec![0.0; params.period_frames.max(1) * params.channels],
             mono: vec![0.0; params.period_frames.max(1)],
@@ -366,6 +375,7 @@ impl CaptureStream {
             pool_tx,
             shared,
             params,
+            batch: cfg.device.is_batch(cfg.pace),
             thread: Some(thread),
         })
     }
@@ -373,6 +383,12 @@ impl CaptureStream {
     /// What the device agreed to.
     pub fn params(&self) -> &DeviceParams {
         &self.params
+    }
+
+    /// True for a file read as fast as it is consumed (see [`Endpoint::is_batch`]): its
+    /// queue is never a backlog to skip.
+    pub fn is_batch(&self) -> bool {
+        self.batch
     }
 
     /// The next frame, waiting up to `timeout`; None on timeout or when the stream ended.
@@ -429,6 +445,8 @@ struct CaptureWorker {
     pick: Vec<usize>,
     gain: f32,
     pace: bool,
+    /// A file read as fast as it is consumed: wait for room instead of dropping.
+    batch: bool,
     resampler: StreamResampler,
     buf: Vec<f32>,
     mono: Vec<f32>,
@@ -482,10 +500,30 @@ impl CaptureWorker {
                     }
                     (started, done) = (Instant::now(), 0);
                 }
-                Err(DeviceError::EndOfStream) => break,
+                Err(DeviceError::EndOfStream) => {
+                    self.flush_last_frame();
+                    break;
+                }
             }
         }
         self.shared.set_state(StreamState::Finished);
+    }
+
+    /// At the end of a file: the samples short of a whole frame, padded with silence, so
+    /// that nothing of the input is lost.
+    fn flush_last_frame(&mut self) {
+        if self.resampler.available() == 0 {
+            return;
+        }
+        self.mono.fill(0.0);
+        for _ in 0..1000 {
+            if self.resampler.available() >= FRAME_SAMPLES
+                || self.resampler.push(&self.mono).is_err()
+            {
+                break;
+            }
+        }
+        self.deliver(Instant::now());
     }
 
     /// Replaces the device; false when the stream was stopped meanwhile.
@@ -530,6 +568,21 @@ impl CaptureWorker {
                 samples,
                 captured_at,
             };
+            if self.batch {
+                // A file: wait for the consumer instead of dropping (checking for stop).
+                while let Err(e) = self.tx.send_timeout(frame, FRAME_DURATION) {
+                    match e {
+                        crossbeam_channel::SendTimeoutError::Timeout(f)
+                            if !self.shared.stop.load(Ordering::Relaxed) =>
+                        {
+                            frame = f
+                        }
+                        _ => return,
+                    }
+                }
+                self.shared.frames.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             loop {
                 match self.tx.try_send(frame) {
                     Ok(()) => break,
@@ -554,6 +607,8 @@ impl CaptureWorker {
 pub struct PlaybackStream {
     tx: Option<Sender<Frame>>,
     reference: Receiver<Frame>,
+    /// Frame buffers for reuse: from reference frames nobody read, and from readers.
+    pool: (Sender<Vec<f32>>, Receiver<Vec<f32>>),
     shared: Arc<Shared>,
     params: DeviceParams,
     thread: Option<JoinHandle<()>>,
@@ -573,6 +628,7 @@ impl PlaybackStream {
         let resampler = StreamResampler::new(MODEL_RATE, params.rate)?;
         let (tx, rx) = bounded::<Frame>(cfg.queue_frames.max(1));
         let (ref_tx, ref_rx) = bounded(cfg.queue_frames.max(1) * 2);
+        let pool = bounded(cfg.queue_frames.max(1) * 2 + 4);
         let shared = Arc::new(Shared::default());
         let out_frames =
             (FRAME_SAMPLES as u64 * params.rate as u64 / MODEL_RATE as u64) as usize + 64;
@@ -583,7 +639,9 @@ impl PlaybackStream {
             rx: rx.clone(),
             ref_tx,
             ref_drain: ref_rx.clone(),
+            pool: pool.0.clone(),
             pace: cfg.pace,
+            fill_gaps: !cfg.device.is_batch(cfg.pace),
             resampler,
             mono: vec![0.0; out_frames],
             inter: vec![0.0; out_frames * params.channels],
@@ -595,6 +653,7 @@ impl PlaybackStream {
         Ok(Self {
             tx: Some(tx),
             reference: ref_rx,
+            pool,
             shared,
             params,
             thread: Some(thread),
@@ -635,6 +694,25 @@ impl PlaybackStream {
         &self.reference
     }
 
+    /// A frame buffer to fill and [`Self::send`]: a recycled one when there is one, so a
+    /// steady stream allocates nothing.
+    pub fn buffer(&self) -> Vec<f32> {
+        match self.pool.1.try_recv() {
+            Ok(b) if b.len() == FRAME_SAMPLES => b,
+            _ => vec![0.0; FRAME_SAMPLES],
+        }
+    }
+
+    /// Where readers of [`Self::reference`] give the frames' buffers back.
+    pub fn recycler(&self) -> Sender<Vec<f32>> {
+        self.pool.0.clone()
+    }
+
+    /// What the device buffers: audio written to it but not yet heard.
+    pub fn device_delay(&self) -> Duration {
+        Duration::from_secs_f64(self.params.buffer_frames as f64 / self.params.rate.max(1) as f64)
+    }
+
     /// Counters, without blocking the stream.
     pub fn stats(&self) -> StreamStats {
         self.shared.stats(self.rx_len.len())
@@ -647,6 +725,11 @@ impl PlaybackStream {
 
     /// Plays everything queued, drains the device and stops.
     pub fn finish(mut self) {
+        self.close();
+    }
+
+    /// Like [`Self::finish`], for an owner that keeps the (now closed) stream.
+    pub fn close(&mut self) {
         self.tx = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -680,7 +763,10 @@ struct PlaybackWorker {
     rx: Receiver<Frame>,
     ref_tx: Sender<Frame>,
     ref_drain: Receiver<Frame>,
+    pool: Sender<Vec<f32>>,
     pace: bool,
+    /// Keep the device fed with silence when no frame comes in time (real-time devices).
+    fill_gaps: bool,
     resampler: StreamResampler,
     mono: Vec<f32>,
     inter: Vec<f32>,
@@ -695,6 +781,7 @@ impl PlaybackWorker {
             let frame = match self.rx.recv_timeout(FRAME_DURATION) {
                 Ok(f) => f,
                 Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) if !self.fill_gaps => continue,
                 Err(RecvTimeoutError::Timeout) => {
                     // Starved: keep the device fed with silence so it does not underrun.
                     self.shared.dropped.fetch_add(1, Ordering::Relaxed);
@@ -756,8 +843,10 @@ impl PlaybackWorker {
             match self.ref_tx.try_send(r) {
                 Ok(()) => {}
                 Err(TrySendError::Full(r)) => {
-                    // Nobody is reading the reference: keep the newest.
-                    let _ = self.ref_drain.try_recv();
+                    // Nobody is reading the reference: keep the newest, recycle the oldest.
+                    if let Ok(old) = self.ref_drain.try_recv() {
+                        let _ = self.pool.try_send(old.samples);
+                    }
                     let _ = self.ref_tx.try_send(r);
                 }
                 Err(TrySendError::Disconnected(r)) => spare = Some(r.samples),

@@ -14,6 +14,102 @@ use std::time::{Duration, Instant};
 /// The moshid binary under test.
 pub const MOSHID: &str = env!("CARGO_BIN_EXE_moshid");
 
+/// The binary the runner starts: [`MOSHID`], or `MOSHID_UNDER_TEST` when set (to measure
+/// another build, e.g. main's, with the same test).
+pub fn moshid_bin() -> String {
+    std::env::var("MOSHID_UNDER_TEST").unwrap_or_else(|_| MOSHID.to_string())
+}
+
+/// The one binary runner: `moshid ARGS` with no stdin, waited for.
+pub fn moshid(args: &[&str]) -> std::process::Output {
+    moshid_cmd().args(args).output().expect("run moshid")
+}
+
+/// `moshid` as a command to add arguments and environment to (no stdin).
+pub fn moshid_cmd() -> Command {
+    let mut c = Command::new(moshid_bin());
+    c.stdin(Stdio::null());
+    c
+}
+
+/// The one fixtures locator: `rel` under the repository root (`models/tests/fixtures/mimi`,
+/// `systemd/moshid.toml.example`, ...).
+pub fn repo_file(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+}
+
+/// `rel` under the committed model fixtures (`models/tests/fixtures`).
+pub fn fixtures(rel: &str) -> PathBuf {
+    repo_file("models/tests/fixtures").join(rel)
+}
+
+/// The daemon's test identity in MQTT topics.
+pub const ID: &str = "e2e";
+
+/// `moshid/e2e/<t>`.
+pub fn topic(t: &str) -> String {
+    format!("moshid/{ID}/{t}")
+}
+
+/// Writes the appliance's config (demo model, ALSA `file` PCMs as mic and speaker, the
+/// test broker, `extra` appended) and the ALSA configuration defining those PCMs; returns
+/// the config file and the ALSA_CONFIG_PATH to run it with.
+pub fn write_config(dir: &Path, port: u16, extra: &str) -> (PathBuf, String) {
+    // Longer than any test runs: past its end the file plugin returns stale data.
+    write_voice_raw(&dir.join("mic.raw"), 60.0);
+    let d = dir.display();
+    let asound = format!(
+        "pcm.mic {{ type file; slave.pcm \"null\"; file \"/dev/null\"; infile \"{d}/mic.raw\"; format \"raw\" }}\n\
+         pcm.spk {{ type file; slave.pcm \"null\"; file \"{d}/spk.raw\"; format \"raw\" }}\n"
+    );
+    std::fs::write(dir.join("asound.conf"), asound).unwrap();
+    let path = dir.join("config.toml");
+    std::fs::write(&path, appliance_toml(port, extra)).unwrap();
+    let alsa = format!("/usr/share/alsa/alsa.conf:{d}/asound.conf");
+    (path, alsa)
+}
+
+/// The appliance's TOML (see [`write_config`]); `extra` goes at the end (inside `[mqtt]`
+/// unless it opens a table).
+pub fn appliance_toml(port: u16, extra: &str) -> String {
+    format!(
+        r#"device_id = "{ID}"
+cache_dir = "{cache}"
+autostart = false
+idle_timeout_s = 0
+[model]
+source = "demo"
+[audio]
+capture = "mic"
+playback = "spk"
+rate = 24000
+format = "S16"
+pace = true
+[aec]
+enabled = true
+[mqtt]
+enabled = true
+host = "127.0.0.1"
+port = {port}
+keepalive_s = 5
+{extra}"#,
+        cache = model_cache().display(),
+    )
+}
+
+/// `moshid run` on `cfg` with NOTIFY_SOCKET, a watchdog and the test's ALSA PCMs.
+pub fn start_daemon(dir: &Path, cfg: &Path, alsa: &str, notify: &Notify) -> Daemon {
+    Daemon::spawn(
+        &["run", "--config", cfg.to_str().unwrap()],
+        &[
+            ("NOTIFY_SOCKET", notify.path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "2000000"),
+            ("ALSA_CONFIG_PATH", alsa),
+        ],
+        dir,
+    )
+}
+
 /// Daemon tests run one at a time: each runs real-time inference on a small CPU.
 pub static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -326,9 +422,8 @@ pub struct Daemon {
 impl Daemon {
     pub fn spawn(args: &[&str], env: &[(&str, &str)], dir: &Path) -> Daemon {
         let stderr = dir.join("moshid.stderr");
-        let mut cmd = Command::new(MOSHID);
+        let mut cmd = moshid_cmd();
         cmd.args(args)
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).unwrap())
             .env("MOSHID_LOG", "debug");
@@ -343,6 +438,21 @@ impl Daemon {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Resets the peak RSS (`VmHWM`) to the current RSS (Linux `clear_refs` 5).
+    pub fn reset_peak(&self) {
+        let _ = std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5");
+    }
+
+    /// A `/proc/PID/status` figure in bytes, e.g. `VmHWM` (peak RSS) or `VmRSS`.
+    pub fn mem(&self, field: &str) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        s.lines()
+            .find(|l| l.starts_with(&format!("{field}:")))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
     }
 
     pub fn signal(&self, sig: i32) {

@@ -145,12 +145,9 @@ fn passthrough(a: PassthroughArgs) -> anyhow::Result<()> {
         a.playback, pp.rate, pp.channels, pp.format, pp.period_frames, pp.buffer_frames
     );
     let mut canceller = if a.aec {
-        let delay = (pp.buffer_frames as u64 * 1000 / pp.rate.max(1) as u64) as i32;
-        Some(EchoCanceller::new(&AecOptions {
-            noise_suppression: a.ns,
-            agc: a.agc,
-            initial_delay_ms: Some(delay),
-        })?)
+        Some(EchoCanceller::new(&AecOptions::for_playback(
+            &pp, a.ns, a.agc,
+        ))?)
     } else {
         None
     };

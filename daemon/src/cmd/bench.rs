@@ -80,7 +80,7 @@ fn bench_mimi(a: MimiBenchArgs) -> anyhow::Result<()> {
     let (em, dm) = (median(&mut enc_ms), median(&mut dec_ms));
     let line = serde_json::json!({
         "bench": "mimi",
-        "device": a.mimi.device,
+        "device": a.mimi.device.to_string(),
         "frames": a.frames,
         "num_codebooks": k,
         "encode_ms_median": round3(em),

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use clap::Args as ClapArgs;
 use moshid_models::lm::{LmGen, Sampling};
 
-use super::infer::{lm_config, load_lm, parse_dtype};
+use super::infer::{lm_config, load_lm};
+use crate::config::{DeviceSpec, Dtype};
 
 /// Arguments of `moshid bench lm`.
 #[derive(ClapArgs, Debug)]
@@ -20,11 +21,11 @@ pub struct Args {
     #[arg(long, default_value_t = 20)]
     pub steps: usize,
     /// Device: cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Compute dtype (default by device).
-    #[arg(long, value_parser = ["f32", "bf16", "f16"])]
-    pub dtype: Option<String>,
+    #[arg(long, default_value_t = DeviceSpec::Cpu)]
+    pub device: DeviceSpec,
+    /// Compute dtype: auto (by device), f32, bf16 or f16.
+    #[arg(long, default_value_t = Dtype::Auto)]
+    pub dtype: Dtype,
     /// Attention window in steps (default: the configuration's context).
     #[arg(long)]
     pub context: Option<usize>,
@@ -191,17 +192,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if a.steps == 0 {
         anyhow::bail!("--steps must be at least 1");
     }
-    let device = moshid_models::device::open(&a.device)?;
+    let device = a.device.open()?;
     let cfg = lm_config(a.lm_config.as_deref())?;
     let context = a.context.unwrap_or(cfg.context);
     let t0 = std::time::Instant::now();
-    let model = load_lm(
-        &a.lm,
-        &cfg,
-        parse_dtype(a.dtype.as_deref())?,
-        &device,
-        context,
-    )?;
+    let model = load_lm(&a.lm, &cfg, a.dtype, &device, context)?;
     let load_s = t0.elapsed().as_secs_f64();
     let weights = model.weight_bytes();
     let dtype = model.dtype();
@@ -240,7 +235,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut line = serde_json::json!({
         "bench": "lm",
         "lm": a.lm.display().to_string(),
-        "device": a.device,
+        "device": a.device.to_string(),
         "dtype": format!("{dtype:?}").to_lowercase(),
         "steps": a.steps,
         "context": context,

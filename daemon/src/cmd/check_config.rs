@@ -33,12 +33,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!("{}: OK", args.path.display());
     println!("  device_id: {}", cfg.device_id());
     println!(
-        "  model:     {model} on {} (voice {})",
-        cfg.model.device, cfg.model.voice
+        "  model:     {model} on {}, dtype {}, context {} (voice {})",
+        cfg.model.device, cfg.model.dtype, cfg.model.context, cfg.model.voice
     );
     println!(
-        "  audio:     mic {:?}, speaker {:?} at {} Hz",
-        cfg.audio.capture, cfg.audio.playback, cfg.audio.rate
+        "  audio:     mic {:?}, speaker {:?} at {} Hz, {:?}",
+        cfg.audio.capture, cfg.audio.playback, cfg.audio.rate, cfg.audio.format
     );
     if cfg.mqtt.enabled {
         println!(

@@ -26,8 +26,8 @@ pub struct MimiArgs {
     #[arg(long, value_name = "JSON")]
     pub mimi_config: Option<PathBuf>,
     /// Device: cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[arg(long, default_value_t = crate::config::DeviceSpec::Cpu)]
+    pub device: crate::config::DeviceSpec,
 }
 
 impl MimiArgs {
@@ -42,7 +42,7 @@ impl MimiArgs {
     /// Loads Mimi with `num_codebooks` codebooks.
     pub fn load(&self, num_codebooks: usize) -> anyhow::Result<Mimi> {
         let cfg = self.config()?;
-        let device = moshid_models::device::open(&self.device)?;
+        let device = self.device.open()?;
         Ok(Mimi::load(&self.mimi, &cfg, num_codebooks, &device)?)
     }
 }

@@ -3,11 +3,9 @@
 
 use crate::config::{Config, ModelSource};
 use crate::pipeline::Event;
-use crate::service::{self, AudioFactory, ServiceOptions};
-use crate::sound::{Sink, Source};
-use crate::wav_audio::{WavSink, WavSource};
+use crate::service::{self, ServiceOptions};
 use anyhow::Context;
-use moshid_hal::{FRAME_SAMPLES, MODEL_RATE};
+use moshid_hal::MODEL_RATE;
 use std::path::{Path, PathBuf};
 
 /// Arguments.
@@ -100,25 +98,18 @@ fn generated_input(seconds: f32, dir: &Path) -> anyhow::Result<(Vec<f32>, &'stat
     Ok((out, "synthetic speech-like signal (espeak-ng not found)"))
 }
 
-struct WavFactory {
-    input: Vec<f32>,
-    output: PathBuf,
-    paced: bool,
-}
-
-impl AudioFactory for WavFactory {
-    fn open(&self, _cfg: &Config) -> anyhow::Result<(Box<dyn Source>, Box<dyn Sink>)> {
-        Ok((
-            Box::new(WavSource::new(self.input.clone(), self.paced)),
-            Box::new(WavSink::new(
-                self.output.clone(),
-                self.input.len() + FRAME_SAMPLES,
-            )),
-        ))
-    }
-    fn describe(&self, _cfg: &Config) -> String {
-        format!("WAV in, {} out", self.output.display())
-    }
+/// The demo's microphone and speaker are WAV files, through hal's WAV device like any
+/// `wav:` endpoint: the input paced like a microphone (or as fast as the model takes it),
+/// the output collecting what the speaker would have played.
+fn wav_audio(cfg: &mut Config, input: &Path, output: &Path, fast: bool) {
+    let a = &mut cfg.audio;
+    a.capture = format!("wav:{}", input.display());
+    a.playback = format!("wav:{}", output.display());
+    a.rate = MODEL_RATE;
+    a.capture_channels = 1;
+    a.mic_channels.clear();
+    a.playback_channels = 1;
+    a.pace = !fast;
 }
 
 /// Runs the demo and prints its figures.
@@ -185,6 +176,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if input.is_empty() {
         anyhow::bail!("the input has no audio: give a longer --input WAV");
     }
+    let input_path = match &args.input {
+        Some(p) => p.clone(),
+        None => {
+            let p = out_dir.join("moshid-demo-in.wav");
+            moshid_hal::wav::write_mono_f32(&p, &input, MODEL_RATE)
+                .with_context(|| format!("cannot write the generated input {}", p.display()))?;
+            p
+        }
+    };
+    wav_audio(&mut cfg, &input_path, &args.output, args.fast);
     let seconds = input.len() as f64 / MODEL_RATE as f64;
     if random {
         println!("moshid demo: THE MODEL WEIGHTS ARE RANDOM. The architecture is Moshi's");
@@ -214,13 +215,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let summary = service::run(ServiceOptions {
         config: cfg,
         config_path: None,
-        audio: Box::new(WavFactory {
-            input,
-            output: args.output.clone(),
-            paced: !args.fast,
-        }),
         engine: crate::moshi_engine::load,
-        aec: crate::alsa_audio::load_aec,
         exit_when_source_ends: true,
         extra_events: vec![tx],
     })?;

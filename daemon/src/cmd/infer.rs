@@ -3,8 +3,9 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::config::{DeviceSpec, Dtype};
 use anyhow::{bail, Context};
-use candle_core::{DType, Device};
+use candle_core::Device;
 use clap::Args as ClapArgs;
 use moshid_models::lm::{estimate_memory, LmConfig, LmGen, LmModel, Sampling};
 use moshid_models::mimi::{Mimi, MimiConfig};
@@ -52,37 +53,27 @@ pub struct Args {
     #[arg(long, conflicts_with_all = ["temp", "temp_text", "top_k"])]
     pub greedy: bool,
     /// Audio temperature.
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = Sampling::default().temp_audio)]
     pub temp: f64,
     /// Text temperature.
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = Sampling::default().temp_text)]
     pub temp_text: f64,
     /// Top-k for text and audio.
-    #[arg(long, default_value_t = 250)]
+    #[arg(long, default_value_t = Sampling::default().top_k)]
     pub top_k: usize,
     /// Sampling seed.
-    #[arg(long, default_value_t = 299792458)]
+    #[arg(long, default_value_t = Sampling::default().seed)]
     pub seed: u64,
-    /// Compute dtype (default: f32 on CPU, bf16/f16 on CUDA by compute capability).
-    #[arg(long, value_parser = ["f32", "bf16", "f16"])]
-    pub dtype: Option<String>,
+    /// Compute dtype: auto (f32 on CPU, bf16/f16 on CUDA by compute capability), f32,
+    /// bf16 or f16.
+    #[arg(long, default_value_t = Dtype::Auto)]
+    pub dtype: Dtype,
     /// Device: cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[arg(long, default_value_t = DeviceSpec::Cpu)]
+    pub device: DeviceSpec,
     /// Attention window in steps (KV cache size; default: the configuration's context).
     #[arg(long)]
     pub context: Option<usize>,
-}
-
-/// Parses `f32|bf16|f16`.
-pub fn parse_dtype(s: Option<&str>) -> anyhow::Result<Option<DType>> {
-    Ok(match s {
-        None => None,
-        Some("f32") => Some(DType::F32),
-        Some("bf16") => Some(DType::BF16),
-        Some("f16") => Some(DType::F16),
-        Some(o) => bail!("unknown dtype `{o}`: use f32, bf16 or f16"),
-    })
 }
 
 /// Reads `--lm-config` or the 7B default.
@@ -97,11 +88,11 @@ pub fn lm_config(path: Option<&Path>) -> anyhow::Result<LmConfig> {
 pub fn load_lm(
     path: &Path,
     cfg: &LmConfig,
-    dtype: Option<DType>,
+    dtype: Dtype,
     device: &Device,
     context: usize,
 ) -> anyhow::Result<LmModel> {
-    let dt = dtype.unwrap_or_else(|| moshid_models::lm::default_dtype(device));
+    let dt = dtype.resolve(device);
     let est = estimate_memory(path, cfg, dt, context)?;
     eprintln!(
         "moshid: LM memory: weights {:.2} GB + KV cache {:.2} GB (context {context} steps, {dt:?}) = {:.2} GB",
@@ -121,9 +112,9 @@ struct CodesFile {
 
 /// Runs `moshid infer`.
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let device = moshid_models::device::open(&a.device)?;
+    let device = a.device.open()?;
     let cfg = lm_config(a.lm_config.as_deref())?;
-    let dtype = parse_dtype(a.dtype.as_deref())?;
+    let dtype = a.dtype;
     if a.transcript.is_some() && a.tokenizer.is_none() {
         bail!(
             "--transcript needs --tokenizer (the SentencePiece model, tokenizer_spm_32k_3.model)"

@@ -19,9 +19,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     service::run(ServiceOptions {
         config: cfg,
         config_path: Some(args.config),
-        audio: Box::new(crate::alsa_audio::AlsaFactory),
         engine: crate::moshi_engine::load,
-        aec: crate::alsa_audio::load_aec,
         exit_when_source_ends: false,
         extra_events: Vec::new(),
     })?;

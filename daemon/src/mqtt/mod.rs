@@ -2,9 +2,12 @@
 //! commands with `error` replies, Home Assistant discovery, TLS and credentials.
 //!
 //! Runs a single-threaded tokio runtime on its own thread. Everything it publishes uses
-//! `try_publish`, so neither it nor the audio path ever waits on the broker; a broker
-//! restart is handled by reconnecting with backoff, re-subscribing and re-publishing
-//! the retained topics on every ConnAck.
+//! `try_publish`, so neither it nor the audio path ever waits on the broker. After a
+//! connection error a fresh client reconnects with backoff (at most 2 s), so nothing
+//! queued for the dead connection is sent; on every ConnAck `online` goes first, then
+//! discovery and the state, then the subscriptions. Transcripts are only published while
+//! connected (dropped and counted otherwise). On shutdown the last state (`stopped`) and
+//! `offline` go out before DISCONNECT.
 
 pub mod discovery;
 
@@ -94,6 +97,18 @@ impl Mqtt {
     /// Where the pipeline sends transcript and other events.
     pub fn events(&self) -> crate::pipeline::EventTx {
         self.events.clone()
+    }
+
+    /// Publishes `message` on the `error` topic (dropped and counted when the queue is
+    /// full or the broker away).
+    pub fn report_error(&self, message: &str) {
+        if self
+            .events
+            .try_send(Event::Error(message.to_string()))
+            .is_err()
+        {
+            log::warn!("MQTT queue full: error report dropped");
+        }
     }
 
     /// Publishes `offline`, disconnects cleanly and stops, within `timeout`.
@@ -236,6 +251,11 @@ pub fn start(
     })
 }
 
+/// Requests rumqttc may hold for one connection. Small on purpose: what must reach the
+/// broker (availability, discovery, state: about ten messages) is published right after
+/// each ConnAck into an empty queue, and nothing else is queued while disconnected.
+const REQUEST_CAPACITY: usize = 64;
+
 struct Ctx {
     topics: Topics,
     discovery: Option<String>,
@@ -269,24 +289,29 @@ impl Ctx {
         }
     }
 
-    /// Everything a (re)connected session needs: subscriptions and retained topics.
+    /// Availability first (it replaces the retained last will), then discovery and state.
+    fn announce(&self, c: &AsyncClient) {
+        self.publish(c, &self.topics.availability, true, b"online".to_vec());
+        self.publish_discovery(c);
+        self.publish_state(c);
+    }
+
+    /// Everything a (re)connected session needs: retained topics and subscriptions.
     fn on_connected(&self, c: &AsyncClient) {
+        self.announce(c);
         let _ = c.try_subscribe(format!("{}/set/+", self.topics.base), QoS::AtLeastOnce);
         if let Some(prefix) = &self.discovery {
             let _ = c.try_subscribe(format!("{prefix}/status"), QoS::AtLeastOnce);
         }
-        self.publish(c, &self.topics.availability, true, b"online".to_vec());
-        self.publish_discovery(c);
-        self.publish_state(c);
     }
 
     fn on_message(&self, c: &AsyncClient, topic: &str, payload: &[u8]) {
         if let Some(prefix) = &self.discovery {
             if topic == format!("{prefix}/status") {
                 if payload == b"online" {
-                    log::info!("Home Assistant came online: re-sending discovery");
-                    self.publish_discovery(c);
-                    self.publish_state(c);
+                    // Home Assistant restarted: it forgot availability too.
+                    log::info!("Home Assistant came online: re-sending availability and discovery");
+                    self.announce(c);
                 }
                 return;
             }
@@ -297,19 +322,138 @@ impl Ctx {
         match parse_command(name, payload, &self.voices) {
             Ok(cmd) => {
                 log::info!(command = name; "command {cmd:?}");
+                // Applied by the supervisor; the state follows on the next tick.
                 (self.on_command)(cmd);
-                self.publish_state(c);
             }
             Err(reason) => {
                 log::warn!(command = name; "rejected command on {topic}: {reason}");
-                let msg = json!({
-                    "topic": topic,
-                    "payload": String::from_utf8_lossy(payload).chars().take(100).collect::<String>(),
-                    "error": reason,
-                });
-                self.publish(c, &self.topics.error, false, msg.to_string().into_bytes());
+                self.report(c, topic, payload, &reason);
             }
         }
+    }
+
+    /// Publishes a rejected command on `error`.
+    fn report(&self, c: &AsyncClient, topic: &str, payload: &[u8], reason: &str) {
+        let msg = json!({
+            "topic": topic,
+            "payload": String::from_utf8_lossy(payload).chars().take(100).collect::<String>(),
+            "error": reason,
+        });
+        self.publish(c, &self.topics.error, false, msg.to_string().into_bytes());
+    }
+
+    /// A transcript piece: only while connected (never queued for a broker that is away).
+    fn on_event(&self, c: &AsyncClient, connected: bool, ev: Event) {
+        let (text, time) = match ev {
+            Event::Transcript { text, time } => (text, time),
+            Event::Error(e) if connected => {
+                let msg = json!({ "error": e });
+                self.publish(c, &self.topics.error, false, msg.to_string().into_bytes());
+                return;
+            }
+            _ => return,
+        };
+        if !connected {
+            self.shared
+                .dropped_transcripts
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let msg = json!({ "text": text, "time": (time * 1000.0).round() / 1000.0 });
+        if c.try_publish(
+            &self.topics.transcript,
+            QoS::AtMostOnce,
+            false,
+            msg.to_string(),
+        )
+        .is_err()
+        {
+            self.shared
+                .dropped_transcripts
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One MQTT session's mutable state, across reconnects.
+struct Session {
+    ctx: Ctx,
+    opts: MqttOptions,
+    client: AsyncClient,
+    eventloop: EventLoop,
+    connected: bool,
+    backoff: Duration,
+    seen_rev: u64,
+    last_state: Instant,
+}
+
+impl Session {
+    fn new(ctx: Ctx, opts: MqttOptions) -> Session {
+        let (client, eventloop) = AsyncClient::new(opts.clone(), REQUEST_CAPACITY);
+        Session {
+            ctx,
+            opts,
+            client,
+            eventloop,
+            connected: false,
+            backoff: Duration::from_millis(250),
+            seen_rev: u64::MAX,
+            last_state: Instant::now(),
+        }
+    }
+
+    fn on_packet(&mut self, p: Packet) {
+        match p {
+            Packet::ConnAck(_) => {
+                log::info!(broker = self.ctx.broker.as_str(); "MQTT connected");
+                self.connected = true;
+                self.backoff = Duration::from_millis(250);
+                self.ctx.on_connected(&self.client);
+            }
+            Packet::Publish(p) => self.ctx.on_message(&self.client, &p.topic, &p.payload),
+            _ => {}
+        }
+    }
+
+    /// After a connection error: a fresh client, so that nothing queued for the dead
+    /// connection goes out before `online` on the next one.
+    fn on_error(&mut self, e: ConnectionError) {
+        let broker = self.ctx.broker.as_str();
+        if self.connected {
+            log::warn!(broker = broker; "MQTT connection lost: {e}; reconnecting");
+        } else {
+            log::warn!(broker = broker; "MQTT: {}; retrying in {:?}", explain(&e), self.backoff);
+        }
+        self.connected = false;
+        (self.client, self.eventloop) = AsyncClient::new(self.opts.clone(), REQUEST_CAPACITY);
+    }
+
+    /// Re-publishes the state on any change, and every 2 s for the moving figures.
+    fn on_tick(&mut self) {
+        let rev = self.ctx.shared.revision.load(Ordering::Relaxed);
+        if self.connected
+            && (rev != self.seen_rev || self.last_state.elapsed() >= Duration::from_secs(2))
+        {
+            self.seen_rev = rev;
+            self.last_state = Instant::now();
+            self.ctx.publish_state(&self.client);
+        }
+    }
+
+    /// The last state (`stopped`), then `offline`, then DISCONNECT, all on the wire.
+    async fn goodbye(&mut self) {
+        if !self.connected {
+            return;
+        }
+        self.ctx.publish_state(&self.client);
+        self.ctx.publish(
+            &self.client,
+            &self.ctx.topics.availability,
+            true,
+            b"offline".to_vec(),
+        );
+        let _ = self.client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_millis(800), drain(&mut self.eventloop)).await;
     }
 }
 
@@ -319,61 +463,27 @@ async fn serve(
     mut events: tokio::sync::mpsc::Receiver<Event>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let (client, mut eventloop) = AsyncClient::new(opts, 512);
-    let mut backoff = Duration::from_millis(250);
+    let mut s = Session::new(ctx, opts);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let mut seen_rev = u64::MAX;
-    let mut last_state = Instant::now();
-    let mut connected = false;
     loop {
         tokio::select! {
-            ev = eventloop.poll() => match ev {
-                Ok(rumqttc::Event::Incoming(Packet::ConnAck(_))) => {
-                    log::info!(broker = ctx.broker.as_str(); "MQTT connected");
-                    connected = true;
-                    backoff = Duration::from_millis(250);
-                    ctx.on_connected(&client);
-                }
-                Ok(rumqttc::Event::Incoming(Packet::Publish(p))) => {
-                    ctx.on_message(&client, &p.topic, &p.payload);
-                }
+            ev = s.eventloop.poll() => match ev {
+                Ok(rumqttc::Event::Incoming(p)) => s.on_packet(p),
                 Ok(_) => {}
                 Err(e) => {
-                    if connected {
-                        log::warn!(broker = ctx.broker.as_str(); "MQTT connection lost: {e}; reconnecting");
-                    } else {
-                        log::warn!(broker = ctx.broker.as_str(); "MQTT: {}; retrying in {:?}", explain(&e), backoff);
-                    }
-                    connected = false;
+                    s.on_error(e);
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(s.backoff) => {}
                         _ = &mut stop => break,
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(4));
+                    // At most 2 s: the broker's return is noticed well within 5 s.
+                    s.backoff = (s.backoff * 2).min(Duration::from_secs(2));
                 }
             },
-            Some(ev) = events.recv() => {
-                if let Event::Transcript { text, time } = ev {
-                    let msg = json!({ "text": text, "time": (time * 1000.0).round() / 1000.0 });
-                    ctx.publish(&client, &ctx.topics.transcript, false, msg.to_string().into_bytes());
-                }
-            }
-            _ = tick.tick() => {
-                // Re-publish on any change, and every 2 s for the moving figures.
-                let rev = ctx.shared.revision.load(Ordering::Relaxed);
-                if connected && (rev != seen_rev || last_state.elapsed() >= Duration::from_secs(2)) {
-                    seen_rev = rev;
-                    last_state = Instant::now();
-                    ctx.publish_state(&client);
-                }
-            }
+            Some(ev) = events.recv() => s.ctx.on_event(&s.client, s.connected, ev),
+            _ = tick.tick() => s.on_tick(),
             _ = &mut stop => {
-                if connected {
-                    ctx.publish(&client, &ctx.topics.availability, true, b"offline".to_vec());
-                    let _ = client.try_disconnect();
-                    // Drive the loop until the publish and DISCONNECT are on the wire.
-                    let _ = tokio::time::timeout(Duration::from_millis(800), drain(&mut eventloop)).await;
-                }
+                s.goodbye().await;
                 break;
             }
         }

@@ -255,9 +255,13 @@ impl QGemv {
             };
             let all = cpu.as_slice::<f32>()?;
             let xs = &all[layout.start_offset()..layout.start_offset() + m * k];
-            SCRATCH.with(|cell| {
-                let mut guard = cell.borrow_mut();
-                let sc = &mut *guard;
+            // The scratch is taken out of the thread-local, not borrowed: `gemv` forks into
+            // rayon, and a thread waiting on its fork runs other jobs, which may call
+            // `forward` again on this thread. A re-entrant call finds an empty scratch (and
+            // allocates) instead of panicking on a second `borrow_mut`.
+            let mut scratch = SCRATCH.with(|cell| cell.take());
+            {
+                let sc = &mut scratch;
                 sc.blocks.resize(m * nb, BlockQ8_0::zeros());
                 sc.scales.resize(m * nb, 0.0);
                 sc.quants.resize(m * nb, Line([0; 32]));
@@ -306,7 +310,8 @@ impl QGemv {
                         dst,
                     );
                 }
-            });
+            }
+            SCRATCH.with(|cell| cell.replace(scratch));
         }
         let mut shape = dims.to_vec();
         if let Some(last) = shape.last_mut() {

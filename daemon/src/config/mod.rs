@@ -1,9 +1,13 @@
 //! The daemon's configuration: one TOML file, every field validated with a message that
 //! names it. The documented example is `systemd/moshid.toml.example`.
 
+pub mod types;
+
+use moshid_models::lm::Sampling;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+pub use types::{DeviceSpec, Dtype, SampleFormat};
 
 /// Default location of the configuration file (systemd `ConfigurationDirectory=moshid`).
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/moshid/config.toml";
@@ -37,47 +41,39 @@ pub enum ConfigError {
     },
 }
 
-/// The whole configuration.
+/// The whole configuration. Every section has one `Default` (below), which is also what a
+/// missing field or section means in the file.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Name of this device in MQTT topics; default the hostname (sanitised).
-    #[serde(default)]
     pub device_id: Option<String>,
     /// Where downloaded and generated models live (systemd `CacheDirectory=moshid`).
-    #[serde(default = "default_cache_dir")]
     pub cache_dir: PathBuf,
     /// Seconds of silence from the user after which a conversation ends (0 = never).
-    #[serde(default = "default_idle_timeout")]
     pub idle_timeout_s: u64,
     /// Start in conversation as soon as the models are loaded.
-    #[serde(default = "default_true")]
     pub autostart: bool,
     /// Model source, device and precision.
-    #[serde(default)]
     pub model: ModelConfig,
     /// Sampling of text and audio tokens.
-    #[serde(default)]
     pub sampling: SamplingConfig,
     /// Voice presets by name (merged over the built-in `moshiko` and `moshika`).
-    #[serde(default)]
     pub voices: BTreeMap<String, VoicePreset>,
     /// Audio devices.
-    #[serde(default)]
     pub audio: AudioConfig,
     /// Echo cancellation.
-    #[serde(default)]
     pub aec: AecConfig,
     /// MQTT control and Home Assistant discovery.
-    #[serde(default)]
     pub mqtt: MqttConfig,
 }
 
 /// Where the model weights come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelSource {
     /// Download the voice preset's Hugging Face repo into the cache (or use the cache).
+    #[default]
     Hub,
     /// Files on disk named in `[model.local]`.
     Local,
@@ -87,28 +83,23 @@ pub enum ModelSource {
 
 /// `[model]`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
     /// `hub`, `local` or `demo`.
-    #[serde(default = "default_source")]
     pub source: ModelSource,
     /// The voice preset used at start (a key of `[voices]`).
-    #[serde(default = "default_voice")]
     pub voice: String,
     /// `cpu`, `cuda` or `cuda:N`.
-    #[serde(default = "default_device")]
-    pub device: String,
+    #[serde(deserialize_with = "types::from_str")]
+    pub device: DeviceSpec,
     /// `auto`, `f32`, `f16` or `bf16` (for safetensors LMs; GGUF keeps its quantization).
-    #[serde(default = "default_dtype")]
-    pub dtype: String,
+    #[serde(deserialize_with = "types::from_str")]
+    pub dtype: Dtype,
     /// LM context in steps (80 ms each); older steps are forgotten.
-    #[serde(default = "default_context")]
     pub context: usize,
     /// Never touch the network: use only what is in the cache.
-    #[serde(default)]
     pub offline: bool,
     /// Files for `source = "local"`.
-    #[serde(default)]
     pub local: Option<LocalFiles>,
 }
 
@@ -130,131 +121,105 @@ pub struct LocalFiles {
     pub mimi_config: Option<PathBuf>,
 }
 
-/// A named voice: a Hugging Face repo and the files in it.
+/// A named voice: a Hugging Face repo and the files in it (`repo` is required, the rest
+/// default to the layout of Kyutai's candle releases).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VoicePreset {
     /// `org/name` on Hugging Face.
     pub repo: String,
     /// Branch, tag or commit.
-    #[serde(default = "default_revision")]
+    #[serde(default = "VoicePreset::default_revision")]
     pub revision: String,
     /// LM file in the repo.
-    #[serde(default = "default_lm_file")]
+    #[serde(default = "VoicePreset::default_lm_file")]
     pub lm_file: String,
     /// Mimi file in the repo.
-    #[serde(default = "default_mimi_file")]
+    #[serde(default = "VoicePreset::default_mimi_file")]
     pub mimi_file: String,
     /// Tokenizer file in the repo.
-    #[serde(default = "default_tokenizer_file")]
+    #[serde(default = "VoicePreset::default_tokenizer_file")]
     pub tokenizer_file: String,
 }
 
-/// `[sampling]`.
+/// `[sampling]`; the defaults are the models' own (`moshid_models::lm::Sampling`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct SamplingConfig {
     /// Text temperature (0 < t <= 5).
-    #[serde(default = "default_temp")]
     pub temp_text: f64,
     /// Audio temperature (0 < t <= 5).
-    #[serde(default = "default_temp")]
     pub temp_audio: f64,
     /// Top-k (1..=2048).
-    #[serde(default = "default_top_k")]
     pub top_k: usize,
     /// Argmax instead of sampling (deterministic; for tests).
-    #[serde(default)]
     pub greedy: bool,
     /// Random seed.
-    #[serde(default = "default_seed")]
     pub seed: u64,
 }
 
 /// `[audio]`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct AudioConfig {
     /// Microphone: an ALSA PCM name (e.g. `default`, `plughw:1,0`) or `wav:/path.wav`.
-    #[serde(default = "default_pcm")]
     pub capture: String,
     /// Speaker: an ALSA PCM name or `wav:/path.wav`.
-    #[serde(default = "default_pcm")]
     pub playback: String,
     /// Sample rate opened on the devices (resampled to/from 24 kHz).
-    #[serde(default = "default_rate")]
     pub rate: u32,
     /// Sample format on the devices: `S16`, `S32` or `F32`.
-    #[serde(default = "default_format")]
-    pub format: String,
+    #[serde(deserialize_with = "types::from_str")]
+    pub format: SampleFormat,
     /// Channels opened on the microphone.
-    #[serde(default = "default_one")]
     pub capture_channels: u16,
     /// Microphone channels averaged into the voice signal (0-based); empty = all.
-    #[serde(default)]
     pub mic_channels: Vec<u16>,
     /// Linear gain on the microphone signal.
-    #[serde(default = "default_gain")]
     pub mic_gain: f32,
     /// Channels opened on the speaker (each gets Moshi's voice).
-    #[serde(default = "default_one")]
     pub playback_channels: u16,
     /// Pace file-backed devices (ALSA `file`/`null` PCMs, WAV files) to real time.
-    #[serde(default)]
     pub pace: bool,
     /// Initial volume, 0-100.
-    #[serde(default = "default_volume")]
     pub volume: u8,
     /// Frames (80 ms) queued between the threads before the oldest are skipped.
-    #[serde(default = "default_queue")]
     pub queue_frames: usize,
 }
 
 /// `[aec]`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct AecConfig {
     /// Cancel the speaker's echo from the microphone signal.
-    #[serde(default = "default_true")]
     pub enabled: bool,
 }
 
 /// `[mqtt]`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct MqttConfig {
     /// Connect to a broker at all.
-    #[serde(default)]
     pub enabled: bool,
     /// Broker host name or address.
-    #[serde(default = "default_host")]
     pub host: String,
     /// Broker port (1883, or 8883 with TLS).
-    #[serde(default = "default_port")]
     pub port: u16,
     /// Username (optional).
-    #[serde(default)]
     pub username: Option<String>,
     /// Password (optional; prefer `password_file`).
-    #[serde(default)]
     pub password: Option<String>,
     /// File holding the password (first line), e.g. a systemd credential.
-    #[serde(default)]
     pub password_file: Option<PathBuf>,
     /// Topic prefix; topics are `<base_topic>/<device_id>/...`.
-    #[serde(default = "default_base_topic")]
     pub base_topic: String,
     /// Publish Home Assistant discovery.
-    #[serde(default = "default_true")]
     pub discovery: bool,
     /// Home Assistant discovery prefix.
-    #[serde(default = "default_discovery_prefix")]
     pub discovery_prefix: String,
     /// Keep-alive in seconds (5..=3600).
-    #[serde(default = "default_keepalive")]
     pub keepalive_s: u64,
     /// TLS; plain TCP when absent.
-    #[serde(default)]
     pub tls: Option<TlsConfig>,
 }
 
@@ -272,99 +237,36 @@ pub struct TlsConfig {
     pub client_key: Option<PathBuf>,
 }
 
-fn default_cache_dir() -> PathBuf {
-    // systemd sets CACHE_DIRECTORY for CacheDirectory=; fall back to the FHS location.
-    std::env::var_os("CACHE_DIRECTORY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/moshid"))
-}
-fn default_idle_timeout() -> u64 {
-    300
-}
-fn default_true() -> bool {
-    true
-}
-fn default_source() -> ModelSource {
-    ModelSource::Hub
-}
-fn default_voice() -> String {
-    "moshiko".into()
-}
-fn default_device() -> String {
-    "cpu".into()
-}
-fn default_dtype() -> String {
-    "auto".into()
-}
-fn default_context() -> usize {
-    3000
-}
-fn default_revision() -> String {
-    "main".into()
-}
-fn default_lm_file() -> String {
-    "model.q8.gguf".into()
-}
-fn default_mimi_file() -> String {
-    "tokenizer-e351c8d8-checkpoint125.safetensors".into()
-}
-fn default_tokenizer_file() -> String {
-    "tokenizer_spm_32k_3.model".into()
-}
-fn default_temp() -> f64 {
-    0.8
-}
-fn default_top_k() -> usize {
-    250
-}
-fn default_seed() -> u64 {
-    299_792_458
-}
-fn default_pcm() -> String {
-    "default".into()
-}
-fn default_rate() -> u32 {
-    24_000
-}
-fn default_format() -> String {
-    "S16".into()
-}
-fn default_gain() -> f32 {
-    1.0
-}
-fn default_one() -> u16 {
-    1
-}
-fn default_volume() -> u8 {
-    80
-}
-fn default_queue() -> usize {
-    3
-}
-fn default_host() -> String {
-    "localhost".into()
-}
-fn default_port() -> u16 {
-    1883
-}
-fn default_base_topic() -> String {
-    "moshid".into()
-}
-fn default_discovery_prefix() -> String {
-    "homeassistant".into()
-}
-fn default_keepalive() -> u64 {
-    30
-}
+// The defaults, written once each. `systemd/moshid.toml.example` shows the same values (a
+// test holds them equal).
 
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            device_id: None,
+            // systemd sets CACHE_DIRECTORY for CacheDirectory=; else the FHS location.
+            cache_dir: std::env::var_os("CACHE_DIRECTORY")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/var/cache/moshid")),
+            idle_timeout_s: 300,
+            autostart: true,
+            model: ModelConfig::default(),
+            sampling: SamplingConfig::default(),
+            voices: builtin_voices(),
+            audio: AudioConfig::default(),
+            aec: AecConfig::default(),
+            mqtt: MqttConfig::default(),
+        }
+    }
+}
 impl Default for ModelConfig {
     fn default() -> Self {
         Self {
-            source: default_source(),
-            voice: default_voice(),
-            device: default_device(),
-            dtype: default_dtype(),
-            context: default_context(),
+            source: ModelSource::default(),
+            voice: "moshiko".into(),
+            device: DeviceSpec::default(),
+            dtype: Dtype::default(),
+            context: 3000,
             offline: false,
             local: None,
         }
@@ -372,29 +274,42 @@ impl Default for ModelConfig {
 }
 impl Default for SamplingConfig {
     fn default() -> Self {
+        let s = Sampling::default();
         Self {
-            temp_text: default_temp(),
-            temp_audio: default_temp(),
-            top_k: default_top_k(),
-            greedy: false,
-            seed: default_seed(),
+            temp_text: s.temp_text,
+            temp_audio: s.temp_audio,
+            top_k: s.top_k,
+            greedy: s.greedy,
+            seed: s.seed,
+        }
+    }
+}
+impl SamplingConfig {
+    /// The models' sampling settings.
+    pub fn sampling(&self) -> Sampling {
+        Sampling {
+            temp_text: self.temp_text,
+            temp_audio: self.temp_audio,
+            top_k: self.top_k,
+            greedy: self.greedy,
+            seed: self.seed,
         }
     }
 }
 impl Default for AudioConfig {
     fn default() -> Self {
         Self {
-            capture: default_pcm(),
-            playback: default_pcm(),
-            rate: default_rate(),
-            format: default_format(),
+            capture: "default".into(),
+            playback: "default".into(),
+            rate: 24_000,
+            format: SampleFormat::S16,
             capture_channels: 1,
             mic_channels: Vec::new(),
             mic_gain: 1.0,
             playback_channels: 1,
             pace: false,
-            volume: default_volume(),
-            queue_frames: default_queue(),
+            volume: 80,
+            queue_frames: 3,
         }
     }
 }
@@ -407,15 +322,15 @@ impl Default for MqttConfig {
     fn default() -> Self {
         Self {
             enabled: false,
-            host: default_host(),
-            port: default_port(),
+            host: "localhost".into(),
+            port: 1883,
             username: None,
             password: None,
             password_file: None,
-            base_topic: default_base_topic(),
+            base_topic: "moshid".into(),
             discovery: true,
-            discovery_prefix: default_discovery_prefix(),
-            keepalive_s: default_keepalive(),
+            discovery_prefix: "homeassistant".into(),
+            keepalive_s: 30,
             tls: None,
         }
     }
@@ -425,11 +340,23 @@ impl VoicePreset {
     fn hub(repo: &str) -> Self {
         Self {
             repo: repo.into(),
-            revision: default_revision(),
-            lm_file: default_lm_file(),
-            mimi_file: default_mimi_file(),
-            tokenizer_file: default_tokenizer_file(),
+            revision: Self::default_revision(),
+            lm_file: Self::default_lm_file(),
+            mimi_file: Self::default_mimi_file(),
+            tokenizer_file: Self::default_tokenizer_file(),
         }
+    }
+    fn default_revision() -> String {
+        "main".into()
+    }
+    fn default_lm_file() -> String {
+        "model.q8.gguf".into()
+    }
+    fn default_mimi_file() -> String {
+        "tokenizer-e351c8d8-checkpoint125.safetensors".into()
+    }
+    fn default_tokenizer_file() -> String {
+        "tokenizer_spm_32k_3.model".into()
     }
 }
 
@@ -508,8 +435,7 @@ impl Config {
 
     /// A configuration with every default and the demo model (for `moshid demo`).
     pub fn demo_default() -> Config {
-        let mut cfg: Config = toml::from_str("").unwrap_or_else(|_| unreachable_default());
-        cfg.voices = builtin_voices();
+        let mut cfg = Config::default();
         cfg.model.source = ModelSource::Demo;
         cfg
     }
@@ -526,7 +452,8 @@ impl Config {
         }
     }
 
-    /// Every invalid field, each message starting with the field's name.
+    /// Every invalid field, each message starting with the field's name. One function per
+    /// section: a new check goes into its section's function.
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         if let Some(id) = &self.device_id {
@@ -539,31 +466,21 @@ impl Config {
         if self.cache_dir.as_os_str().is_empty() {
             p.push("`cache_dir`: must not be empty".into());
         }
+        self.model_problems(&mut p);
+        voice_problems(&self.voices, &mut p);
+        sampling_problems(&self.sampling, &mut p);
+        audio_problems(&self.audio, &mut p);
+        mqtt_problems(&self.mqtt, &mut p);
+        p
+    }
+
+    fn model_problems(&self, p: &mut Vec<String>) {
         let m = &self.model;
         if !self.voices.contains_key(&m.voice) {
             p.push(format!(
                 "`model.voice` = {:?}: no such preset; known: {}",
                 m.voice,
                 self.voices.keys().cloned().collect::<Vec<_>>().join(", ")
-            ));
-        }
-        // Syntax only: opening a GPU here would be a side effect of validation.
-        let d = m.device.trim().to_ascii_lowercase();
-        let device_ok = d == "cpu"
-            || d == "cuda"
-            || d == "gpu"
-            || d.strip_prefix("cuda:")
-                .is_some_and(|n| n.parse::<usize>().is_ok());
-        if !device_ok {
-            p.push(format!(
-                "`model.device` = {:?}: use `cpu`, `cuda` or `cuda:N`",
-                m.device
-            ));
-        }
-        if !["auto", "f32", "f16", "bf16"].contains(&m.dtype.as_str()) {
-            p.push(format!(
-                "`model.dtype` = {:?}: use `auto`, `f32`, `f16` or `bf16`",
-                m.dtype
             ));
         }
         if !(16..=100_000).contains(&m.context) {
@@ -585,147 +502,128 @@ impl Config {
             }
             _ => {}
         }
-        for (name, v) in &self.voices {
-            if !is_valid_id(name) {
-                p.push(format!(
-                    "`voices.{name}`: preset names use [a-zA-Z0-9_-] (they are MQTT payloads)"
-                ));
-            }
-            let parts: Vec<&str> = v.repo.split('/').collect();
-            if parts.len() != 2 || parts.iter().any(|s| s.is_empty()) {
-                p.push(format!(
-                    "`voices.{name}.repo` = {:?}: use `org/name`, e.g. kyutai/moshiko-candle-q8",
-                    v.repo
-                ));
-            }
-            for (field, f) in [
-                ("lm_file", &v.lm_file),
-                ("mimi_file", &v.mimi_file),
-                ("tokenizer_file", &v.tokenizer_file),
-                ("revision", &v.revision),
-            ] {
-                if f.is_empty() || f.contains("..") {
-                    p.push(format!(
-                        "`voices.{name}.{field}` = {f:?}: must be a file name in the repo"
-                    ));
-                }
-            }
-        }
-        let s = &self.sampling;
-        for (name, t) in [("temp_text", s.temp_text), ("temp_audio", s.temp_audio)] {
-            if !(t > 0.0 && t <= 5.0) {
-                p.push(format!("`sampling.{name}` = {t}: use a value in (0, 5]"));
-            }
-        }
-        if !(1..=2048).contains(&s.top_k) {
-            p.push(format!("`sampling.top_k` = {}: use 1..=2048", s.top_k));
-        }
-        let a = &self.audio;
-        if a.capture.trim().is_empty() {
-            p.push("`audio.capture`: name an ALSA PCM, e.g. `default`".into());
-        }
-        if a.playback.trim().is_empty() {
-            p.push("`audio.playback`: name an ALSA PCM, e.g. `default`".into());
-        }
-        if !(8_000..=192_000).contains(&a.rate) {
-            p.push(format!("`audio.rate` = {}: use 8000..=192000 Hz", a.rate));
-        }
-        if !(1..=32).contains(&a.capture_channels) {
-            p.push(format!(
-                "`audio.capture_channels` = {}: use 1..=32",
-                a.capture_channels
-            ));
-        }
-        if let Some(c) = a.mic_channels.iter().find(|&&c| c >= a.capture_channels) {
-            p.push(format!(
-                "`audio.mic_channels` = {:?}: channel {c} does not exist with capture_channels = {}",
-                a.mic_channels, a.capture_channels
-            ));
-        }
-        if !(1..=32).contains(&a.playback_channels) {
-            p.push(format!(
-                "`audio.playback_channels` = {}: use 1..=32",
-                a.playback_channels
-            ));
-        }
-        if !["S16", "S32", "F32"].contains(&a.format.to_ascii_uppercase().as_str()) {
-            p.push(format!(
-                "`audio.format` = {:?}: use S16, S32 or F32",
-                a.format
-            ));
-        }
-        if !(a.mic_gain.is_finite() && (0.0..=100.0).contains(&a.mic_gain)) {
-            p.push(format!("`audio.mic_gain` = {}: use 0..=100", a.mic_gain));
-        }
-        if a.volume > 100 {
-            p.push(format!("`audio.volume` = {}: use 0..=100", a.volume));
-        }
-        if !(1..=50).contains(&a.queue_frames) {
-            p.push(format!(
-                "`audio.queue_frames` = {}: use 1..=50",
-                a.queue_frames
-            ));
-        }
-        let q = &self.mqtt;
-        if q.enabled {
-            if q.host.trim().is_empty() {
-                p.push("`mqtt.host`: must not be empty when mqtt.enabled = true".into());
-            }
-            if q.port == 0 {
-                p.push("`mqtt.port` = 0: use 1..=65535".into());
-            }
-        }
-        if q.password.is_some() && q.password_file.is_some() {
-            p.push("`mqtt.password_file`: set either password or password_file, not both".into());
-        }
-        if (q.password.is_some() || q.password_file.is_some()) && q.username.is_none() {
-            p.push("`mqtt.username`: a password needs a username".into());
-        }
-        if q.base_topic.is_empty()
-            || q.base_topic.contains(['+', '#'])
-            || q.base_topic.starts_with('/')
-            || q.base_topic.ends_with('/')
-        {
-            p.push(format!(
-                "`mqtt.base_topic` = {:?}: use a topic without wildcards or leading/trailing `/`",
-                q.base_topic
-            ));
-        }
-        if q.discovery_prefix.is_empty() || q.discovery_prefix.contains(['+', '#']) {
-            p.push(format!(
-                "`mqtt.discovery_prefix` = {:?}: use a topic without wildcards",
-                q.discovery_prefix
-            ));
-        }
-        if !(5..=3600).contains(&q.keepalive_s) {
-            p.push(format!(
-                "`mqtt.keepalive_s` = {}: use 5..=3600",
-                q.keepalive_s
-            ));
-        }
-        if let Some(t) = &q.tls {
-            if t.client_cert.is_some() != t.client_key.is_some() {
-                p.push("`mqtt.tls.client_key`: client_cert and client_key go together".into());
-            }
-        }
-        p
     }
 }
 
-fn unreachable_default() -> Config {
-    // toml::from_str("") cannot fail for a struct whose fields all have defaults; this
-    // keeps the code panic-free anyway.
-    Config {
-        device_id: None,
-        cache_dir: default_cache_dir(),
-        idle_timeout_s: default_idle_timeout(),
-        autostart: true,
-        model: ModelConfig::default(),
-        sampling: SamplingConfig::default(),
-        voices: BTreeMap::new(),
-        audio: AudioConfig::default(),
-        aec: AecConfig::default(),
-        mqtt: MqttConfig::default(),
+fn voice_problems(voices: &BTreeMap<String, VoicePreset>, p: &mut Vec<String>) {
+    for (name, v) in voices {
+        if !is_valid_id(name) {
+            p.push(format!(
+                "`voices.{name}`: preset names use [a-zA-Z0-9_-] (they are MQTT payloads)"
+            ));
+        }
+        let parts: Vec<&str> = v.repo.split('/').collect();
+        if parts.len() != 2 || parts.iter().any(|s| s.is_empty()) {
+            p.push(format!(
+                "`voices.{name}.repo` = {:?}: use `org/name`, e.g. kyutai/moshiko-candle-q8",
+                v.repo
+            ));
+        }
+        for (field, f) in [
+            ("lm_file", &v.lm_file),
+            ("mimi_file", &v.mimi_file),
+            ("tokenizer_file", &v.tokenizer_file),
+            ("revision", &v.revision),
+        ] {
+            if f.is_empty() || f.contains("..") {
+                p.push(format!(
+                    "`voices.{name}.{field}` = {f:?}: must be a file name in the repo"
+                ));
+            }
+        }
+    }
+}
+
+fn sampling_problems(s: &SamplingConfig, p: &mut Vec<String>) {
+    for (name, t) in [("temp_text", s.temp_text), ("temp_audio", s.temp_audio)] {
+        if !(t > 0.0 && t <= 5.0) {
+            p.push(format!("`sampling.{name}` = {t}: use a value in (0, 5]"));
+        }
+    }
+    if !(1..=2048).contains(&s.top_k) {
+        p.push(format!("`sampling.top_k` = {}: use 1..=2048", s.top_k));
+    }
+}
+
+fn audio_problems(a: &AudioConfig, p: &mut Vec<String>) {
+    if a.capture.trim().is_empty() {
+        p.push("`audio.capture`: name an ALSA PCM, e.g. `default`".into());
+    }
+    if a.playback.trim().is_empty() {
+        p.push("`audio.playback`: name an ALSA PCM, e.g. `default`".into());
+    }
+    if !(8_000..=192_000).contains(&a.rate) {
+        p.push(format!("`audio.rate` = {}: use 8000..=192000 Hz", a.rate));
+    }
+    for (name, n) in [
+        ("capture_channels", a.capture_channels),
+        ("playback_channels", a.playback_channels),
+    ] {
+        if !(1..=32).contains(&n) {
+            p.push(format!("`audio.{name}` = {n}: use 1..=32"));
+        }
+    }
+    if let Some(c) = a.mic_channels.iter().find(|&&c| c >= a.capture_channels) {
+        p.push(format!(
+            "`audio.mic_channels` = {:?}: channel {c} does not exist with capture_channels = {}",
+            a.mic_channels, a.capture_channels
+        ));
+    }
+    if !(a.mic_gain.is_finite() && (0.0..=100.0).contains(&a.mic_gain)) {
+        p.push(format!("`audio.mic_gain` = {}: use 0..=100", a.mic_gain));
+    }
+    if a.volume > 100 {
+        p.push(format!("`audio.volume` = {}: use 0..=100", a.volume));
+    }
+    if !(1..=50).contains(&a.queue_frames) {
+        p.push(format!(
+            "`audio.queue_frames` = {}: use 1..=50",
+            a.queue_frames
+        ));
+    }
+}
+
+fn mqtt_problems(q: &MqttConfig, p: &mut Vec<String>) {
+    if q.enabled {
+        if q.host.trim().is_empty() {
+            p.push("`mqtt.host`: must not be empty when mqtt.enabled = true".into());
+        }
+        if q.port == 0 {
+            p.push("`mqtt.port` = 0: use 1..=65535".into());
+        }
+    }
+    if q.password.is_some() && q.password_file.is_some() {
+        p.push("`mqtt.password_file`: set either password or password_file, not both".into());
+    }
+    if (q.password.is_some() || q.password_file.is_some()) && q.username.is_none() {
+        p.push("`mqtt.username`: a password needs a username".into());
+    }
+    if q.base_topic.is_empty()
+        || q.base_topic.contains(['+', '#'])
+        || q.base_topic.starts_with('/')
+        || q.base_topic.ends_with('/')
+    {
+        p.push(format!(
+            "`mqtt.base_topic` = {:?}: use a topic without wildcards or leading/trailing `/`",
+            q.base_topic
+        ));
+    }
+    if q.discovery_prefix.is_empty() || q.discovery_prefix.contains(['+', '#']) {
+        p.push(format!(
+            "`mqtt.discovery_prefix` = {:?}: use a topic without wildcards",
+            q.discovery_prefix
+        ));
+    }
+    if !(5..=3600).contains(&q.keepalive_s) {
+        p.push(format!(
+            "`mqtt.keepalive_s` = {}: use 5..=3600",
+            q.keepalive_s
+        ));
+    }
+    if let Some(t) = &q.tls {
+        if t.client_cert.is_some() != t.client_key.is_some() {
+            p.push("`mqtt.tls.client_key`: client_cert and client_key go together".into());
+        }
     }
 }
 
@@ -783,6 +681,24 @@ mod tests {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/moshid.toml.example");
         let c = Config::load(&p).expect("the example config validates");
         assert_eq!(c, parse("").unwrap(), "the example shows the defaults");
+    }
+
+    #[test]
+    fn typed_fields_parse_once_and_name_the_line() {
+        let c = parse("[model]\ndevice = \"cuda:1\"\ndtype = \"f16\"\n[audio]\nformat = \"f32\"\n")
+            .unwrap();
+        assert_eq!(c.model.device, DeviceSpec::Cuda(1));
+        assert_eq!(c.model.dtype, Dtype::F16);
+        assert_eq!(c.audio.format, SampleFormat::F32);
+        let e = parse("[model]\ndevice = \"tpu\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown device `tpu`") && e.contains("line 2"),
+            "{e}"
+        );
+        let e = parse("[audio]\nformat = \"u8\"\n").unwrap_err().to_string();
+        assert!(e.contains("S16, S32 or F32") && e.contains("format"), "{e}");
     }
 
     #[test]

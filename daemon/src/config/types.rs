@@ -1,0 +1,98 @@
+//! The typed values of the configuration: one parser (`FromStr`) each, shared by the config
+//! file, the command line and `check-config`. To add a value (a device, a dtype), extend
+//! its enum and its `FromStr`; the config file and every flag accept it from then on.
+
+use candle_core::DType;
+use serde::{Deserialize, Deserializer};
+use std::str::FromStr;
+
+pub use moshid_hal::SampleFormat;
+pub use moshid_models::device::DeviceSpec;
+
+/// Precision the LM computes in (safetensors weights; GGUF keeps its quantization).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dtype {
+    /// bf16 on CUDA with bf16 support, f16 on older GPUs, f32 on the CPU.
+    #[default]
+    Auto,
+    /// 32-bit float.
+    F32,
+    /// 16-bit float.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+/// An unknown dtype name.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown dtype `{0}`: use auto, f32, f16 or bf16")]
+pub struct DtypeError(String);
+
+impl FromStr for Dtype {
+    type Err = DtypeError;
+    fn from_str(s: &str) -> Result<Self, DtypeError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Dtype::Auto),
+            "f32" => Ok(Dtype::F32),
+            "f16" => Ok(Dtype::F16),
+            "bf16" => Ok(Dtype::Bf16),
+            _ => Err(DtypeError(s.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for Dtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Dtype::Auto => "auto",
+            Dtype::F32 => "f32",
+            Dtype::F16 => "f16",
+            Dtype::Bf16 => "bf16",
+        })
+    }
+}
+
+impl Dtype {
+    /// The candle dtype; None for `auto` (the models pick by device).
+    pub fn candle(self) -> Option<DType> {
+        match self {
+            Dtype::Auto => None,
+            Dtype::F32 => Some(DType::F32),
+            Dtype::F16 => Some(DType::F16),
+            Dtype::Bf16 => Some(DType::BF16),
+        }
+    }
+
+    /// The dtype used on `device`: this one, or the device's default for `auto`.
+    pub fn resolve(self, device: &candle_core::Device) -> DType {
+        self.candle()
+            .unwrap_or_else(|| moshid_models::lm::default_dtype(device))
+    }
+}
+
+/// Deserializes any `FromStr` value from a TOML string, with its parser's message.
+pub fn from_str<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    let s = String::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_parser_each() {
+        assert_eq!("BF16".parse::<Dtype>().unwrap(), Dtype::Bf16);
+        assert_eq!("auto".parse::<Dtype>().unwrap().candle(), None);
+        assert!("f64".parse::<Dtype>().is_err());
+        assert_eq!("cuda:2".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(2));
+        assert_eq!("gpu".parse::<DeviceSpec>().unwrap().to_string(), "cuda:0");
+        assert!("tpu".parse::<DeviceSpec>().is_err());
+        assert_eq!("s32".parse::<SampleFormat>().unwrap(), SampleFormat::S32);
+    }
+}

@@ -1,0 +1,145 @@
+//! Memory before a model load: what the model will take (weights as held for compute, the
+//! KV cache at the configured context and dtype, Mimi) against what the device can still
+//! allocate. On the CPU and on integrated GPUs (Jetson: CUDA memory is the system RAM) that
+//! is `MemAvailable`; on a discrete GPU, the GPU's free memory.
+
+use crate::config::ModelConfig;
+use crate::model_spec::ModelSpec;
+use anyhow::Context;
+use moshid_models::device::{free_memory, FreeMemory};
+
+/// Bytes a loaded model holds (and a new one will need).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Footprint {
+    /// LM weights as held for compute.
+    pub weights: u64,
+    /// LM KV cache for the configured context.
+    pub kv_cache: u64,
+    /// Mimi's weights (stored as they are computed with).
+    pub mimi: u64,
+    /// The pool the bytes come from is the system RAM (CPU, or a Jetson's GPU).
+    pub system_ram: bool,
+}
+
+impl Footprint {
+    /// Total bytes.
+    pub fn total(&self) -> u64 {
+        self.weights + self.kv_cache + self.mimi
+    }
+}
+
+impl std::fmt::Display for Footprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.2} GB (weights {:.2} GB + KV cache {:.2} GB + Mimi {:.2} GB)",
+            gb(self.total()),
+            gb(self.weights),
+            gb(self.kv_cache),
+            gb(self.mimi)
+        )
+    }
+}
+
+fn gb(b: u64) -> f64 {
+    b as f64 / 1e9
+}
+
+/// How a load can go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// Both models fit: the old one keeps talking while the new one loads.
+    Alongside,
+    /// Only one fits: release the old model first (the conversation pauses).
+    ReleaseFirst,
+}
+
+/// Reads the file headers and sizes `spec` as `model` configures it.
+pub fn footprint(
+    spec: &ModelSpec,
+    model: &ModelConfig,
+) -> anyhow::Result<(Footprint, Option<FreeMemory>)> {
+    let device = model.device.open()?;
+    let dtype = model.dtype.resolve(&device);
+    let est = moshid_models::lm::estimate_memory(&spec.lm, &spec.lm_config, dtype, model.context)
+        .with_context(|| format!("cannot load the LM from {}", spec.lm.display()))?;
+    let mimi = std::fs::metadata(&spec.mimi).map(|m| m.len()).unwrap_or(0);
+    let free = free_memory(&device);
+    Ok((
+        Footprint {
+            weights: est.weights_bytes,
+            kv_cache: est.kv_cache_bytes,
+            mimi,
+            system_ram: free.is_none_or(|f| f.system_ram),
+        },
+        free,
+    ))
+}
+
+/// Decides whether `need` can load next to `held` (the running model), only after
+/// releasing it, or not at all (the error says why and what to change).
+pub fn plan(
+    need: &Footprint,
+    held: Option<&Footprint>,
+    free: Option<FreeMemory>,
+) -> Result<Plan, String> {
+    let Some(free) = free else {
+        return Ok(Plan::Alongside); // cannot tell: try
+    };
+    if need.total() <= free.bytes {
+        return Ok(Plan::Alongside);
+    }
+    let reclaim = held
+        .filter(|h| h.system_ram == free.system_ram)
+        .map_or(0, |h| h.total());
+    if need.total() <= free.bytes + reclaim {
+        return Ok(Plan::ReleaseFirst);
+    }
+    Err(format!(
+        "the model needs {need} but only {:.2} GB {} free{}: use a smaller [model] context, a q8_0/q4 GGUF (moshid quantize), or free memory",
+        gb(free.bytes),
+        if free.system_ram { "of RAM is" } else { "of GPU memory is" },
+        if reclaim > 0 {
+            format!(" (plus {:.2} GB held by the running model)", gb(reclaim))
+        } else {
+            String::new()
+        }
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fp(gb: u64) -> Footprint {
+        Footprint {
+            weights: gb << 30,
+            system_ram: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn plans_by_free_memory_and_what_the_old_model_gives_back() {
+        let free = |gb: u64| {
+            Some(FreeMemory {
+                bytes: gb << 30,
+                system_ram: true,
+            })
+        };
+        assert_eq!(plan(&fp(4), Some(&fp(4)), free(6)), Ok(Plan::Alongside));
+        assert_eq!(plan(&fp(4), Some(&fp(4)), free(2)), Ok(Plan::ReleaseFirst));
+        let e = plan(&fp(8), Some(&fp(4)), free(2)).unwrap_err();
+        assert!(
+            e.contains("smaller [model] context") && e.contains("held by the running"),
+            "{e}"
+        );
+        // A discrete GPU's memory is not given back by releasing a CPU model.
+        let gpu = Some(FreeMemory {
+            bytes: 2 << 30,
+            system_ram: false,
+        });
+        assert!(plan(&fp(4), Some(&fp(4)), gpu).is_err());
+        assert_eq!(plan(&fp(4), None, None), Ok(Plan::Alongside));
+    }
+}

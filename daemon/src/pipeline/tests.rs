@@ -1,0 +1,473 @@
+//! The pipeline with scripted engines, sources and sinks.
+
+use super::*;
+use crate::control::Phase;
+use crate::engine::EngineError;
+use crate::sound::{EchoCancel, EchoReference, InFrame, Sink, SoundError, Source};
+use moshid_hal::FRAME_SAMPLES;
+use std::sync::Mutex;
+
+/// The state as the supervisor leaves it for a running pipeline (a model is loaded).
+fn ready(volume: u8, conversation: bool) -> Arc<Shared> {
+    let s = Arc::new(Shared::new("v", volume, conversation));
+    s.set_phase(Phase::Idle);
+    s
+}
+
+/// Echoes its input at half amplitude and says "w<N>" every 5 steps; optionally slow.
+struct Scripted {
+    n: usize,
+    delay: Duration,
+    resets: Arc<Mutex<usize>>,
+    inputs: Arc<Mutex<Vec<f32>>>,
+}
+impl Engine for Scripted {
+    fn step(&mut self, i: &[f32], o: &mut [f32], t: &mut String) -> Result<(), EngineError> {
+        std::thread::sleep(self.delay);
+        self.inputs.lock().unwrap().extend_from_slice(i);
+        for (o, i) in o.iter_mut().zip(i) {
+            *o = i * 0.5;
+        }
+        self.n += 1;
+        if self.n % 5 == 0 {
+            t.push_str(&format!(" w{}", self.n));
+        }
+        Ok(())
+    }
+    fn reset(&mut self) {
+        *self.resets.lock().unwrap() += 1;
+    }
+    fn describe(&self) -> String {
+        "scripted".into()
+    }
+}
+
+/// A source of constant frames, produced every `period` by its own thread.
+struct Synth {
+    rx: Receiver<InFrame>,
+}
+impl Synth {
+    fn new(frames: usize, period: Duration, value: f32) -> Synth {
+        let (tx, rx) = bounded(64);
+        std::thread::spawn(move || {
+            for _ in 0..frames {
+                let f = InFrame {
+                    samples: vec![value; FRAME_SAMPLES],
+                    captured_at: Instant::now(),
+                };
+                if tx.send(f).is_err() {
+                    return;
+                }
+                std::thread::sleep(period);
+            }
+        });
+        Synth { rx }
+    }
+}
+impl Source for Synth {
+    fn recv(&mut self, t: Duration) -> Result<Option<InFrame>, SoundError> {
+        match self.rx.recv_timeout(t) {
+            Ok(f) => Ok(Some(f)),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Ok(None),
+            Err(_) => Err(SoundError::Ended),
+        }
+    }
+    fn backlog(&self) -> usize {
+        self.rx.len()
+    }
+}
+
+struct Collect(Arc<Mutex<Vec<f32>>>);
+impl Sink for Collect {
+    fn play(&mut self, s: &[f32]) -> Result<(), SoundError> {
+        self.0.lock().unwrap().extend_from_slice(s);
+        Ok(())
+    }
+}
+
+fn run(
+    frames: usize,
+    period: Duration,
+    step: Duration,
+    shared: Arc<Shared>,
+    queue_frames: usize,
+) -> (Vec<f32>, Vec<f32>, Vec<Event>) {
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let inputs = Arc::new(Mutex::new(Vec::new()));
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1000);
+    let p = Pipeline::start(
+        Box::new(Scripted {
+            n: 0,
+            delay: step,
+            resets: Arc::new(Mutex::new(0)),
+            inputs: inputs.clone(),
+        }),
+        Endpoint::room(
+            Box::new(Synth::new(frames, period, 0.2)),
+            Box::new(Collect(out.clone())),
+        ),
+        None,
+        shared,
+        vec![tx],
+        Params {
+            queue_frames,
+            idle_timeout: None,
+        },
+    )
+    .unwrap();
+    p.wait();
+    let mut evs = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        evs.push(e);
+    }
+    let o = out.lock().unwrap().clone();
+    let i = inputs.lock().unwrap().clone();
+    (o, i, evs)
+}
+
+#[test]
+fn silence_ends_the_conversation_after_the_idle_timeout() {
+    let shared = ready(100, true);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1000);
+    let p = Pipeline::start(
+        Box::new(Scripted {
+            n: 0,
+            delay: Duration::ZERO,
+            resets: Arc::new(Mutex::new(0)),
+            inputs: Arc::new(Mutex::new(Vec::new())),
+        }),
+        // 40 silent frames, 5 ms apart: 200 ms of silence against a 60 ms timeout.
+        Endpoint::room(
+            Box::new(Synth::new(40, Duration::from_millis(5), 0.0)),
+            Box::new(Collect(Arc::new(Mutex::new(Vec::new())))),
+        ),
+        None,
+        shared.clone(),
+        vec![tx],
+        Params {
+            queue_frames: 30,
+            idle_timeout: Some(Duration::from_millis(60)),
+        },
+    )
+    .unwrap();
+    p.wait();
+    let mut evs = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        evs.push(e);
+    }
+    assert!(evs.contains(&Event::IdleTimeout), "{evs:?}");
+    assert!(!shared.conversation.load(Ordering::Relaxed));
+    assert_eq!(shared.phase(), Phase::Idle);
+    let steps = shared.steps.load(Ordering::Relaxed);
+    assert!((5..40).contains(&steps), "{steps} steps");
+}
+
+#[test]
+fn conversation_plays_model_audio_and_emits_text() {
+    let shared = ready(100, true);
+    let (out, _, evs) = run(
+        20,
+        Duration::from_millis(2),
+        Duration::ZERO,
+        shared.clone(),
+        30,
+    );
+    assert_eq!(out.len(), 20 * FRAME_SAMPLES);
+    assert!(out.iter().all(|&x| (x - 0.1).abs() < 1e-6));
+    let words: Vec<_> = evs
+        .iter()
+        .filter_map(|e| match e {
+            Event::Transcript { text, .. } => Some(text.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(words, [" w5", " w10", " w15", " w20"]);
+    assert_eq!(evs.last(), Some(&Event::SourceEnded));
+    assert_eq!(shared.phase(), Phase::Conversation);
+    assert_eq!(shared.dropped_frames.load(Ordering::Relaxed), 0);
+    assert!(shared.since_beat().is_some());
+}
+
+#[test]
+fn mute_feeds_silence_and_volume_scales() {
+    let shared = ready(50, true);
+    shared.muted.store(true, Ordering::Relaxed);
+    let (out, inputs, _) = run(5, Duration::from_millis(2), Duration::ZERO, shared, 30);
+    assert!(!inputs.is_empty() && inputs.iter().all(|&x| x == 0.0));
+    assert!(out.iter().all(|&x| x == 0.0));
+}
+
+#[test]
+fn idle_when_conversation_off() {
+    let shared = ready(100, false);
+    let (out, inputs, _) = run(
+        5,
+        Duration::from_millis(2),
+        Duration::ZERO,
+        shared.clone(),
+        30,
+    );
+    assert!(out.is_empty() && inputs.is_empty());
+    assert_eq!(shared.phase(), Phase::Idle);
+    assert_eq!(shared.steps.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn slow_engine_skips_frames_instead_of_queueing() {
+    // Frames every 2 ms, steps of 10 ms: inference is 5x slower than the input.
+    let shared = ready(100, true);
+    let (_, inputs, _) = run(
+        60,
+        Duration::from_millis(2),
+        Duration::from_millis(10),
+        shared.clone(),
+        2,
+    );
+    let dropped = shared.dropped_frames.load(Ordering::Relaxed);
+    let stepped = inputs.len() / FRAME_SAMPLES;
+    assert!(dropped > 20, "dropped {dropped}");
+    assert_eq!(stepped as u64 + dropped, 60);
+}
+
+/// A speaker whose device got something other than what the pipeline queued (as when
+/// the device fills silence): it hands the device's version back as echo reference.
+struct DeviceSink {
+    tx: Sender<moshid_hal::Frame>,
+    rx: Receiver<moshid_hal::Frame>,
+    spare: Option<Receiver<Vec<f32>>>,
+}
+impl Sink for DeviceSink {
+    fn play(&mut self, s: &[f32]) -> Result<(), SoundError> {
+        let mut buf = self
+            .spare
+            .as_ref()
+            .and_then(|r| r.try_recv().ok())
+            .unwrap_or_else(|| vec![0.0; FRAME_SAMPLES]);
+        buf.fill(-s[0]);
+        let _ = self.tx.send(moshid_hal::Frame {
+            samples: buf,
+            captured_at: Instant::now(),
+        });
+        Ok(())
+    }
+    fn echo_reference(&mut self) -> Option<EchoReference> {
+        let (spare_tx, spare_rx) = bounded(16);
+        self.spare = Some(spare_rx);
+        Some(EchoReference {
+            frames: self.rx.clone(),
+            spare: spare_tx,
+            playback: None,
+        })
+    }
+}
+
+struct RecordFar(Arc<Mutex<Vec<f32>>>);
+impl EchoCancel for RecordFar {
+    fn process(&mut self, far: &[f32], _near: &mut [f32]) {
+        self.0.lock().unwrap().push(far[0]);
+    }
+}
+
+#[test]
+fn canceller_gets_what_the_device_got() {
+    let shared = ready(100, true);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let rec = seen.clone();
+    let (tx, rx) = bounded(64);
+    let p = Pipeline::start(
+        Box::new(Scripted {
+            n: 0,
+            delay: Duration::ZERO,
+            resets: Arc::new(Mutex::new(0)),
+            inputs: Arc::new(Mutex::new(Vec::new())),
+        }),
+        // Input 0.2 -> the scripted model says 0.1 -> the device gets -0.1.
+        Endpoint::room(
+            Box::new(Synth::new(30, Duration::from_millis(5), 0.2)),
+            Box::new(DeviceSink {
+                tx,
+                rx,
+                spare: None,
+            }),
+        ),
+        Some(Box::new(move |_| {
+            Ok(Box::new(RecordFar(rec)) as Box<dyn EchoCancel>)
+        })),
+        shared,
+        Vec::new(),
+        Params {
+            queue_frames: 30,
+            idle_timeout: None,
+        },
+    )
+    .unwrap();
+    p.wait();
+    let far = seen.lock().unwrap().clone();
+    assert_eq!(far.len(), 30);
+    // Silence until the device has played something, then the device's version only:
+    // never the queued 0.1.
+    assert!(far.iter().all(|&x| x == 0.0 || x == -0.1), "{far:?}");
+    assert!(far.iter().filter(|&&x| x == -0.1).count() >= 20, "{far:?}");
+}
+
+/// An engine that says which thread dropped it.
+struct Tracked {
+    inner: Scripted,
+    dropped_on: Arc<Mutex<Option<String>>>,
+}
+impl Engine for Tracked {
+    fn step(&mut self, i: &[f32], o: &mut [f32], t: &mut String) -> Result<(), EngineError> {
+        self.inner.step(i, o, t)
+    }
+    fn reset(&mut self) {}
+    fn describe(&self) -> String {
+        "tracked".into()
+    }
+}
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        let name = std::thread::current().name().map(str::to_string);
+        *self.dropped_on.lock().unwrap() = name;
+    }
+}
+
+fn scripted() -> Scripted {
+    Scripted {
+        n: 0,
+        delay: Duration::ZERO,
+        resets: Arc::new(Mutex::new(0)),
+        inputs: Arc::new(Mutex::new(Vec::new())),
+    }
+}
+
+#[test]
+fn swapped_and_released_models_are_dropped_off_the_realtime_thread() {
+    let shared = ready(100, true);
+    let dropped_on = Arc::new(Mutex::new(None));
+    let p = Pipeline::start(
+        Box::new(Tracked {
+            inner: scripted(),
+            dropped_on: dropped_on.clone(),
+        }),
+        Endpoint::room(
+            Box::new(Synth::new(200, Duration::from_millis(5), 0.2)),
+            Box::new(Collect(Arc::new(Mutex::new(Vec::new())))),
+        ),
+        None,
+        shared.clone(),
+        Vec::new(),
+        Params {
+            queue_frames: 30,
+            idle_timeout: None,
+        },
+    )
+    .unwrap();
+    let second = Arc::new(Mutex::new(None));
+    p.swap_engine(Box::new(Tracked {
+        inner: scripted(),
+        dropped_on: second.clone(),
+    }));
+    let waited = Instant::now();
+    while dropped_on.lock().unwrap().is_none() && waited.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(dropped_on.lock().unwrap().as_deref(), Some("moshid-reaper"));
+    // Release: returns once the model's memory is free, dropped by the reaper too.
+    assert!(p.releaser().release(Duration::from_secs(5)));
+    assert_eq!(second.lock().unwrap().as_deref(), Some("moshid-reaper"));
+    // The pipeline keeps running without a model (silence) and gives back the placeholder.
+    let engine = p
+        .stop(Duration::from_secs(2))
+        .expect("the model comes back");
+    assert!(
+        engine.describe().contains("no model"),
+        "{}",
+        engine.describe()
+    );
+}
+
+/// A remote client: frames of `value` from a channel, played audio collected.
+struct Remote {
+    rx: Receiver<InFrame>,
+}
+impl Source for Remote {
+    fn recv(&mut self, t: Duration) -> Result<Option<InFrame>, SoundError> {
+        match self.rx.recv_timeout(t) {
+            Ok(f) => Ok(Some(f)),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Ok(None),
+            Err(_) => Err(SoundError::Ended),
+        }
+    }
+    fn backlog(&self) -> usize {
+        self.rx.len()
+    }
+}
+
+#[test]
+fn a_remote_endpoint_takes_the_conversation_and_gives_it_back() {
+    let shared = ready(100, true);
+    let room_out = Arc::new(Mutex::new(Vec::new()));
+    let remote_out = Arc::new(Mutex::new(Vec::new()));
+    let (ev_tx, mut ev_rx) = tokio::sync::mpsc::channel(1000);
+    let p = Pipeline::start(
+        Box::new(scripted()),
+        Endpoint::room(
+            // The room says 0.2 (the model answers 0.1) for 3 s.
+            Box::new(Synth::new(600, Duration::from_millis(5), 0.2)),
+            Box::new(Collect(room_out.clone())),
+        ),
+        None,
+        shared.clone(),
+        vec![ev_tx],
+        Params {
+            queue_frames: 30,
+            idle_timeout: None,
+        },
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let (tx, rx) = bounded(64);
+    p.take_over(Endpoint::remote(
+        "web test",
+        Box::new(Remote { rx }),
+        Box::new(Collect(remote_out.clone())),
+    ));
+    // The remote client says 0.6: the model answers it with 0.3, on its sink only.
+    for _ in 0..20 {
+        tx.send(InFrame {
+            samples: vec![0.6; FRAME_SAMPLES],
+            captured_at: Instant::now(),
+        })
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(shared.snapshot().endpoint, "web test");
+    drop(tx); // the client leaves
+    let waited = Instant::now();
+    while shared.snapshot().endpoint != "room" && waited.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(shared.snapshot().endpoint, "room");
+    std::thread::sleep(Duration::from_millis(100));
+    p.stop(Duration::from_secs(2));
+    let remote = remote_out.lock().unwrap().clone();
+    assert_eq!(remote.len(), 20 * FRAME_SAMPLES);
+    assert!(remote.iter().all(|&x| (x - 0.3).abs() < 1e-6));
+    let room = room_out.lock().unwrap().clone();
+    assert!(
+        room.iter().all(|&x| (x - 0.1).abs() < 1e-6),
+        "the room never hears the remote"
+    );
+    assert!(
+        room.len() > 10 * FRAME_SAMPLES,
+        "the room talks before and after"
+    );
+    let mut ended = false;
+    while let Ok(e) = ev_rx.try_recv() {
+        ended |= e
+            == Event::EndpointEnded {
+                name: "web test".into(),
+            };
+    }
+    assert!(ended);
+}

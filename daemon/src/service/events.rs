@@ -1,0 +1,53 @@
+//! The supervisor's inputs: every one is an [`Event`] on one channel, handled by one method
+//! of `Supervisor`.
+
+use super::loader::LoadDone;
+use crate::control::Command;
+use crate::endpoint::Endpoint;
+use anyhow::Context;
+use std::sync::mpsc::Sender;
+
+/// Something the supervisor must react to.
+pub enum Event {
+    /// SIGTERM or SIGINT: stop within 2 s.
+    Stop,
+    /// SIGHUP: re-read the configuration.
+    Reload,
+    /// A validated MQTT command.
+    Command(Command),
+    /// The loader finished (a model, a failure, or a cancelled load).
+    Loaded(Box<LoadDone>),
+    /// A remote endpoint (a web session) takes the conversation from the room.
+    // Sent by remote endpoints (issue 11: the web session), none of which exists yet.
+    #[allow(dead_code)]
+    TakeOver(Endpoint),
+    /// The room takes the conversation back.
+    #[allow(dead_code)]
+    GiveBack,
+    /// Nothing else happened for 100 ms: periodic duties.
+    Tick,
+}
+
+/// Forwards SIGTERM/SIGINT/SIGHUP as events.
+pub fn spawn_signals(tx: Sender<Event>) -> anyhow::Result<signal_hook::iterator::Handle> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .context("cannot install signal handlers")?;
+    let handle = signals.handle();
+    std::thread::Builder::new()
+        .name("moshid-signals".into())
+        .spawn(move || {
+            for s in signals.forever() {
+                let ev = if s == SIGHUP {
+                    Event::Reload
+                } else {
+                    Event::Stop
+                };
+                if tx.send(ev).is_err() {
+                    break;
+                }
+            }
+        })
+        .context("cannot start the signal thread")?;
+    Ok(handle)
+}
