@@ -403,6 +403,32 @@ impl Source for Remote {
     }
 }
 
+/// A client that says 0.6 for 20 frames (the model answers 0.3 on its sink only), then
+/// leaves; returns once the room has the conversation again.
+fn remote_session(p: &Pipeline, shared: &Shared, out: Arc<Mutex<Vec<f32>>>) {
+    let (tx, rx) = bounded(64);
+    p.take_over(Endpoint::remote(
+        "web test",
+        Box::new(Remote { rx }),
+        Box::new(Collect(out)),
+    ));
+    for _ in 0..20 {
+        let f = InFrame {
+            samples: vec![0.6; FRAME_SAMPLES],
+            captured_at: Instant::now(),
+        };
+        tx.send(f).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(shared.snapshot().endpoint, "web test");
+    drop(tx);
+    let waited = Instant::now();
+    while shared.snapshot().endpoint != "room" && waited.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(shared.snapshot().endpoint, "room");
+}
+
 #[test]
 fn a_remote_endpoint_takes_the_conversation_and_gives_it_back() {
     let shared = ready(100, true);
@@ -426,28 +452,7 @@ fn a_remote_endpoint_takes_the_conversation_and_gives_it_back() {
     )
     .unwrap();
     std::thread::sleep(Duration::from_millis(100));
-    let (tx, rx) = bounded(64);
-    p.take_over(Endpoint::remote(
-        "web test",
-        Box::new(Remote { rx }),
-        Box::new(Collect(remote_out.clone())),
-    ));
-    // The remote client says 0.6: the model answers it with 0.3, on its sink only.
-    for _ in 0..20 {
-        tx.send(InFrame {
-            samples: vec![0.6; FRAME_SAMPLES],
-            captured_at: Instant::now(),
-        })
-        .unwrap();
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert_eq!(shared.snapshot().endpoint, "web test");
-    drop(tx); // the client leaves
-    let waited = Instant::now();
-    while shared.snapshot().endpoint != "room" && waited.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert_eq!(shared.snapshot().endpoint, "room");
+    remote_session(&p, &shared, remote_out.clone());
     std::thread::sleep(Duration::from_millis(100));
     p.stop(Duration::from_secs(2));
     let remote = remote_out.lock().unwrap().clone();
