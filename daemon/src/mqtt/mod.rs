@@ -18,7 +18,7 @@ use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, EventLoop, LastWill, MqttOptions, Packet, QoS,
 };
 use serde_json::json;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -227,6 +227,7 @@ pub fn start(
         shared,
         on_command,
         broker: format!("{}:{}", cfg.host, cfg.port),
+        queued: AtomicUsize::new(0),
     };
     let thread = std::thread::Builder::new()
         .name("moshid-mqtt".into())
@@ -255,6 +256,8 @@ pub fn start(
 /// broker (availability, discovery, state: about ten messages) is published right after
 /// each ConnAck into an empty queue, and nothing else is queued while disconnected.
 const REQUEST_CAPACITY: usize = 64;
+/// Room kept free for what the broker must know: transcripts never take the last slots.
+const RESERVED: usize = 16;
 
 struct Ctx {
     topics: Topics,
@@ -263,6 +266,8 @@ struct Ctx {
     shared: Arc<Shared>,
     on_command: CommandFn,
     broker: String,
+    /// Requests handed to rumqttc that it has not written out yet.
+    queued: AtomicUsize,
 }
 
 impl Ctx {
@@ -271,6 +276,19 @@ impl Ctx {
             .is_err()
         {
             self.shared.dropped_events.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.queued.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// rumqttc wrote a request out (or the queue went with its client).
+    fn written(&self, reset: bool) {
+        if reset {
+            self.queued.store(0, Ordering::Relaxed);
+        } else {
+            let _ = self
+                .queued
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| q.checked_sub(1));
         }
     }
 
@@ -299,9 +317,12 @@ impl Ctx {
     /// Everything a (re)connected session needs: retained topics and subscriptions.
     fn on_connected(&self, c: &AsyncClient) {
         self.announce(c);
-        let _ = c.try_subscribe(format!("{}/set/+", self.topics.base), QoS::AtLeastOnce);
-        if let Some(prefix) = &self.discovery {
-            let _ = c.try_subscribe(format!("{prefix}/status"), QoS::AtLeastOnce);
+        let mut subs = vec![format!("{}/set/+", self.topics.base)];
+        subs.extend(self.discovery.as_ref().map(|p| format!("{p}/status")));
+        for t in subs {
+            if c.try_subscribe(t, QoS::AtLeastOnce).is_ok() {
+                self.queued.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -359,18 +380,28 @@ impl Ctx {
                 .fetch_add(1, Ordering::Relaxed);
             return;
         }
+        if self.queued.load(Ordering::Relaxed) >= REQUEST_CAPACITY - RESERVED {
+            // The broker is slow: the last slots are for availability and state.
+            self.shared
+                .dropped_transcripts
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let msg = json!({ "text": text, "time": (time * 1000.0).round() / 1000.0 });
-        if c.try_publish(
+        match c.try_publish(
             &self.topics.transcript,
             QoS::AtMostOnce,
             false,
             msg.to_string(),
-        )
-        .is_err()
-        {
-            self.shared
-                .dropped_transcripts
-                .fetch_add(1, Ordering::Relaxed);
+        ) {
+            Ok(()) => {
+                self.queued.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.shared
+                    .dropped_transcripts
+                    .fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -426,6 +457,7 @@ impl Session {
         }
         self.connected = false;
         (self.client, self.eventloop) = AsyncClient::new(self.opts.clone(), REQUEST_CAPACITY);
+        self.ctx.written(true);
     }
 
     /// Re-publishes the state on any change, and every 2 s for the moving figures.
@@ -469,6 +501,9 @@ async fn serve(
         tokio::select! {
             ev = s.eventloop.poll() => match ev {
                 Ok(rumqttc::Event::Incoming(p)) => s.on_packet(p),
+                Ok(rumqttc::Event::Outgoing(
+                    rumqttc::Outgoing::Publish(_) | rumqttc::Outgoing::Subscribe(_),
+                )) => s.ctx.written(false),
                 Ok(_) => {}
                 Err(e) => {
                     s.on_error(e);
