@@ -777,55 +777,15 @@ impl PlaybackWorker {
         self.shared.set_state(StreamState::Running);
         let mut spare: Option<Vec<f32>> = None;
         let (started, mut played) = (Instant::now(), 0u64);
-        'outer: while !self.shared.stop.load(Ordering::Relaxed) {
-            let frame = match self.rx.recv_timeout(FRAME_DURATION) {
-                Ok(f) => f,
-                Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) if !self.fill_gaps => continue,
-                Err(RecvTimeoutError::Timeout) => {
-                    // Starved: keep the device fed with silence so it does not underrun.
-                    self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-                    let mut s = spare.take().unwrap_or_else(|| vec![0.0; FRAME_SAMPLES]);
-                    s.iter_mut().for_each(|v| *v = 0.0);
-                    Frame {
-                        samples: s,
-                        captured_at: Instant::now(),
-                    }
-                }
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            let frame = match self.next_frame(&mut spare) {
+                Ok(Some(f)) => f,
+                Ok(None) => continue,
+                Err(()) => break,
             };
-            if self.resampler.push(&frame.samples).is_err() {
-                self.resampler.reset();
-            }
-            let n = self.resampler.available().min(self.mono.len());
-            let _ = self.resampler.pop(&mut self.mono[..n]);
-            let ch = self.dev.params().channels;
-            for (f, &v) in self.inter.chunks_exact_mut(ch).zip(&self.mono[..n]) {
-                f.iter_mut().for_each(|s| *s = v);
-            }
-            let handed = Instant::now();
-            let mut off = 0;
-            while off < n {
-                if self.shared.stop.load(Ordering::Relaxed) {
-                    break 'outer;
-                }
-                match self.dev.write(&self.inter[off * ch..n * ch]) {
-                    Ok(w) => off += w,
-                    Err(DeviceError::Xrun) => {
-                        self.shared.xruns.fetch_add(1, Ordering::Relaxed);
-                        if self.dev.recover().is_err() && !self.reopen_device() {
-                            break 'outer;
-                        }
-                    }
-                    Err(DeviceError::Lost(e)) => {
-                        self.shared.set_error(e);
-                        if !self.reopen_device() {
-                            break 'outer;
-                        }
-                        break;
-                    }
-                    Err(DeviceError::EndOfStream) => break 'outer,
-                }
-            }
+            let Some(handed) = self.write_frame(&frame.samples) else {
+                break;
+            };
             self.shared.frames.fetch_add(1, Ordering::Relaxed);
             played += 1;
             if self.pace {
@@ -836,24 +796,86 @@ impl PlaybackWorker {
                     self.shared.sleep(due - now);
                 }
             }
-            let r = Frame {
-                samples: frame.samples,
-                captured_at: handed,
-            };
-            match self.ref_tx.try_send(r) {
-                Ok(()) => {}
-                Err(TrySendError::Full(r)) => {
-                    // Nobody is reading the reference: keep the newest, recycle the oldest.
-                    if let Ok(old) = self.ref_drain.try_recv() {
-                        let _ = self.pool.try_send(old.samples);
-                    }
-                    let _ = self.ref_tx.try_send(r);
-                }
-                Err(TrySendError::Disconnected(r)) => spare = Some(r.samples),
-            }
+            self.send_reference(frame.samples, handed, &mut spare);
         }
         let _ = self.dev.finish();
         self.shared.set_state(StreamState::Finished);
+    }
+
+    /// The next frame to play: queued, or silence when starved on a real-time device;
+    /// `Ok(None)` means wait again, `Err` that the sender is gone.
+    fn next_frame(&mut self, spare: &mut Option<Vec<f32>>) -> Result<Option<Frame>, ()> {
+        match self.rx.recv_timeout(FRAME_DURATION) {
+            Ok(f) => Ok(Some(f)),
+            Err(RecvTimeoutError::Disconnected) => Err(()),
+            Err(RecvTimeoutError::Timeout) if !self.fill_gaps => Ok(None),
+            Err(RecvTimeoutError::Timeout) => {
+                // Starved: keep the device fed with silence so it does not underrun.
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                let mut s = spare.take().unwrap_or_else(|| vec![0.0; FRAME_SAMPLES]);
+                s.iter_mut().for_each(|v| *v = 0.0);
+                Ok(Some(Frame {
+                    samples: s,
+                    captured_at: Instant::now(),
+                }))
+            }
+        }
+    }
+
+    /// Resamples, interleaves and writes one frame, recovering xruns and reopening a lost
+    /// device; returns when it was handed to the device, None to stop.
+    fn write_frame(&mut self, samples: &[f32]) -> Option<Instant> {
+        if self.resampler.push(samples).is_err() {
+            self.resampler.reset();
+        }
+        let n = self.resampler.available().min(self.mono.len());
+        let _ = self.resampler.pop(&mut self.mono[..n]);
+        let ch = self.dev.params().channels;
+        for (f, &v) in self.inter.chunks_exact_mut(ch).zip(&self.mono[..n]) {
+            f.iter_mut().for_each(|s| *s = v);
+        }
+        let handed = Instant::now();
+        let mut off = 0;
+        while off < n {
+            if self.shared.stop.load(Ordering::Relaxed) {
+                return None;
+            }
+            match self.dev.write(&self.inter[off * ch..n * ch]) {
+                Ok(w) => off += w,
+                Err(DeviceError::Xrun) => {
+                    self.shared.xruns.fetch_add(1, Ordering::Relaxed);
+                    if self.dev.recover().is_err() && !self.reopen_device() {
+                        return None;
+                    }
+                }
+                Err(DeviceError::Lost(e)) => {
+                    self.shared.set_error(e);
+                    // The rest of this frame is lost with the device.
+                    return self.reopen_device().then_some(handed);
+                }
+                Err(DeviceError::EndOfStream) => return None,
+            }
+        }
+        Some(handed)
+    }
+
+    /// Hands the frame to the echo reference, stamped with when the device got it.
+    fn send_reference(&mut self, samples: Vec<f32>, handed: Instant, spare: &mut Option<Vec<f32>>) {
+        let r = Frame {
+            samples,
+            captured_at: handed,
+        };
+        match self.ref_tx.try_send(r) {
+            Ok(()) => {}
+            Err(TrySendError::Full(r)) => {
+                // Nobody is reading the reference: keep the newest, recycle the oldest.
+                if let Ok(old) = self.ref_drain.try_recv() {
+                    let _ = self.pool.try_send(old.samples);
+                }
+                let _ = self.ref_tx.try_send(r);
+            }
+            Err(TrySendError::Disconnected(r)) => *spare = Some(r.samples),
+        }
     }
 
     fn reopen_device(&mut self) -> bool {
