@@ -440,9 +440,11 @@ impl Daemon {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
-    /// Resets the peak RSS (`VmHWM`) to the current RSS (Linux `clear_refs` 5).
-    pub fn reset_peak(&self) {
-        let _ = std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5");
+    /// Resets the peak RSS (`VmHWM`) to the current RSS (Linux `clear_refs` 5); false where
+    /// that is not allowed (some containers).
+    pub fn reset_peak(&self) -> bool {
+        std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5").is_ok()
+            && self.mem("VmHWM") <= self.mem("VmRSS") + (4 << 20)
     }
 
     /// A `/proc/PID/status` figure in bytes, e.g. `VmHWM` (peak RSS) or `VmRSS`.
