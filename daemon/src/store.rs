@@ -139,10 +139,9 @@ fn local(l: &LocalFiles) -> Result<ModelSpec, StoreError> {
         path: path.clone(),
         message: e.to_string(),
     };
-    let lm_config = match &l.lm_config {
-        Some(p) => LmConfig::from_json_file(p).map_err(|e| bad(p, &e))?,
-        None => LmConfig::v0_1(),
-    };
+    // The JSON when given, else what a GGUF written by `moshid quantize` carries, else 7B.
+    let lm_config = LmConfig::for_checkpoint(l.lm_config.as_deref(), &l.lm)
+        .map_err(|e| bad(l.lm_config.as_ref().unwrap_or(&l.lm), &e))?;
     let mimi_config = match &l.mimi_config {
         Some(p) => MimiConfig::from_json_file(p).map_err(|e| bad(p, &e))?,
         None => MimiConfig::v0_1(),

@@ -108,17 +108,26 @@ fn quantize_then_infer_and_bench_on_gguf() {
     for (layout, ty) in [("candle", "q8_0"), ("pytorch", "q4_0"), ("candle", "q4k")] {
         let gguf = dir.path().join(format!("{layout}.{ty}.gguf"));
         let src = fx(&format!("lm/model_{layout}.safetensors"));
-        ok(&["quantize", "--in", s(&src), "--out", s(&gguf), "--type", ty]);
+        ok(&[
+            "quantize",
+            "--in",
+            s(&src),
+            "--out",
+            s(&gguf),
+            "--type",
+            ty,
+            "--lm-config",
+            s(&cfg),
+        ]);
         let head = std::fs::read(&gguf).unwrap();
         assert_eq!(&head[..4], b"GGUF");
         let codes = write_codes(dir.path(), &fixture_codes());
         let trace = dir.path().join("t.jsonl");
+        // No --lm-config: the GGUF carries its configuration.
         ok(&[
             "infer",
             "--lm",
             s(&gguf),
-            "--lm-config",
-            s(&cfg),
             "--input-codes",
             s(&codes),
             "--trace",
@@ -135,8 +144,6 @@ fn quantize_then_infer_and_bench_on_gguf() {
         "lm",
         "--lm",
         s(&gguf),
-        "--lm-config",
-        s(&cfg),
         "--steps",
         "5",
         "--full-context",

@@ -6,12 +6,12 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum HalError {
     /// A file could not be opened, read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The OS error (in the message, not a `source`, so that it is printed once).
+        error: std::io::Error,
     },
     /// A file is not a usable WAV file.
     #[error("{path}: {reason}")]

@@ -10,6 +10,8 @@ pub mod aec;
 pub mod alsa;
 pub mod device;
 mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod resample;
 pub mod stream;
 pub mod wav;

@@ -12,6 +12,18 @@ fn rubato_err(e: impl std::fmt::Display) -> HalError {
     HalError::Resample(e.to_string())
 }
 
+/// Refuses NaN and infinite samples, which the FFT would spread over whole blocks (and
+/// which make rubato panic).
+fn check_finite(samples: &[f32]) -> Result<(), HalError> {
+    match samples.iter().position(|x| !x.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(HalError::Resample(format!(
+            "input sample {i} is {}: audio must be finite numbers",
+            samples[i]
+        ))),
+    }
+}
+
 /// Resamples a whole mono clip from `from` Hz to `to` Hz; the output is time-aligned with
 /// the input (the resampler's delay is trimmed) and `ceil(len * to / from)` samples long.
 pub fn resample_clip(samples: &[f32], from: u32, to: u32) -> Result<Vec<f32>, HalError> {
@@ -20,6 +32,7 @@ pub fn resample_clip(samples: &[f32], from: u32, to: u32) -> Result<Vec<f32>, Ha
             "sample rates must be positive (got {from} Hz -> {to} Hz)"
         )));
     }
+    check_finite(samples)?;
     if from == to || samples.is_empty() {
         return Ok(samples.to_vec());
     }
@@ -77,7 +90,9 @@ impl StreamResampler {
     }
 
     /// Feeds input samples; the converted samples become available to [`Self::pop`].
+    /// Non-finite samples are refused (nothing of `input` is taken).
     pub fn push(&mut self, mut input: &[f32]) -> Result<(), HalError> {
+        check_finite(input)?;
         let Some(rs) = self.inner.as_mut() else {
             self.ready.extend(input.iter().copied());
             return Ok(());

@@ -186,6 +186,22 @@ impl CaptureConfig {
     }
 }
 
+/// Highest microphone gain accepted (+40 dB).
+pub const MAX_GAIN: f32 = 100.0;
+
+impl CaptureConfig {
+    /// Checks the values a capture cannot run with (the gain multiplies every sample).
+    pub fn validate(&self) -> Result<(), HalError> {
+        if !(self.gain.is_finite() && (0.0..=MAX_GAIN).contains(&self.gain)) {
+            return Err(HalError::Config(format!(
+                "microphone gain {}: use 0..={MAX_GAIN}",
+                self.gain
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Playback configuration.
 #[derive(Debug, Clone)]
 pub struct PlaybackConfig {
@@ -344,6 +360,7 @@ impl CaptureStream {
 
     /// Like [`Self::start`] with a custom device opener (e.g. a wrapper that injects faults).
     pub fn with_opener(cfg: &CaptureConfig, mut opener: CaptureOpener) -> Result<Self, HalError> {
+        cfg.validate()?;
         let dev = opener()?;
         let params = dev.params().clone();
         let pick = check_channels(&cfg.mic_channels, &params, &cfg.device)?;

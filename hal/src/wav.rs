@@ -17,7 +17,7 @@ fn wav_err(path: &Path, e: hound::Error) -> HalError {
         hound::Error::IoError(io) => {
             return HalError::Io {
                 path: path.to_path_buf(),
-                source: io,
+                error: io,
             }
         }
         hound::Error::FormatError(what) => format!(
@@ -56,15 +56,31 @@ pub fn read_mono(path: &Path) -> Result<(Vec<f32>, u32), HalError> {
     Ok((mono, rate))
 }
 
+/// Lowest sample rate a WAV file may declare: below it the header is damaged, not audio.
+pub const MIN_FILE_RATE: u32 = 4_000;
+/// Highest sample rate a WAV file may declare (studio formats stop at 384 kHz).
+pub const MAX_FILE_RATE: u32 = 384_000;
+
 /// Reads a WAV file as interleaved f32 in [-1, 1]; returns (samples, channels, rate).
+/// Refuses headers outside audio (rates outside 4-384 kHz, no channels) and float samples
+/// that are NaN or infinite, naming where the first one is.
 pub fn read_interleaved(path: &Path) -> Result<(Vec<f32>, usize, u32), HalError> {
-    let reader = hound::WavReader::open(path).map_err(|e| wav_err(path, e))?;
+    let file = std::fs::File::open(path).map_err(|e| wav_err(path, hound::Error::IoError(e)))?;
+    read_interleaved_from(std::io::BufReader::new(file), path)
+}
+
+/// [`read_interleaved`] from any reader; `path` names it in errors.
+pub fn read_interleaved_from(
+    r: impl std::io::Read,
+    path: &Path,
+) -> Result<(Vec<f32>, usize, u32), HalError> {
+    let reader = hound::WavReader::new(r).map_err(|e| wav_err(path, e))?;
     let spec = reader.spec();
-    if spec.channels == 0 || spec.sample_rate == 0 {
+    if spec.channels == 0 || !(MIN_FILE_RATE..=MAX_FILE_RATE).contains(&spec.sample_rate) {
         return Err(HalError::Wav {
             path: path.to_path_buf(),
             reason: format!(
-                "header declares {} channels at {} Hz; the file is damaged",
+                "header declares {} channels at {} Hz (audio is 1 or more channels at {MIN_FILE_RATE}..={MAX_FILE_RATE} Hz); the file is damaged or not audio",
                 spec.channels, spec.sample_rate
             ),
         });
@@ -81,10 +97,24 @@ pub fn read_interleaved(path: &Path) -> Result<(Vec<f32>, usize, u32), HalError>
                     ),
                 });
             }
-            reader
+            let v: Vec<f32> = reader
                 .into_samples::<f32>()
                 .collect::<Result<_, _>>()
-                .map_err(|e| wav_err(path, e))?
+                .map_err(|e| wav_err(path, e))?;
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                let ch = spec.channels as usize;
+                return Err(HalError::Wav {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "sample {} (channel {}, at {:.3} s) is {}: a float WAV must hold finite numbers; the file is damaged",
+                        i / ch,
+                        i % ch,
+                        (i / ch) as f64 / spec.sample_rate as f64,
+                        v[i]
+                    ),
+                });
+            }
+            v
         }
         hound::SampleFormat::Int => {
             let bits = spec.bits_per_sample;

@@ -372,6 +372,19 @@ fn a_missing_device_is_named_and_what_exists_is_listed() {
         .expect("bad channel")
         .to_string();
     assert!(e.contains("channel 3") && e.contains("1 channels"), "{e}");
+
+    for gain in [f32::NAN, f32::INFINITY, -1.0, 1e6] {
+        let mut cfg = CaptureConfig::new("chk");
+        cfg.gain = gain;
+        let e = CaptureStream::start(&cfg)
+            .err()
+            .expect("bad gain")
+            .to_string();
+        assert!(
+            e.contains("microphone gain") && e.contains("0..=100"),
+            "{e}"
+        );
+    }
 }
 
 #[test]

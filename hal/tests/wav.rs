@@ -142,3 +142,67 @@ fn bad_files_say_what_is_wrong() {
         .to_string();
     assert!(e.contains("x.wav"), "{e}");
 }
+
+fn write_float(path: &Path, rate: u32, samples: &[f32]) {
+    let spec = hound::WavSpec {
+        channels: 2,
+        sample_rate: rate,
+        bits_per_sample: 32,
+        sample_format: hound::SampleFormat::Float,
+    };
+    let mut w = hound::WavWriter::create(path, spec).unwrap();
+    for &s in samples {
+        w.write_sample(s).unwrap();
+    }
+    w.finalize().unwrap();
+}
+
+#[test]
+fn non_finite_float_samples_are_refused_with_their_position() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let p = dir.path().join("nan.wav");
+        let mut v = vec![0.1f32; 48_000];
+        v[24_001] = bad; // frame 12000, right channel: 0.5 s at 24 kHz
+        write_float(&p, 24_000, &v);
+        let err = wav::read_mono_24k(&p).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, HalError::Wav { .. }), "{msg}");
+        assert!(
+            msg.contains("nan.wav") && msg.contains("sample 12000 (channel 1, at 0.500 s)"),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
+fn header_rates_outside_audio_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for rate in [1, 3_999, 384_001, 10_000_000] {
+        let p = dir.path().join("r.wav");
+        write_float(&p, rate, &[0.0; 8]);
+        let msg = wav::read_interleaved(&p).unwrap_err().to_string();
+        assert!(
+            msg.contains(&format!("{rate} Hz")) && msg.contains("r.wav"),
+            "{msg}"
+        );
+    }
+    for rate in [wav::MIN_FILE_RATE, wav::MAX_FILE_RATE] {
+        let p = dir.path().join("ok.wav");
+        write_float(&p, rate, &[0.0; 8]);
+        wav::read_interleaved(&p).unwrap();
+    }
+}
+
+#[test]
+fn the_resampler_refuses_non_finite_input_instead_of_panicking() {
+    let mut v = vec![0.0f32; 4800];
+    v[100] = f32::NAN;
+    let err = moshid_hal::resample::resample_clip(&v, 48_000, 24_000).unwrap_err();
+    assert!(err.to_string().contains("sample 100 is NaN"), "{err}");
+    let mut rs = moshid_hal::resample::StreamResampler::new(48_000, MODEL_RATE).unwrap();
+    assert!(rs.push(&v).is_err());
+    // The stream is still usable after the refusal.
+    rs.push(&[0.0; 4800]).unwrap();
+    assert!(rs.available() > 0);
+}

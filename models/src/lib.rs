@@ -3,6 +3,10 @@
 //! Nothing here touches audio devices or the network; the only I/O is loading weights.
 
 pub mod device;
+mod finite;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod lm;
 pub mod mimi;
+mod replace;
 pub mod tokenizer;

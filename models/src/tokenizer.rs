@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
     /// The file could not be read.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
+        /// The OS error (in the message, not a `source`, so that it is printed once).
+        error: std::io::Error,
     },
     /// The file is not a SentencePiece model.
     #[error("{path}: not a SentencePiece model ({what}); pass tokenizer_spm_32k_3.model from the Moshi repository")]
@@ -47,9 +47,9 @@ pub const SKIPPED_IDS: [u32; 2] = [0, 3];
 impl TextTokenizer {
     /// Reads a SentencePiece `.model` file.
     pub fn from_file(path: &Path) -> Result<Self, TokenizerError> {
-        let bytes = std::fs::read(path).map_err(|source| TokenizerError::Io {
+        let bytes = std::fs::read(path).map_err(|error| TokenizerError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Self::from_bytes(&bytes).map_err(|what| TokenizerError::Format {
             path: path.to_path_buf(),

@@ -268,9 +268,12 @@ fn quantized_gguf_runs_and_reports_agreement() {
                 &fixtures().join(format!("model_{layout}.safetensors")),
                 &out,
                 ty,
+                &c,
             )
             .unwrap();
             assert!(rep.quantized + rep.fallback > 0);
+            // The configuration travels in the file: no side JSON needed to load it.
+            assert_eq!(LmConfig::stored_in(&out).unwrap().as_ref(), Some(&c));
             let m = LmModel::load(&out, &c, None, &Device::Cpu).unwrap();
             assert!(m.is_gguf());
             let r = run(&m, 3000, &codes);
@@ -356,8 +359,18 @@ fn missing_or_misshaped_tensors_are_named() {
 
 #[test]
 fn wrong_config_is_refused_with_the_key() {
+    let text = std::fs::read_to_string(fixtures().join("config.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["gating"] = "gelu".into();
+    let err = LmConfig::from_json_str(&v.to_string(), "test.json")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("gating `gelu`") && err.contains("test.json"),
+        "{err}"
+    );
     let mut c = cfg();
-    c.gating = "gelu".into();
+    c.num_heads = 0;
     let err = LmModel::load(
         &fixtures().join("model_candle.safetensors"),
         &c,
@@ -366,5 +379,5 @@ fn wrong_config_is_refused_with_the_key() {
     )
     .unwrap_err()
     .to_string();
-    assert!(err.contains("gating `gelu`"), "{err}");
+    assert!(err.contains("num_heads 0"), "{err}");
 }

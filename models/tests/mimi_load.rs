@@ -28,8 +28,10 @@ fn tmpdir(name: &str) -> PathBuf {
 fn full_size_names_and_shapes_match_the_reference_manifest() {
     let text = std::fs::read_to_string(fixtures().join("manifest_v0_1.json")).unwrap();
     let manifest: BTreeMap<String, Vec<usize>> = serde_json::from_str(&text).unwrap();
-    let ours: BTreeMap<String, Vec<usize>> =
-        expected_tensors(&MimiConfig::v0_1()).into_iter().collect();
+    let ours: BTreeMap<String, Vec<usize>> = expected_tensors(&MimiConfig::v0_1())
+        .unwrap()
+        .into_iter()
+        .collect();
     assert_eq!(manifest.len(), 318, "the released file has 318 tensors");
     for (k, v) in &manifest {
         assert_eq!(ours.get(k), Some(v), "reference tensor {k} {v:?}");
@@ -124,6 +126,42 @@ fn extra_tensor_is_named() {
             .contains("unexpected tensor `lm.head.weight`"),
         "{err}"
     );
+}
+
+#[test]
+fn nan_weights_are_refused_with_the_tensor_name() {
+    let name = "encoder_transformer.transformer.layers.0.linear1.weight";
+    let err = load_edited("nan", |t| {
+        let x = &t[name];
+        let mut v: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+        v[3] = f32::NAN;
+        let y = Tensor::from_vec(v, x.shape(), &Device::Cpu).unwrap();
+        t.insert(name.into(), y);
+    });
+    let msg = err.to_string();
+    assert!(
+        msg.contains(name) && msg.contains("NaN") && msg.contains("w.safetensors"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn the_random_writer_writes_exactly_what_the_loader_asks_for() {
+    let dir = tmpdir("writer");
+    let path = dir.join("m.safetensors");
+    let cfg = small();
+    write_random_checkpoint(&cfg, 1, &path).unwrap();
+    let written: BTreeMap<String, Vec<usize>> = candle_core::safetensors::load(&path, &Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| (k, t.dims().to_vec()))
+        .collect();
+    let expected: BTreeMap<String, Vec<usize>> =
+        expected_tensors(&cfg).unwrap().into_iter().collect();
+    assert_eq!(written, expected);
+    // Only the first codebooks are computed with, the others are still required.
+    Mimi::load(&path, &cfg, 2, &Device::Cpu).expect("2 of 8 codebooks");
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]

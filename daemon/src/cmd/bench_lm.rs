@@ -193,7 +193,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         anyhow::bail!("--steps must be at least 1");
     }
     let device = a.device.open()?;
-    let cfg = lm_config(a.lm_config.as_deref())?;
+    let cfg = lm_config(a.lm_config.as_deref(), &a.lm)?;
     let context = a.context.unwrap_or(cfg.context);
     let t0 = std::time::Instant::now();
     let model = load_lm(&a.lm, &cfg, a.dtype, &device, context)?;

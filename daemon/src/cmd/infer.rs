@@ -76,12 +76,10 @@ pub struct Args {
     pub context: Option<usize>,
 }
 
-/// Reads `--lm-config` or the 7B default.
-pub fn lm_config(path: Option<&Path>) -> anyhow::Result<LmConfig> {
-    Ok(match path {
-        Some(p) => LmConfig::from_json_file(p)?,
-        None => LmConfig::v0_1(),
-    })
+/// `--lm-config` when given, else the configuration stored in the checkpoint `weights`
+/// (GGUF files moshid wrote), else the 7B default.
+pub fn lm_config(path: Option<&Path>, weights: &Path) -> anyhow::Result<LmConfig> {
+    Ok(LmConfig::for_checkpoint(path, weights)?)
 }
 
 /// Loads the LM after printing (stderr) and checking what weights + KV cache will take.
@@ -113,7 +111,7 @@ struct CodesFile {
 /// Runs `moshid infer`.
 pub fn run(a: Args) -> anyhow::Result<()> {
     let device = a.device.open()?;
-    let cfg = lm_config(a.lm_config.as_deref())?;
+    let cfg = lm_config(a.lm_config.as_deref(), &a.lm)?;
     let dtype = a.dtype;
     if a.transcript.is_some() && a.tokenizer.is_none() {
         bail!(

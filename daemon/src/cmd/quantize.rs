@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args as ClapArgs;
-use moshid_models::lm::{quantize_file, write_random_gguf, QuantType};
+use moshid_models::lm::{quantize_file, write_random_gguf, LmConfig, QuantType};
 
 /// Arguments of `moshid quantize`.
 #[derive(ClapArgs, Debug)]
@@ -22,9 +22,19 @@ pub struct Args {
     /// the 7B shape) with this seed, tensor by tensor (for benchmarks; never a real voice).
     #[arg(long, conflicts_with = "input")]
     pub random_seed: Option<u64>,
-    /// lm_kwargs JSON for --random-seed.
-    #[arg(long, requires = "random_seed")]
+    /// lm_kwargs JSON of the model (default the 7B shape); stored in the GGUF's metadata, so
+    /// loading the result needs no side JSON.
+    #[arg(long)]
     pub lm_config: Option<PathBuf>,
+}
+
+/// `--lm-config` or the 7B default (the input of a quantization is a safetensors file,
+/// which carries no configuration).
+fn lm_config(path: Option<&std::path::Path>) -> anyhow::Result<LmConfig> {
+    Ok(match path {
+        Some(p) => LmConfig::from_json_file(p)?,
+        None => LmConfig::v0_1(),
+    })
 }
 
 /// Runs `moshid quantize`.
@@ -32,7 +42,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let ty: QuantType = a.ty.parse()?;
     let t0 = std::time::Instant::now();
     if let Some(seed) = a.random_seed {
-        let cfg = super::infer::lm_config(a.lm_config.as_deref())?;
+        let cfg = lm_config(a.lm_config.as_deref())?;
         write_random_gguf(&cfg, seed, &a.output, ty)
             .with_context(|| format!("writing {}", a.output.display()))?;
         let bytes = std::fs::metadata(&a.output)?.len();
@@ -48,7 +58,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .input
         .as_ref()
         .context("give --in FILE.safetensors (or --random-seed N)")?;
-    let r = quantize_file(input, &a.output, ty)
+    let cfg = lm_config(a.lm_config.as_deref())?;
+    let r = quantize_file(input, &a.output, ty, &cfg)
         .with_context(|| format!("quantizing {} to {}", input.display(), a.output.display()))?;
     eprintln!(
         "moshid: wrote {} ({:.2} GB) in {:.1} s: {} tensors {}, {} in a 32-block fallback (rows not a multiple of the block), {} norms in f32",

@@ -4,6 +4,91 @@ use serde::{Deserialize, Serialize};
 
 use super::LmError;
 
+/// A closed set of names in `lm_kwargs`: an enum with its one parser ([`std::str::FromStr`],
+/// also used by serde), which names the key and the accepted values when it refuses one.
+macro_rules! choice {
+    ($(#[$m:meta])* $name:ident, $key:literal, { $($(#[$vm:meta])* $var:ident = $s:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "&'static str")]
+        pub enum $name { $($(#[$vm])* $var),+ }
+
+        impl $name {
+            /// The name `lm_kwargs` uses.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$var => $s),+ }
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = LmError;
+            fn from_str(s: &str) -> Result<Self, LmError> {
+                match s {
+                    $($s => Ok(Self::$var),)+
+                    other => Err(LmError::Config(format!(
+                        concat!($key, " `{}` unsupported: only {}"),
+                        other,
+                        [$(concat!("`", $s, "`")),+].join(" / ")
+                    ))),
+                }
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = LmError;
+            fn try_from(s: String) -> Result<Self, LmError> {
+                s.parse()
+            }
+        }
+
+        impl From<$name> for &'static str {
+            fn from(v: $name) -> Self {
+                v.as_str()
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+choice!(
+    /// The transformers' normalisation (`norm`).
+    Norm, "norm", {
+        /// RMSNorm computed in f32, epsilon 1e-8 (the 7B's).
+        RmsNormF32 = "rms_norm_f32",
+        /// RMSNorm, epsilon 1e-5.
+        RmsNorm = "rms_norm",
+    }
+);
+
+choice!(
+    /// The feed-forward gating activation (`gating`).
+    Gating, "gating", {
+        /// SiLU-gated (SwiGLU-style) feed-forward.
+        Silu = "silu",
+    }
+);
+
+choice!(
+    /// The temporal transformer's positional embedding (`positional_embedding`).
+    PositionalEmbedding, "positional_embedding", {
+        /// Rotary embedding (interleaved pairs).
+        Rope = "rope",
+    }
+);
+
+choice!(
+    /// The depth transformer's positional embedding (`depformer_pos_emb`).
+    DepformerPosEmb, "depformer_pos_emb", {
+        /// None: the depth step is given by the per-step weights.
+        None = "none",
+    }
+);
+
 /// Moshi LM hyper-parameters, under the reference package's `lm_kwargs` key names.
 ///
 /// Unknown keys in the JSON are ignored; options this implementation does not support
@@ -36,15 +121,15 @@ pub struct LmConfig {
     /// RoPE max period.
     #[serde(default = "default_period")]
     pub max_period: f64,
-    /// FFN gating activation (only `silu`).
+    /// FFN gating activation.
     #[serde(default = "default_gating")]
-    pub gating: String,
-    /// Norm kind (`rms_norm_f32` or `rms_norm`).
+    pub gating: Gating,
+    /// Norm kind.
     #[serde(default = "default_norm")]
-    pub norm: String,
-    /// Temporal positional embedding (only `rope`).
+    pub norm: Norm,
+    /// Temporal positional embedding.
     #[serde(default = "default_rope")]
-    pub positional_embedding: String,
+    pub positional_embedding: PositionalEmbedding,
     /// Depth transformer width.
     pub depformer_dim: usize,
     /// Depth transformer FFN size before gating (default `hidden_scale * depformer_dim`).
@@ -54,9 +139,9 @@ pub struct LmConfig {
     pub depformer_num_heads: usize,
     /// Depth transformer layers.
     pub depformer_num_layers: usize,
-    /// Depth transformer positional embedding (only `none`).
+    /// Depth transformer positional embedding.
     #[serde(default = "default_none")]
-    pub depformer_pos_emb: String,
+    pub depformer_pos_emb: DepformerPosEmb,
     /// One set of depth weights per codebook step (must be true).
     #[serde(default = "default_true")]
     pub depformer_weights_per_step: bool,
@@ -79,17 +164,17 @@ fn default_context() -> usize {
 fn default_period() -> f64 {
     10000.0
 }
-fn default_gating() -> String {
-    "silu".into()
+fn default_gating() -> Gating {
+    Gating::Silu
 }
-fn default_norm() -> String {
-    "rms_norm_f32".into()
+fn default_norm() -> Norm {
+    Norm::RmsNormF32
 }
-fn default_rope() -> String {
-    "rope".into()
+fn default_rope() -> PositionalEmbedding {
+    PositionalEmbedding::Rope
 }
-fn default_none() -> String {
-    "none".into()
+fn default_none() -> DepformerPosEmb {
+    DepformerPosEmb::None
 }
 fn default_true() -> bool {
     true
@@ -113,14 +198,14 @@ impl LmConfig {
             hidden_scale: 4.125,
             context: 3000,
             max_period: 10000.0,
-            gating: "silu".into(),
-            norm: "rms_norm_f32".into(),
-            positional_embedding: "rope".into(),
+            gating: Gating::Silu,
+            norm: Norm::RmsNormF32,
+            positional_embedding: PositionalEmbedding::Rope,
             depformer_dim: 1024,
             depformer_dim_feedforward: Some((4.125 * 1024.0) as usize),
             depformer_num_heads: 16,
             depformer_num_layers: 6,
-            depformer_pos_emb: "none".into(),
+            depformer_pos_emb: DepformerPosEmb::None,
             depformer_weights_per_step: true,
             depformer_multi_linear: true,
             delays: vec![0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1],
@@ -130,44 +215,52 @@ impl LmConfig {
 
     /// Reads a JSON of `lm_kwargs` and validates it.
     pub fn from_json_file(path: &std::path::Path) -> Result<Self, LmError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LmError::Io {
+        let text = std::fs::read_to_string(path).map_err(|error| LmError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
-        let cfg: Self = serde_json::from_str(&text).map_err(|e| {
+        Self::from_json_str(&text, &path.display().to_string())
+    }
+
+    /// Parses `lm_kwargs` JSON (`origin` names where it came from in errors) and validates it.
+    pub fn from_json_str(text: &str, origin: &str) -> Result<Self, LmError> {
+        let cfg: Self = serde_json::from_str(text).map_err(|e| {
             LmError::Config(format!(
-                "{}: not a valid lm_kwargs JSON ({e}); expected keys like dim, num_heads, num_layers, n_q, dep_q, card, text_card, delays, depformer_dim",
-                path.display()
+                "{origin}: not a valid lm_kwargs JSON ({e}); expected keys like dim, num_heads, num_layers, n_q, dep_q, card, text_card, delays, depformer_dim"
             ))
         })?;
         cfg.validate()?;
         Ok(cfg)
     }
 
+    /// The configuration stored in `weights`' metadata (GGUF files moshid writes), if any.
+    pub fn stored_in(weights: &std::path::Path) -> Result<Option<Self>, LmError> {
+        let Some(json) = super::weights::stored_config(weights)? else {
+            return Ok(None);
+        };
+        let origin = format!(
+            "{} (metadata {})",
+            weights.display(),
+            super::gguf_read::CONFIG_KEY
+        );
+        Self::from_json_str(&json, &origin).map(Some)
+    }
+
+    /// The configuration for the checkpoint `weights`: `json` when given, else the one
+    /// stored in the file, else the released 7B ([`LmConfig::v0_1`]).
+    pub fn for_checkpoint(
+        json: Option<&std::path::Path>,
+        weights: &std::path::Path,
+    ) -> Result<Self, LmError> {
+        match json {
+            Some(p) => Self::from_json_file(p),
+            None => Ok(Self::stored_in(weights)?.unwrap_or_else(Self::v0_1)),
+        }
+    }
+
     /// Checks that this implementation supports the configuration.
     pub fn validate(&self) -> Result<(), LmError> {
         let bad = |m: String| Err(LmError::Config(m));
-        if self.gating != "silu" {
-            return bad(format!("gating `{}` unsupported: only `silu`", self.gating));
-        }
-        if self.norm != "rms_norm_f32" && self.norm != "rms_norm" {
-            return bad(format!(
-                "norm `{}` unsupported: only rms_norm_f32 / rms_norm",
-                self.norm
-            ));
-        }
-        if self.positional_embedding != "rope" {
-            return bad(format!(
-                "positional_embedding `{}` unsupported: only `rope`",
-                self.positional_embedding
-            ));
-        }
-        if self.depformer_pos_emb != "none" {
-            return bad(format!(
-                "depformer_pos_emb `{}` unsupported: only `none`",
-                self.depformer_pos_emb
-            ));
-        }
         if !self.depformer_weights_per_step || !self.depformer_multi_linear {
             return bad(
                 "depformer_weights_per_step and depformer_multi_linear must be true (Moshi)".into(),
@@ -189,6 +282,57 @@ impl LmConfig {
                 self.n_q + 1
             ));
         }
+        self.validate_sizes()
+    }
+
+    /// Sizes: positive, splitting into heads, and small enough that no size computed from
+    /// them overflows.
+    fn validate_sizes(&self) -> Result<(), LmError> {
+        let bad = |m: String| Err(LmError::Config(m));
+        for (key, v) in [
+            ("dim", self.dim),
+            ("num_heads", self.num_heads),
+            ("num_layers", self.num_layers),
+            ("text_card", self.text_card),
+            ("card", self.card),
+            ("depformer_dim", self.depformer_dim),
+            ("depformer_num_heads", self.depformer_num_heads),
+            ("depformer_num_layers", self.depformer_num_layers),
+            ("context", self.context),
+        ] {
+            // 2^24 is far above any real model (dim 4096, vocabulary 32000) and keeps every
+            // product of two sizes inside 64 bits.
+            if v == 0 || v > 1 << 24 {
+                return bad(format!("{key} {v} must be between 1 and 16777216"));
+            }
+        }
+        if self.num_layers > 1024 || self.depformer_num_layers > 1024 {
+            return bad("num_layers and depformer_num_layers must be at most 1024".into());
+        }
+        if self.delays.iter().any(|&d| d > 1000) {
+            return bad("delays must be at most 1000 steps".into());
+        }
+        if !self.hidden_scale.is_finite() || self.hidden_scale <= 0.0 || self.hidden_scale > 64.0 {
+            return bad(format!(
+                "hidden_scale {} must be in (0, 64]",
+                self.hidden_scale
+            ));
+        }
+        if !self.max_period.is_finite() || self.max_period <= 1.0 {
+            return bad(format!(
+                "max_period {} must be a finite number above 1",
+                self.max_period
+            ));
+        }
+        if self
+            .depformer_dim_feedforward
+            .is_some_and(|f| f == 0 || f > 1 << 24)
+        {
+            return bad("depformer_dim_feedforward must be between 1 and 16777216".into());
+        }
+        if self.hidden() == 0 || self.depformer_hidden() == 0 {
+            return bad("hidden_scale gives an empty feed-forward layer".into());
+        }
         if self.dim % self.num_heads != 0 || (self.dim / self.num_heads) % 2 != 0 {
             return bad(format!(
                 "dim {} must split into an even head size over {} heads",
@@ -207,18 +351,14 @@ impl LmConfig {
                 self.depformer_dim, self.depformer_num_heads
             ));
         }
-        if self.context == 0 {
-            return bad("context must be at least 1 step".into());
-        }
         Ok(())
     }
 
     /// RMSNorm epsilon for the configured norm.
     pub fn norm_eps(&self) -> f64 {
-        if self.norm == "rms_norm_f32" {
-            1e-8
-        } else {
-            1e-5
+        match self.norm {
+            Norm::RmsNormF32 => 1e-8,
+            Norm::RmsNorm => 1e-5,
         }
     }
 

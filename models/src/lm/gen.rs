@@ -20,7 +20,7 @@ pub struct Sampling {
     pub temp_text: f64,
     /// Audio temperature.
     pub temp_audio: f64,
-    /// Top-k for both text and audio (0 = no top-k).
+    /// Top-k for both text and audio.
     pub top_k: usize,
     /// Argmax instead of sampling (temperatures and top-k ignored).
     pub greedy: bool,
@@ -37,6 +37,39 @@ impl Default for Sampling {
             greedy: false,
             seed: 299792458,
         }
+    }
+}
+
+/// Largest temperature and top-k [`Sampling::validate`] accepts.
+pub const MAX_TEMPERATURE: f64 = 5.0;
+/// Largest top-k (the audio codebook size; text is cut to it as well).
+pub const MAX_TOP_K: usize = 2048;
+
+impl Sampling {
+    /// The one range check of sampling settings (config file, CLI and MQTT use it):
+    /// temperatures in (0, 5] and top-k in 1..=2048, unless greedy.
+    pub fn validate(&self) -> Result<(), LmError> {
+        if self.greedy {
+            return Ok(());
+        }
+        for (name, t) in [
+            ("text temperature", self.temp_text),
+            ("audio temperature", self.temp_audio),
+        ] {
+            // Written so that NaN fails too.
+            if !(t > 0.0 && t <= MAX_TEMPERATURE) {
+                return Err(LmError::Config(format!(
+                    "{name} {t}: use a value in (0, {MAX_TEMPERATURE}]"
+                )));
+            }
+        }
+        if !(1..=MAX_TOP_K).contains(&self.top_k) {
+            return Err(LmError::Config(format!(
+                "top-k {}: use 1..={MAX_TOP_K}",
+                self.top_k
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -93,8 +126,18 @@ impl LmGen {
         context: usize,
     ) -> Result<Self, LmError> {
         let model = model.into();
-        if context == 0 {
-            return Err(LmError::Config("context must be at least 1 step".into()));
+        sampling.validate()?;
+        let kv =
+            super::model::MemoryEstimate::checked_kv_bytes(model.config(), context, model.dtype())?;
+        // An allocation that fails aborts the process: refuse a cache that cannot fit first.
+        if let Some(available) = super::model::mem_available().filter(|_| model.device().is_cpu()) {
+            if kv > available {
+                return Err(LmError::WontFit {
+                    needed: kv,
+                    available,
+                    hint: format!("the KV cache for context {context}: use a smaller context"),
+                });
+            }
         }
         let (main_cache, dep_cache) = model.new_caches(context)?;
         let cfg = model.config();

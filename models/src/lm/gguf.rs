@@ -9,7 +9,10 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
-use super::LmError;
+use super::gguf_read::CONFIG_KEY;
+use super::weights::Store;
+use super::{LmConfig, LmError, LmModel};
+use crate::replace::replace_file;
 
 const ALIGN: u64 = 32;
 
@@ -93,29 +96,27 @@ fn write_str<W: Write>(w: &mut W, s: &str) -> std::io::Result<()> {
     w.write_all(s.as_bytes())
 }
 
-/// Writes a GGUF v3 file: `entries` (name, shape, type) in order, the bytes of entry `i`
-/// coming from `data(i)` when it is its turn.
-pub(crate) fn write_gguf(
-    path: &Path,
-    entries: &[(String, Vec<usize>, GgmlDType)],
-    mut data: impl FnMut(usize) -> Result<Vec<u8>, LmError>,
-) -> Result<(), LmError> {
-    let io = |source| LmError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut w = BufWriter::with_capacity(1 << 20, File::create(path).map_err(io)?);
+/// The GGUF header: metadata (architecture, and `cfg` as the `lm_kwargs` JSON so the file
+/// can be loaded without a side JSON), then the tensor table.
+fn header(cfg: &LmConfig, entries: &[(String, Vec<usize>, GgmlDType)]) -> Result<Vec<u8>, String> {
+    let json = serde_json::to_string(cfg).map_err(|e| e.to_string())?;
+    let w = |head: &mut Vec<u8>, s: &str| write_str(head, s).map_err(|e| e.to_string());
     let mut head = Vec::new();
     head.extend_from_slice(b"GGUF");
     head.extend_from_slice(&3u32.to_le_bytes());
     head.extend_from_slice(&(entries.len() as u64).to_le_bytes());
-    head.extend_from_slice(&1u64.to_le_bytes());
-    write_str(&mut head, "general.architecture").map_err(io)?;
-    head.extend_from_slice(&8u32.to_le_bytes()); // string
-    write_str(&mut head, "moshi").map_err(io)?;
+    head.extend_from_slice(&2u64.to_le_bytes());
+    for (key, value) in [
+        ("general.architecture", "moshi"),
+        (CONFIG_KEY, json.as_str()),
+    ] {
+        w(&mut head, key)?;
+        head.extend_from_slice(&8u32.to_le_bytes()); // string
+        w(&mut head, value)?;
+    }
     let mut offset = 0u64;
     for (name, shape, t) in entries {
-        write_str(&mut head, name).map_err(io)?;
+        w(&mut head, name)?;
         head.extend_from_slice(&(shape.len() as u32).to_le_bytes());
         for &d in shape.iter().rev() {
             head.extend_from_slice(&(d as u64).to_le_bytes());
@@ -126,7 +127,41 @@ pub(crate) fn write_gguf(
     }
     let pad = (head.len() as u64).div_ceil(ALIGN) * ALIGN - head.len() as u64;
     head.extend(std::iter::repeat_n(0u8, pad as usize));
-    w.write_all(&head).map_err(io)?;
+    Ok(head)
+}
+
+/// Writes a GGUF v3 file for `cfg`: `entries` (name, shape, type) in order, the bytes of
+/// entry `i` coming from `data(i)` when it is its turn. The file appears under `path` only
+/// once complete (written beside it and renamed).
+pub(crate) fn write_gguf(
+    path: &Path,
+    cfg: &LmConfig,
+    entries: &[(String, Vec<usize>, GgmlDType)],
+    data: impl FnMut(usize) -> Result<Vec<u8>, LmError>,
+) -> Result<(), LmError> {
+    let head = header(cfg, entries).map_err(|what| LmError::Format {
+        path: path.to_path_buf(),
+        what,
+    })?;
+    let io = |p: &Path, error| LmError::Io {
+        path: p.to_path_buf(),
+        error,
+    };
+    replace_file(path, |tmp| write_body(tmp, &head, entries, data), io)
+}
+
+fn write_body(
+    path: &Path,
+    head: &[u8],
+    entries: &[(String, Vec<usize>, GgmlDType)],
+    mut data: impl FnMut(usize) -> Result<Vec<u8>, LmError>,
+) -> Result<(), LmError> {
+    let io = |error| LmError::Io {
+        path: path.to_path_buf(),
+        error,
+    };
+    let mut w = BufWriter::with_capacity(1 << 20, File::create(path).map_err(io)?);
+    w.write_all(head).map_err(io)?;
     for (i, (name, shape, t)) in entries.iter().enumerate() {
         let bytes = data(i)?;
         if bytes.len() as u64 != nbytes(*t, shape) {
@@ -171,10 +206,39 @@ pub struct QuantReport {
     pub bytes: u64,
 }
 
-/// Converts a safetensors checkpoint (any layout, f32/bf16/f16) into GGUF, keeping names;
-/// 2-D weights get `ty`, norms stay f32. Works tensor by tensor.
-pub fn quantize_file(input: &Path, output: &Path, ty: QuantType) -> Result<QuantReport, LmError> {
-    // SAFETY: read-only mapping of a file we do not modify.
+/// Refuses an output that is the input (same file, whatever the path says): the result
+/// would replace the only copy of the checkpoint.
+fn check_distinct(input: &Path, output: &Path) -> Result<(), LmError> {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(a), Ok(b)) = (std::fs::metadata(input), std::fs::metadata(output)) else {
+        return Ok(());
+    };
+    if a.dev() == b.dev() && a.ino() == b.ino() {
+        return Err(LmError::Config(format!(
+            "the output {} is the input file: give another --out (the input is kept as it is)",
+            output.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Converts a safetensors checkpoint of `cfg` (either layout, f32/bf16/f16) into GGUF,
+/// keeping names, with `cfg` in the metadata; 2-D weights get `ty`, norms stay f32. The
+/// input must be exactly an LM checkpoint of `cfg` (checked from its header first, as the
+/// loader would). Works tensor by tensor.
+pub fn quantize_file(
+    input: &Path,
+    output: &Path,
+    ty: QuantType,
+    cfg: &LmConfig,
+) -> Result<QuantReport, LmError> {
+    cfg.validate()?;
+    check_distinct(input, output)?;
+    let mut check = Store::header_only(input)?;
+    LmModel::build(&mut check, cfg)?;
+    check.finish()?;
+    // SAFETY: read-only mapping of a file we do not modify (the output is another file,
+    // written beside its final name and renamed).
     let st = unsafe { MmapedSafetensors::new(input) }.map_err(|e| LmError::Format {
         path: input.to_path_buf(),
         what: format!("not a readable safetensors file: {e}"),
@@ -200,16 +264,22 @@ pub fn quantize_file(input: &Path, output: &Path, ty: QuantType) -> Result<Quant
             (n, s, t)
         })
         .collect();
-    write_gguf(output, &entries, |i| {
+    write_gguf(output, cfg, &entries, |i| {
         let (name, _, t) = &entries[i];
         let e = |e: candle_core::Error| LmError::Candle(format!("quantizing `{name}`: {e}"));
         let x = st.load(name, &Device::Cpu).map_err(e)?;
+        if let Some(at) = crate::finite::first_non_finite(&x).map_err(e)? {
+            return Err(LmError::Format {
+                path: input.to_path_buf(),
+                what: format!("tensor `{name}` holds a NaN or infinite value (element {at}): the file is corrupt"),
+            });
+        }
         encode(&x, *t).map_err(e)
     })?;
     report.bytes = std::fs::metadata(output)
-        .map_err(|source| LmError::Io {
+        .map_err(|error| LmError::Io {
             path: output.to_path_buf(),
-            source,
+            error,
         })?
         .len();
     Ok(report)

@@ -6,6 +6,7 @@ mod config;
 mod cpu;
 mod gen;
 mod gguf;
+pub(crate) mod gguf_read;
 mod model;
 mod qgemv;
 mod random;
@@ -13,8 +14,8 @@ mod weights;
 
 use std::path::PathBuf;
 
-pub use config::LmConfig;
-pub use gen::{LmGen, Sampling, StepOut, StepTiming, AUDIO_CODEBOOKS};
+pub use config::{DepformerPosEmb, Gating, LmConfig, Norm, PositionalEmbedding};
+pub use gen::{LmGen, Sampling, StepOut, StepTiming, AUDIO_CODEBOOKS, MAX_TEMPERATURE, MAX_TOP_K};
 pub use gguf::{quantize_file, QuantReport, QuantType};
 pub use model::{default_dtype, estimate_memory, LmModel, MemoryEstimate};
 pub use random::{checkpoint_tensors, write_random_checkpoint, write_random_gguf};
@@ -24,12 +25,12 @@ pub use weights::Layout;
 #[derive(Debug, thiserror::Error)]
 pub enum LmError {
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
+        /// The OS error (in the message, not a `source`, so that it is printed once).
+        error: std::io::Error,
     },
     /// The file is not a usable checkpoint.
     #[error("{path}: {what}")]
@@ -42,6 +43,14 @@ pub enum LmError {
     /// A tensor the configuration needs is absent.
     #[error("{path}: tensor `{name}` is missing: the checkpoint does not match the LM configuration (check --lm-config) or is truncated")]
     MissingTensor {
+        /// Tensor name.
+        name: String,
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file holds a tensor the configuration does not use.
+    #[error("{path}: unexpected tensor `{name}`: the checkpoint does not match the LM configuration (check --lm-config)")]
+    UnexpectedTensor {
         /// Tensor name.
         name: String,
         /// The file.

@@ -156,12 +156,33 @@ pub struct MemoryEstimate {
 impl MemoryEstimate {
     /// Total bytes.
     pub fn total(&self) -> u64 {
-        self.weights_bytes + self.kv_cache_bytes
+        self.weights_bytes.saturating_add(self.kv_cache_bytes)
     }
 
-    /// KV cache bytes for `context` steps at `dtype`.
+    /// KV cache bytes for `context` steps at `dtype`; `u64::MAX` when that does not fit in
+    /// 64 bits (an absurd context never wraps around to a small number).
     pub fn kv_bytes(cfg: &LmConfig, context: usize, dtype: DType) -> u64 {
-        (2 * cfg.num_layers * context * cfg.dim * dtype.size_in_bytes()) as u64
+        [cfg.num_layers, context, cfg.dim, dtype.size_in_bytes()]
+            .iter()
+            .try_fold(2u64, |a, &b| a.checked_mul(b as u64))
+            .unwrap_or(u64::MAX)
+    }
+
+    /// [`MemoryEstimate::kv_bytes`], refusing a context whose cache size overflows.
+    pub(crate) fn checked_kv_bytes(
+        cfg: &LmConfig,
+        context: usize,
+        dtype: DType,
+    ) -> Result<u64, LmError> {
+        if context == 0 {
+            return Err(LmError::Config("context must be at least 1 step".into()));
+        }
+        match Self::kv_bytes(cfg, context, dtype) {
+            u64::MAX => Err(LmError::Config(format!(
+                "context {context} steps: its KV cache would not even fit in 64-bit memory; use a context of a few thousand steps"
+            ))),
+            b => Ok(b),
+        }
     }
 
     /// Refuses a configuration that cannot fit in the memory this machine has free (CPU:
@@ -192,7 +213,8 @@ fn gb(b: u64) -> f64 {
     b as f64 / 1e9
 }
 
-fn mem_available() -> Option<u64> {
+/// MemAvailable from /proc/meminfo, in bytes.
+pub(crate) fn mem_available() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -209,7 +231,7 @@ pub fn estimate_memory(
     let weights_bytes = super::weights::stored_weight_bytes(path, dtype)?;
     Ok(MemoryEstimate {
         weights_bytes,
-        kv_cache_bytes: MemoryEstimate::kv_bytes(cfg, context, dtype),
+        kv_cache_bytes: MemoryEstimate::checked_kv_bytes(cfg, context, dtype)?,
     })
 }
 
@@ -245,9 +267,102 @@ fn cuda_has_bf16(_device: &Device) -> bool {
     false
 }
 
+/// A transformer layer under `p` (`....layers.{l}.`) of width `d` and gated hidden `hidden`.
+fn load_layer(st: &mut Store, p: &str, d: usize, hidden: usize) -> Result<Layer, LmError> {
+    Ok(Layer {
+        norm1: st.norm(&format!("{p}norm1.alpha"), d)?,
+        norm2: st.norm(&format!("{p}norm2.alpha"), d)?,
+        in_proj: st.linear(&format!("{p}self_attn.in_proj_weight"), 3 * d, d)?,
+        out_proj: st.linear(&format!("{p}self_attn.out_proj.weight"), d, d)?,
+        ff_in: st.linear(&format!("{p}gating.linear_in.weight"), 2 * hidden, d)?,
+        ff_out: st.linear(&format!("{p}gating.linear_out.weight"), d, hidden)?,
+    })
+}
+
+/// Rows of the depth step `k`'s embedding: the text vocabulary for step 0, audio after.
+fn dep_emb_rows(cfg: &LmConfig, k: usize) -> usize {
+    if k == 0 {
+        cfg.text_card + 1
+    } else {
+        cfg.card + 1
+    }
+}
+
+/// The depth transformer in the candle layout: one module per step.
+fn dep_candle(st: &mut Store, cfg: &LmConfig) -> Result<Vec<DepStep>, LmError> {
+    let (d, dd, dh) = (cfg.dim, cfg.depformer_dim, cfg.depformer_hidden());
+    let mut dep = Vec::with_capacity(cfg.dep_q);
+    for k in 0..cfg.dep_q {
+        let p = format!("depformer.{k}.");
+        let linear_in = st.linear(&format!("{p}linear_in.weight"), dd, d)?;
+        let emb = st.embedding(&format!("{p}emb.weight"), dep_emb_rows(cfg, k), dd)?;
+        let linear_out = st.linear(&format!("{p}linear_out.weight"), cfg.card, dd)?;
+        let layers = (0..cfg.depformer_num_layers)
+            .map(|l| load_layer(st, &format!("{p}transformer.layers.{l}."), dd, dh))
+            .collect::<Result<_, _>>()?;
+        dep.push(DepStep {
+            linear_in,
+            emb,
+            layers,
+            linear_out,
+        });
+    }
+    Ok(dep)
+}
+
+/// The depth transformer in the PyTorch layout: per-step projections stored concatenated,
+/// norms shared by the steps.
+fn dep_pytorch(st: &mut Store, cfg: &LmConfig) -> Result<Vec<DepStep>, LmError> {
+    let (d, dd, dh, q) = (
+        cfg.dim,
+        cfg.depformer_dim,
+        cfg.depformer_hidden(),
+        cfg.dep_q,
+    );
+    let mut ins_outs = Vec::with_capacity(q);
+    for k in 0..q {
+        let i = st.linear(&format!("depformer_in.{k}.weight"), dd, d)?;
+        ins_outs.push((i, st.linear(&format!("linears.{k}.weight"), cfg.card, dd)?));
+    }
+    let mut embs = vec![st.embedding("depformer_text_emb.weight", cfg.text_card + 1, dd)?];
+    for k in 1..q {
+        let name = format!("depformer_emb.{}.weight", k - 1);
+        embs.push(st.embedding(&name, cfg.card + 1, dd)?);
+    }
+    let mut layers: Vec<Vec<Layer>> = (0..q).map(|_| Vec::new()).collect();
+    for l in 0..cfg.depformer_num_layers {
+        let p = format!("depformer.layers.{l}.");
+        let norm1 = st.norm(&format!("{p}norm1.alpha"), dd)?;
+        let norm2 = st.norm(&format!("{p}norm2.alpha"), dd)?;
+        let ins = st.linear_steps(&format!("{p}self_attn.in_proj_weight"), q, 3 * dd, dd)?;
+        let outs = st.linear_steps(&format!("{p}self_attn.out_proj.weight"), q, dd, dd)?;
+        for (k, (in_proj, out_proj)) in ins.into_iter().zip(outs).enumerate() {
+            let g = format!("{p}gating.{k}.");
+            layers[k].push(Layer {
+                norm1: norm1.clone(),
+                norm2: norm2.clone(),
+                in_proj,
+                out_proj,
+                ff_in: st.linear(&format!("{g}linear_in.weight"), 2 * dh, dd)?,
+                ff_out: st.linear(&format!("{g}linear_out.weight"), dd, dh)?,
+            });
+        }
+    }
+    let steps = ins_outs.into_iter().zip(embs).zip(layers);
+    Ok(steps
+        .map(|(((linear_in, linear_out), emb), layers)| DepStep {
+            linear_in,
+            emb,
+            layers,
+            linear_out,
+        })
+        .collect())
+}
+
 impl LmModel {
     /// Loads weights from safetensors (PyTorch or candle layout, detected by key names) or
-    /// GGUF. `dtype` defaults to [`default_dtype`] for the device.
+    /// GGUF. `dtype` defaults to [`default_dtype`] for the device. Every tensor must be
+    /// present with its shape and finite values, and the file must hold nothing else.
     pub fn load(
         path: &Path,
         cfg: &LmConfig,
@@ -257,118 +372,28 @@ impl LmModel {
         cfg.validate()?;
         let dtype = dtype.unwrap_or_else(|| default_dtype(device));
         let mut st = Store::open(path, dtype, device)?;
+        let model = Self::build(&mut st, cfg)?;
+        st.finish()?;
+        Ok(model)
+    }
+
+    /// Builds the model from `st`, asking for every tensor of a `cfg` checkpoint in the
+    /// store's layout (in the order [`super::checkpoint_tensors`] reports).
+    pub(crate) fn build(st: &mut Store, cfg: &LmConfig) -> Result<Self, LmError> {
         let d = cfg.dim;
-        let mut emb = Vec::with_capacity(cfg.n_q);
-        for i in 0..cfg.n_q {
-            emb.push(st.embedding(&format!("emb.{i}.weight"), cfg.card + 1, d)?);
-        }
+        let emb = (0..cfg.n_q)
+            .map(|i| st.embedding(&format!("emb.{i}.weight"), cfg.card + 1, d))
+            .collect::<Result<_, _>>()?;
         let text_emb = st.embedding("text_emb.weight", cfg.text_card + 1, d)?;
         let text_linear = st.linear("text_linear.weight", cfg.text_card, d)?;
         let out_norm = st.norm("out_norm.alpha", d)?;
-        let hidden = cfg.hidden();
-        let mut layers = Vec::with_capacity(cfg.num_layers);
-        for l in 0..cfg.num_layers {
-            let p = format!("transformer.layers.{l}.");
-            layers.push(Layer {
-                norm1: st.norm(&format!("{p}norm1.alpha"), d)?,
-                norm2: st.norm(&format!("{p}norm2.alpha"), d)?,
-                in_proj: st.linear(&format!("{p}self_attn.in_proj_weight"), 3 * d, d)?,
-                out_proj: st.linear(&format!("{p}self_attn.out_proj.weight"), d, d)?,
-                ff_in: st.linear(&format!("{p}gating.linear_in.weight"), 2 * hidden, d)?,
-                ff_out: st.linear(&format!("{p}gating.linear_out.weight"), d, hidden)?,
-            });
-        }
-        let dd = cfg.depformer_dim;
-        let dh = cfg.depformer_hidden();
-        let steps = cfg.dep_q;
-        let mut dep = Vec::with_capacity(steps);
-        for k in 0..steps {
-            let emb_rows = if k == 0 {
-                cfg.text_card + 1
-            } else {
-                cfg.card + 1
-            };
-            let step = match st.layout {
-                Layout::Candle => {
-                    let mut dl = Vec::with_capacity(cfg.depformer_num_layers);
-                    for l in 0..cfg.depformer_num_layers {
-                        let p = format!("depformer.{k}.transformer.layers.{l}.");
-                        dl.push(Layer {
-                            norm1: st.norm(&format!("{p}norm1.alpha"), dd)?,
-                            norm2: st.norm(&format!("{p}norm2.alpha"), dd)?,
-                            in_proj: st.linear(
-                                &format!("{p}self_attn.in_proj_weight"),
-                                3 * dd,
-                                dd,
-                            )?,
-                            out_proj: st.linear(
-                                &format!("{p}self_attn.out_proj.weight"),
-                                dd,
-                                dd,
-                            )?,
-                            ff_in: st.linear(&format!("{p}gating.linear_in.weight"), 2 * dh, dd)?,
-                            ff_out: st.linear(&format!("{p}gating.linear_out.weight"), dd, dh)?,
-                        });
-                    }
-                    DepStep {
-                        linear_in: st.linear(&format!("depformer.{k}.linear_in.weight"), dd, d)?,
-                        emb: st.embedding(&format!("depformer.{k}.emb.weight"), emb_rows, dd)?,
-                        layers: dl,
-                        linear_out: st.linear(
-                            &format!("depformer.{k}.linear_out.weight"),
-                            cfg.card,
-                            dd,
-                        )?,
-                    }
-                }
-                Layout::PyTorch => {
-                    let mut dl = Vec::with_capacity(cfg.depformer_num_layers);
-                    for l in 0..cfg.depformer_num_layers {
-                        let p = format!("depformer.layers.{l}.");
-                        dl.push(Layer {
-                            norm1: st.norm(&format!("{p}norm1.alpha"), dd)?,
-                            norm2: st.norm(&format!("{p}norm2.alpha"), dd)?,
-                            in_proj: st.linear_rows(
-                                &format!("{p}self_attn.in_proj_weight"),
-                                steps,
-                                k,
-                                3 * dd,
-                                dd,
-                            )?,
-                            out_proj: st.linear_rows(
-                                &format!("{p}self_attn.out_proj.weight"),
-                                steps,
-                                k,
-                                dd,
-                                dd,
-                            )?,
-                            ff_in: st.linear(
-                                &format!("{p}gating.{k}.linear_in.weight"),
-                                2 * dh,
-                                dd,
-                            )?,
-                            ff_out: st.linear(
-                                &format!("{p}gating.{k}.linear_out.weight"),
-                                dd,
-                                dh,
-                            )?,
-                        });
-                    }
-                    let emb_name = if k == 0 {
-                        "depformer_text_emb.weight".to_string()
-                    } else {
-                        format!("depformer_emb.{}.weight", k - 1)
-                    };
-                    DepStep {
-                        linear_in: st.linear(&format!("depformer_in.{k}.weight"), dd, d)?,
-                        emb: st.embedding(&emb_name, emb_rows, dd)?,
-                        layers: dl,
-                        linear_out: st.linear(&format!("linears.{k}.weight"), cfg.card, dd)?,
-                    }
-                }
-            };
-            dep.push(step);
-        }
+        let layers = (0..cfg.num_layers)
+            .map(|l| load_layer(st, &format!("transformer.layers.{l}."), d, cfg.hidden()))
+            .collect::<Result<_, _>>()?;
+        let dep = match st.layout {
+            Layout::Candle => dep_candle(st, cfg)?,
+            Layout::PyTorch => dep_pytorch(st, cfg)?,
+        };
         Ok(Self {
             cfg: cfg.clone(),
             emb,
@@ -377,8 +402,8 @@ impl LmModel {
             out_norm,
             text_linear,
             dep,
-            dtype,
-            device: device.clone(),
+            dtype: st.dtype,
+            device: st.device.clone(),
             weight_bytes: st.bytes,
             layout: st.layout,
             quantized: st.quantized,

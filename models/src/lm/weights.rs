@@ -1,16 +1,18 @@
 //! Reading LM weights from safetensors (PyTorch or candle layout) or GGUF, by release name.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::quantized::{gguf_file, QMatMul, QTensor};
+use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Module, Tensor};
 
+use super::gguf_read::{self, GgufFile, CONFIG_KEY};
 use super::qgemv::QGemv;
 use super::LmError;
+use crate::finite::{first_non_finite, first_non_finite_block};
 
 /// How a checkpoint names the depth transformer's per-step weights (SPEC.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,17 +74,24 @@ impl Embedding {
 
 enum Source {
     Safetensors(MmapedSafetensors),
-    Gguf {
-        content: gguf_file::Content,
-        file: File,
-    },
+    Gguf(GgufFile),
+    /// No data: requests are only checked and recorded.
+    Nothing,
 }
 
-/// Named tensor access over one checkpoint file, with shape checks and byte accounting.
+/// Named tensor access for the loader, like candle's `VarBuilder`: every request (name and
+/// shape) is checked against the file's header and recorded, so the tensor list of a
+/// checkpoint, the "unexpected tensor" check and the random-checkpoint writer all come from
+/// the loading code. A dry store (no file, or a header only) answers with empty placeholders.
 pub(crate) struct Store {
     path: PathBuf,
     source: Source,
-    names: HashMap<String, Vec<usize>>,
+    /// Shapes the file's header lists; `None` without a file.
+    names: Option<HashMap<String, Vec<usize>>>,
+    /// Check and record only; load nothing.
+    dry: bool,
+    recorded: Vec<(String, Vec<usize>)>,
+    seen: HashSet<String>,
     pub(crate) layout: Layout,
     pub(crate) dtype: DType,
     pub(crate) device: Device,
@@ -91,81 +100,216 @@ pub(crate) struct Store {
     pub(crate) quantized: bool,
 }
 
+/// What a checkpoint file holds, from its header.
+struct Opened {
+    source: Source,
+    names: HashMap<String, Vec<usize>>,
+}
+
+fn is_gguf(path: &Path) -> Result<bool, LmError> {
+    use std::io::Read;
+    let io = |error| LmError::Io {
+        path: path.to_path_buf(),
+        error,
+    };
+    let mut f = File::open(path).map_err(io)?;
+    if !f.metadata().map_err(io)?.is_file() {
+        return Err(LmError::Format {
+            path: path.to_path_buf(),
+            what: "is not a regular file".into(),
+        });
+    }
+    let mut magic = [0u8; 4];
+    match f.read_exact(&mut magic) {
+        Ok(()) => Ok(&magic == b"GGUF"),
+        // Shorter than a magic: not GGUF; the safetensors reader gives the message.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(io(e)),
+    }
+}
+
+fn open_file(path: &Path) -> Result<Opened, LmError> {
+    let bad = |what: String| LmError::Format {
+        path: path.to_path_buf(),
+        what,
+    };
+    if is_gguf(path)? {
+        let g = GgufFile::open(path).map_err(|e| bad(format!("not a usable GGUF file: {e}")))?;
+        let names = g
+            .header
+            .tensors
+            .iter()
+            .map(|(k, v)| (k.clone(), v.shape.clone()))
+            .collect();
+        return Ok(Opened {
+            source: Source::Gguf(g),
+            names,
+        });
+    }
+    // SAFETY: the file is mapped read-only; moshid replaces files it writes by renaming a
+    // new one over them, never in place, and a concurrent truncation by another process is
+    // outside what we can defend against.
+    let st = unsafe { MmapedSafetensors::new(path) }
+        .map_err(|e| bad(format!("not a readable safetensors or GGUF file: {e}")))?;
+    let names = st
+        .tensors()
+        .into_iter()
+        .map(|(k, v)| (k, v.shape().to_vec()))
+        .collect();
+    Ok(Opened {
+        source: Source::Safetensors(st),
+        names,
+    })
+}
+
+fn detect_layout(path: &Path, names: &HashMap<String, Vec<usize>>) -> Result<Layout, LmError> {
+    if names.contains_key("depformer.0.linear_in.weight") {
+        Ok(Layout::Candle)
+    } else if names.contains_key("depformer_in.0.weight") {
+        Ok(Layout::PyTorch)
+    } else {
+        Err(LmError::Format {
+            path: path.to_path_buf(),
+            what: "no Moshi LM depth-transformer weights (neither `depformer.0.linear_in.weight` \
+                   of the candle layout nor `depformer_in.0.weight` of the PyTorch layout): is this an LM checkpoint?"
+                .into(),
+        })
+    }
+}
+
 impl Store {
+    /// Opens `path` (safetensors or GGUF) for loading at `dtype` on `device`.
     pub(crate) fn open(path: &Path, dtype: DType, device: &Device) -> Result<Self, LmError> {
-        let io = |source| LmError::Io {
+        let o = open_file(path)?;
+        let layout = detect_layout(path, &o.names)?;
+        Ok(Self::new(
+            path,
+            o.source,
+            Some(o.names),
+            false,
+            layout,
+            dtype,
+            device,
+        ))
+    }
+
+    /// Opens `path`'s header only: requests are checked against it, nothing is loaded.
+    pub(crate) fn header_only(path: &Path) -> Result<Self, LmError> {
+        let o = open_file(path)?;
+        let layout = detect_layout(path, &o.names)?;
+        let dev = Device::Cpu;
+        Ok(Self::new(
+            path,
+            Source::Nothing,
+            Some(o.names),
+            true,
+            layout,
+            DType::F32,
+            &dev,
+        ))
+    }
+
+    /// No file: records the requests a checkpoint in `layout` must satisfy.
+    pub(crate) fn plan(layout: Layout) -> Self {
+        let path = Path::new("(planned)");
+        Self::new(
+            path,
+            Source::Nothing,
+            None,
+            true,
+            layout,
+            DType::F32,
+            &Device::Cpu,
+        )
+    }
+
+    fn new(
+        path: &Path,
+        source: Source,
+        names: Option<HashMap<String, Vec<usize>>>,
+        dry: bool,
+        layout: Layout,
+        dtype: DType,
+        device: &Device,
+    ) -> Self {
+        Self {
             path: path.to_path_buf(),
-            source,
-        };
-        let bad = |what: String| LmError::Format {
-            path: path.to_path_buf(),
-            what,
-        };
-        let is_gguf = {
-            use std::io::Read;
-            let mut magic = [0u8; 4];
-            let mut f = File::open(path).map_err(io)?;
-            f.read_exact(&mut magic).map_err(io)?;
-            &magic == b"GGUF"
-        };
-        let (source, names) = if is_gguf {
-            let mut file = File::open(path).map_err(io)?;
-            let content = gguf_file::Content::read(&mut file)
-                .map_err(|e| bad(format!("not a readable GGUF file: {e}")))?;
-            let names: HashMap<String, Vec<usize>> = content
-                .tensor_infos
-                .iter()
-                .map(|(k, v)| (k.clone(), v.shape.dims().to_vec()))
-                .collect();
-            (Source::Gguf { content, file }, names)
-        } else {
-            // SAFETY: the file is mapped read-only; moshid does not modify checkpoints while
-            // running, and a concurrent truncation is outside what we can defend against.
-            let st = unsafe { MmapedSafetensors::new(path) }
-                .map_err(|e| bad(format!("not a readable safetensors or GGUF file: {e}")))?;
-            let names: HashMap<String, Vec<usize>> = st
-                .tensors()
-                .into_iter()
-                .map(|(k, v)| (k, v.shape().to_vec()))
-                .collect();
-            (Source::Safetensors(st), names)
-        };
-        let layout = if names.contains_key("depformer.0.linear_in.weight") {
-            Layout::Candle
-        } else if names.contains_key("depformer_in.0.weight") {
-            Layout::PyTorch
-        } else {
-            return Err(bad(
-                "no Moshi LM depth-transformer weights (neither `depformer.0.linear_in.weight` \
-                 of the candle layout nor `depformer_in.0.weight` of the PyTorch layout): is this an LM checkpoint?"
-                    .into(),
-            ));
-        };
-        Ok(Self {
-            path: path.to_path_buf(),
-            quantized: matches!(source, Source::Gguf { .. }),
+            quantized: matches!(source, Source::Gguf(_)),
             source,
             names,
+            dry,
+            recorded: Vec::new(),
+            seen: HashSet::new(),
             layout,
             dtype,
             device: device.clone(),
             bytes: 0,
-        })
+        }
     }
 
-    fn check(&self, name: &str, shape: &[usize]) -> Result<(), LmError> {
-        match self.names.get(name) {
-            None => Err(LmError::MissingTensor {
-                name: name.to_string(),
-                path: self.path.clone(),
-            }),
-            Some(got) if got.as_slice() != shape => Err(LmError::TensorShape {
-                name: name.to_string(),
-                expected: shape.to_vec(),
-                got: got.clone(),
-                path: self.path.clone(),
-            }),
-            Some(_) => Ok(()),
+    /// Checks a request against the header and records it; `true` when it must be loaded.
+    /// The PyTorch layout shares tensors between depth steps, so a name may come again.
+    fn request(&mut self, name: &str, shape: &[usize]) -> Result<bool, LmError> {
+        if self.seen.insert(name.to_string()) {
+            self.recorded.push((name.to_string(), shape.to_vec()));
+        }
+        if let Some(names) = &self.names {
+            match names.get(name) {
+                None => {
+                    return Err(LmError::MissingTensor {
+                        name: name.to_string(),
+                        path: self.path.clone(),
+                    })
+                }
+                Some(got) if got.as_slice() != shape => {
+                    return Err(LmError::TensorShape {
+                        name: name.to_string(),
+                        expected: shape.to_vec(),
+                        got: got.clone(),
+                        path: self.path.clone(),
+                    })
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(!self.dry)
+    }
+
+    /// After building: refuses tensors in the file nobody asked for; returns every request
+    /// (name, shape) in order.
+    pub(crate) fn finish(self) -> Result<Vec<(String, Vec<usize>)>, LmError> {
+        if let Some(names) = &self.names {
+            let mut extra: Vec<&String> =
+                names.keys().filter(|n| !self.seen.contains(*n)).collect();
+            extra.sort();
+            if let Some(name) = extra.first() {
+                return Err(LmError::UnexpectedTensor {
+                    name: (*name).clone(),
+                    path: self.path.clone(),
+                });
+            }
+        }
+        Ok(self.recorded)
+    }
+
+    /// The empty tensor a dry store answers with.
+    fn placeholder(&self) -> Result<Tensor, LmError> {
+        Tensor::zeros(0, self.dtype, &Device::Cpu).map_err(|e| LmError::Candle(e.to_string()))
+    }
+
+    fn placeholder_linear(&self) -> Result<AnyLinear, LmError> {
+        Ok(AnyLinear::Candle(Linear {
+            w: QMatMul::Tensor(self.placeholder()?),
+            quantized: false,
+        }))
+    }
+
+    fn corrupt(&self, name: &str, at: usize) -> LmError {
+        LmError::Format {
+            path: self.path.clone(),
+            what: format!(
+                "tensor `{name}` holds a NaN or infinite value (element or block {at}): the file is corrupt, re-download it"
+            ),
         }
     }
 
@@ -176,26 +320,44 @@ impl Store {
         ))
     }
 
-    /// Raw tensor from safetensors (as stored) or a quantized tensor from GGUF.
-    fn raw(&mut self, name: &str, shape: &[usize]) -> Result<Raw, LmError> {
-        self.check(name, shape)?;
+    /// Raw tensor from safetensors (as stored) or a quantized tensor from GGUF, checked for
+    /// NaN and infinities while it is in CPU memory. Only called when not dry.
+    fn raw(&mut self, name: &str) -> Result<Raw, LmError> {
+        let device = self.device.clone();
         match &mut self.source {
             Source::Safetensors(st) => {
                 let t = st
-                    .load(name, &self.device)
+                    .load(name, &Device::Cpu)
                     .map_err(|e| self.candle(name, e))?;
+                if let Some(i) = first_non_finite(&t).map_err(|e| self.candle(name, e))? {
+                    return Err(self.corrupt(name, i));
+                }
+                let t = t.to_device(&device).map_err(|e| self.candle(name, e))?;
                 Ok(Raw::Dense(t))
             }
-            Source::Gguf { content, file } => {
-                let q = content.tensor(file, name, &self.device);
+            Source::Gguf(g) => {
+                let (info, data) = g.bytes(name).map_err(|what| LmError::Format {
+                    path: self.path.clone(),
+                    what,
+                })?;
+                if let Some(i) = first_non_finite_block(info.ty, &data) {
+                    return Err(self.corrupt(name, i));
+                }
+                let q = gguf_read::qtensor(&info, &data, &device);
                 q.map(Raw::Quant).map_err(|e| self.candle(name, e))
             }
+            Source::Nothing => Err(LmError::Candle(format!(
+                "internal: tensor `{name}` loaded from a dry store"
+            ))),
         }
     }
 
     /// A dense tensor in the compute dtype (norm gains, or a slice source).
     pub(crate) fn dense(&mut self, name: &str, shape: &[usize]) -> Result<Tensor, LmError> {
-        let t = match self.raw(name, shape)? {
+        if !self.request(name, shape)? {
+            return self.placeholder();
+        }
+        let t = match self.raw(name)? {
             Raw::Dense(t) => t,
             Raw::Quant(q) => q
                 .dequantize(&self.device)
@@ -264,44 +426,63 @@ impl Store {
         out: usize,
         inp: usize,
     ) -> Result<AnyLinear, LmError> {
-        let raw = self.raw(name, &[out, inp])?;
+        if !self.request(name, &[out, inp])? {
+            return self.placeholder_linear();
+        }
+        let raw = self.raw(name)?;
         self.any_linear(name, raw, out, inp)
     }
 
-    /// Rows `[step * out, (step + 1) * out)` of a `[steps * out, inp]` weight (PyTorch layout's
-    /// concatenated per-step projections).
-    pub(crate) fn linear_rows(
+    /// The `steps` row blocks of a `[steps * out, inp]` weight as one linear each (the
+    /// PyTorch layout's concatenated per-step projections), read once.
+    pub(crate) fn linear_steps(
         &mut self,
         name: &str,
         steps: usize,
+        out: usize,
+        inp: usize,
+    ) -> Result<Vec<AnyLinear>, LmError> {
+        if !self.request(name, &[steps * out, inp])? {
+            return (0..steps).map(|_| self.placeholder_linear()).collect();
+        }
+        let raw = self.raw(name)?;
+        let mut v = Vec::with_capacity(steps);
+        for step in 0..steps {
+            let part = match &raw {
+                Raw::Dense(t) => Raw::Dense(
+                    t.narrow(0, step * out, out)
+                        .and_then(|t| t.contiguous())
+                        .map_err(|e| self.candle(name, e))?,
+                ),
+                Raw::Quant(q) => Raw::Quant(self.quant_rows(name, q, step, out, inp)?),
+            };
+            v.push(self.any_linear(name, part, out, inp)?);
+        }
+        Ok(v)
+    }
+
+    /// Rows `[step * out, (step + 1) * out)` of a quantized `[_, inp]` weight.
+    fn quant_rows(
+        &self,
+        name: &str,
+        q: &QTensor,
         step: usize,
         out: usize,
         inp: usize,
-    ) -> Result<AnyLinear, LmError> {
-        let raw = self.raw(name, &[steps * out, inp])?;
-        let t = match raw {
-            Raw::Dense(t) => t,
-            Raw::Quant(q) => {
-                // Each row is a whole number of GGML blocks, so a row range is a byte range.
-                let dt = q.dtype();
-                let row_bytes = inp / dt.block_size() * dt.type_size();
-                let data = q.data().map_err(|e| self.candle(name, e))?;
-                let part = data[step * out * row_bytes..(step + 1) * out * row_bytes].to_vec();
-                let storage = candle_core::quantized::QStorage::from_data(
-                    std::borrow::Cow::Owned(part),
-                    &self.device,
-                    dt,
-                )
-                .map_err(|e| self.candle(name, e))?;
-                let q = QTensor::new(storage, (out, inp)).map_err(|e| self.candle(name, e))?;
-                return self.any_linear(name, Raw::Quant(q), out, inp);
-            }
-        };
-        let t = t
-            .narrow(0, step * out, out)
-            .and_then(|t| t.contiguous())
-            .map_err(|e| self.candle(name, e))?;
-        self.any_linear(name, Raw::Dense(t), out, inp)
+    ) -> Result<QTensor, LmError> {
+        // Each row is a whole number of GGML blocks (the header check), so a row range is a
+        // byte range.
+        let dt = q.dtype();
+        let row_bytes = inp / dt.block_size() * dt.type_size();
+        let data = q.data().map_err(|e| self.candle(name, e))?;
+        let part = data[step * out * row_bytes..(step + 1) * out * row_bytes].to_vec();
+        let storage = candle_core::quantized::QStorage::from_data(
+            std::borrow::Cow::Owned(part),
+            &self.device,
+            dt,
+        )
+        .map_err(|e| self.candle(name, e))?;
+        QTensor::new(storage, (out, inp)).map_err(|e| self.candle(name, e))
     }
 
     /// An embedding table `[rows, dim]`.
@@ -311,7 +492,12 @@ impl Store {
         rows: usize,
         dim: usize,
     ) -> Result<Embedding, LmError> {
-        let raw = self.raw(name, &[rows, dim])?;
+        if !self.request(name, &[rows, dim])? {
+            let w = QMatMul::Tensor(self.placeholder()?);
+            let dtype = self.dtype;
+            return Ok(Embedding { w, dtype });
+        }
+        let raw = self.raw(name)?;
         let (w, _) = self.wrap_q(name, raw)?;
         Ok(Embedding {
             w,
@@ -322,11 +508,14 @@ impl Store {
     /// An RMSNorm gain stored as `[1, 1, dim]`, returned as `[dim]`.
     pub(crate) fn norm(&mut self, name: &str, dim: usize) -> Result<Tensor, LmError> {
         // GGUF files may store it flattened; accept both.
-        let shape: Vec<usize> = match self.names.get(name) {
+        let shape: Vec<usize> = match self.names.as_ref().and_then(|n| n.get(name)) {
             Some(s) if s.as_slice() == [dim] => vec![dim],
             _ => vec![1, 1, dim],
         };
         let t = self.dense(name, &shape)?;
+        if self.dry {
+            return Ok(t);
+        }
         // Norms run in f32 whatever the compute dtype (the reference's rms_norm_f32).
         t.reshape(dim)
             .and_then(|t| t.to_dtype(DType::F32))
@@ -342,45 +531,38 @@ enum Raw {
 /// Bytes the weights of `path` will take once loaded at `dtype` (headers only).
 pub(crate) fn stored_weight_bytes(path: &Path, dtype: DType) -> Result<u64, LmError> {
     use candle_core::quantized::GgmlDType;
-    let io = |source| LmError::Io {
-        path: path.to_path_buf(),
-        source,
+    let o = open_file(path)?;
+    let dense = |shape: &[usize]| {
+        (shape.iter().product::<usize>() as u64).saturating_mul(dtype.size_in_bytes() as u64)
     };
-    let bad = |what: String| LmError::Format {
-        path: path.to_path_buf(),
-        what,
-    };
-    let mut f = File::open(path).map_err(io)?;
-    let mut magic = [0u8; 4];
-    {
-        use std::io::Read;
-        f.read_exact(&mut magic).map_err(io)?;
-    }
-    if &magic == b"GGUF" {
-        let mut f = File::open(path).map_err(io)?;
-        let content = gguf_file::Content::read(&mut f)
-            .map_err(|e| bad(format!("not a readable GGUF file: {e}")))?;
-        Ok(content
-            .tensor_infos
+    Ok(match &o.source {
+        Source::Gguf(g) => g
+            .header
+            .tensors
             .values()
-            .map(|t| {
-                let n = t.shape.elem_count();
-                match t.ggml_dtype {
-                    GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
-                        (n * dtype.size_in_bytes()) as u64
-                    }
-                    q => (n / q.block_size() * q.type_size()) as u64,
-                }
+            .map(|t| match t.ty {
+                GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => dense(&t.shape),
+                _ => t.len,
             })
-            .sum())
-    } else {
-        // SAFETY: read-only mapping used only to read the header.
-        let st = unsafe { MmapedSafetensors::new(path) }
-            .map_err(|e| bad(format!("not a readable safetensors or GGUF file: {e}")))?;
-        Ok(st
-            .tensors()
-            .iter()
-            .map(|(_, v)| (v.shape().iter().product::<usize>() * dtype.size_in_bytes()) as u64)
-            .sum())
+            .fold(0u64, u64::saturating_add),
+        // The safetensors reader has checked that every tensor's bytes are in the file, so
+        // these products do not overflow.
+        _ => o
+            .names
+            .values()
+            .map(|s| dense(s))
+            .fold(0u64, u64::saturating_add),
+    })
+}
+
+/// The `lm_kwargs` JSON stored in `path`'s metadata (GGUF files moshid writes), if any.
+pub(crate) fn stored_config(path: &Path) -> Result<Option<String>, LmError> {
+    if !is_gguf(path)? {
+        return Ok(None);
     }
+    let g = GgufFile::open(path).map_err(|e| LmError::Format {
+        path: path.to_path_buf(),
+        what: format!("not a usable GGUF file: {e}"),
+    })?;
+    Ok(g.header.strings.get(CONFIG_KEY).cloned())
 }

@@ -119,19 +119,28 @@ impl MimiConfig {
             path: path.to_path_buf(),
             error: e,
         })?;
-        let cfg: Self = serde_json::from_str(&text).map_err(|e| {
+        Self::from_json_str(&text, &path.display().to_string())
+    }
+
+    /// Parses a config from JSON text (`origin` names where it came from in errors).
+    pub fn from_json_str(text: &str, origin: &str) -> Result<Self, MimiError> {
+        let cfg: Self = serde_json::from_str(text).map_err(|e| {
             MimiError::Config(format!(
-                "{}: not a Mimi config JSON ({e}); expected keys sample_rate, frame_rate, seanet, transformer, quantizer",
-                path.display()
+                "{origin}: not a Mimi config JSON ({e}); expected keys sample_rate, frame_rate, seanet, transformer, quantizer"
             ))
         })?;
         cfg.validate()?;
         Ok(cfg)
     }
 
-    /// Audio samples per SEANet latent step (product of the ratios).
+    /// Audio samples per SEANet latent step (product of the ratios; saturates, which
+    /// [`MimiConfig::validate`] refuses).
     pub fn hop_length(&self) -> usize {
-        self.seanet.ratios.iter().product()
+        self.seanet
+            .ratios
+            .iter()
+            .try_fold(1usize, |a, &r| a.checked_mul(r))
+            .unwrap_or(usize::MAX)
     }
 
     /// Audio samples per code frame.
@@ -153,9 +162,10 @@ impl MimiConfig {
         if self.channels != 1 || s.channels != 1 {
             return bad("only mono Mimi (channels = 1) is supported".into());
         }
-        if s.ratios.is_empty() || s.ratios.contains(&0) {
-            return bad("seanet.ratios must be non-empty positive integers".into());
+        if s.ratios.is_empty() || s.ratios.len() > 8 || s.ratios.iter().any(|&r| r == 0 || r > 64) {
+            return bad("seanet.ratios must be 1 to 8 integers in 1..=64".into());
         }
+        self.validate_sizes()?;
         if !self.frame_rate.is_finite() || self.frame_rate <= 0.0 || self.sample_rate == 0 {
             return bad("sample_rate and frame_rate must be positive".into());
         }
@@ -186,6 +196,45 @@ impl MimiConfig {
         }
         if q.n_q < 2 || q.bins == 0 || q.dimension == 0 {
             return bad("quantizer needs n_q >= 2, bins > 0, dimension > 0".into());
+        }
+        Ok(())
+    }
+
+    /// Upper bounds far above the released model's, so that no size computed from them
+    /// (channels doubled per ratio, tensor shapes, frame sizes) overflows.
+    fn validate_sizes(&self) -> Result<(), MimiError> {
+        let (s, t, q) = (&self.seanet, &self.transformer, &self.quantizer);
+        for (key, v, max) in [
+            ("sample_rate", self.sample_rate as usize, 384_000),
+            ("seanet.dimension", s.dimension, 1 << 16),
+            ("seanet.n_filters", s.n_filters, 1 << 12),
+            ("seanet.n_residual_layers", s.n_residual_layers, 64),
+            ("seanet.kernel_size", s.kernel_size, 1024),
+            ("seanet.residual_kernel_size", s.residual_kernel_size, 1024),
+            ("seanet.last_kernel_size", s.last_kernel_size, 1024),
+            ("seanet.dilation_base", s.dilation_base, 16),
+            ("transformer.num_layers", t.num_layers, 1024),
+            ("transformer.dim_feedforward", t.dim_feedforward, 1 << 20),
+            ("transformer.context", t.context, 1 << 20),
+            ("quantizer.n_q", q.n_q, 1024),
+            ("quantizer.bins", q.bins, 1 << 20),
+            ("quantizer.dimension", q.dimension, 1 << 16),
+        ] {
+            if v > max {
+                return Err(MimiError::Config(format!("{key} {v} is over {max}")));
+            }
+        }
+        if !(self.frame_rate >= 1.0 && self.frame_rate <= 1000.0) {
+            return Err(MimiError::Config(format!(
+                "frame_rate {} must be in 1..=1000",
+                self.frame_rate
+            )));
+        }
+        if !(t.max_period.is_finite() && t.max_period > 1.0) {
+            return Err(MimiError::Config(format!(
+                "transformer.max_period {} must be a finite number above 1",
+                t.max_period
+            )));
         }
         Ok(())
     }

@@ -1,163 +1,53 @@
-//! The checkpoint's tensor names and shapes, and a validating, memory-mapped loader.
+//! Where Mimi's weights come from: a prefix-scoped, recording getter (like candle's
+//! `VarBuilder`). The code that builds each part asks for its tensors by name and shape;
+//! against a checkpoint that checks and loads them, without one it makes them (zeros, or
+//! random weights for a new checkpoint). Every request is recorded, so the list of tensors a
+//! checkpoint must hold, the "unexpected tensor" check and the random-checkpoint writer all
+//! come from the loading code itself and cannot drift from it.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
-use super::config::MimiConfig;
 use super::MimiError;
 
-/// Every tensor of a Mimi checkpoint in the released file's names, with its shape, in a stable
-/// order. For [`MimiConfig::v0_1`] this is the 318 tensors of
-/// `tokenizer-e351c8d8-checkpoint125.safetensors`.
-pub fn expected_tensors(cfg: &MimiConfig) -> Vec<(String, Vec<usize>)> {
-    let mut out: Vec<(String, Vec<usize>)> = Vec::new();
-    let s = &cfg.seanet;
-    let nf = s.n_filters;
-    type Out = Vec<(String, Vec<usize>)>;
-    fn conv(out: &mut Out, p: String, o: usize, i: usize, k: usize) {
-        out.push((format!("{p}.conv.conv.weight"), vec![o, i, k]));
-        out.push((format!("{p}.conv.conv.bias"), vec![o]));
-    }
-    let resblock = |out: &mut Out, p: String, dim: usize| {
-        let hidden = dim / s.compress;
-        conv(
-            out,
-            format!("{p}.block.1"),
-            hidden,
-            dim,
-            s.residual_kernel_size,
-        );
-        conv(out, format!("{p}.block.3"), dim, hidden, 1);
-    };
+/// Makes the values of a tensor from its full name and shape.
+pub(crate) type Fill<'a> = Box<dyn FnMut(&str, &[usize]) -> Vec<f32> + 'a>;
 
-    // Encoder: conv, then per ratio (reversed): residual blocks, ELU, strided conv.
-    conv(
-        &mut out,
-        "encoder.model.0".into(),
-        nf,
-        s.channels,
-        s.kernel_size,
-    );
-    let mut idx = 1;
-    let mut mult = 1;
-    for &r in s.ratios.iter().rev() {
-        for _ in 0..s.n_residual_layers {
-            resblock(&mut out, format!("encoder.model.{idx}"), mult * nf);
-            idx += 1;
-        }
-        idx += 1; // ELU
-        conv(
-            &mut out,
-            format!("encoder.model.{idx}"),
-            mult * nf * 2,
-            mult * nf,
-            2 * r,
-        );
-        idx += 1;
-        mult *= 2;
-    }
-    idx += 1; // ELU
-    conv(
-        &mut out,
-        format!("encoder.model.{idx}"),
-        s.dimension,
-        mult * nf,
-        s.last_kernel_size,
-    );
-
-    // Decoder: conv, then per ratio: ELU, transposed conv, residual blocks; ELU, conv.
-    let mut mult = 1usize << s.ratios.len();
-    conv(
-        &mut out,
-        "decoder.model.0".into(),
-        mult * nf,
-        s.dimension,
-        s.kernel_size,
-    );
-    let mut idx = 1;
-    for &r in &s.ratios {
-        idx += 1; // ELU
-        let p = format!("decoder.model.{idx}.convtr.convtr");
-        out.push((format!("{p}.weight"), vec![mult * nf, mult * nf / 2, 2 * r]));
-        out.push((format!("{p}.bias"), vec![mult * nf / 2]));
-        idx += 1;
-        for _ in 0..s.n_residual_layers {
-            resblock(&mut out, format!("decoder.model.{idx}"), mult * nf / 2);
-            idx += 1;
-        }
-        mult /= 2;
-    }
-    idx += 1; // ELU
-    conv(
-        &mut out,
-        format!("decoder.model.{idx}"),
-        s.channels,
-        nf,
-        s.last_kernel_size,
-    );
-
-    let t = &cfg.transformer;
-    for side in ["encoder_transformer", "decoder_transformer"] {
-        for l in 0..t.num_layers {
-            let p = format!("{side}.transformer.layers.{l}");
-            let d = t.d_model;
-            out.push((format!("{p}.self_attn.in_proj_weight"), vec![3 * d, d]));
-            out.push((format!("{p}.self_attn.out_proj.weight"), vec![d, d]));
-            for n in ["norm1", "norm2"] {
-                out.push((format!("{p}.{n}.weight"), vec![d]));
-                out.push((format!("{p}.{n}.bias"), vec![d]));
-            }
-            out.push((format!("{p}.linear1.weight"), vec![t.dim_feedforward, d]));
-            out.push((format!("{p}.linear2.weight"), vec![d, t.dim_feedforward]));
-            out.push((format!("{p}.layer_scale_1.scale"), vec![d]));
-            out.push((format!("{p}.layer_scale_2.scale"), vec![d]));
-        }
-    }
-
-    let q = &cfg.quantizer;
-    for (group, levels) in [("rvq_first", 1), ("rvq_rest", q.n_q - 1)] {
-        let p = format!("quantizer.{group}");
-        out.push((
-            format!("{p}.input_proj.weight"),
-            vec![q.dimension, s.dimension, 1],
-        ));
-        out.push((
-            format!("{p}.output_proj.weight"),
-            vec![s.dimension, q.dimension, 1],
-        ));
-        for l in 0..levels {
-            let c = format!("{p}.vq.layers.{l}._codebook");
-            out.push((format!("{c}._initialized"), vec![1]));
-            out.push((format!("{c}.cluster_usage"), vec![q.bins]));
-            out.push((format!("{c}.embedding_sum"), vec![q.bins, q.dimension]));
-        }
-    }
-    let st = cfg.downsample_stride();
-    let d = s.dimension;
-    out.push((
-        "downsample.conv.conv.conv.weight".into(),
-        vec![d, d, 2 * st],
-    ));
-    out.push((
-        "upsample.convtr.convtr.convtr.weight".into(),
-        vec![d, 1, 2 * st],
-    ));
-    out
+enum Source<'a> {
+    /// A memory-mapped checkpoint and the shapes its header lists.
+    File {
+        st: MmapedSafetensors,
+        present: HashMap<String, Vec<usize>>,
+    },
+    /// No file: tensors are made by `fill`, and kept when `keep` is set.
+    Made { fill: Fill<'a>, keep: bool },
 }
 
-/// A validated, memory-mapped checkpoint.
-pub(crate) struct Weights {
-    st: MmapedSafetensors,
+struct State<'a> {
+    source: Source<'a>,
     path: PathBuf,
     device: Device,
+    /// Every (full name, shape) asked for, in order of first request.
+    recorded: Vec<(String, Vec<usize>)>,
+    seen: HashSet<String>,
+    made: HashMap<String, Tensor>,
 }
 
-impl Weights {
-    /// Maps `path` and checks it holds exactly the tensors of `cfg` (names and shapes).
-    pub(crate) fn open(path: &Path, cfg: &MimiConfig, device: &Device) -> Result<Self, MimiError> {
+/// A view of the weights under one name prefix; cheap to clone and scope further.
+#[derive(Clone)]
+pub(crate) struct Vars<'a> {
+    state: Rc<RefCell<State<'a>>>,
+    prefix: String,
+}
+
+impl<'a> Vars<'a> {
+    /// Maps the checkpoint at `path` (tensors are checked as they are asked for).
+    pub(crate) fn open(path: &Path, device: &Device) -> Result<Vars<'static>, MimiError> {
         let pb = path.to_path_buf();
         let meta = std::fs::metadata(path).map_err(|e| MimiError::Io {
             path: pb.clone(),
@@ -169,76 +59,174 @@ impl Weights {
                 msg: "is not a regular file".into(),
             });
         }
-        // SAFETY: the file is mapped read-only; moshid never writes checkpoints it is reading.
-        // Another process truncating it underneath would be a misuse we cannot guard against.
+        // SAFETY: the file is mapped read-only; moshid replaces files it writes by renaming
+        // a new one over them, so a mapped file is never modified in place. Another process
+        // truncating it underneath would be a misuse we cannot guard against.
         let st = unsafe { MmapedSafetensors::new(path) }.map_err(|e| MimiError::Checkpoint {
             path: pb.clone(),
             msg: format!("not a readable safetensors file ({e}); re-download it"),
         })?;
-        let present: HashMap<String, Vec<usize>> = st
+        let present = st
             .tensors()
             .into_iter()
             .map(|(n, v)| (n, v.shape().to_vec()))
             .collect();
-        let expected = expected_tensors(cfg);
-        for (name, shape) in &expected {
-            match present.get(name) {
-                None => {
-                    return Err(MimiError::MissingTensor {
-                        path: pb,
-                        name: name.clone(),
-                        expected: shape.clone(),
-                    })
-                }
-                Some(found) if found != shape => {
-                    return Err(MimiError::WrongShape {
-                        path: pb,
-                        name: name.clone(),
-                        expected: shape.clone(),
-                        found: found.clone(),
-                    })
-                }
-                Some(_) => {}
-            }
+        Ok(Vars::new(Source::File { st, present }, pb, device))
+    }
+
+    /// No checkpoint: every tensor is `fill(name, shape)` on the CPU; `keep` keeps them for
+    /// [`Vars::take_made`].
+    pub(crate) fn made(fill: Fill<'a>, keep: bool) -> Vars<'a> {
+        let source = Source::Made { fill, keep };
+        Vars::new(source, PathBuf::from("(generated)"), &Device::Cpu)
+    }
+
+    fn new(source: Source<'a>, path: PathBuf, device: &Device) -> Vars<'a> {
+        let state = State {
+            source,
+            path,
+            device: device.clone(),
+            recorded: Vec::new(),
+            seen: HashSet::new(),
+            made: HashMap::new(),
+        };
+        Vars {
+            state: Rc::new(RefCell::new(state)),
+            prefix: String::new(),
         }
-        if present.len() != expected.len() {
-            let known: std::collections::HashSet<&str> =
-                expected.iter().map(|(n, _)| n.as_str()).collect();
-            let mut extra: Vec<&String> = present
-                .keys()
-                .filter(|n| !known.contains(n.as_str()))
-                .collect();
+    }
+
+    /// The same weights under `prefix.part`.
+    pub(crate) fn pp(&self, part: impl std::fmt::Display) -> Vars<'a> {
+        let prefix = if self.prefix.is_empty() {
+            part.to_string()
+        } else {
+            format!("{}.{part}", self.prefix)
+        };
+        Vars {
+            state: self.state.clone(),
+            prefix,
+        }
+    }
+
+    pub(crate) fn device(&self) -> Device {
+        self.state.borrow().device.clone()
+    }
+
+    fn full(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    /// Tensor `name` (under this prefix) of `shape`, as f32 on the target device.
+    pub(crate) fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor, MimiError> {
+        let full = self.full(name);
+        let mut s = self.state.borrow_mut();
+        s.record(&full, shape)?;
+        s.load(&full, shape)
+    }
+
+    /// Declares tensor `name` of `shape` without loading it: a buffer the computation does
+    /// not use (`_initialized`) or a codebook level beyond the active ones. It must still be
+    /// in the checkpoint, with this shape.
+    pub(crate) fn declare(&self, name: &str, shape: &[usize]) -> Result<(), MimiError> {
+        let full = self.full(name);
+        let mut s = self.state.borrow_mut();
+        s.record(&full, shape)?;
+        if let Source::Made { .. } = s.source {
+            s.load(&full, shape)?;
+        }
+        Ok(())
+    }
+
+    /// After building: refuses a checkpoint holding tensors nobody asked for, and returns
+    /// every tensor asked for (name, shape) in order.
+    pub(crate) fn finish(&self) -> Result<Vec<(String, Vec<usize>)>, MimiError> {
+        let s = self.state.borrow();
+        if let Source::File { present, .. } = &s.source {
+            let mut extra: Vec<&String> = present.keys().filter(|n| !s.seen.contains(*n)).collect();
             extra.sort();
             if let Some(name) = extra.first() {
                 return Err(MimiError::UnexpectedTensor {
-                    path: pb,
+                    path: s.path.clone(),
                     name: (*name).clone(),
                 });
             }
         }
-        Ok(Self {
-            st,
-            path: pb,
-            device: device.clone(),
-        })
+        Ok(s.recorded.clone())
     }
 
-    pub(crate) fn device(&self) -> &Device {
-        &self.device
+    /// The tensors made so far (with `keep`), by name.
+    pub(crate) fn take_made(&self) -> HashMap<String, Tensor> {
+        std::mem::take(&mut self.state.borrow_mut().made)
     }
+}
 
-    /// Loads one (already validated) tensor as f32 on the target device.
-    pub(crate) fn get(&self, name: &str) -> Result<Tensor, MimiError> {
-        let t = self
-            .st
-            .load(name, &self.device)
-            .and_then(|t| t.to_dtype(DType::F32))
-            .map_err(|e| MimiError::Checkpoint {
+impl State<'_> {
+    /// Notes a request and checks it against the file's header.
+    fn record(&mut self, name: &str, shape: &[usize]) -> Result<(), MimiError> {
+        if !self.seen.insert(name.to_string()) {
+            // Mimi's parts never share a tensor: a second request is a loader bug.
+            return Err(MimiError::Config(format!(
+                "internal: tensor `{name}` requested twice"
+            )));
+        }
+        self.recorded.push((name.to_string(), shape.to_vec()));
+        let Source::File { present, .. } = &self.source else {
+            return Ok(());
+        };
+        match present.get(name) {
+            None => Err(MimiError::MissingTensor {
                 path: self.path.clone(),
-                msg: format!(
-                    "cannot read tensor `{name}` ({e}); the file may be truncated or corrupt"
-                ),
-            })?;
+                name: name.to_string(),
+                expected: shape.to_vec(),
+            }),
+            Some(found) if found != shape => Err(MimiError::WrongShape {
+                path: self.path.clone(),
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                found: found.clone(),
+            }),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn load(&mut self, name: &str, shape: &[usize]) -> Result<Tensor, MimiError> {
+        let t = match &mut self.source {
+            Source::File { st, .. } => {
+                let corrupt = |e: String| MimiError::Checkpoint {
+                    path: self.path.clone(),
+                    msg: format!(
+                        "cannot read tensor `{name}` ({e}); the file may be truncated or corrupt"
+                    ),
+                };
+                let t = st
+                    .load(name, &Device::Cpu)
+                    .and_then(|t| t.to_dtype(DType::F32))
+                    .map_err(|e| corrupt(e.to_string()))?;
+                if let Some(i) =
+                    crate::finite::first_non_finite(&t).map_err(|e| corrupt(e.to_string()))?
+                {
+                    return Err(MimiError::Checkpoint {
+                        path: self.path.clone(),
+                        msg: format!(
+                            "tensor `{name}` holds a NaN or infinite value (element {i}); the file is corrupt, re-download it"
+                        ),
+                    });
+                }
+                t.to_device(&self.device)?
+            }
+            Source::Made { fill, keep } => {
+                let t = Tensor::from_vec(fill(name, shape), shape, &Device::Cpu)?;
+                if *keep {
+                    self.made.insert(name.to_string(), t.clone());
+                }
+                t
+            }
+        };
         Ok(t)
     }
 }

@@ -21,7 +21,6 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 
 pub use config::{MimiConfig, QuantizerConfig, SeanetConfig, TransformerConfig};
-pub use load::expected_tensors;
 pub use random::write_random_checkpoint;
 
 use conv::{StreamConv1d, StreamConvTr1d};
@@ -114,6 +113,20 @@ pub enum MimiError {
     Candle(#[from] candle_core::Error),
 }
 
+/// Every tensor (name, shape) of a `cfg` checkpoint in the released file's names, in a stable
+/// order: the requests [`Mimi::load`] makes, recorded while building Mimi from zeros. For
+/// [`MimiConfig::v0_1`] this is the 318 tensors of
+/// `tokenizer-e351c8d8-checkpoint125.safetensors`.
+pub fn expected_tensors(cfg: &MimiConfig) -> Result<Vec<(String, Vec<usize>)>, MimiError> {
+    cfg.validate()?;
+    let v = load::Vars::made(
+        Box::new(|_, shape| vec![0.0; shape.iter().product()]),
+        false,
+    );
+    Mimi::build(&v, cfg, cfg.quantizer.n_q)?;
+    v.finish()
+}
+
 /// Encoder side: SEANet, transformer, learnt downsampling.
 #[derive(Debug, Clone)]
 struct EncoderPart {
@@ -175,8 +188,8 @@ impl DecoderPart {
 
 impl Mimi {
     /// Memory-maps `weights` (safetensors, released names), checks that every tensor `cfg`
-    /// implies is present with the right shape and nothing else is, and builds Mimi with
-    /// `num_codebooks` active codebooks (1..=`cfg.quantizer.n_q`).
+    /// implies is present with the right shape and finite values, and nothing else is, and
+    /// builds Mimi with `num_codebooks` active codebooks (1..=`cfg.quantizer.n_q`).
     pub fn load(
         weights: &std::path::Path,
         cfg: &MimiConfig,
@@ -190,40 +203,40 @@ impl Mimi {
                 max: cfg.quantizer.n_q,
             });
         }
-        let w = load::Weights::open(weights, cfg, device)?;
+        let v = load::Vars::open(weights, device)?;
+        let mimi = Self::build(&v, cfg, num_codebooks)?;
+        v.finish()?;
+        Ok(mimi)
+    }
+
+    /// Builds Mimi from `v`, asking for every tensor of a `cfg` checkpoint (in the order of
+    /// the tensor list [`expected_tensors`] reports, which the random writer's values follow).
+    fn build(v: &load::Vars, cfg: &MimiConfig, num_codebooks: usize) -> Result<Mimi, MimiError> {
         let g = cfg.downsample_stride();
-        let enc = EncoderPart {
-            seanet: Seanet::encoder(&w, &cfg.seanet, cfg.frame_size())?,
-            transformer: Transformer::load(&w, "encoder_transformer", &cfg.transformer, g)?,
-            downsample: StreamConv1d::new(
-                w.get("downsample.conv.conv.conv.weight")?,
-                None,
-                g,
-                1,
-                true,
-                1,
-            )?,
-        };
-        let dec = DecoderPart {
-            upsample: StreamConvTr1d::new(
-                w.get("upsample.convtr.convtr.convtr.weight")?,
-                None,
-                g,
-                true,
-                1,
-            )?,
-            transformer: Transformer::load(&w, "decoder_transformer", &cfg.transformer, g)?,
-            seanet: Seanet::decoder(&w, &cfg.seanet, g)?,
-        };
-        let quantizer = Quantizer::load(&w, &cfg.quantizer, num_codebooks)?;
+        let d = cfg.seanet.dimension;
+        let enc_seanet = Seanet::encoder(&v.pp("encoder"), &cfg.seanet, cfg.frame_size())?;
+        let dec_seanet = Seanet::decoder(&v.pp("decoder"), &cfg.seanet, g)?;
+        let enc_tr = Transformer::load(&v.pp("encoder_transformer"), &cfg.transformer, g)?;
+        let dec_tr = Transformer::load(&v.pp("decoder_transformer"), &cfg.transformer, g)?;
+        let quantizer = Quantizer::load(&v.pp("quantizer"), &cfg.quantizer, d, num_codebooks)?;
+        let down = v.get("downsample.conv.conv.conv.weight", &[d, d, 2 * g])?;
+        let up = v.get("upsample.convtr.convtr.convtr.weight", &[d, 1, 2 * g])?;
         Ok(Mimi {
-            enc,
-            dec,
+            enc: EncoderPart {
+                seanet: enc_seanet,
+                transformer: enc_tr,
+                downsample: StreamConv1d::new(down, None, g, 1, true, 1)?,
+            },
+            dec: DecoderPart {
+                upsample: StreamConvTr1d::new(up, None, g, true, 1)?,
+                transformer: dec_tr,
+                seanet: dec_seanet,
+            },
             quantizer,
             num_codebooks,
             cardinality: cfg.quantizer.bins,
             frame_samples: cfg.frame_size(),
-            device: device.clone(),
+            device: v.device(),
         })
     }
 

@@ -5,7 +5,7 @@ use candle_core::{DType, Result, Tensor, D};
 
 use super::config::QuantizerConfig;
 use super::kernels::Packed;
-use super::load::Weights;
+use super::load::Vars;
 use super::MimiError;
 
 #[derive(Debug, Clone)]
@@ -34,17 +34,33 @@ pub(crate) struct Quantizer {
     rest: Group,
 }
 
-fn group(w: &Weights, name: &str, levels: usize) -> std::result::Result<Group, MimiError> {
-    let p = format!("quantizer.{name}");
-    let proj = |n: &str| -> std::result::Result<Packed, MimiError> {
-        let t = w.get(&format!("{p}.{n}.weight"))?;
+/// One quantizer group under `v` (`quantizer.rvq_first` / `rvq_rest`): its projections and
+/// `levels` codebooks, of which the first `active` are loaded.
+fn group(
+    v: &Vars,
+    cfg: &QuantizerConfig,
+    latent: usize,
+    levels: usize,
+    active: usize,
+) -> std::result::Result<Group, MimiError> {
+    let (dim, bins) = (cfg.dimension, cfg.bins);
+    let proj = |n: &str, shape: &[usize]| -> std::result::Result<Packed, MimiError> {
+        let t = v.get(n, shape)?;
         Ok(Packed::new(&t.squeeze(2)?.t()?, 1)?)
     };
-    let mut codebooks = Vec::with_capacity(levels);
+    let input_proj = proj("input_proj.weight", &[dim, latent, 1])?;
+    let output_proj = proj("output_proj.weight", &[latent, dim, 1])?;
+    let mut codebooks = Vec::with_capacity(active);
     for l in 0..levels {
-        let c = format!("{p}.vq.layers.{l}._codebook");
-        let sum = w.get(&format!("{c}.embedding_sum"))?;
-        let usage = w.get(&format!("{c}.cluster_usage"))?;
+        let c = v.pp(format!("vq.layers.{l}._codebook"));
+        c.declare("_initialized", &[1])?;
+        if l >= active {
+            c.declare("cluster_usage", &[bins])?;
+            c.declare("embedding_sum", &[bins, dim])?;
+            continue;
+        }
+        let usage = c.get("cluster_usage", &[bins])?;
+        let sum = c.get("embedding_sum", &[bins, dim])?;
         let centroids = sum.broadcast_div(&usage.clamp(1e-5f32, f32::MAX)?.unsqueeze(1)?)?;
         let norms = centroids.sqr()?.sum(1)?.unsqueeze(0)?;
         let centroids_t = Packed::new(&centroids.t()?, 1)?;
@@ -55,8 +71,8 @@ fn group(w: &Weights, name: &str, levels: usize) -> std::result::Result<Group, M
         });
     }
     Ok(Group {
-        input_proj: proj("input_proj")?,
-        output_proj: proj("output_proj")?,
+        input_proj,
+        output_proj,
         codebooks,
     })
 }
@@ -94,15 +110,18 @@ impl Group {
 }
 
 impl Quantizer {
-    /// Loads the first `num_codebooks` levels (1 semantic + `num_codebooks - 1` acoustic).
+    /// The quantizer under `v` (`quantizer`) for a `latent`-wide input, with the first
+    /// `num_codebooks` levels active (1 semantic + `num_codebooks - 1` acoustic).
     pub(crate) fn load(
-        w: &Weights,
-        _cfg: &QuantizerConfig,
+        v: &Vars,
+        cfg: &QuantizerConfig,
+        latent: usize,
         num_codebooks: usize,
     ) -> std::result::Result<Self, MimiError> {
+        let rest = cfg.n_q - 1;
         Ok(Self {
-            first: group(w, "rvq_first", 1)?,
-            rest: group(w, "rvq_rest", num_codebooks - 1)?,
+            first: group(&v.pp("rvq_first"), cfg, latent, 1, 1)?,
+            rest: group(&v.pp("rvq_rest"), cfg, latent, rest, num_codebooks - 1)?,
         })
     }
 

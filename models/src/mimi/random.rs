@@ -1,17 +1,16 @@
 //! Deterministic random-weight checkpoints in the released format, for demos and benchmarks
 //! without the real weights.
 
-use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
 use super::config::MimiConfig;
-use super::load::expected_tensors;
-use super::MimiError;
+use super::load::Vars;
+use super::{Mimi, MimiError};
+use crate::replace::replace_file;
 
 /// Writes a safetensors file with every tensor of `cfg` (released names and shapes), filled
 /// deterministically from `seed`.
@@ -22,37 +21,51 @@ use super::MimiError;
 pub fn write_random_checkpoint(cfg: &MimiConfig, seed: u64, path: &Path) -> Result<(), MimiError> {
     cfg.validate()?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut tensors = HashMap::new();
-    for (name, shape) in expected_tensors(cfg) {
-        let n: usize = shape.iter().product();
-        let fill = |v: f32| vec![v; n];
-        let data: Vec<f32> = if name.ends_with("._initialized") || name.ends_with(".cluster_usage")
-        {
-            fill(1.0)
-        } else if name.ends_with("layer_scale_1.scale") || name.ends_with("layer_scale_2.scale") {
-            fill(0.2)
-        } else if name.contains(".norm") && name.ends_with(".weight") {
-            fill(1.0)
-        } else if name.ends_with(".bias") {
-            normal(&mut rng, n, if name.contains(".norm") { 0.0 } else { 0.01 })
-        } else if name.ends_with(".embedding_sum") {
-            normal(&mut rng, n, 0.1)
+    // One stream drawn in request order: the same seed gives the same file.
+    let v = Vars::made(
+        Box::new(move |name, shape| random_values(name, shape, &mut rng)),
+        true,
+    );
+    Mimi::build(&v, cfg, cfg.quantizer.n_q)?;
+    let tensors = v.take_made();
+    replace_file(
+        path,
+        |tmp| {
+            candle_core::safetensors::save(&tensors, tmp).map_err(|e| MimiError::Checkpoint {
+                path: path.to_path_buf(),
+                msg: format!("cannot write: {e}"),
+            })
+        },
+        |p, error| MimiError::Io {
+            path: p.to_path_buf(),
+            error,
+        },
+    )
+}
+
+/// Values for one tensor (see [`write_random_checkpoint`]).
+fn random_values(name: &str, shape: &[usize], rng: &mut ChaCha8Rng) -> Vec<f32> {
+    let n: usize = shape.iter().product();
+    let fill = |v: f32| vec![v; n];
+    if name.ends_with("._initialized") || name.ends_with(".cluster_usage") {
+        fill(1.0)
+    } else if name.ends_with("layer_scale_1.scale") || name.ends_with("layer_scale_2.scale") {
+        fill(0.2)
+    } else if name.contains(".norm") && name.ends_with(".weight") {
+        fill(1.0)
+    } else if name.ends_with(".bias") {
+        normal(rng, n, if name.contains(".norm") { 0.0 } else { 0.01 })
+    } else if name.ends_with(".embedding_sum") {
+        normal(rng, n, 0.1)
+    } else {
+        // Fan-in: a transposed conv of kernel 2*stride sums 2 input steps per output sample.
+        let fan_in = if name.contains("convtr") {
+            2 * shape[0] / if shape[1] == 1 { shape[0] } else { 1 }
         } else {
-            // Fan-in: a transposed conv of kernel 2*stride sums 2 input steps per output sample.
-            let fan_in = if name.contains("convtr") {
-                2 * shape[0] / if shape[1] == 1 { shape[0] } else { 1 }
-            } else {
-                shape[1..].iter().product::<usize>()
-            };
-            normal(&mut rng, n, 1.0 / (fan_in.max(1) as f32).sqrt())
+            shape[1..].iter().product::<usize>()
         };
-        let t = Tensor::from_vec(data, shape, &Device::Cpu)?;
-        tensors.insert(name, t);
+        normal(rng, n, 1.0 / (fan_in.max(1) as f32).sqrt())
     }
-    candle_core::safetensors::save(&tensors, path).map_err(|e| MimiError::Checkpoint {
-        path: path.to_path_buf(),
-        msg: format!("cannot write: {e}"),
-    })
 }
 
 fn normal(rng: &mut ChaCha8Rng, n: usize, std: f32) -> Vec<f32> {

@@ -4,7 +4,7 @@ use candle_core::{Result, Tensor};
 
 use super::config::SeanetConfig;
 use super::conv::{elu, StreamConv1d, StreamConvTr1d};
-use super::load::Weights;
+use super::load::Vars;
 use super::MimiError;
 
 #[derive(Debug, Clone)]
@@ -22,16 +22,18 @@ pub(crate) struct Seanet {
     layers: Vec<Layer>,
 }
 
+/// A causal conv `prefix.conv.conv.{weight,bias}` of `(out, in, kernel)`.
 fn conv(
-    w: &Weights,
-    p: &str,
+    v: &Vars,
+    (o, i, k): (usize, usize, usize),
     stride: usize,
     dilation: usize,
     steps_out: usize,
 ) -> std::result::Result<StreamConv1d, MimiError> {
+    let v = v.pp("conv.conv");
     let c = StreamConv1d::new(
-        w.get(&format!("{p}.conv.conv.weight"))?,
-        Some(w.get(&format!("{p}.conv.conv.bias"))?),
+        v.get("weight", &[o, i, k])?,
+        Some(v.get("bias", &[o])?),
         stride,
         dilation,
         false,
@@ -40,20 +42,23 @@ fn conv(
     Ok(c)
 }
 
+/// The residual blocks at width `dim`, from `{prefix}.model.{idx}` on.
 fn res_blocks(
-    w: &Weights,
+    v: &Vars,
     cfg: &SeanetConfig,
-    prefix: &str,
     idx: &mut usize,
+    dim: usize,
     layers: &mut Vec<Layer>,
     steps: usize,
 ) -> std::result::Result<(), MimiError> {
+    let hidden = dim / cfg.compress;
+    let k = cfg.residual_kernel_size;
     let mut dilation = 1;
     for _ in 0..cfg.n_residual_layers {
-        let p = format!("{prefix}.model.{idx}.block");
+        let b = v.pp(format!("model.{idx}.block"));
         layers.push(Layer::Res(
-            conv(w, &format!("{p}.1"), 1, dilation, steps)?,
-            conv(w, &format!("{p}.3"), 1, 1, steps)?,
+            conv(&b.pp(1), (hidden, dim, k), 1, dilation, steps)?,
+            conv(&b.pp(3), (dim, hidden, 1), 1, 1, steps)?,
         ));
         dilation *= cfg.dilation_base;
         *idx += 1;
@@ -62,57 +67,68 @@ fn res_blocks(
 }
 
 impl Seanet {
-    /// `frame`: audio samples per streaming call.
+    /// The encoder under `v` (`encoder`); `frame`: audio samples per streaming call.
     pub(crate) fn encoder(
-        w: &Weights,
+        v: &Vars,
         cfg: &SeanetConfig,
         frame: usize,
     ) -> std::result::Result<Self, MimiError> {
+        let nf = cfg.n_filters;
         let mut steps = frame;
-        let mut layers = vec![Layer::Conv(conv(w, "encoder.model.0", 1, 1, steps)?)];
-        let mut idx = 1;
+        let first = (nf, cfg.channels, cfg.kernel_size);
+        let mut layers = vec![Layer::Conv(conv(&v.pp("model.0"), first, 1, 1, steps)?)];
+        let (mut idx, mut mult) = (1, 1);
         for &r in cfg.ratios.iter().rev() {
-            res_blocks(w, cfg, "encoder", &mut idx, &mut layers, steps)?;
+            res_blocks(v, cfg, &mut idx, mult * nf, &mut layers, steps)?;
             layers.push(Layer::Elu);
             idx += 1;
             steps /= r;
-            let c = conv(w, &format!("encoder.model.{idx}"), r, 1, steps)?;
+            let shape = (mult * nf * 2, mult * nf, 2 * r);
+            let c = conv(&v.pp(format!("model.{idx}")), shape, r, 1, steps)?;
             layers.push(Layer::Conv(c));
             idx += 1;
+            mult *= 2;
         }
         layers.push(Layer::Elu);
         idx += 1;
-        let c = conv(w, &format!("encoder.model.{idx}"), 1, 1, steps)?;
+        let shape = (cfg.dimension, mult * nf, cfg.last_kernel_size);
+        let c = conv(&v.pp(format!("model.{idx}")), shape, 1, 1, steps)?;
         layers.push(Layer::Conv(c));
         Ok(Self { layers })
     }
 
-    /// `steps`: latent steps per streaming call.
+    /// The decoder under `v` (`decoder`); `steps`: latent steps per streaming call.
     pub(crate) fn decoder(
-        w: &Weights,
+        v: &Vars,
         cfg: &SeanetConfig,
         mut steps: usize,
     ) -> std::result::Result<Self, MimiError> {
-        let mut layers = vec![Layer::Conv(conv(w, "decoder.model.0", 1, 1, steps)?)];
+        let nf = cfg.n_filters;
+        let mut mult = 1usize << cfg.ratios.len();
+        let first = (mult * nf, cfg.dimension, cfg.kernel_size);
+        let mut layers = vec![Layer::Conv(conv(&v.pp("model.0"), first, 1, 1, steps)?)];
         let mut idx = 1;
         for &r in &cfg.ratios {
             layers.push(Layer::Elu);
             idx += 1;
-            let p = format!("decoder.model.{idx}.convtr.convtr");
+            let (c_in, c_out) = (mult * nf, mult * nf / 2);
+            let t = v.pp(format!("model.{idx}.convtr.convtr"));
             layers.push(Layer::ConvTr(StreamConvTr1d::new(
-                w.get(&format!("{p}.weight"))?,
-                Some(w.get(&format!("{p}.bias"))?),
+                t.get("weight", &[c_in, c_out, 2 * r])?,
+                Some(t.get("bias", &[c_out])?),
                 r,
                 false,
                 steps,
             )?));
             idx += 1;
             steps *= r;
-            res_blocks(w, cfg, "decoder", &mut idx, &mut layers, steps)?;
+            res_blocks(v, cfg, &mut idx, c_out, &mut layers, steps)?;
+            mult /= 2;
         }
         layers.push(Layer::Elu);
         idx += 1;
-        let c = conv(w, &format!("decoder.model.{idx}"), 1, 1, steps)?;
+        let shape = (cfg.channels, nf, cfg.last_kernel_size);
+        let c = conv(&v.pp(format!("model.{idx}")), shape, 1, 1, steps)?;
         layers.push(Layer::Conv(c));
         Ok(Self { layers })
     }

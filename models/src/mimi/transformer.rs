@@ -6,7 +6,7 @@ use candle_nn::LayerNorm;
 
 use super::config::TransformerConfig;
 use super::kernels::Packed;
-use super::load::Weights;
+use super::load::Vars;
 use super::MimiError;
 
 #[derive(Debug, Clone)]
@@ -42,35 +42,37 @@ pub(crate) struct Transformer {
 }
 
 impl Transformer {
+    /// The transformer under `v` (`encoder_transformer` / `decoder_transformer`).
     pub(crate) fn load(
-        w: &Weights,
-        prefix: &str,
+        v: &Vars,
         cfg: &TransformerConfig,
         granularity: usize,
     ) -> std::result::Result<Self, MimiError> {
+        let (d, ff) = (cfg.d_model, cfg.dim_feedforward);
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for l in 0..cfg.num_layers {
-            let p = format!("{prefix}.transformer.layers.{l}");
+            let p = v.pp(format!("transformer.layers.{l}"));
             // Linear weights are kept transposed, `[in, out]`, for the small-batch kernels.
-            let wt = |n: &str| -> std::result::Result<Packed, MimiError> {
-                Ok(Packed::new(&w.get(n)?.t()?, granularity)?)
+            let wt = |n: &str, shape: &[usize]| -> std::result::Result<Packed, MimiError> {
+                Ok(Packed::new(&p.get(n, shape)?.t()?, granularity)?)
             };
             let norm = |n: &str| -> std::result::Result<LayerNorm, MimiError> {
+                let p = p.pp(n);
                 Ok(LayerNorm::new(
-                    w.get(&format!("{p}.{n}.weight"))?,
-                    w.get(&format!("{p}.{n}.bias"))?,
+                    p.get("weight", &[d])?,
+                    p.get("bias", &[d])?,
                     1e-5,
                 ))
             };
             layers.push(Layer {
-                in_proj: wt(&format!("{p}.self_attn.in_proj_weight"))?,
-                out_proj: wt(&format!("{p}.self_attn.out_proj.weight"))?,
+                in_proj: wt("self_attn.in_proj_weight", &[3 * d, d])?,
+                out_proj: wt("self_attn.out_proj.weight", &[d, d])?,
                 norm1: norm("norm1")?,
                 norm2: norm("norm2")?,
-                linear1: wt(&format!("{p}.linear1.weight"))?,
-                linear2: wt(&format!("{p}.linear2.weight"))?,
-                scale1: w.get(&format!("{p}.layer_scale_1.scale"))?,
-                scale2: w.get(&format!("{p}.layer_scale_2.scale"))?,
+                linear1: wt("linear1.weight", &[ff, d])?,
+                linear2: wt("linear2.weight", &[d, ff])?,
+                scale1: p.get("layer_scale_1.scale", &[d])?,
+                scale2: p.get("layer_scale_2.scale", &[d])?,
                 k_cache: None,
                 v_cache: None,
             });
@@ -87,7 +89,7 @@ impl Transformer {
             granularity: granularity.max(1),
             inv_freq,
             pos: 0,
-            device: w.device().clone(),
+            device: v.device(),
         })
     }
 

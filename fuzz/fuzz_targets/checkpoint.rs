@@ -1,0 +1,3 @@
+#![no_main]
+//! Fuzz target: moshid_models::fuzz::checkpoint (see that function).
+libfuzzer_sys::fuzz_target!(|data: &[u8]| moshid_models::fuzz::checkpoint(data));
