@@ -2,7 +2,8 @@
 # Installs the system packages that building and testing moshid need (Debian/Ubuntu).
 # Idempotent: does nothing when everything is present.
 set -euo pipefail
-pkgs=(pkg-config libasound2-dev alsa-utils mosquitto mosquitto-clients systemd espeak-ng sox openssl git)
+pkgs=(pkg-config libasound2-dev alsa-utils mosquitto mosquitto-clients systemd espeak-ng sox openssl git
+      python3 python3-venv)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

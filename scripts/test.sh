@@ -7,6 +7,10 @@ t0=$(date +%s)
 cargo fmt --all -- --check
 cargo test --workspace --release --locked
 echo "test: cargo test took $(( $(date +%s) - t0 )) s"
+# The Python bindings (models/python): pip install + pytest against the same references.
+t2=$(date +%s)
+./scripts/ci-python.sh
+echo "test: python bindings took $(( $(date +%s) - t2 )) s"
 # Packaging and the Jetson builds (cross/README.md): unit checks, .deb + lintian (reusing the
 # release build above), Yocto lint, then the aarch64 cross build with its tests under qemu.
 # MOSHID_SKIP_CROSS=1 skips the cross stage (about 20 min cold) on a laptop; the CUDA build
