@@ -3,7 +3,10 @@
 # Idempotent: does nothing when everything is present.
 set -euo pipefail
 pkgs=(pkg-config libasound2-dev alsa-utils mosquitto mosquitto-clients systemd espeak-ng sox openssl git
-      python3 python3-venv)
+      python3 python3-venv libopus-dev curl chromium)
+# The browser test needs node + npm; a machine with another Node.js (e.g. NodeSource's, which
+# bundles npm) keeps it.
+command -v npm >/dev/null 2>&1 || pkgs+=(nodejs npm)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -11,6 +11,10 @@ echo "test: cargo test took $(( $(date +%s) - t0 )) s"
 t2=$(date +%s)
 ./scripts/ci-python.sh
 echo "test: python bindings took $(( $(date +%s) - t2 )) s"
+# A real browser against the page (Chromium + playwright-core, about 30 s).
+tb=$(date +%s)
+./scripts/ci-browser.sh
+echo "test: browser test took $(( $(date +%s) - tb )) s"
 # Packaging and the Jetson builds (cross/README.md): unit checks, .deb + lintian (reusing the
 # release build above), Yocto lint, then the aarch64 cross build with its tests under qemu.
 # MOSHID_SKIP_CROSS=1 skips the cross stage (about 20 min cold) on a laptop; the CUDA build

@@ -17,6 +17,7 @@ mod pipeline;
 mod service;
 mod sound;
 mod store;
+mod web;
 
 use clap::{Parser, Subcommand};
 
@@ -52,6 +53,8 @@ enum Command {
     Infer(cmd::infer::Args),
     /// Convert a safetensors LM checkpoint to GGUF (q8_0, q4_0, q4k), keeping names.
     Quantize(cmd::quantize::Args),
+    /// Talk to a `/api/chat` server (moshid's or Kyutai's) from a WAV file; one JSON line.
+    Client(cmd::client::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -66,6 +69,7 @@ fn main() -> std::process::ExitCode {
         Command::CheckConfig(a) => cmd::check_config::run(a),
         Command::Infer(a) => cmd::infer::run(a),
         Command::Quantize(a) => cmd::quantize::run(a),
+        Command::Client(a) => cmd::client::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

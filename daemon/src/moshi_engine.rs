@@ -29,6 +29,8 @@ pub struct MoshiEngine {
     text_state: StreamState,
     codes: Vec<u32>,
     what: String,
+    /// The configured sampling, which a conversation's override starts from.
+    sampling: Sampling,
 }
 
 /// Loads `spec` with the config's device, dtype, context and sampling.
@@ -57,6 +59,7 @@ pub fn load(spec: &ModelSpec, cfg: &Config) -> anyhow::Result<Box<dyn Engine>> {
         tokenizer,
         text_state: StreamState::default(),
         what,
+        sampling,
     }))
 }
 
@@ -91,6 +94,18 @@ impl Engine for MoshiEngine {
         self.mimi.reset();
         self.gen.reset();
         self.text_state = StreamState::default();
+    }
+
+    fn set_sampling(&mut self, o: &crate::engine::SamplingOverride) {
+        let b = self.sampling;
+        let s = Sampling {
+            temp_text: o.temp_text.unwrap_or(b.temp_text),
+            temp_audio: o.temp_audio.unwrap_or(b.temp_audio),
+            top_k: o.top_k_text.unwrap_or(b.top_k),
+            greedy: b.greedy,
+            seed: o.seed.unwrap_or(b.seed),
+        };
+        self.gen.set_sampling(s, o.top_k_audio);
     }
 
     fn describe(&self) -> String {

@@ -14,6 +14,8 @@ pub enum Command {
     Mimi(MimiBenchArgs),
     /// Moshi LM step time (temporal/depth split) and peak memory.
     Lm(super::bench_lm::Args),
+    /// The web endpoint's cost per 80 ms frame (Ogg + Opus both ways, model aside).
+    Web(super::bench_web::Args),
 }
 
 /// Arguments of `moshid bench mimi`.
@@ -37,6 +39,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Mimi(a) => bench_mimi(a),
         Command::Lm(a) => super::bench_lm::run(a),
+        Command::Web(a) => super::bench_web::run(a),
     }
 }
 

@@ -44,6 +44,8 @@ pub struct Args {
     /// weights, e.g. to measure a board. Audio stays WAV; MQTT only with --mqtt.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub web: super::demo_web::WebArgs,
 }
 
 fn default_cache() -> PathBuf {
@@ -159,6 +161,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         anyhow::bail!("invalid demo settings: {}", problems.join("; "));
     }
 
+    if args.web.web {
+        return super::demo_web::run(&cfg, &args.web);
+    }
     let out_dir = args
         .output
         .parent()

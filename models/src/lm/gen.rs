@@ -100,6 +100,8 @@ const UNGENERATED: i64 = -2;
 pub struct LmGen {
     model: Arc<LmModel>,
     sampling: Sampling,
+    /// Audio top-k when it differs from the text one (a web session's `audio_topk`).
+    top_k_audio: Option<usize>,
     rng: ChaCha8Rng,
     context: usize,
     main_cache: Vec<RingKv>,
@@ -145,6 +147,7 @@ impl LmGen {
         Ok(Self {
             rng: ChaCha8Rng::seed_from_u64(sampling.seed),
             sampling,
+            top_k_audio: None,
             context,
             main_cache,
             dep_cache,
@@ -205,6 +208,15 @@ impl LmGen {
         }
         self.offset = 0;
         self.rng = ChaCha8Rng::seed_from_u64(self.sampling.seed);
+    }
+
+    /// Samples with these settings from now on (`top_k_audio`: audio's own top-k, None = the
+    /// text one) and re-seeds the RNG: one conversation's settings (Kyutai's per-session
+    /// query parameters). Call before [`LmGen::reset`] or at a conversation's start.
+    pub fn set_sampling(&mut self, sampling: Sampling, top_k_audio: Option<usize>) {
+        self.sampling = sampling;
+        self.top_k_audio = top_k_audio;
+        self.rng = ChaCha8Rng::seed_from_u64(sampling.seed);
     }
 
     /// Tokens sampled by the last step, before delay re-alignment: text, then 8 audio codes.
@@ -347,10 +359,14 @@ impl LmGen {
         }
         self.order.clear();
         self.order.extend(0..logits.len() as u32);
-        let kk = if self.sampling.top_k == 0 {
+        let top_k = match (text, self.top_k_audio) {
+            (false, Some(k)) => k,
+            _ => self.sampling.top_k,
+        };
+        let kk = if top_k == 0 {
             logits.len()
         } else {
-            self.sampling.top_k.min(logits.len())
+            top_k.min(logits.len())
         };
         let by_logit = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]);
         if kk < logits.len() {

@@ -1,0 +1,170 @@
+//! A [`Backend`] that owns a model outright: what `moshid demo --web` serves (no room, no
+//! MQTT), and what the server's tests run against.
+
+use super::backend::{Backend, Control, ModelInfo, Talk};
+use super::params::SessionSampling;
+use crate::engine::{Engine, SamplingOverride};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// The state the page shows.
+#[derive(Default)]
+struct Inner {
+    engine: Mutex<Option<Box<dyn Engine>>>,
+    client: Mutex<Option<SocketAddr>>,
+    muted: AtomicBool,
+    volume: AtomicU8,
+    /// Last step time, ms, f32 bits.
+    step_ms: AtomicU32,
+    steps: AtomicU64,
+    dropped_input: AtomicU64,
+    dropped_output: AtomicU64,
+}
+
+/// A model served to one web session at a time.
+pub struct LocalBackend {
+    inner: Arc<Inner>,
+    info: ModelInfo,
+    voice: String,
+}
+
+impl LocalBackend {
+    /// Serves `engine`; `info` goes into the metadata.
+    pub fn new(engine: Box<dyn Engine>, info: ModelInfo, voice: &str, volume: u8) -> LocalBackend {
+        let inner = Inner {
+            engine: Mutex::new(Some(engine)),
+            volume: AtomicU8::new(volume.min(100)),
+            ..Inner::default()
+        };
+        LocalBackend {
+            inner: Arc::new(inner),
+            info,
+            voice: voice.to_string(),
+        }
+    }
+}
+
+/// What a session's sampling parameters mean for the engine. moshid draws text and audio
+/// tokens from one seeded RNG (as the reference `LMGen`), so one seed applies:
+/// `text_seed`, else `audio_seed`.
+pub fn sampling_override(s: &SessionSampling) -> SamplingOverride {
+    SamplingOverride {
+        temp_text: s.text_temperature,
+        temp_audio: s.audio_temperature,
+        top_k_text: s.text_topk,
+        top_k_audio: s.audio_topk,
+        seed: s.text_seed.or(s.audio_seed),
+    }
+}
+
+impl Backend for LocalBackend {
+    fn model_info(&self) -> ModelInfo {
+        self.info.clone()
+    }
+
+    fn open(&self, peer: SocketAddr, s: SessionSampling) -> Result<Box<dyn Talk>, String> {
+        let mut engine = self
+            .inner
+            .engine
+            .lock()
+            .map_err(|_| "the model is unavailable".to_string())?
+            .take()
+            .ok_or_else(|| "busy: the model is in use".to_string())?;
+        engine.set_sampling(&sampling_override(&s));
+        engine.reset();
+        if let Ok(mut c) = self.inner.client.lock() {
+            *c = Some(peer);
+        }
+        Ok(Box::new(LocalTalk {
+            engine: Some(engine),
+            inner: self.inner.clone(),
+        }))
+    }
+
+    fn state(&self) -> serde_json::Value {
+        let i = &self.inner;
+        let client = i.client.lock().ok().and_then(|c| *c);
+        let step_ms = f32::from_bits(i.step_ms.load(Ordering::Relaxed)) as f64;
+        serde_json::json!({
+            "phase": if client.is_some() { "conversation" } else { "idle" },
+            "endpoint": client.map(|_| "web"),
+            "client": client.map(|c| c.to_string()),
+            "voice": self.voice,
+            "muted": i.muted.load(Ordering::Relaxed),
+            "volume": i.volume.load(Ordering::Relaxed),
+            "step_ms": (step_ms * 10.0).round() / 10.0,
+            "rtf": (step_ms / 80.0 * 1000.0).round() / 1000.0,
+            "steps": i.steps.load(Ordering::Relaxed),
+            "web_dropped_input": i.dropped_input.load(Ordering::Relaxed),
+            "web_dropped_output": i.dropped_output.load(Ordering::Relaxed),
+        })
+    }
+
+    fn control(&self, c: Control) -> Result<(), String> {
+        match c {
+            Control::Mute(m) => self.inner.muted.store(m, Ordering::Relaxed),
+            Control::Volume(v) => self.inner.volume.store(v.min(100), Ordering::Relaxed),
+            Control::Voice(v) if v == self.voice => {}
+            Control::Voice(v) => {
+                return Err(format!(
+                    "the offline demo serves one voice ({}); {v:?} needs `moshid run`",
+                    self.voice
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    fn count_dropped(&self, input: u64, output: u64) {
+        self.inner.dropped_input.fetch_add(input, Ordering::Relaxed);
+        self.inner
+            .dropped_output
+            .fetch_add(output, Ordering::Relaxed);
+    }
+}
+
+struct LocalTalk {
+    engine: Option<Box<dyn Engine>>,
+    inner: Arc<Inner>,
+}
+
+impl Talk for LocalTalk {
+    fn step(&mut self, input: &[f32], output: &mut [f32], text: &mut String) -> Result<(), String> {
+        let engine = self.engine.as_mut().ok_or("no model")?;
+        let silence;
+        let heard = if self.inner.muted.load(Ordering::Relaxed) {
+            silence = vec![0.0; input.len()];
+            &silence[..]
+        } else {
+            input
+        };
+        let t0 = std::time::Instant::now();
+        engine
+            .step(heard, output, text)
+            .map_err(|e| e.to_string())?;
+        let ms = t0.elapsed().as_secs_f32() * 1000.0;
+        self.inner.step_ms.store(ms.to_bits(), Ordering::Relaxed);
+        self.inner.steps.fetch_add(1, Ordering::Relaxed);
+        let gain = self.inner.volume.load(Ordering::Relaxed) as f32 / 100.0;
+        for s in output.iter_mut() {
+            *s = (*s * gain).clamp(-1.0, 1.0);
+        }
+        Ok(())
+    }
+
+    fn ended(&self) -> Option<String> {
+        None // nothing but the client ends a demo session
+    }
+}
+
+impl Drop for LocalTalk {
+    fn drop(&mut self) {
+        if let Ok(mut e) = self.inner.engine.lock() {
+            *e = self.engine.take();
+        }
+        if let Ok(mut c) = self.inner.client.lock() {
+            *c = None;
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! `/api/chat` query parameters: per-session sampling (PROTOCOL.md, "Endpoint") and the token.
+
+/// Sampling settings a session asked for; None = the daemon's configured value.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SessionSampling {
+    /// `text_temperature`.
+    pub text_temperature: Option<f64>,
+    /// `text_topk`.
+    pub text_topk: Option<usize>,
+    /// `audio_temperature`.
+    pub audio_temperature: Option<f64>,
+    /// `audio_topk`.
+    pub audio_topk: Option<usize>,
+    /// `text_seed`.
+    pub text_seed: Option<u64>,
+    /// `audio_seed`.
+    pub audio_seed: Option<u64>,
+}
+
+/// A parameter that does not parse: the HTTP 400 body.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("query parameter {name}={value:?}: {why}")]
+pub struct BadParam {
+    /// Its name.
+    pub name: String,
+    /// What came.
+    pub value: String,
+    /// What was expected.
+    pub why: &'static str,
+}
+
+/// Percent-decodes one query component (`+` is a space; a stray `%` stays as it is).
+pub fn decode(s: &str) -> String {
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let pair = (b[i] == b'%')
+            .then(|| Some((hex(*b.get(i + 1)?)?, hex(*b.get(i + 2)?)?)))
+            .flatten();
+        match (b[i], pair) {
+            (b'%', Some((h, l))) => {
+                out.push(h << 4 | l);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The query's key/value pairs, decoded, in order.
+pub fn pairs(query: Option<&str>) -> Vec<(String, String)> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (decode(k), decode(v)),
+            None => (decode(p), String::new()),
+        })
+        .collect()
+}
+
+fn num<T: std::str::FromStr>(name: &str, v: &str, why: &'static str) -> Result<T, BadParam> {
+    v.trim().parse::<T>().map_err(|_| BadParam {
+        name: name.to_string(),
+        value: v.to_string(),
+        why,
+    })
+}
+
+fn temperature(name: &str, v: &str) -> Result<f64, BadParam> {
+    let t: f64 = num(name, v, "a number from 0 (greedy) to 10")?;
+    if !(0.0..=10.0).contains(&t) {
+        return Err(BadParam {
+            name: name.into(),
+            value: v.into(),
+            why: "a number from 0 (greedy) to 10",
+        });
+    }
+    Ok(t)
+}
+
+/// Reads the sampling parameters; unknown keys (Kyutai's `pad_mult`, `email`, ...) are ignored.
+pub fn sampling(pairs: &[(String, String)]) -> Result<SessionSampling, BadParam> {
+    let mut s = SessionSampling::default();
+    for (k, v) in pairs {
+        let int = "a whole number (0 = no top-k)";
+        match k.as_str() {
+            "text_temperature" => s.text_temperature = Some(temperature(k, v)?),
+            "audio_temperature" => s.audio_temperature = Some(temperature(k, v)?),
+            "text_topk" => s.text_topk = Some(num(k, v, int)?),
+            "audio_topk" => s.audio_topk = Some(num(k, v, int)?),
+            "text_seed" => s.text_seed = Some(num(k, v, "a whole number below 2^64")?),
+            "audio_seed" => s.audio_seed = Some(num(k, v, "a whole number below 2^64")?),
+            _ => {}
+        }
+    }
+    Ok(s)
+}
+
+/// The access token a request carries: `?token=`, `?worker_auth_id=` (what Kyutai's web UI
+/// forwards), or the `moshid_token` cookie the page sets.
+pub fn token(pairs: &[(String, String)], cookie: Option<&str>) -> Option<String> {
+    for want in ["token", "worker_auth_id"] {
+        if let Some((_, v)) = pairs.iter().find(|(k, v)| k == want && !v.is_empty()) {
+            return Some(v.clone());
+        }
+    }
+    cookie?
+        .split(';')
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == super::auth::COOKIE)
+        .map(|(_, v)| decode(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(s: &str) -> Vec<(String, String)> {
+        pairs(Some(s))
+    }
+
+    #[test]
+    fn the_web_clients_query_parses_and_unknown_keys_are_ignored() {
+        let p = q(
+            "text_temperature=0.7&text_topk=25&audio_temperature=0.8&audio_topk=250\
+                   &pad_mult=0&repetition_penalty_context=64&repetition_penalty=1\
+                   &email=a%40b.c&image_url=x&text_seed=42",
+        );
+        let s = sampling(&p).unwrap();
+        assert_eq!(s.text_temperature, Some(0.7));
+        assert_eq!(s.text_topk, Some(25));
+        assert_eq!(s.audio_temperature, Some(0.8));
+        assert_eq!(s.audio_topk, Some(250));
+        assert_eq!(s.text_seed, Some(42));
+        assert_eq!(s.audio_seed, None);
+        assert_eq!(p[7], ("email".to_string(), "a@b.c".to_string()));
+    }
+
+    #[test]
+    fn values_that_do_not_parse_are_errors_naming_the_parameter() {
+        for bad in [
+            "text_temperature=hot",
+            "audio_temperature=-1",
+            "text_topk=2.5",
+            "audio_topk=-3",
+            "text_seed=x",
+            "audio_seed=99999999999999999999999",
+        ] {
+            let e = sampling(&q(bad)).unwrap_err();
+            assert!(bad.starts_with(&e.name), "{bad}: {e}");
+        }
+        assert_eq!(
+            sampling(&q("text_temperature=1")).unwrap().text_temperature,
+            Some(1.0)
+        );
+    }
+
+    #[test]
+    fn tokens_come_from_the_query_or_the_cookie() {
+        assert_eq!(token(&q("token=abc"), None).as_deref(), Some("abc"));
+        assert_eq!(
+            token(&q("worker_auth_id=w%2B1"), None).as_deref(),
+            Some("w+1")
+        );
+        assert_eq!(
+            token(&q("x=1"), Some("a=b; moshid_token=c%3D; z=1")).as_deref(),
+            Some("c=")
+        );
+        assert_eq!(token(&q("token="), None), None);
+        assert_eq!(decode("100%"), "100%");
+        assert_eq!(decode("%zz%41"), "%zzA");
+    }
+}

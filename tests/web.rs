@@ -1,0 +1,319 @@
+//! The web endpoint end to end: `moshid client` against `moshid demo --web` over a real TLS
+//! WebSocket, the token from an untrusted address, the busy policy, and abuse (garbage,
+//! oversized and text-frame messages, 100 rapid connects) that must leave the daemon up.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+use support::*;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+/// `moshid demo --web` on `listen` with extra args; waits until it serves.
+fn serve(dir: &Path, listen: &str, extra: &[&str]) -> Daemon {
+    let cache = model_cache();
+    let state = dir.join("state");
+    let mut args = vec![
+        "demo",
+        "--web",
+        "--listen",
+        listen,
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let d = Daemon::spawn(&args, &[], dir);
+    let up = wait_for(Duration::from_secs(120), || {
+        d.log().contains("web: serving").then_some(())
+    });
+    assert!(up.is_some(), "web demo did not start:\n{}", d.log());
+    d
+}
+
+/// Runs `moshid client`; (exit ok, the JSON line, stderr).
+fn client(args: &[&str]) -> (bool, serde_json::Value, String) {
+    let o = Command::new(MOSHID)
+        .arg("client")
+        .args(args)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let json = out
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or(serde_json::Value::Null);
+    (
+        o.status.success(),
+        json,
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    )
+}
+
+fn voice_wav(dir: &Path) -> String {
+    let p = dir.join("voice.wav");
+    write_voice_wav(&p, 4.0);
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn client_talks_to_the_demo_over_tls() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().to_string();
+    let d = serve(dir.path(), &format!("127.0.0.1:{port}"), &[]);
+    let wav = voice_wav(dir.path());
+    let out = dir.path().join("heard.wav");
+    let txt = dir.path().join("heard.txt");
+    let url = format!("wss://localhost:{port}/api/chat?text_temperature=0.7&text_topk=25");
+    let ca = dir.path().join("state/web-cert.pem");
+    let (ok, j, err) = client(&[
+        "--url",
+        &url,
+        "--ca",
+        ca.to_str().unwrap(),
+        "--input",
+        &wav,
+        "--seconds",
+        "3",
+        "--output",
+        out.to_str().unwrap(),
+        "--transcript",
+        txt.to_str().unwrap(),
+    ]);
+    assert!(ok, "client failed: {err}\n{j}\n{}", d.log());
+    assert!(j["handshake_ms"].as_f64().is_some(), "{j}");
+    assert_eq!(j["metadata"]["text_topk"], 25, "{j}");
+    assert_eq!(j["metadata"]["lm_model_file"], "lm.safetensors");
+    assert!(j["metadata"]["build_info"]["rustc_version"].is_string());
+    assert!(j["audio_s"].as_f64().unwrap() >= 2.9, "{j}");
+    assert!(
+        j["audio_rms_dbfs"].as_f64().unwrap() > -40.0,
+        "silent reply: {j}"
+    );
+    assert!(!j["text"].as_str().unwrap().is_empty(), "no text: {j}");
+    let (n, peak) = wav_peak(&out);
+    assert!(
+        n >= 3 * 24_000 - 1920 && peak > 0.01,
+        "{n} samples, peak {peak}"
+    );
+    assert!(!std::fs::read_to_string(&txt).unwrap().trim().is_empty());
+    // A value that does not parse: HTTP 400, nothing started.
+    let bad = format!("wss://localhost:{port}/api/chat?audio_topk=many");
+    let (ok, _, err) = client(&["--url", &bad, "--insecure", "--input", &wav]);
+    assert!(!ok && err.contains("400"), "{err}");
+}
+
+fn http_status(addr: &str, path: &str) -> String {
+    let o = Command::new("curl")
+        .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("https://{addr}{path}"))
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+#[test]
+fn untrusted_addresses_need_the_token() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    // Listening on 127.0.0.2, clients connect from 127.0.0.1 (Linux picks it as the source
+    // on lo), which is left out of `trusted`.
+    let addr = format!("127.0.0.2:{}", free_port());
+    let d = serve(dir.path(), &addr, &["--trusted", "127.0.0.2/32"]);
+    let wav = voice_wav(dir.path());
+    let url = format!("wss://{addr}/api/chat");
+    let (ok, _, err) = client(&[
+        "--url",
+        &url,
+        "--insecure",
+        "--input",
+        &wav,
+        "--seconds",
+        "1",
+    ]);
+    assert!(!ok && err.contains("401"), "{err}");
+    let (ok, _, err) = client(&[
+        "--url",
+        &url,
+        "--insecure",
+        "--token",
+        "wrong",
+        "--input",
+        &wav,
+        "--seconds",
+        "1",
+    ]);
+    assert!(!ok && err.contains("401"), "{err}");
+    assert_eq!(http_status(&addr, "/"), "401");
+    assert_eq!(http_status(&addr, "/api/state"), "401");
+    assert!(!d.log().contains("conversation started"), "{}", d.log());
+    assert!(
+        d.log().contains("127.0.0.1"),
+        "refusals are logged with the peer: {}",
+        d.log()
+    );
+    // The token file: mode 0600, and the right token opens everything.
+    let tf = dir.path().join("state/web-token");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&tf).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let token = std::fs::read_to_string(&tf).unwrap().trim().to_string();
+    let (ok, j, err) = client(&[
+        "--url",
+        &url,
+        "--insecure",
+        "--token",
+        &token,
+        "--input",
+        &wav,
+        "--seconds",
+        "1",
+    ]);
+    assert!(ok, "{err} {j}");
+    assert_eq!(http_status(&addr, &format!("/?token={token}")), "200");
+    let kyutai = format!("{url}?worker_auth_id={token}");
+    let (ok, _, err) = client(&[
+        "--url",
+        &kyutai,
+        "--insecure",
+        "--input",
+        &wav,
+        "--seconds",
+        "1",
+    ]);
+    assert!(ok, "worker_auth_id: {err}");
+}
+
+#[test]
+fn a_second_client_waits_or_is_rejected() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let wav = voice_wav(dir.path());
+    for busy in ["reject", "wait"] {
+        let port = free_port().to_string();
+        let _d = serve(dir.path(), &format!("127.0.0.1:{port}"), &["--busy", busy]);
+        let url = format!("wss://127.0.0.1:{port}/api/chat");
+        let first = {
+            let url = url.clone();
+            let wav = wav.clone();
+            std::thread::spawn(move || {
+                client(&[
+                    "--url",
+                    &url,
+                    "--insecure",
+                    "--input",
+                    &wav,
+                    "--seconds",
+                    "3",
+                ])
+            })
+        };
+        std::thread::sleep(Duration::from_millis(1200));
+        let (ok, j, err) = client(&[
+            "--url",
+            &url,
+            "--insecure",
+            "--input",
+            &wav,
+            "--seconds",
+            "1",
+        ]);
+        let (ok1, j1, _) = first.join().unwrap();
+        assert!(ok1, "first client: {j1}");
+        if busy == "reject" {
+            assert!(!ok && err.contains("busy"), "{busy}: {err} {j}");
+        } else {
+            assert!(ok, "{busy}: {err} {j}");
+            // No handshake until the first conversation (3 s, started 1.2 s earlier) ended.
+            assert!(j["handshake_ms"].as_f64().unwrap() > 1000.0, "{j}");
+        }
+    }
+}
+
+/// A raw WebSocket on plain TCP (the abuse test runs with --no-tls on loopback).
+fn raw_ws(port: u16) -> tungstenite::WebSocket<TcpStream> {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let url = format!("ws://127.0.0.1:{port}/api/chat");
+    tungstenite::client(url, tcp).expect("upgrade").0
+}
+
+/// Reads until the server closes; the kinds of what it sent.
+fn drain(ws: &mut tungstenite::WebSocket<TcpStream>) -> Vec<u8> {
+    let mut kinds = Vec::new();
+    while let Ok(m) = ws.read() {
+        if let Message::Binary(b) = m {
+            kinds.push(b[0]);
+            if b[0] == 5 {
+                let _ = ws.close(None);
+            }
+        }
+    }
+    kinds
+}
+
+#[test]
+fn garbage_and_floods_leave_the_daemon_up() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut d = serve(dir.path(), &format!("127.0.0.1:{port}"), &["--no-tls"]);
+    // Garbage audio: a kind-5 error and a close (or silence), never a crash.
+    let mut ws = raw_ws(port);
+    let mut junk = vec![1u8];
+    junk.extend((0..70_000u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8));
+    ws.send(Message::Binary(junk.into())).unwrap();
+    let kinds = drain(&mut ws);
+    assert!(
+        kinds.starts_with(&[0, 4]) && kinds.contains(&5),
+        "{kinds:?}"
+    );
+    // Oversized message: the session ends.
+    let mut ws = raw_ws(port);
+    let _ = ws.send(Message::Binary(vec![1u8; 2 * 1024 * 1024].into()));
+    let _ = drain(&mut ws);
+    // Text frames and unknown kinds are ignored; the session then idles out or we close.
+    let mut ws = raw_ws(port);
+    ws.send(Message::Text("hello".into())).unwrap();
+    ws.send(Message::Binary(vec![9u8, 1, 2].into())).unwrap();
+    ws.close(None).unwrap();
+    let _ = drain(&mut ws);
+    // 100 rapid connects and disconnects, half of them mid-handshake.
+    for i in 0..100 {
+        let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        if i % 2 == 0 {
+            let _ = tcp.write_all(b"GET /api/chat HTTP/1.1\r\nHost: x\r\n");
+        }
+    }
+    let mut plain = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    plain
+        .write_all(b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut resp = String::new();
+    let _ = plain.read_to_string(&mut resp);
+    assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
+    assert!(
+        d.child.try_wait().unwrap().is_none(),
+        "daemon died:\n{}",
+        d.log()
+    );
+    // And it still talks.
+    let wav = voice_wav(dir.path());
+    let url = format!("ws://127.0.0.1:{port}/api/chat");
+    let (ok, j, err) = client(&["--url", &url, "--input", &wav, "--seconds", "1"]);
+    assert!(
+        ok && j["audio_s"].as_f64().unwrap() > 0.5,
+        "{err} {j}\n{}",
+        d.log()
+    );
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(5)).is_some());
+}
