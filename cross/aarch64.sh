@@ -29,7 +29,7 @@ if [ "$install" = 1 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   pkgs=(rustc-web cargo-web libstd-rust-web-dev libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu
-        g++-aarch64-linux-gnu libc6-dev-arm64-cross libasound2-dev:arm64 pkg-config qemu-user)
+        g++-aarch64-linux-gnu libc6-dev-arm64-cross libasound2-dev:arm64 libopus-dev:arm64 pkg-config qemu-user)
   missing=()
   for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

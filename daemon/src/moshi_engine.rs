@@ -4,7 +4,7 @@ use crate::config::Config;
 use crate::engine::{Engine, EngineError};
 use crate::model_spec::ModelSpec;
 use anyhow::Context;
-use moshid_models::lm::{LmGen, LmModel};
+use moshid_models::lm::{LmGen, LmModel, Sampling};
 use moshid_models::mimi::Mimi;
 use moshid_models::tokenizer::{StreamState, TextTokenizer};
 
@@ -50,7 +50,8 @@ pub fn load(spec: &ModelSpec, cfg: &Config) -> anyhow::Result<Box<dyn Engine>> {
         spec.lm_config.dim,
         cfg.model.context
     );
-    let gen = LmGen::new(lm, cfg.sampling.sampling(), cfg.model.context)?;
+    let sampling = cfg.sampling.sampling();
+    let gen = LmGen::new(lm, sampling, cfg.model.context)?;
     let tokenizer = load_tokenizer(&spec.tokenizer)?;
     Ok(Box::new(MoshiEngine {
         codes: vec![0; mimi.num_codebooks()],

@@ -12,7 +12,7 @@ LICENSE = "MIT | Apache-2.0"
 LIC_FILES_CHKSUM = "file://Cargo.toml;beginline=9;endline=9;md5=86b31c7756a1a7962f28b62856ed4f05"
 
 # alsa-sys finds libasound through pkg-config.
-DEPENDS += "alsa-lib"
+DEPENDS += "alsa-lib libopus"
 
 SRC_URI = "git://github.com/moshid/moshid.git;protocol=https;branch=main"
 # Bump together with moshid-crates.inc (yocto/update-crates.py writes it from Cargo.lock).
