@@ -363,3 +363,143 @@ fn demo_attaches_to_a_broker() {
         .iter()
         .any(|m| m.topic == "moshid/demo/availability" && m.payload == "offline"));
 }
+
+/// `moshid demo` in `dir` with `args`; returns (success, stdout + stderr).
+fn demo_in(dir: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let input = dir.join("in.wav");
+    write_voice_wav(&input, 1.0);
+    let o = moshid_cmd()
+        .current_dir(dir)
+        .args(["demo", "--fast", "--input"])
+        .arg(&input)
+        .arg("--cache-dir")
+        .arg(model_cache())
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (o.status.success(), text)
+}
+
+#[test]
+fn demo_output_that_cannot_be_written_is_an_error() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, text) = demo_in(dir.path(), &["--output", "/nonexistent/out.wav"]);
+    assert!(
+        !ok && text.contains("/nonexistent/out.wav") && !text.contains("wrote"),
+        "{text}"
+    );
+    // A full disk: every write fails with ENOSPC.
+    let (ok, text) = demo_in(dir.path(), &["--output", "/dev/full"]);
+    assert!(
+        !ok && text.contains("/dev/full") && text.contains("disk full"),
+        "{text}"
+    );
+    assert!(!text.contains("wrote /dev/full"), "{text}");
+}
+
+#[test]
+fn cli_numbers_get_the_same_range_checks_as_the_config() {
+    let lm = fixtures("lm/model_candle.safetensors");
+    let cfg = fixtures("lm/config.json");
+    let (lm, cfg) = (lm.to_str().unwrap(), cfg.to_str().unwrap());
+    let codes = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        codes.path(),
+        r#"{"num_codebooks":8,"codes":[[1,2,3,4,5,6,7,8]]}"#,
+    )
+    .unwrap();
+    let codes = codes.path().to_str().unwrap();
+    let infer = |extra: &[&str]| {
+        let mut a = vec![
+            "infer",
+            "--lm",
+            lm,
+            "--lm-config",
+            cfg,
+            "--input-codes",
+            codes,
+        ];
+        a.extend_from_slice(extra);
+        moshid(&a)
+    };
+    for (extra, want) in [
+        (&["--temp", "NaN"][..], "temperature NaN"),
+        (&["--temp-text=-1"][..], "temperature -1"),
+        (&["--top-k", "0"][..], "top-k 0"),
+        (
+            &["--context", "18446744073709551615"][..],
+            "context 18446744073709551615",
+        ),
+    ] {
+        let o = infer(extra);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains(want),
+            "{extra:?}: {err}"
+        );
+        let errors: Vec<&str> = err.lines().filter(|l| l.contains("error")).collect();
+        assert_eq!(errors.len(), 1, "one error line: {err}");
+        assert!(errors[0].contains(want), "{err}");
+    }
+    for args in [
+        &["demo", "--seconds", "NaN"][..],
+        &["demo", "--seconds=-3"][..],
+        &["demo", "--seconds", "1e12"][..],
+        &["bench", "mimi", "--frames", "1000000000000"][..],
+        &["audio", "aec", "--skip-seconds=-1"][..],
+    ] {
+        let o = moshid(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains("invalid value"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn check_config_catches_what_run_would_fail_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("not-pem.pem"), "hello\n").unwrap();
+    std::fs::write(d.join("a-file"), "").unwrap();
+    let cases = [
+        (
+            "[mqtt]\nenabled = true\n[mqtt.tls]\nca_file = \"/nonexistent/ca.pem\"\n".to_string(),
+            "/nonexistent/ca.pem",
+        ),
+        (
+            format!("[mqtt]\nenabled = true\n[mqtt.tls]\nca_file = \"{}/not-pem.pem\"\n", d.display()),
+            "no PEM certificate",
+        ),
+        (
+            "[mqtt]\nenabled = true\nusername = \"u\"\npassword_file = \"/nonexistent/pw\"\n".into(),
+            "/nonexistent/pw",
+        ),
+        (
+            "[model]\nsource = \"local\"\n[model.local]\nlm = \"/nonexistent/lm.gguf\"\nmimi = \"/nonexistent/m\"\ntokenizer = \"/nonexistent/t\"\n".into(),
+            "/nonexistent/lm.gguf",
+        ),
+        (format!("cache_dir = \"{}/a-file\"\n", d.display()), "is not a folder"),
+        ("[model]\ndevice = \"cuda:99\"\n".into(), "cuda:99"),
+    ];
+    for (toml, want) in cases {
+        let p = d.join("c.toml");
+        std::fs::write(&p, &toml).unwrap();
+        let o = moshid_cmd().arg("check-config").arg(&p).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(want), "{toml}\n{err}");
+        assert!(!String::from_utf8_lossy(&o.stdout).contains("OK"), "{toml}");
+        // Each cause printed once.
+        assert!(
+            !err.contains("(os error 2): No such file"),
+            "repeated cause: {err}"
+        );
+    }
+}

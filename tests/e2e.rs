@@ -503,3 +503,53 @@ fn username_password_and_last_will() {
     assert!(has("offline"), "no last will after SIGKILL");
     drop(client);
 }
+
+#[test]
+fn an_oversized_retained_command_is_ignored_without_a_reconnect_loop() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let broker = Broker::start(d);
+    // 300 KB retained on set/voice, before the daemon connects: it comes on every connect.
+    let mut o = rumqttc::MqttOptions::new("big", "127.0.0.1", broker.port);
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut conn) = rumqttc::Client::new(o, 8);
+    let big = vec![b'x'; 300 * 1024];
+    client
+        .publish(topic("set/voice"), rumqttc::QoS::AtLeastOnce, true, big)
+        .unwrap();
+    // Until the broker has it (PUBACK).
+    for ev in conn.iter() {
+        if let rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)) = ev.unwrap() {
+            break;
+        }
+    }
+    let obs = Observer::connect(
+        broker.port,
+        "obs",
+        &[&topic("availability"), &topic("error")],
+    );
+    let cfg = mqtt_only_config(d, broker.port, "host = \"127.0.0.1\"\n");
+    let mut daemon = spawn_with(d, &cfg);
+    let seen = wait_for(Duration::from_secs(10), || {
+        daemon
+            .log()
+            .contains("payload of 307200 bytes ignored")
+            .then_some(())
+    });
+    assert!(seen.is_some(), "{}", daemon.log());
+    std::thread::sleep(Duration::from_secs(3));
+    let log = daemon.log();
+    assert_eq!(log.matches("MQTT connected").count(), 1, "{log}");
+    // Still online: no disconnect (and last will) after the oversized message.
+    let avail = obs.on(&topic("availability"));
+    assert_eq!(
+        avail.last().map(|m| m.payload.as_str()),
+        Some("online"),
+        "{avail:?}\n{log}"
+    );
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon
+        .wait_exit(Duration::from_secs(3))
+        .is_some_and(|s| s.success()));
+}

@@ -51,20 +51,20 @@ pub enum StoreError {
         actual: String,
     },
     /// A local file is missing or unreadable.
-    #[error("model file {path}: {source} (check [model.local] in the config)")]
+    #[error("model file {path}: {error} (check [model.local] in the config)")]
     Local {
         /// The file.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Other I/O trouble in the cache.
-    #[error("model cache {path}: {source} (is the cache directory writable?)")]
+    #[error("model cache {path}: {error} (is the cache directory writable?)")]
     Io {
         /// The file or folder.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Building the demo model failed.
     #[error(transparent)]
@@ -97,7 +97,7 @@ pub fn resolve(
         ModelSource::Local => {
             let l = cfg.model.local.as_ref().ok_or_else(|| StoreError::Local {
                 path: PathBuf::from("[model.local]"),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "table missing"),
+                error: std::io::Error::new(std::io::ErrorKind::NotFound, "table missing"),
             })?;
             local(l)
         }
@@ -130,9 +130,9 @@ fn local(l: &LocalFiles) -> Result<ModelSpec, StoreError> {
         .chain(l.lm_config.as_ref())
         .chain(l.mimi_config.as_ref())
     {
-        std::fs::File::open(p).map_err(|source| StoreError::Local {
+        std::fs::File::open(p).map_err(|error| StoreError::Local {
             path: p.clone(),
-            source,
+            error,
         })?;
     }
     let bad = |path: &PathBuf, e: &dyn std::fmt::Display| StoreError::Config {
@@ -184,9 +184,9 @@ pub fn fetch_file(
             cache: hub_cache.to_path_buf(),
         });
     }
-    std::fs::create_dir_all(hub_cache).map_err(|source| StoreError::Io {
+    std::fs::create_dir_all(hub_cache).map_err(|error| StoreError::Io {
         path: hub_cache.to_path_buf(),
-        source,
+        error,
     })?;
     let dl_err = |message: String| StoreError::Download {
         repo: preset.repo.clone(),
@@ -244,9 +244,9 @@ impl hf_hub::api::Progress for HubProgress<'_, '_> {
 /// Snapshot entries are symlinks to `blobs/<hash>`; a regular file (copied cache) has no
 /// hash to check and is accepted as is.
 pub fn verify(hub_cache: &Path, path: &Path) -> Result<(), StoreError> {
-    let io = |source| StoreError::Io {
+    let io = |error| StoreError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let blob = std::fs::canonicalize(path).map_err(io)?;
     let expected = blob

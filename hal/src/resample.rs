@@ -12,13 +12,22 @@ fn rubato_err(e: impl std::fmt::Display) -> HalError {
     HalError::Resample(e.to_string())
 }
 
-/// Refuses NaN and infinite samples, which the FFT would spread over whole blocks (and
-/// which make rubato panic).
+/// Largest sample magnitude accepted (audio is in [-1, 1]): beyond it the file is damaged,
+/// and rubato's FFT overflows to NaN and panics (found by fuzzing).
+pub const MAX_SAMPLE: f32 = 1e6;
+
+/// A sample no audio path can use: NaN, infinite, or far outside [-1, 1].
+pub(crate) fn unusable(x: f32) -> bool {
+    x.is_nan() || x.abs() > MAX_SAMPLE
+}
+
+/// Refuses unusable samples, which the FFT would spread over whole blocks (and which make
+/// rubato panic).
 fn check_finite(samples: &[f32]) -> Result<(), HalError> {
-    match samples.iter().position(|x| !x.is_finite()) {
+    match samples.iter().position(|&x| unusable(x)) {
         None => Ok(()),
         Some(i) => Err(HalError::Resample(format!(
-            "input sample {i} is {}: audio must be finite numbers",
+            "input sample {i} is {}: audio must be finite numbers within +-{MAX_SAMPLE}",
             samples[i]
         ))),
     }

@@ -101,12 +101,12 @@ pub fn read_interleaved_from(
                 .into_samples::<f32>()
                 .collect::<Result<_, _>>()
                 .map_err(|e| wav_err(path, e))?;
-            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            if let Some(i) = v.iter().position(|&x| crate::resample::unusable(x)) {
                 let ch = spec.channels as usize;
                 return Err(HalError::Wav {
                     path: path.to_path_buf(),
                     reason: format!(
-                        "sample {} (channel {}, at {:.3} s) is {}: a float WAV must hold finite numbers; the file is damaged",
+                        "sample {} (channel {}, at {:.3} s) is {}: a float WAV must hold finite numbers near [-1, 1]; the file is damaged",
                         i / ch,
                         i % ch,
                         (i / ch) as f64 / spec.sample_rate as f64,

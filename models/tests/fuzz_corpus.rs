@@ -4,6 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
+#[path = "../../fuzz/mutator.rs"]
+mod mutator;
+use mutator::Mutator;
+
 fn seeds(target: &str) -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../fuzz/seeds")
@@ -69,4 +73,51 @@ fn valid_seeds_are_accepted() {
 fn write_seeds() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds");
     moshid_models::fuzz::write_seeds(&dir).unwrap();
+}
+
+/// A cheap, non-guided fuzzer for when cargo-fuzz is not at hand: mutates the seeds (bit
+/// flips, byte sets, truncation, splices, interesting integers) and runs every target
+/// `MOSHID_FUZZ_EXECS` times (default 10000). `cargo test --release -p moshid-models --test
+/// fuzz_corpus -- --ignored mutate --nocapture`. A panic names the target; the input is
+/// written to fuzz/artifacts/.
+#[test]
+#[ignore]
+fn mutate() {
+    let n: u64 = std::env::var("MOSHID_FUZZ_EXECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let targets: [(&str, fn(&[u8])); 5] = [
+        ("gguf_header", moshid_models::fuzz::gguf_header),
+        ("lm_config", moshid_models::fuzz::lm_config),
+        ("mimi_config", moshid_models::fuzz::mimi_config),
+        ("sentencepiece", moshid_models::fuzz::sentencepiece),
+        ("checkpoint", moshid_models::fuzz::checkpoint),
+    ];
+    let only = std::env::var("MOSHID_FUZZ_TARGET").ok();
+    for (name, f) in targets {
+        if only.as_deref().is_some_and(|o| o != name) {
+            continue;
+        }
+        let inputs: Vec<Vec<u8>> = seeds(name)
+            .iter()
+            .map(|p| std::fs::read(p).unwrap())
+            .collect();
+        let t0 = std::time::Instant::now();
+        let mut m = Mutator(0x9e37_79b9_7f4a_7c15 ^ name.len() as u64);
+        for i in 0..n {
+            let data = m.mutate(&inputs[i as usize % inputs.len()], &inputs);
+            let ok = std::panic::catch_unwind(|| f(&data));
+            if ok.is_err() {
+                let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/artifacts");
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(dir.join(format!("{name}-crash-{i}")), &data).unwrap();
+                panic!("{name}: input {i} panicked (saved in fuzz/artifacts)");
+            }
+        }
+        eprintln!(
+            "mutate: {name}: {n} executions in {:.1} s, no crash",
+            t0.elapsed().as_secs_f64()
+        );
+    }
 }

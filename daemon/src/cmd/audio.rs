@@ -55,7 +55,7 @@ pub struct PassthroughArgs {
     #[arg(long, default_value = "S16")]
     pub playback_format: SampleFormat,
     /// Stop after this many seconds of audio (default: until the capture ends or Ctrl-C).
-    #[arg(long)]
+    #[arg(long, value_parser = super::seconds)]
     pub seconds: Option<f64>,
     /// Cancel the echo of the playback from the capture.
     #[arg(long)]
@@ -84,7 +84,7 @@ pub struct AecArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// Seconds of convergence left out of the steady-state ERLE.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 2.0, value_parser = super::seconds_or_zero)]
     pub skip_seconds: f64,
     /// First guess of the far-to-mic delay in ms.
     #[arg(long)]

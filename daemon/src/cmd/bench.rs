@@ -27,7 +27,7 @@ pub struct MimiBenchArgs {
     #[arg(long, value_name = "IN.wav")]
     wav: Option<PathBuf>,
     /// Timed frames (80 ms each), after 3 warm-up frames.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = super::count)]
     frames: usize,
     /// Codebooks per frame.
     #[arg(long, default_value_t = 8)]

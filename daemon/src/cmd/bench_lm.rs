@@ -18,7 +18,7 @@ pub struct Args {
     #[arg(long)]
     pub lm_config: Option<PathBuf>,
     /// Timed steps (after 2 warm-up steps).
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = super::count)]
     pub steps: usize,
     /// Device: cpu, cuda or cuda:N.
     #[arg(long, default_value_t = DeviceSpec::Cpu)]

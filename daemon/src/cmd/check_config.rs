@@ -11,9 +11,44 @@ pub struct Args {
     pub path: PathBuf,
 }
 
-/// Exits non-zero with every problem named when the file is invalid.
+/// What `run` would fail on beyond the file itself, found with the code `run` uses: the
+/// device opens, the cache folder can be one, the local model files read, the MQTT options
+/// (password file, TLS files) build.
+fn environment_problems(cfg: &Config) -> Vec<String> {
+    let mut p = Vec::new();
+    if let Err(e) = cfg.model.device.open() {
+        p.push(format!("`model.device` = {}: {e}", cfg.model.device));
+    }
+    if cfg.cache_dir.exists() && !cfg.cache_dir.is_dir() {
+        p.push(format!(
+            "`cache_dir` = {}: exists and is not a folder",
+            cfg.cache_dir.display()
+        ));
+    }
+    if cfg.model.source == ModelSource::Local {
+        let no_progress = &mut |_: &str, _: u64, _: u64| {};
+        if let Err(e) = crate::store::resolve(cfg, &cfg.model.voice, no_progress) {
+            p.push(format!("`model.local`: {e}"));
+        }
+    }
+    if cfg.mqtt.enabled {
+        let topics = crate::mqtt::Topics::new(&cfg.mqtt.base_topic, &cfg.device_id());
+        if let Err(e) = crate::mqtt::options(&cfg.mqtt, &topics) {
+            p.push(format!("`mqtt`: {e}"));
+        }
+    }
+    p
+}
+
+/// Exits non-zero with every problem named when the file is invalid, or when what it names
+/// (device, model files, MQTT credentials and certificates, cache folder) would make `run`
+/// fail.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let cfg = Config::load(&args.path)?;
+    let problems = environment_problems(&cfg);
+    if !problems.is_empty() {
+        anyhow::bail!("{}: {}", args.path.display(), problems.join("; "));
+    }
     let model = match cfg.model.source {
         ModelSource::Hub => {
             let v = &cfg.voices[&cfg.model.voice];

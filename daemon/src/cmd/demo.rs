@@ -37,8 +37,8 @@ pub struct Args {
     #[arg(long)]
     pub fast: bool,
     /// Seconds of generated input when no --input is given.
-    #[arg(long, default_value_t = 10.0)]
-    pub seconds: f32,
+    #[arg(long, default_value_t = 10.0, value_parser = super::seconds)]
+    pub seconds: f64,
     /// Take the model (source, voices, device, dtype, sampling) and AEC settings from
     /// this config instead of the built-in demo model: the same offline run with real
     /// weights, e.g. to measure a board. Audio stays WAV; MQTT only with --mqtt.
@@ -59,7 +59,7 @@ fn default_cache() -> PathBuf {
 }
 
 /// A spoken sentence from espeak-ng, else a synthetic voice-like signal.
-fn generated_input(seconds: f32, dir: &Path) -> anyhow::Result<(Vec<f32>, &'static str)> {
+fn generated_input(seconds: f64, dir: &Path) -> anyhow::Result<(Vec<f32>, &'static str)> {
     let text = "Hello Moshi. Can you hear me? What is the weather like in the kitchen today? \
                 Please turn off the lights and tell me a short story.";
     let wav = dir.join("moshid-demo-in.wav");
@@ -71,7 +71,7 @@ fn generated_input(seconds: f32, dir: &Path) -> anyhow::Result<(Vec<f32>, &'stat
         .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    let n = (seconds * MODEL_RATE as f32) as usize;
+    let n = (seconds * MODEL_RATE as f64) as usize;
     if ok {
         if let Ok(mut s) = moshid_hal::wav::read_mono_24k(&wav) {
             s.resize(n, 0.0);
@@ -215,6 +215,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!("model cache: {}", cfg.cache_dir.join("demo").display());
     }
 
+    // Fail now, naming the file, rather than after the run (a missing folder, a directory,
+    // no permission).
+    for p in [&args.output, &args.transcript] {
+        std::fs::File::create(p).with_context(|| format!("cannot write {}", p.display()))?;
+    }
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(16_384);
     let started = std::time::Instant::now();
     let summary = service::run(ServiceOptions {
@@ -272,15 +277,38 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if random { ", random" } else { "" },
         text.trim()
     );
+    if st.phase == crate::control::Phase::Error {
+        anyhow::bail!(
+            "the pipeline failed: {}",
+            st.error.clone().unwrap_or_default()
+        );
+    }
+    check_output(&args.output, steps)?;
     println!(
         "wrote {} and {}",
         args.output.display(),
         args.transcript.display()
     );
-    if st.phase == crate::control::Phase::Error {
+    Ok(())
+}
+
+/// The playback file must be a WAV holding the audio of (nearly) every step: a write that
+/// failed on the way (a full disk) is an error, not "wrote".
+fn check_output(path: &Path, steps: u64) -> anyhow::Result<()> {
+    let (samples, channels, rate) = moshid_hal::wav::read_interleaved(path).with_context(|| {
+        format!(
+            "the output {} was not written completely (disk full?)",
+            path.display()
+        )
+    })?;
+    let seconds = samples.len() as f64 / channels as f64 / rate as f64;
+    // The last frames may still be in the playback queue when the input ends.
+    let expected = steps.saturating_sub(10) as f64 * 0.08;
+    if seconds < expected {
         anyhow::bail!(
-            "the pipeline failed: {}",
-            st.error.clone().unwrap_or_default()
+            "the output {} holds {seconds:.2} s of audio, expected about {:.2} s: it was not written completely (disk full?)",
+            path.display(),
+            steps as f64 * 0.08
         );
     }
     Ok(())

@@ -193,7 +193,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         bail!("the input has no frames");
     }
     let context = a.context.unwrap_or(cfg.context);
-    let model = load_lm(&a.lm, &cfg, dtype, &device, context)?;
     let sampling = Sampling {
         temp_text: a.temp_text,
         temp_audio: a.temp,
@@ -201,6 +200,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         greedy: a.greedy,
         seed: a.seed,
     };
+    // The one range check (LmGen::new makes it too), before minutes of loading.
+    sampling.validate()?;
+    let model = load_lm(&a.lm, &cfg, dtype, &device, context)?;
     let mut gen = LmGen::new(model, sampling, context)?;
     let mut trace = match &a.trace {
         Some(p) => Some(std::io::BufWriter::new(

@@ -13,3 +13,58 @@ pub mod fetch;
 pub mod infer;
 pub mod quantize;
 pub mod run;
+
+/// Longest duration a `--seconds`-like flag accepts: an hour (the demo holds its input).
+pub const MAX_SECONDS: f64 = 3_600.0;
+
+/// Parses a duration flag: a finite number of seconds in (0, an hour]. One parser for every
+/// `--seconds` flag, so that `NaN`, negative or absurd values are one clear error.
+pub fn seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if !(v > 0.0 && v <= MAX_SECONDS) {
+        return Err(format!(
+            "{v} s: use a duration in (0, {MAX_SECONDS}] seconds"
+        ));
+    }
+    Ok(v)
+}
+
+/// Parses a duration flag that may be zero: [0, an hour].
+pub fn seconds_or_zero(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(0.0) => Ok(0.0),
+        _ => seconds(s),
+    }
+}
+
+/// Parses a count of frames or steps for a benchmark: 1 to a million.
+pub fn count(s: &str) -> Result<usize, String> {
+    let v: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a whole number"))?;
+    if !(1..=1_000_000).contains(&v) {
+        return Err(format!("{v}: use 1..=1000000"));
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations_and_counts_are_range_checked() {
+        for bad in ["NaN", "-1", "0", "inf", "1e12", "x"] {
+            assert!(super::seconds(bad).is_err(), "{bad}");
+        }
+        assert_eq!(super::seconds("2.5"), Ok(2.5));
+        assert_eq!(super::seconds_or_zero("0"), Ok(0.0));
+        assert!(super::seconds_or_zero("-0.5").is_err());
+        for bad in ["0", "1000000000000", "-3", "18446744073709551616"] {
+            assert!(super::count(bad).is_err(), "{bad}");
+        }
+        assert_eq!(super::count("50"), Ok(50));
+    }
+}

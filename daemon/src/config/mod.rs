@@ -16,12 +16,12 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/moshid/config.toml";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config file {path}: {source} (pass another file with --config PATH)")]
+    #[error("cannot read config file {path}: {error} (pass another file with --config PATH)")]
     Read {
         /// The file.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The TOML is malformed or has an unknown/mistyped field.
     #[error("config file {path}: {message}")]
@@ -405,9 +405,9 @@ pub fn sanitize_id(s: &str) -> String {
 impl Config {
     /// Reads, parses and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Self::from_toml(&text, path)
     }
@@ -534,14 +534,21 @@ fn voice_problems(voices: &BTreeMap<String, VoicePreset>, p: &mut Vec<String>) {
     }
 }
 
+/// The ranges of `moshid_models::lm::Sampling::validate` (which the CLI gets), per key.
 fn sampling_problems(s: &SamplingConfig, p: &mut Vec<String>) {
+    use moshid_models::lm::{MAX_TEMPERATURE, MAX_TOP_K};
     for (name, t) in [("temp_text", s.temp_text), ("temp_audio", s.temp_audio)] {
-        if !(t > 0.0 && t <= 5.0) {
-            p.push(format!("`sampling.{name}` = {t}: use a value in (0, 5]"));
+        if !(t > 0.0 && t <= MAX_TEMPERATURE) {
+            p.push(format!(
+                "`sampling.{name}` = {t}: use a value in (0, {MAX_TEMPERATURE}]"
+            ));
         }
     }
-    if !(1..=2048).contains(&s.top_k) {
-        p.push(format!("`sampling.top_k` = {}: use 1..=2048", s.top_k));
+    if !(1..=MAX_TOP_K).contains(&s.top_k) {
+        p.push(format!(
+            "`sampling.top_k` = {}: use 1..={MAX_TOP_K}",
+            s.top_k
+        ));
     }
 }
 

@@ -34,12 +34,12 @@ pub enum MqttError {
         message: String,
     },
     /// The password file could not be read.
-    #[error("mqtt.password_file {path}: {source}")]
+    #[error("mqtt.password_file {path}: {error}")]
     Password {
         /// The file.
         path: std::path::PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The runtime thread could not start.
     #[error("cannot start the MQTT thread: {0}")]
@@ -133,7 +133,10 @@ pub fn options(cfg: &MqttConfig, topics: &Topics) -> Result<MqttOptions, MqttErr
     let mut o = MqttOptions::new(format!("moshid-{}", topics.device_id), &cfg.host, cfg.port);
     o.set_keep_alive(Duration::from_secs(cfg.keepalive_s));
     o.set_clean_session(true);
-    o.set_max_packet_size(256 * 1024, 256 * 1024);
+    // rumqttc drops the connection on an incoming packet over its limit, and a retained one
+    // comes back on every reconnect: an endless loop. Accept packets up to a size that is
+    // harmless to hold, and ignore oversized commands ourselves (Ctx::on_message).
+    o.set_max_packet_size(MAX_INCOMING_PACKET, 256 * 1024);
     o.set_last_will(LastWill::new(
         &topics.availability,
         "offline",
@@ -144,9 +147,9 @@ pub fn options(cfg: &MqttConfig, topics: &Topics) -> Result<MqttOptions, MqttErr
         let pass = match (&cfg.password, &cfg.password_file) {
             (Some(p), _) => p.clone(),
             (None, Some(f)) => std::fs::read_to_string(f)
-                .map_err(|source| MqttError::Password {
+                .map_err(|error| MqttError::Password {
                     path: f.clone(),
-                    source,
+                    error,
                 })?
                 .lines()
                 .next()
@@ -256,6 +259,11 @@ pub fn start(
 /// broker (availability, discovery, state: about ten messages) is published right after
 /// each ConnAck into an empty queue, and nothing else is queued while disconnected.
 const REQUEST_CAPACITY: usize = 64;
+/// Largest MQTT packet read (bigger ones still end the connection, in rumqttc).
+const MAX_INCOMING_PACKET: usize = 16 << 20;
+/// Largest command payload acted on: every command is a few bytes; anything bigger is
+/// ignored, logged and reported on `error`.
+const MAX_COMMAND_PAYLOAD: usize = 4096;
 /// Room kept free for what the broker must know: transcripts never take the last slots.
 const RESERVED: usize = 16;
 
@@ -340,6 +348,15 @@ impl Ctx {
         let Some(name) = topic.strip_prefix(&format!("{}/set/", self.topics.base)) else {
             return;
         };
+        if payload.len() > MAX_COMMAND_PAYLOAD {
+            let reason = format!(
+                "payload of {} bytes ignored: commands are at most {MAX_COMMAND_PAYLOAD} bytes",
+                payload.len()
+            );
+            log::warn!(command = name; "rejected command on {topic}: {reason}");
+            self.report(c, topic, &payload[..64], &reason);
+            return;
+        }
         match parse_command(name, payload, &self.voices) {
             Ok(cmd) => {
                 log::info!(command = name; "command {cmd:?}");
