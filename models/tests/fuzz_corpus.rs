@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 mod mutator;
 use mutator::Mutator;
 
+/// A fuzz target: its name (the seed folder) and its body.
+type Target = (&'static str, fn(&[u8]));
+
 fn seeds(target: &str) -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../fuzz/seeds")
@@ -87,7 +90,7 @@ fn mutate() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
-    let targets: [(&str, fn(&[u8])); 5] = [
+    let targets: [Target; 5] = [
         ("gguf_header", moshid_models::fuzz::gguf_header),
         ("lm_config", moshid_models::fuzz::lm_config),
         ("mimi_config", moshid_models::fuzz::mimi_config),

@@ -20,10 +20,14 @@ fn expected() -> serde_json::Value {
         .unwrap()
 }
 
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("moshid-lm-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+/// A fresh temporary path ending in `name`, removed when the returned value drops.
+fn tmp(name: &str) -> tempfile::TempPath {
+    tempfile::Builder::new()
+        .prefix("moshid-lm-test-")
+        .suffix(&format!("-{name}"))
+        .tempfile()
+        .expect("temporary file")
+        .into_temp_path()
 }
 
 fn user_codes(e: &serde_json::Value) -> Vec<[u32; 8]> {
@@ -316,7 +320,7 @@ fn quantized_gguf_runs_and_reports_agreement() {
     }
 }
 
-fn rewrite_without(name: &str, replace: Option<Tensor>) -> PathBuf {
+fn rewrite_without(name: &str, replace: Option<Tensor>) -> tempfile::TempPath {
     let mut map: HashMap<String, Tensor> =
         candle_core::safetensors::load(fixtures().join("model_pytorch.safetensors"), &Device::Cpu)
             .unwrap();

@@ -18,10 +18,12 @@ fn small() -> MimiConfig {
     MimiConfig::from_json_file(&fixtures().join("mimi_config.json")).expect("fixture config")
 }
 
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("moshid-mimi-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
+/// A fresh temporary folder, removed when the returned value drops.
+fn tmpdir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("moshid-mimi-{name}-"))
+        .tempdir()
+        .expect("temp dir")
 }
 
 #[test]
@@ -55,7 +57,7 @@ fn full_size_names_and_shapes_match_the_reference_manifest() {
 #[test]
 fn full_size_random_checkpoint_loads_and_runs() {
     let dir = tmpdir("full");
-    let path = dir.join("mimi.safetensors");
+    let path = dir.path().join("mimi.safetensors");
     let cfg = MimiConfig::v0_1();
     write_random_checkpoint(&cfg, 7, &path).expect("write");
     let mut m = Mimi::load(&path, &cfg, 8, &Device::Cpu).expect("load full size");
@@ -68,7 +70,6 @@ fn full_size_random_checkpoint_loads_and_runs() {
     let mut out = vec![0f32; FRAME_SAMPLES];
     m.decode_step(&codes, &mut out).unwrap();
     assert!(out.iter().all(|v| v.is_finite()));
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// Rewrites the fixture weights through `edit` and returns the load error.
@@ -78,11 +79,9 @@ fn load_edited(name: &str, edit: impl FnOnce(&mut HashMap<String, Tensor>)) -> M
             .unwrap();
     edit(&mut t);
     let dir = tmpdir(name);
-    let path = dir.join("w.safetensors");
+    let path = dir.path().join("w.safetensors");
     candle_core::safetensors::save(&t, &path).unwrap();
-    let err = Mimi::load(&path, &small(), 8, &Device::Cpu).expect_err("must not load");
-    std::fs::remove_dir_all(&dir).ok();
-    err
+    Mimi::load(&path, &small(), 8, &Device::Cpu).expect_err("must not load")
 }
 
 #[test]
@@ -148,7 +147,7 @@ fn nan_weights_are_refused_with_the_tensor_name() {
 #[test]
 fn the_random_writer_writes_exactly_what_the_loader_asks_for() {
     let dir = tmpdir("writer");
-    let path = dir.join("m.safetensors");
+    let path = dir.path().join("m.safetensors");
     let cfg = small();
     write_random_checkpoint(&cfg, 1, &path).unwrap();
     let written: BTreeMap<String, Vec<usize>> = candle_core::safetensors::load(&path, &Device::Cpu)
@@ -161,14 +160,13 @@ fn the_random_writer_writes_exactly_what_the_loader_asks_for() {
     assert_eq!(written, expected);
     // Only the first codebooks are computed with, the others are still required.
     Mimi::load(&path, &cfg, 2, &Device::Cpu).expect("2 of 8 codebooks");
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn truncated_or_foreign_files_are_rejected() {
     let dir = tmpdir("trunc");
     let bytes = std::fs::read(fixtures().join("mimi_small.safetensors")).unwrap();
-    let cut = dir.join("cut.safetensors");
+    let cut = dir.path().join("cut.safetensors");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
     let err = Mimi::load(&cut, &small(), 8, &Device::Cpu).expect_err("truncated");
     assert!(err.to_string().contains("cut.safetensors"), "{err}");
@@ -186,7 +184,6 @@ fn truncated_or_foreign_files_are_rejected() {
         err.to_string().contains("/nonexistent/m.safetensors"),
         "{err}"
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -214,7 +211,10 @@ fn bad_arguments_are_errors() {
 #[test]
 fn random_checkpoint_is_deterministic_and_gives_varied_codes_on_speech() {
     let dir = tmpdir("random");
-    let (a, b) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
+    let (a, b) = (
+        dir.path().join("a.safetensors"),
+        dir.path().join("b.safetensors"),
+    );
     let cfg = small();
     write_random_checkpoint(&cfg, 42, &a).unwrap();
     write_random_checkpoint(&cfg, 42, &b).unwrap();
@@ -241,5 +241,4 @@ fn random_checkpoint_is_deterministic_and_gives_varied_codes_on_speech() {
             distinct.len()
         );
     }
-    std::fs::remove_dir_all(&dir).ok();
 }
