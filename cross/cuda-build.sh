@@ -6,7 +6,8 @@
 # GPU host. The binary links libcuda.so.1 at start, so the CPU build stays the default.
 #
 # Usage: cross/cuda-build.sh [CAP...]     (default: 87 90; 87 = Jetson Orin, 90 = H100)
-# Env:   CUDA_TARGET_DIR (default <repo>/target-cuda), CUDA_VENV (default $CUDA_TARGET_DIR/venv)
+# Env:   CUDA_TARGET_DIR (default <repo>/target-cuda), CUDA_VENV (default $CUDA_TARGET_DIR/venv),
+#        CUDA_BUILD_TESTS (default 1; 0 builds the binary only, as scripts/gpu-check.sh does)
 # Result: $CUDA_TARGET_DIR/moshid-sm<CAP> for each CAP (and the test binaries, built, not run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -74,6 +75,7 @@ for cap in "${caps[@]}"; do
   ldd "$tdir/moshid-sm$cap" | grep -E 'libcuda\.so\.1|libcublas' || {
     echo "cuda: moshid-sm$cap does not link CUDA" >&2; exit 1; }
   # The tests' CUDA code paths compile too (they cannot run here: no GPU).
+  [ "${CUDA_BUILD_TESTS:-1}" = 0 ] && continue
   CUDA_COMPUTE_CAP=$cap cargo test --release --locked --workspace --features moshid/cuda,moshid-models/cuda --no-run
 done
 echo "cuda: total $(( $(date +%s) - t0 )) s"

@@ -55,6 +55,8 @@ enum Command {
     Quantize(cmd::quantize::Args),
     /// Talk to a `/api/chat` server (moshid's or Kyutai's) from a WAV file; one JSON line.
     Client(cmd::client::Args),
+    /// Mimi and the LM on a device and dtype against the committed reference fixtures.
+    Parity(cmd::parity::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -70,6 +72,7 @@ fn main() -> std::process::ExitCode {
         Command::Infer(a) => cmd::infer::run(a),
         Command::Quantize(a) => cmd::quantize::run(a),
         Command::Client(a) => cmd::client::run(a),
+        Command::Parity(a) => cmd::parity::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -17,6 +17,8 @@ pub struct Footprint {
     pub kv_cache: u64,
     /// Mimi's weights (stored as they are computed with).
     pub mimi: u64,
+    /// What the CUDA runtime takes beside the tensors (an allowance; 0 on the CPU).
+    pub runtime: u64,
     /// The pool the bytes come from is the system RAM (CPU, or a Jetson's GPU).
     pub system_ram: bool,
 }
@@ -24,7 +26,7 @@ pub struct Footprint {
 impl Footprint {
     /// Total bytes.
     pub fn total(&self) -> u64 {
-        self.weights + self.kv_cache + self.mimi
+        self.weights + self.kv_cache + self.mimi + self.runtime
     }
 }
 
@@ -32,12 +34,16 @@ impl std::fmt::Display for Footprint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{:.2} GB (weights {:.2} GB + KV cache {:.2} GB + Mimi {:.2} GB)",
+            "{:.2} GB (weights {:.2} GB + KV cache {:.2} GB + Mimi {:.2} GB",
             gb(self.total()),
             gb(self.weights),
             gb(self.kv_cache),
             gb(self.mimi)
-        )
+        )?;
+        if self.runtime > 0 {
+            write!(f, " + CUDA runtime {:.2} GB", gb(self.runtime))?;
+        }
+        f.write_str(")")
     }
 }
 
@@ -70,6 +76,11 @@ pub fn footprint(
             weights: est.weights_bytes,
             kv_cache: est.kv_cache_bytes,
             mimi,
+            runtime: if device.is_cpu() {
+                0
+            } else {
+                moshid_models::lm::CUDA_RUNTIME_BYTES
+            },
             system_ram: free.is_none_or(|f| f.system_ram),
         },
         free,

@@ -1,6 +1,11 @@
-//! Choosing where the models run: `cpu` or `cuda[:N]`.
+//! Choosing where the models run (`cpu` or `cuda[:N]`) and in which precision.
+//!
+//! The precision rules live here as pure functions of what the device can do
+//! ([`DeviceKind`]), so that they are tested without a GPU: candle's `supports_bf16()` says
+//! yes for any CUDA device, but its bf16 kernels exist only for compute capability 8.0 and
+//! newer (Xavier, sm_72, fails with "named symbol not found ... cast_f32_bf16").
 
-use candle_core::Device;
+use candle_core::{DType, Device};
 
 /// Errors from device selection.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +24,94 @@ pub enum DeviceError {
         /// The underlying candle error.
         source: candle_core::Error,
     },
+    /// bf16 was asked for on a GPU without bf16 kernels.
+    #[error("dtype bf16 needs compute capability 8.0 or newer (Ampere, Orin); this GPU is sm_{major}{minor}: use f16 or f32 (or `auto`, which picks f16 here)")]
+    NoBf16 {
+        /// Compute capability, major.
+        major: u32,
+        /// Compute capability, minor.
+        minor: u32,
+    },
+}
+
+/// What a device can do, as far as precision and memory are concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// The host CPU.
+    Cpu,
+    /// A CUDA GPU.
+    Cuda {
+        /// Compute capability, major (8 = Ampere/Orin, 7 = Volta/Xavier).
+        major: u32,
+        /// Compute capability, minor.
+        minor: u32,
+        /// Whether it shares the host's RAM (Jetson): its allocations then come from the
+        /// same memory as the CPU's.
+        integrated: bool,
+    },
+}
+
+impl DeviceKind {
+    /// Reads what `device` is (for CUDA: its compute capability and whether it is
+    /// integrated; an attribute that cannot be read counts as the weakest answer).
+    pub fn of(device: &Device) -> Self {
+        match device {
+            Device::Cpu => Self::Cpu,
+            _ => cuda_kind(device),
+        }
+    }
+
+    /// Whether bf16 arithmetic runs on it: the CPU (candle's generic kernels), or CUDA 8.0+.
+    pub fn has_bf16(&self) -> bool {
+        match *self {
+            Self::Cpu => true,
+            Self::Cuda { major, .. } => major >= 8,
+        }
+    }
+
+    /// The LM's compute dtype for `requested` (`None` = auto): f32 on the CPU; on CUDA bf16
+    /// where the GPU has it, else f16. An explicit bf16 on a GPU without it is refused here,
+    /// before anything is loaded, rather than failing later inside a kernel.
+    pub fn lm_dtype(&self, requested: Option<DType>) -> Result<DType, DeviceError> {
+        match (requested, *self) {
+            (Some(DType::BF16), Self::Cuda { major, minor, .. }) if major < 8 => {
+                Err(DeviceError::NoBf16 { major, minor })
+            }
+            (Some(d), _) => Ok(d),
+            (None, Self::Cpu) => Ok(DType::F32),
+            (None, k) if k.has_bf16() => Ok(DType::BF16),
+            (None, _) => Ok(DType::F16),
+        }
+    }
+
+    /// Whether a tensor stored as `stored` must be converted to `target` on the host before
+    /// it is copied to this device: when bf16 is involved and the device has no bf16 kernels
+    /// (a bf16 checkpoint loaded as f16 on Xavier). Elsewhere the device converts.
+    pub fn convert_on_host(&self, stored: DType, target: DType) -> bool {
+        stored != target && (stored == DType::BF16 || target == DType::BF16) && !self.has_bf16()
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_kind(device: &Device) -> DeviceKind {
+    use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute as A;
+    let Device::Cuda(d) = device else {
+        return DeviceKind::Cpu;
+    };
+    let stream = d.cuda_stream();
+    let ctx = stream.context();
+    let attr = |a| ctx.attribute(a).ok().and_then(|v| u32::try_from(v).ok());
+    DeviceKind::Cuda {
+        major: attr(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR).unwrap_or(0),
+        minor: attr(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR).unwrap_or(0),
+        integrated: attr(A::CU_DEVICE_ATTRIBUTE_INTEGRATED).unwrap_or(1) != 0,
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_kind(_device: &Device) -> DeviceKind {
+    // Without the cuda feature no other device can be opened.
+    DeviceKind::Cpu
 }
 
 /// Where to run, as named in the configuration and on the command line: `cpu`, `cuda`
@@ -148,6 +241,79 @@ pub fn open(name: &str) -> Result<Device, DeviceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const XAVIER: DeviceKind = DeviceKind::Cuda {
+        major: 7,
+        minor: 2,
+        integrated: true,
+    };
+    const ORIN: DeviceKind = DeviceKind::Cuda {
+        major: 8,
+        minor: 7,
+        integrated: true,
+    };
+    const H100: DeviceKind = DeviceKind::Cuda {
+        major: 9,
+        minor: 0,
+        integrated: false,
+    };
+
+    #[test]
+    fn auto_never_picks_bf16_below_sm80() {
+        assert_eq!(DeviceKind::Cpu.lm_dtype(None).unwrap(), DType::F32);
+        assert_eq!(XAVIER.lm_dtype(None).unwrap(), DType::F16);
+        // Turing (sm_75) and Volta (sm_70) too.
+        for minor in [0, 5] {
+            let k = DeviceKind::Cuda {
+                major: 7,
+                minor,
+                integrated: false,
+            };
+            assert_eq!(k.lm_dtype(None).unwrap(), DType::F16);
+        }
+        assert_eq!(ORIN.lm_dtype(None).unwrap(), DType::BF16);
+        assert_eq!(H100.lm_dtype(None).unwrap(), DType::BF16);
+        // An attribute that could not be read (major 0) is the weakest GPU, not bf16.
+        let unknown = DeviceKind::Cuda {
+            major: 0,
+            minor: 0,
+            integrated: true,
+        };
+        assert_eq!(unknown.lm_dtype(None).unwrap(), DType::F16);
+    }
+
+    #[test]
+    fn explicit_dtypes() {
+        let e = XAVIER.lm_dtype(Some(DType::BF16)).unwrap_err().to_string();
+        assert!(e.contains("sm_72") && e.contains("f16"), "{e}");
+        for d in [DType::F16, DType::F32] {
+            assert_eq!(XAVIER.lm_dtype(Some(d)).unwrap(), d);
+        }
+        for k in [DeviceKind::Cpu, ORIN, H100] {
+            assert_eq!(k.lm_dtype(Some(DType::BF16)).unwrap(), DType::BF16);
+        }
+    }
+
+    #[test]
+    fn bf16_checkpoint_on_xavier_is_converted_on_the_host() {
+        // The released bf16 LM on Xavier: auto gives f16 and the cast runs on the CPU.
+        let target = XAVIER.lm_dtype(None).unwrap();
+        assert!(XAVIER.convert_on_host(DType::BF16, target));
+        // An f32 file (Mimi, fixtures) to f16: the GPU's f32->f16 cast exists on every arch.
+        assert!(!XAVIER.convert_on_host(DType::F32, DType::F16));
+        assert!(!XAVIER.convert_on_host(DType::F16, DType::F16));
+        // Where bf16 kernels exist, the GPU converts.
+        assert!(!ORIN.convert_on_host(DType::BF16, DType::F16));
+        assert!(!H100.convert_on_host(DType::F32, DType::BF16));
+        assert!(!DeviceKind::Cpu.convert_on_host(DType::BF16, DType::F32));
+    }
+
+    #[test]
+    fn the_cpu_is_a_cpu() {
+        assert_eq!(DeviceKind::of(&Device::Cpu), DeviceKind::Cpu);
+        let free = free_memory(&Device::Cpu).expect("/proc/meminfo");
+        assert!(free.bytes > 0 && free.system_ram);
+    }
 
     #[test]
     fn parses_names() {

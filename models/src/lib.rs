@@ -8,5 +8,6 @@ mod finite;
 pub mod fuzz;
 pub mod lm;
 pub mod mimi;
+pub mod parity;
 mod replace;
 pub mod tokenizer;

@@ -84,6 +84,7 @@ fn bench_mimi(a: MimiBenchArgs) -> anyhow::Result<()> {
     let line = serde_json::json!({
         "bench": "mimi",
         "device": a.mimi.device.to_string(),
+        "dtype": a.mimi.dtype.to_string(),
         "frames": a.frames,
         "num_codebooks": k,
         "encode_ms_median": round3(em),

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use candle_core::DType;
 use clap::{Args, Subcommand};
 use moshid_models::mimi::{Mimi, MimiConfig, SAMPLE_RATE};
 use serde::{Deserialize, Serialize};
@@ -14,6 +15,22 @@ pub enum Command {
     Encode(EncodeArgs),
     /// Decode Mimi codes (JSON) to a 24 kHz mono 32-bit float WAV file.
     Decode(DecodeArgs),
+    /// Write a deterministic random-weight Mimi checkpoint (full size by default), for
+    /// benchmarks where the real file is not at hand. Never a usable codec.
+    RandomWeights(RandomArgs),
+}
+
+/// `moshid codec random-weights`.
+#[derive(Args, Debug)]
+pub struct RandomArgs {
+    /// Mimi configuration JSON; default: the released Mimi.
+    #[arg(long, value_name = "JSON")]
+    mimi_config: Option<PathBuf>,
+    /// Seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Output safetensors file.
+    output: PathBuf,
 }
 
 /// Which Mimi to load and where to run it (shared by `codec` and `bench mimi`).
@@ -28,6 +45,9 @@ pub struct MimiArgs {
     /// Device: cpu, cuda or cuda:N.
     #[arg(long, default_value_t = crate::config::DeviceSpec::Cpu)]
     pub device: crate::config::DeviceSpec,
+    /// Compute dtype (the quantizer stays f32): f32 (also for `auto`), or f16/bf16 as on a GPU.
+    #[arg(long, default_value_t = crate::config::Dtype::F32)]
+    pub dtype: crate::config::Dtype,
 }
 
 impl MimiArgs {
@@ -43,7 +63,17 @@ impl MimiArgs {
     pub fn load(&self, num_codebooks: usize) -> anyhow::Result<Mimi> {
         let cfg = self.config()?;
         let device = self.device.open()?;
-        Ok(Mimi::load(&self.mimi, &cfg, num_codebooks, &device)?)
+        let dtype = self.dtype.candle().unwrap_or(DType::F32);
+        if dtype == DType::BF16 && !moshid_models::device::DeviceKind::of(&device).has_bf16() {
+            bail!("--dtype bf16 needs a GPU of compute capability 8.0 or newer: use f16");
+        }
+        Ok(Mimi::load_as(
+            &self.mimi,
+            &cfg,
+            num_codebooks,
+            &device,
+            dtype,
+        )?)
     }
 }
 
@@ -85,6 +115,14 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Encode(a) => encode(a),
         Command::Decode(a) => decode(a),
+        Command::RandomWeights(a) => {
+            let cfg = match &a.mimi_config {
+                Some(p) => MimiConfig::from_json_file(p)?,
+                None => MimiConfig::v0_1(),
+            };
+            moshid_models::mimi::write_random_checkpoint(&cfg, a.seed, &a.output)
+                .with_context(|| format!("writing {}", a.output.display()))
+        }
     }
 }
 

@@ -90,7 +90,7 @@ pub fn load_lm(
     device: &Device,
     context: usize,
 ) -> anyhow::Result<LmModel> {
-    let dt = dtype.resolve(device);
+    let dt = moshid_models::device::DeviceKind::of(device).lm_dtype(dtype.candle())?;
     let est = estimate_memory(path, cfg, dt, context)?;
     eprintln!(
         "moshid: LM memory: weights {:.2} GB + KV cache {:.2} GB (context {context} steps, {dt:?}) = {:.2} GB",

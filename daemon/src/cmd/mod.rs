@@ -11,6 +11,7 @@ pub mod demo;
 pub mod demo_web;
 pub mod fetch;
 pub mod infer;
+pub mod parity;
 pub mod quantize;
 pub mod run;
 

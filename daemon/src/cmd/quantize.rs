@@ -3,8 +3,11 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use candle_core::DType;
 use clap::Args as ClapArgs;
-use moshid_models::lm::{quantize_file, write_random_gguf, LmConfig, QuantType};
+use moshid_models::lm::{
+    quantize_file, write_random_gguf, write_random_safetensors, Layout, LmConfig, QuantType,
+};
 
 /// Arguments of `moshid quantize`.
 #[derive(ClapArgs, Debug)]
@@ -15,8 +18,9 @@ pub struct Args {
     /// Output GGUF file.
     #[arg(long = "out")]
     pub output: PathBuf,
-    /// Quantization: q8_0, q4_0 or q4k.
-    #[arg(long = "type", value_parser = ["q8_0", "q4_0", "q4k"])]
+    /// Quantization: q8_0, q4_0 or q4k; with --random-seed also bf16 (a safetensors file in
+    /// the candle layout, like the released `model.safetensors`).
+    #[arg(long = "type", value_parser = ["q8_0", "q4_0", "q4k", "bf16"])]
     pub ty: String,
     /// Instead of --in: write a deterministic random-weight model of --lm-config (default
     /// the 7B shape) with this seed, tensor by tensor (for benchmarks; never a real voice).
@@ -39,12 +43,15 @@ fn lm_config(path: Option<&std::path::Path>) -> anyhow::Result<LmConfig> {
 
 /// Runs `moshid quantize`.
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let ty: QuantType = a.ty.parse()?;
     let t0 = std::time::Instant::now();
     if let Some(seed) = a.random_seed {
         let cfg = lm_config(a.lm_config.as_deref())?;
-        write_random_gguf(&cfg, seed, &a.output, ty)
-            .with_context(|| format!("writing {}", a.output.display()))?;
+        let written = if a.ty == "bf16" {
+            write_random_safetensors(&cfg, seed, &a.output, Layout::Candle, DType::BF16)
+        } else {
+            write_random_gguf(&cfg, seed, &a.output, a.ty.parse()?)
+        };
+        written.with_context(|| format!("writing {}", a.output.display()))?;
         let bytes = std::fs::metadata(&a.output)?.len();
         eprintln!(
             "moshid: wrote random-weight {} ({:.2} GB, seed {seed}) in {:.1} s",
@@ -54,6 +61,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    if a.ty == "bf16" {
+        anyhow::bail!(
+            "--type bf16 is for --random-seed only: a safetensors checkpoint already loads as bf16"
+        );
+    }
+    let ty: QuantType = a.ty.parse()?;
     let input = a
         .input
         .as_ref()

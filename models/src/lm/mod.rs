@@ -17,8 +17,10 @@ use std::path::PathBuf;
 pub use config::{DepformerPosEmb, Gating, LmConfig, Norm, PositionalEmbedding};
 pub use gen::{LmGen, Sampling, StepOut, StepTiming, AUDIO_CODEBOOKS, MAX_TEMPERATURE, MAX_TOP_K};
 pub use gguf::{quantize_file, QuantReport, QuantType};
-pub use model::{default_dtype, estimate_memory, LmModel, MemoryEstimate};
-pub use random::{checkpoint_tensors, write_random_checkpoint, write_random_gguf};
+pub use model::{default_dtype, estimate_memory, LmModel, MemoryEstimate, CUDA_RUNTIME_BYTES};
+pub use random::{
+    checkpoint_tensors, write_random_checkpoint, write_random_gguf, write_random_safetensors,
+};
 pub use weights::Layout;
 
 /// Errors from the LM.

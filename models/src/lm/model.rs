@@ -6,6 +6,7 @@ use candle_core::{DType, Device, Storage, Tensor, D};
 
 use super::weights::{AnyLinear as Linear, Embedding, Layout, Store};
 use super::{LmConfig, LmError};
+use crate::device::DeviceKind;
 
 fn ce(e: candle_core::Error) -> LmError {
     LmError::Candle(e.to_string())
@@ -185,29 +186,67 @@ impl MemoryEstimate {
         }
     }
 
-    /// Refuses a configuration that cannot fit in the memory this machine has free (CPU:
-    /// MemAvailable from /proc/meminfo; other devices are not checked here).
-    pub fn check_fits(&self, device: &Device, context: usize) -> Result<(), LmError> {
-        if !device.is_cpu() {
-            return Ok(());
+    /// Bytes the model takes on a device of `kind`: weights and KV cache, plus, on CUDA, an
+    /// allowance for the runtime itself ([`CUDA_RUNTIME_BYTES`]).
+    pub fn needed_on(&self, kind: DeviceKind) -> u64 {
+        match kind {
+            DeviceKind::Cpu => self.total(),
+            DeviceKind::Cuda { .. } => self.total() + CUDA_RUNTIME_BYTES,
         }
-        let Some(avail) = mem_available() else {
+    }
+
+    /// Refuses a configuration that cannot fit in the memory `device` has free: the host's
+    /// MemAvailable on the CPU and on a GPU that shares it (Jetson: the GPU allocates from
+    /// the same RAM), the GPU's free memory on a discrete one.
+    pub fn check_fits(&self, device: &Device, context: usize) -> Result<(), LmError> {
+        self.check_against(
+            DeviceKind::of(device),
+            crate::device::free_memory(device).map(|f| f.bytes),
+            context,
+        )
+    }
+
+    /// [`MemoryEstimate::check_fits`] against a known `available` (`None`: not checked).
+    pub fn check_against(
+        &self,
+        kind: DeviceKind,
+        available: Option<u64>,
+        context: usize,
+    ) -> Result<(), LmError> {
+        let Some(avail) = available else {
             return Ok(());
         };
-        if self.total() > avail {
-            return Err(LmError::WontFit {
-                needed: self.total(),
-                available: avail,
-                hint: format!(
-                    "weights {:.2} GB + KV cache {:.2} GB for context {context}: use a smaller --context, a q8_0/q4 GGUF (moshid quantize), or free memory",
-                    gb(self.weights_bytes),
-                    gb(self.kv_cache_bytes)
-                ),
-            });
+        let needed = self.needed_on(kind);
+        if needed <= avail {
+            return Ok(());
         }
-        Ok(())
+        let runtime = match kind {
+            DeviceKind::Cpu => String::new(),
+            DeviceKind::Cuda { integrated, .. } => format!(
+                " + CUDA runtime {:.2} GB, on a GPU {}",
+                gb(CUDA_RUNTIME_BYTES),
+                if integrated {
+                    "that shares the host's RAM"
+                } else {
+                    "with its own memory"
+                }
+            ),
+        };
+        Err(LmError::WontFit {
+            needed,
+            available: avail,
+            hint: format!(
+                "weights {:.2} GB + KV cache {:.2} GB for context {context}{runtime}: use a smaller --context, a q8_0/q4 GGUF (moshid quantize), or free memory",
+                gb(self.weights_bytes),
+                gb(self.kv_cache_bytes)
+            ),
+        })
     }
 }
+
+/// What the CUDA runtime takes beside the model's tensors (context, kernels, cuBLAS
+/// workspace): an allowance, not a measurement (Jetson boards report 0.3-0.6 GB).
+pub const CUDA_RUNTIME_BYTES: u64 = 600_000_000;
 
 fn gb(b: u64) -> f64 {
     b as f64 / 1e9
@@ -236,35 +275,11 @@ pub fn estimate_memory(
 }
 
 /// Default compute dtype for a device: f32 on CPU; on CUDA bf16 where the GPU has it
-/// (compute capability >= 8.0), else f16.
+/// (compute capability >= 8.0), else f16 ([`crate::device::DeviceKind::lm_dtype`]).
 pub fn default_dtype(device: &Device) -> DType {
-    if device.is_cpu() {
-        return DType::F32;
-    }
-    if cuda_has_bf16(device) {
-        DType::BF16
-    } else {
-        DType::F16
-    }
-}
-
-#[cfg(feature = "cuda")]
-fn cuda_has_bf16(device: &Device) -> bool {
-    use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
-    match device {
-        Device::Cuda(d) => d
-            .cuda_stream()
-            .context()
-            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
-            .map(|major| major >= 8)
-            .unwrap_or(false),
-        _ => false,
-    }
-}
-
-#[cfg(not(feature = "cuda"))]
-fn cuda_has_bf16(_device: &Device) -> bool {
-    false
+    crate::device::DeviceKind::of(device)
+        .lm_dtype(None)
+        .unwrap_or(DType::F16)
 }
 
 /// A transformer layer under `p` (`....layers.{l}.`) of width `d` and gated hidden `hidden`.
@@ -361,8 +376,9 @@ fn dep_pytorch(st: &mut Store, cfg: &LmConfig) -> Result<Vec<DepStep>, LmError> 
 
 impl LmModel {
     /// Loads weights from safetensors (PyTorch or candle layout, detected by key names) or
-    /// GGUF. `dtype` defaults to [`default_dtype`] for the device. Every tensor must be
-    /// present with its shape and finite values, and the file must hold nothing else.
+    /// GGUF. `dtype` defaults to [`default_dtype`] for the device (bf16 on a GPU without it
+    /// is refused). Every tensor must be present with its shape and finite values, and the
+    /// file must hold nothing else.
     pub fn load(
         path: &Path,
         cfg: &LmConfig,
@@ -370,7 +386,9 @@ impl LmModel {
         device: &Device,
     ) -> Result<Self, LmError> {
         cfg.validate()?;
-        let dtype = dtype.unwrap_or_else(|| default_dtype(device));
+        let dtype = DeviceKind::of(device)
+            .lm_dtype(dtype)
+            .map_err(|e| LmError::Config(e.to_string()))?;
         let mut st = Store::open(path, dtype, device)?;
         let model = Self::build(&mut st, cfg)?;
         st.finish()?;
@@ -625,4 +643,44 @@ fn rope_tables(
         Tensor::from_slice(&cos[..half], (1, half), dev)?,
         Tensor::from_slice(&sin[..half], (1, half), dev)?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GB: u64 = 1_000_000_000;
+
+    #[test]
+    fn gpu_allocations_are_counted() {
+        // The q8_0 7B at the default context: 8.17 GB of weights + 1.57 GB f16 KV cache.
+        let est = MemoryEstimate {
+            weights_bytes: 8_170_000_000,
+            kv_cache_bytes: 1_572_864_000,
+        };
+        let nano = DeviceKind::Cuda {
+            major: 8,
+            minor: 7,
+            integrated: true,
+        };
+        let h100 = DeviceKind::Cuda {
+            major: 9,
+            minor: 0,
+            integrated: false,
+        };
+        // An 8 GB Jetson with ~6.5 GB free after the OS: refused, naming the shared RAM.
+        let e = est
+            .check_against(nano, Some(6_500_000_000), 3000)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("shares the host's RAM"), "{e}");
+        assert!(e.contains("CUDA runtime"), "{e}");
+        // The runtime allowance counts: fits on the CPU, not on the GPU, with the same bytes.
+        let just = est.total() + CUDA_RUNTIME_BYTES / 2;
+        assert!(est.check_against(DeviceKind::Cpu, Some(just), 3000).is_ok());
+        assert!(est.check_against(h100, Some(just), 3000).is_err());
+        assert!(est.check_against(h100, Some(80 * GB), 3000).is_ok());
+        assert!(est.check_against(nano, None, 3000).is_ok());
+        assert_eq!(est.needed_on(nano), est.total() + CUDA_RUNTIME_BYTES);
+    }
 }

@@ -95,6 +95,7 @@ pub(crate) struct Store {
     pub(crate) layout: Layout,
     pub(crate) dtype: DType,
     pub(crate) device: Device,
+    kind: crate::device::DeviceKind,
     /// Bytes of weights held once loaded (dense at compute dtype, quantized as stored).
     pub(crate) bytes: u64,
     pub(crate) quantized: bool,
@@ -243,6 +244,7 @@ impl Store {
             layout,
             dtype,
             device: device.clone(),
+            kind: crate::device::DeviceKind::of(device),
             bytes: 0,
         }
     }
@@ -326,8 +328,18 @@ impl Store {
         let device = self.device.clone();
         match &mut self.source {
             Source::Safetensors(st) => {
+                // Read on the host; a cast the device has no kernel for (bf16 on a GPU below
+                // sm_80) happens here, before the copy.
+                let (kind, dtype) = (self.kind, self.dtype);
                 let t = st
                     .load(name, &Device::Cpu)
+                    .and_then(|t| {
+                        if kind.convert_on_host(t.dtype(), dtype) {
+                            t.to_dtype(dtype)
+                        } else {
+                            Ok(t)
+                        }
+                    })
                     .map_err(|e| self.candle(name, e))?;
                 if let Some(i) = first_non_finite(&t).map_err(|e| self.candle(name, e))? {
                     return Err(self.corrupt(name, i));

@@ -45,7 +45,7 @@ impl StreamConv1d {
     ) -> Result<Self> {
         let (c_out, c_in, k) = weight.dims3()?;
         let eff = (k - 1) * dilation + 1;
-        let weight = if weight.device().is_cpu() {
+        let weight = if weight.device().is_cpu() && weight.dtype() == candle_core::DType::F32 {
             ConvWeight::Packed(Packed::new(
                 &weight.reshape((c_out, c_in * k))?.t()?,
                 steps_out,

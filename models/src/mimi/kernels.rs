@@ -31,7 +31,8 @@ impl Packed {
     /// `wt`: `[K, N]`; `rows`: rows per call when streaming (decides the layout).
     pub(crate) fn new(wt: &Tensor, rows: usize) -> Result<Self> {
         let (k, n) = wt.dims2()?;
-        if !wt.device().is_cpu() || rows > SMALL_M {
+        // The packed kernels are f32-only; half precision takes candle's ops, as on CUDA.
+        if !wt.device().is_cpu() || wt.dtype() != candle_core::DType::F32 || rows > SMALL_M {
             return Ok(Self {
                 data: wt.contiguous()?,
                 panels: false,

@@ -32,6 +32,8 @@ struct State<'a> {
     source: Source<'a>,
     path: PathBuf,
     device: Device,
+    /// Dtype of what [`Vars::get`] returns (the quantizer asks for f32 with `get_f32`).
+    dtype: DType,
     /// Every (full name, shape) asked for, in order of first request.
     recorded: Vec<(String, Vec<usize>)>,
     seen: HashSet<String>,
@@ -86,6 +88,7 @@ impl<'a> Vars<'a> {
             source,
             path,
             device: device.clone(),
+            dtype: DType::F32,
             recorded: Vec::new(),
             seen: HashSet::new(),
             made: HashMap::new(),
@@ -113,6 +116,18 @@ impl<'a> Vars<'a> {
         self.state.borrow().device.clone()
     }
 
+    /// The dtype [`Vars::get`] returns.
+    pub(crate) fn dtype(&self) -> DType {
+        self.state.borrow().dtype
+    }
+
+    /// Makes [`Vars::get`] return `dtype` from now on (f32 by default), for every view of
+    /// these weights. Converted on the host before the copy: a GPU below sm_80 has no bf16
+    /// casts.
+    pub(crate) fn set_dtype(&self, dtype: DType) {
+        self.state.borrow_mut().dtype = dtype;
+    }
+
     fn full(&self, name: &str) -> String {
         if self.prefix.is_empty() {
             name.to_string()
@@ -121,12 +136,23 @@ impl<'a> Vars<'a> {
         }
     }
 
-    /// Tensor `name` (under this prefix) of `shape`, as f32 on the target device.
+    /// Tensor `name` (under this prefix) of `shape`, in the compute dtype (f32 unless
+    /// [`Vars::set_dtype`] said otherwise) on the target device.
     pub(crate) fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor, MimiError> {
+        let dtype = self.state.borrow().dtype;
+        self.get_as(name, shape, dtype)
+    }
+
+    /// Tensor `name` as f32 whatever the compute dtype (the quantizer's).
+    pub(crate) fn get_f32(&self, name: &str, shape: &[usize]) -> Result<Tensor, MimiError> {
+        self.get_as(name, shape, DType::F32)
+    }
+
+    fn get_as(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor, MimiError> {
         let full = self.full(name);
         let mut s = self.state.borrow_mut();
         s.record(&full, shape)?;
-        s.load(&full, shape)
+        s.load(&full, shape, dtype)
     }
 
     /// Declares tensor `name` of `shape` without loading it: a buffer the computation does
@@ -194,7 +220,7 @@ impl State<'_> {
         }
     }
 
-    fn load(&mut self, name: &str, shape: &[usize]) -> Result<Tensor, MimiError> {
+    fn load(&mut self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor, MimiError> {
         let t = match &mut self.source {
             Source::File { st, .. } => {
                 let corrupt = |e: String| MimiError::Checkpoint {
@@ -217,7 +243,7 @@ impl State<'_> {
                         ),
                     });
                 }
-                t.to_device(&self.device)?
+                t.to_dtype(dtype)?.to_device(&self.device)?
             }
             Source::Made { fill, keep } => {
                 let t = Tensor::from_vec(fill(name, shape), shape, &Device::Cpu)?;

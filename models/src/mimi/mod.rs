@@ -153,6 +153,7 @@ pub struct Mimi {
     cardinality: usize,
     frame_samples: usize,
     device: Device,
+    dtype: DType,
 }
 
 impl EncoderPart {
@@ -196,7 +197,24 @@ impl Mimi {
         num_codebooks: usize,
         device: &Device,
     ) -> Result<Mimi, MimiError> {
+        Self::load_as(weights, cfg, num_codebooks, device, DType::F32)
+    }
+
+    /// [`Mimi::load`] computing in `dtype` (f32, f16 or bf16; the quantizer stays in f32).
+    /// Half precision runs candle's generic ops, the path CUDA takes, also on the CPU.
+    pub fn load_as(
+        weights: &std::path::Path,
+        cfg: &MimiConfig,
+        num_codebooks: usize,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Mimi, MimiError> {
         cfg.validate()?;
+        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+            return Err(MimiError::Config(format!(
+                "dtype {dtype:?}: use f32, f16 or bf16"
+            )));
+        }
         if num_codebooks == 0 || num_codebooks > cfg.quantizer.n_q {
             return Err(MimiError::NumCodebooks {
                 requested: num_codebooks,
@@ -204,6 +222,7 @@ impl Mimi {
             });
         }
         let v = load::Vars::open(weights, device)?;
+        v.set_dtype(dtype);
         let mimi = Self::build(&v, cfg, num_codebooks)?;
         v.finish()?;
         Ok(mimi)
@@ -237,6 +256,7 @@ impl Mimi {
             cardinality: cfg.quantizer.bins,
             frame_samples: cfg.frame_size(),
             device: v.device(),
+            dtype: v.dtype(),
         })
     }
 
@@ -255,6 +275,11 @@ impl Mimi {
         self.frame_samples
     }
 
+    /// Compute dtype (the quantizer always runs in f32).
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
     /// Forgets all streaming state (encoder and decoder), as for a new conversation.
     pub fn reset(&mut self) {
         self.enc.reset();
@@ -266,7 +291,7 @@ impl Mimi {
     pub fn encode_step(&mut self, pcm: &[f32], codes: &mut [u32]) -> Result<(), MimiError> {
         self.check_frame(pcm.len(), 1)?;
         self.check_codes_len(codes.len(), 1)?;
-        let x = Tensor::from_slice(pcm, (1, 1, pcm.len()), &self.device)?;
+        let x = Tensor::from_slice(pcm, (1, 1, pcm.len()), &self.device)?.to_dtype(self.dtype)?;
         let z = self.enc.step(&x)?;
         let c = self.quantizer.encode(&z)?; // [1, K]
         codes.copy_from_slice(&c.flatten_all()?.to_vec1::<u32>()?);
@@ -280,8 +305,9 @@ impl Mimi {
         self.check_codes_len(codes.len(), 1)?;
         self.check_code_values(codes.iter().copied(), 0)?;
         let c = Tensor::from_slice(codes, (1, codes.len()), &self.device)?;
-        let y = self.dec.step(&self.quantizer.decode(&c)?)?;
-        pcm.copy_from_slice(&y.flatten_all()?.to_vec1::<f32>()?);
+        let z = self.quantizer.decode(&c)?.to_dtype(self.dtype)?;
+        let y = self.dec.step(&z)?;
+        pcm.copy_from_slice(&y.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
         Ok(())
     }
 
@@ -302,7 +328,8 @@ impl Mimi {
             let b = ((start + frames) * fs).min(pcm.len());
             buf.extend_from_slice(&pcm[a..b]);
             buf.resize(frames * fs, 0.0);
-            let x = Tensor::from_slice(&buf, (1, 1, buf.len()), &self.device)?;
+            let x =
+                Tensor::from_slice(&buf, (1, 1, buf.len()), &self.device)?.to_dtype(self.dtype)?;
             let c = self.quantizer.encode(&enc.step(&x)?)?;
             out.extend(c.to_vec2::<u32>()?);
         }
@@ -328,7 +355,7 @@ impl Mimi {
         for chunk in codes.chunks(BATCH_FRAMES) {
             let flat: Vec<u32> = chunk.iter().flatten().copied().collect();
             let c = Tensor::from_vec(flat, (chunk.len(), self.num_codebooks), &self.device)?;
-            let y = dec.step(&self.quantizer.decode(&c)?)?;
+            let y = dec.step(&self.quantizer.decode(&c)?.to_dtype(self.dtype)?)?;
             out.extend(y.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
         }
         Ok(out)

@@ -27,7 +27,9 @@ struct Group {
     codebooks: Vec<Codebook>,
 }
 
-/// The quantizer with `num_codebooks` active levels.
+/// The quantizer with `num_codebooks` active levels. It runs in f32 whatever Mimi's compute
+/// dtype: a nearest-centroid search in half precision would flip codes whose distances differ
+/// by less than its rounding, and it is a small part of the work.
 #[derive(Debug, Clone)]
 pub(crate) struct Quantizer {
     first: Group,
@@ -45,7 +47,7 @@ fn group(
 ) -> std::result::Result<Group, MimiError> {
     let (dim, bins) = (cfg.dimension, cfg.bins);
     let proj = |n: &str, shape: &[usize]| -> std::result::Result<Packed, MimiError> {
-        let t = v.get(n, shape)?;
+        let t = v.get_f32(n, shape)?;
         Ok(Packed::new(&t.squeeze(2)?.t()?, 1)?)
     };
     let input_proj = proj("input_proj.weight", &[dim, latent, 1])?;
@@ -59,8 +61,8 @@ fn group(
             c.declare("embedding_sum", &[bins, dim])?;
             continue;
         }
-        let usage = c.get("cluster_usage", &[bins])?;
-        let sum = c.get("embedding_sum", &[bins, dim])?;
+        let usage = c.get_f32("cluster_usage", &[bins])?;
+        let sum = c.get_f32("embedding_sum", &[bins, dim])?;
         let centroids = sum.broadcast_div(&usage.clamp(1e-5f32, f32::MAX)?.unsqueeze(1)?)?;
         let norms = centroids.sqr()?.sum(1)?.unsqueeze(0)?;
         let centroids_t = Packed::new(&centroids.t()?, 1)?;
@@ -127,6 +129,7 @@ impl Quantizer {
 
     /// `x`: `[T, latent]` -> `[T, K]` u32 codes.
     pub(crate) fn encode(&self, x: &Tensor) -> Result<Tensor> {
+        let x = &x.to_dtype(DType::F32)?;
         let mut levels = Vec::with_capacity(1 + self.rest.codebooks.len());
         self.first.encode(x, &mut levels)?;
         self.rest.encode(x, &mut levels)?;

@@ -1,7 +1,7 @@
 //! Mimi's causal transformer: pre-norm layers (LayerNorm), RoPE (interleaved pairs), layer
 //! scale, GELU feed-forward, a limited attention context and a streaming KV cache.
 
-use candle_core::{Device, Module, Result, Tensor};
+use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::LayerNorm;
 
 use super::config::TransformerConfig;
@@ -139,8 +139,14 @@ impl Transformer {
         let q = qkv.get(0)?.unsqueeze(0)?.contiguous()?;
         let k = qkv.get(1)?.unsqueeze(0)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
-        let q = candle_nn::rotary_emb::rope_i(&q, cos, sin)?.squeeze(0)?;
-        let k = candle_nn::rotary_emb::rope_i(&k, cos, sin)?.squeeze(0)?;
+        // RoPE in f32 at every dtype, as the LM's (phases of late positions need it).
+        let dt = x.dtype();
+        let rope = |t: &Tensor| -> Result<Tensor> {
+            candle_nn::rotary_emb::rope_i(&t.to_dtype(DType::F32)?, cos, sin)?
+                .to_dtype(dt)?
+                .squeeze(0)
+        };
+        let (q, k) = (rope(&q)?, rope(&k)?);
 
         let (k_all, v_all) = match (&layer.k_cache, &layer.v_cache) {
             (Some(kc), Some(vc)) => (Tensor::cat(&[kc, &k], 1)?, Tensor::cat(&[vc, &v], 1)?),
@@ -163,8 +169,9 @@ impl Transformer {
         }
         let mask = Tensor::from_vec(mask, (1, t, n_keys), x.device())?;
         let scale = 1.0 / (dh as f64).sqrt();
-        let att = (q.matmul(&k_all.t()?)? * scale)?.broadcast_add(&mask)?;
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        // Scores and softmax in f32 at every dtype (a no-op in f32).
+        let att = (q.matmul(&k_all.t()?)?.to_dtype(DType::F32)? * scale)?.broadcast_add(&mask)?;
+        let att = candle_nn::ops::softmax_last_dim(&att)?.to_dtype(dt)?;
         let y = att.matmul(&v_all)?; // [H, T, Dh]
         let y = y.transpose(0, 1)?.reshape((t, d))?;
         let y = layer.out_proj.mm(&y)?;
