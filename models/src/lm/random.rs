@@ -175,9 +175,9 @@ pub fn write_random_safetensors(
     }
     let mut head = serde_json::Value::Object(header).to_string().into_bytes();
     head.resize(head.len().div_ceil(8) * 8, b' ');
-    let io = |source| LmError::Io {
+    let io = |error| LmError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let mut w =
         std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).map_err(io)?);

@@ -163,7 +163,7 @@ impl<'a> Vars<'a> {
         let mut s = self.state.borrow_mut();
         s.record(&full, shape)?;
         if let Source::Made { .. } = s.source {
-            s.load(&full, shape)?;
+            s.load(&full, shape, DType::F32)?;
         }
         Ok(())
     }
