@@ -186,8 +186,46 @@ fn fetch(cache: &std::path::Path, hub: &FakeHub, offline: bool) -> std::process:
         .args(["fetch", "--config"])
         .arg(&cfg)
         .env("HF_ENDPOINT", &hub.url)
+        // Short waits: a broken hub fails in about a second, not after 5 attempts.
+        .env("MOSHID_DOWNLOAD_TIMEOUT_S", "0.5")
+        .env("MOSHID_DOWNLOAD_ATTEMPTS", "2")
         .output()
         .unwrap()
+}
+
+#[test]
+fn fetch_from_a_stalling_hub_is_one_error_naming_file_and_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let hub = FakeHub::serve(hub_files(), vec![Body::StallAfter(30_000)], 206, usize::MAX);
+    let t = std::time::Instant::now();
+    let o = fetch(&cache, &hub, false);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(20), "no hang");
+    let want = format!(
+        "moshid: error: cannot download model.q8.gguf from {}: the server stalled: nothing received for 500ms at 0.06 MB of 0.20 MB; gave up after 2 attempts (run again to resume)\n",
+        hub.host()
+    );
+    assert!(err.contains(&want), "{err}");
+    assert!(
+        err.contains("retrying model.q8.gguf: the server stalled"),
+        "{err}"
+    );
+    assert!(!err.contains("HF_TOKEN"), "{err}");
+    // The healthy hub later: the .part (60 kB from two attempts) is resumed, not restarted.
+    hub.replan(vec![Body::Full]);
+    let o = fetch(&cache, &hub, false);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        std::fs::read(snapshot(&cache, REPO_FILES[0])).unwrap(),
+        hub.files[0].1
+    );
+    assert!(
+        hub.ranges().contains(&"bytes=60000-".to_string()),
+        "{:?}",
+        hub.ranges()
+    );
 }
 
 fn snapshot(cache: &std::path::Path, file: &str) -> std::path::PathBuf {
@@ -217,10 +255,7 @@ fn fetch_downloads_verifies_and_then_works_offline() {
         );
     }
     // Offline now, with the hub gone quiet: the cache alone must do.
-    let gone = FakeHub {
-        url: "http://127.0.0.1:9".into(),
-        files: vec![],
-    };
+    let gone = FakeHub::gone();
     let o = fetch(&cache, &gone, true);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }

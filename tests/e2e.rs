@@ -333,6 +333,98 @@ fn daemon_reports_download_progress_and_survives_a_bad_model() {
     assert!(status.success());
 }
 
+#[test]
+fn a_stalled_download_is_retried_in_the_background_while_the_watchdog_runs() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let notify = Notify::bind(dir.path());
+    let files: Vec<(String, Vec<u8>)> = [
+        "model.q8.gguf",
+        "tokenizer-e351c8d8-checkpoint125.safetensors",
+        "tokenizer_spm_32k_3.model",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, n)| (n.to_string(), bytes(200_000, i as u64 + 11)))
+    .collect();
+    let hub = FakeHub::serve(files, vec![Body::StallAfter(40_000)], 206, usize::MAX);
+    let cfg = dir.path().join("hub.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "device_id = \"{ID}\"\ncache_dir = \"{}\"\n[mqtt]\nenabled = true\nhost = \"127.0.0.1\"\nport = {}\n",
+            dir.path().join("cache").display(),
+            broker.port
+        ),
+    )
+    .unwrap();
+    let obs = Observer::connect(broker.port, "obs", &[&topic("#")]);
+    let d = Daemon::spawn(
+        &["run", "--config", cfg.to_str().unwrap()],
+        &[
+            ("NOTIFY_SOCKET", notify.path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "2000000"),
+            ("HF_ENDPOINT", &hub.url),
+            ("MOSHID_DOWNLOAD_TIMEOUT_S", "0.5"),
+            ("MOSHID_DOWNLOAD_ATTEMPTS", "2"),
+        ],
+        dir.path(),
+    );
+    // Two stalled attempts: one error naming file and server, a retry scheduled.
+    let want = format!(
+        "cannot download model.q8.gguf from {}: the server stalled",
+        hub.host()
+    );
+    let err = obs
+        .wait_json(&topic("state"), Duration::from_secs(15), |v| {
+            v["phase"] == "error" && v["error"].as_str().is_some_and(|e| e.contains(&want))
+        })
+        .unwrap_or_else(|| panic!("no stalled error in the state\n{}", d.log()));
+    assert!(
+        !err["error"].as_str().unwrap().contains("HF_TOKEN"),
+        "{err}"
+    );
+    assert!(
+        notify
+            .lines()
+            .iter()
+            .any(|l| l.starts_with("STATUS=error (retrying in 5s): ") && l.contains(&want)),
+        "{:?}",
+        notify.lines()
+    );
+    // Waiting for its retry is not a hang: WATCHDOG=1 goes on past WatchdogSec (2 s).
+    let pings = notify.count("WATCHDOG=1");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        notify.count("WATCHDOG=1") >= pings + 3,
+        "watchdog stopped while waiting"
+    );
+    // The hub recovers: the background retry resumes the .part (2 x 40 kB) and completes.
+    hub.replan(vec![Body::Full]);
+    assert!(
+        wait_for(Duration::from_secs(15), || hub
+            .ranges()
+            .contains(&"bytes=80000-".to_string())
+            .then_some(()))
+        .is_some(),
+        "no resumed request: {:?}\n{}",
+        hub.ranges(),
+        d.log()
+    );
+    let blob = dir
+        .path()
+        .join("cache/hub/models--kyutai--moshiko-candle-q8/blobs")
+        .join(sha256_hex(&hub.files[0].1));
+    assert!(
+        wait_for(Duration::from_secs(10), || std::fs::read(&blob)
+            .ok()
+            .filter(|b| *b == hub.files[0].1))
+        .is_some(),
+        "the resumed file is not the served one"
+    );
+}
+
 /// A daemon config for broker-connection tests (demo model, file audio not needed:
 /// the MQTT side works before and regardless of the model).
 fn mqtt_only_config(dir: &Path, port: u16, mqtt_extra: &str) -> PathBuf {

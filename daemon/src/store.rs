@@ -2,13 +2,17 @@
 //! use of that cache, local files, and integrity checks.
 //!
 //! A file is only handed out after its content matched the hash the hub named it by
-//! (sha256 for LFS files, git's blob sha1 otherwise). hf-hub downloads to `*.part` and
-//! renames; we verify after that and delete what does not match, so a partial or
-//! corrupt file is never used. Verified blobs get a stamp so restarts skip re-hashing.
+//! (sha256 for LFS files, git's blob sha1 otherwise). Downloads (`download.rs`) go to
+//! `*.part` and are renamed when complete; we verify after that and delete what does not
+//! match, so a partial or corrupt file is never used. Verified blobs get a stamp so
+//! restarts skip re-hashing.
+
+mod download;
+
+pub use download::{Hub, Policy};
 
 use crate::config::{Config, LocalFiles, ModelSource, VoicePreset};
 use crate::model_spec::ModelSpec;
-use hf_hub::api::sync::ApiBuilder;
 use hf_hub::{Cache, Repo, RepoType};
 use moshid_models::lm::LmConfig;
 use moshid_models::mimi::MimiConfig;
@@ -30,16 +34,33 @@ pub enum StoreError {
         /// Cache folder.
         cache: PathBuf,
     },
-    /// The hub could not be reached or refused.
-    #[error("cannot download {file} from {repo}: {message} (check the network, the repo name, or set HF_TOKEN for gated repos)")]
+    /// The server could not be reached, stalled or broke off, attempt after attempt.
+    #[error("cannot download {file} from {server}: {message}")]
     Download {
+        /// File name.
+        file: String,
+        /// The server (host and port).
+        server: String,
+        /// What went wrong, and how often it was tried.
+        message: String,
+    },
+    /// The hub refused (no such file, no access) or did not answer like a hub.
+    #[error("cannot download {file} of {repo} from {server}: HTTP {status}: {hint}")]
+    Refused {
         /// Repo id.
         repo: String,
         /// File name.
         file: String,
-        /// hf-hub's message.
-        message: String,
+        /// The server (host and port).
+        server: String,
+        /// HTTP status.
+        status: u16,
+        /// What it likely means.
+        hint: String,
     },
+    /// The configuration names no such voice preset.
+    #[error("no voice preset named {0:?}")]
+    NoVoice(String),
     /// Content did not match its hash; the file was deleted.
     #[error("{path}: content does not match its hash {expected} (got {actual}); the corrupt file was deleted, run again to re-download")]
     Corrupt {
@@ -79,8 +100,55 @@ pub enum StoreError {
     },
 }
 
-/// Download progress callback: (file name, bytes done, bytes total).
-pub type ProgressFn<'a> = &'a mut dyn FnMut(&str, u64, u64);
+/// What a download reports while it runs.
+#[derive(Debug, Clone, Copy)]
+pub enum Progress<'a> {
+    /// Bytes of `file` on disk so far (a resumed `.part` starts above 0).
+    Bytes {
+        /// File name.
+        file: &'a str,
+        /// Bytes done.
+        done: u64,
+        /// Bytes in all.
+        total: u64,
+    },
+    /// An attempt failed; the next one starts in `wait` (reported about once a second).
+    Retrying {
+        /// File name.
+        file: &'a str,
+        /// Why the last attempt failed.
+        why: &'a str,
+        /// The next attempt's number.
+        next: u32,
+        /// Attempts in all.
+        of: u32,
+        /// Time left before it.
+        wait: std::time::Duration,
+    },
+}
+
+impl std::fmt::Display for Progress<'_> {
+    /// `file: 12 of 40 bytes`, `file: why; attempt 2 of 5 in 3 s`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Progress::Bytes { file, done, total } => write!(f, "{file}: {done} of {total} bytes"),
+            Progress::Retrying {
+                file,
+                why,
+                next,
+                of,
+                wait,
+            } => write!(
+                f,
+                "{file}: {why}; attempt {next} of {of} in {} s",
+                wait.as_secs_f32().ceil()
+            ),
+        }
+    }
+}
+
+/// Download progress callback.
+pub type ProgressFn<'a> = &'a mut dyn FnMut(Progress<'_>);
 
 /// The hub cache folder inside the configured cache dir (Python's `hub/` layout).
 pub fn hub_cache_dir(cache_dir: &Path) -> PathBuf {
@@ -104,13 +172,14 @@ pub fn resolve(
         ModelSource::Demo => Ok(crate::demo_model::ensure(&cfg.cache_dir, voice)?),
         ModelSource::Hub => {
             // Config validation guarantees the preset exists; be safe anyway.
-            let preset = cfg.voices.get(voice).ok_or_else(|| StoreError::Download {
-                repo: "?".into(),
-                file: "?".into(),
-                message: format!("no voice preset named {voice:?}"),
-            })?;
+            let preset = cfg
+                .voices
+                .get(voice)
+                .ok_or_else(|| StoreError::NoVoice(voice.to_string()))?;
             let hub = hub_cache_dir(&cfg.cache_dir);
-            let mut get = |f: &str| fetch_file(&hub, preset, f, cfg.model.offline, progress);
+            let client = Hub::from_env(Policy::from_env());
+            let mut get =
+                |f: &str| fetch_file(&hub, &client, preset, f, cfg.model.offline, progress);
             Ok(ModelSpec {
                 label: "Moshi".into(),
                 lm: get(&preset.lm_file)?,
@@ -160,10 +229,11 @@ fn repo_of(p: &VoicePreset) -> Repo {
     Repo::with_revision(p.repo.clone(), RepoType::Model, p.revision.clone())
 }
 
-/// One file of a preset: from the cache if present and intact, else downloaded (unless
-/// offline), then verified.
+/// One file of a preset: from the cache if present and intact, else downloaded from
+/// `client` (unless offline), then verified.
 pub fn fetch_file(
     hub_cache: &Path,
+    client: &Hub,
     preset: &VoicePreset,
     file: &str,
     offline: bool,
@@ -188,55 +258,9 @@ pub fn fetch_file(
         path: hub_cache.to_path_buf(),
         error,
     })?;
-    let dl_err = |message: String| StoreError::Download {
-        repo: preset.repo.clone(),
-        file: file.to_string(),
-        message,
-    };
-    let mut builder = ApiBuilder::from_cache(cache)
-        .with_progress(false)
-        .with_retries(3)
-        .with_token(std::env::var("HF_TOKEN").ok());
-    // Same variable as Python's huggingface_hub: mirrors, proxies, tests.
-    if let Ok(ep) = std::env::var("HF_ENDPOINT") {
-        builder = builder.with_endpoint(ep.trim_end_matches('/').to_string());
-    }
-    let api = builder.build().map_err(|e| dl_err(e.to_string()))?;
-    let path = api
-        .repo(repo_of(preset))
-        .download_with_progress(
-            file,
-            HubProgress {
-                name: file.to_string(),
-                done: 0,
-                total: 0,
-                f: progress,
-            },
-        )
-        .map_err(|e| dl_err(e.to_string()))?;
+    let path = client.fetch(&cache, &preset.repo, &preset.revision, file, progress)?;
     verify(hub_cache, &path)?;
     Ok(path)
-}
-
-struct HubProgress<'a, 'b> {
-    name: String,
-    done: u64,
-    total: u64,
-    f: &'a mut (dyn FnMut(&str, u64, u64) + 'b),
-}
-
-impl hf_hub::api::Progress for HubProgress<'_, '_> {
-    fn init(&mut self, size: usize, _filename: &str) {
-        self.total = size as u64;
-        (self.f)(&self.name, self.done, self.total);
-    }
-    fn update(&mut self, size: usize) {
-        self.done += size as u64;
-        (self.f)(&self.name, self.done, self.total);
-    }
-    fn finish(&mut self) {
-        (self.f)(&self.name, self.total, self.total);
-    }
 }
 
 /// Checks a cached file against the hash its blob is named by; deletes it on mismatch.
@@ -351,6 +375,11 @@ mod tests {
             .collect()
     }
 
+    /// A client for a server that is never asked (offline tests).
+    fn hub_client() -> Hub {
+        Hub::new("http://127.0.0.1:9", None, Policy::default())
+    }
+
     fn preset() -> VoicePreset {
         crate::config::builtin_voices()["moshiko"].clone()
     }
@@ -368,9 +397,14 @@ mod tests {
             &sha256_hex(data),
         );
         let mut calls = 0;
-        let p = fetch_file(&hub, &preset(), "model.q8.gguf", true, &mut |_, _, _| {
-            calls += 1
-        })
+        let p = fetch_file(
+            &hub,
+            &hub_client(),
+            &preset(),
+            "model.q8.gguf",
+            true,
+            &mut |_| calls += 1,
+        )
         .expect("cached file is found offline");
         assert_eq!(std::fs::read(&p).unwrap(), data);
         assert_eq!(calls, 0, "no download progress for a cache hit");
@@ -390,10 +424,26 @@ mod tests {
             b"the real cont",
             &sha256_hex(good),
         );
-        let e = fetch_file(&hub, &preset(), "model.q8.gguf", true, &mut |_, _, _| {}).unwrap_err();
+        let e = fetch_file(
+            &hub,
+            &hub_client(),
+            &preset(),
+            "model.q8.gguf",
+            true,
+            &mut |_| {},
+        )
+        .unwrap_err();
         assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
         // Gone: the next offline attempt says "not cached" instead of using it.
-        let e = fetch_file(&hub, &preset(), "model.q8.gguf", true, &mut |_, _, _| {}).unwrap_err();
+        let e = fetch_file(
+            &hub,
+            &hub_client(),
+            &preset(),
+            "model.q8.gguf",
+            true,
+            &mut |_| {},
+        )
+        .unwrap_err();
         assert!(matches!(e, StoreError::NotCached { .. }), "{e}");
     }
 
@@ -402,10 +452,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let e = fetch_file(
             dir.path(),
+            &hub_client(),
             &preset(),
             "model.q8.gguf",
             true,
-            &mut |_, _, _| {},
+            &mut |_| {},
         )
         .unwrap_err()
         .to_string();
@@ -431,6 +482,7 @@ mod tests {
             repo: "a/b".into(),
             ..preset()
         };
-        fetch_file(&hub, &p, "t.model", true, &mut |_, _, _| {}).expect("sha1 blob verifies");
+        fetch_file(&hub, &hub_client(), &p, "t.model", true, &mut |_| {})
+            .expect("sha1 blob verifies");
     }
 }

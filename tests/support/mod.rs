@@ -4,6 +4,10 @@
 
 #![allow(dead_code)]
 
+mod hub;
+#[allow(unused_imports)]
+pub use hub::*;
+
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -483,116 +487,6 @@ pub fn model_cache() -> PathBuf {
     let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("moshid-e2e-cache");
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-/// How the fake hub misbehaves.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum HubMode {
-    /// Serves the files as advertised.
-    Good,
-    /// Serves one byte changed (same size): only the hash can tell.
-    Corrupt,
-    /// Closes the connection half way through the body.
-    Truncate,
-}
-
-/// A minimal Hugging Face `resolve` endpoint on 127.0.0.1 (HTTP/1.1, one request per
-/// connection): `GET /{repo}/resolve/{rev}/{file}` with Range, answering with the
-/// headers hf-hub reads (x-repo-commit, etag = sha256 for LFS files, content-range).
-pub struct FakeHub {
-    pub url: String,
-    pub files: Vec<(String, Vec<u8>)>,
-}
-
-impl FakeHub {
-    pub fn start(files: Vec<(String, Vec<u8>)>, mode: HubMode, bytes_per_sec: usize) -> FakeHub {
-        use std::io::{BufRead, BufReader, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let served = files.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { continue };
-                let files = served.clone();
-                std::thread::spawn(move || {
-                    let mut reader = BufReader::new(conn.try_clone().unwrap());
-                    let mut request = String::new();
-                    let mut range_start = 0usize;
-                    let mut range_end: Option<usize> = None;
-                    loop {
-                        let mut line = String::new();
-                        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                            break;
-                        }
-                        if request.is_empty() {
-                            request = line.clone();
-                        }
-                        let lower = line.to_ascii_lowercase();
-                        if let Some(r) = lower.strip_prefix("range: bytes=") {
-                            let (a, b) = r.trim().split_once('-').unwrap_or(("0", ""));
-                            range_start = a.parse().unwrap_or(0);
-                            range_end = b.parse().ok();
-                        }
-                    }
-                    let path = request.split_whitespace().nth(1).unwrap_or("").to_string();
-                    let Some((_, data)) = files
-                        .iter()
-                        .find(|(n, _)| path.ends_with(&format!("/resolve/main/{n}")))
-                    else {
-                        let _ = conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-                        return;
-                    };
-                    use sha2::Digest;
-                    let sha: String = sha2::Sha256::digest(data)
-                        .iter()
-                        .map(|b| format!("{b:02x}"))
-                        .collect();
-                    let end = range_end.unwrap_or(data.len() - 1).min(data.len() - 1);
-                    let mut body = data[range_start.min(data.len())..=end].to_vec();
-                    if mode == HubMode::Corrupt && body.len() > 10 {
-                        let i = body.len() / 2;
-                        body[i] ^= 0x55;
-                    }
-                    let head = format!(
-                        "HTTP/1.1 206 Partial Content\r\nx-repo-commit: 0123456789abcdef0123456789abcdef01234567\r\n\
-                         etag: \"{sha}\"\r\ncontent-range: bytes {range_start}-{end}/{}\r\ncontent-length: {}\r\n\
-                         Connection: close\r\n\r\n",
-                        data.len(),
-                        body.len()
-                    );
-                    let _ = conn.write_all(head.as_bytes());
-                    let limit = if mode == HubMode::Truncate && body.len() > 10 {
-                        body.len() / 2
-                    } else {
-                        body.len()
-                    };
-                    let chunk = (bytes_per_sec / 20).max(1);
-                    for c in body[..limit].chunks(chunk) {
-                        if conn.write_all(c).is_err() {
-                            return;
-                        }
-                        if bytes_per_sec < usize::MAX {
-                            std::thread::sleep(Duration::from_millis(50));
-                        }
-                    }
-                });
-            }
-        });
-        FakeHub { url, files }
-    }
-}
-
-/// Deterministic pseudo-random bytes.
-pub fn bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// Runs a command, panicking with its stderr when it fails.

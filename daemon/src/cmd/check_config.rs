@@ -26,7 +26,7 @@ fn environment_problems(cfg: &Config) -> Vec<String> {
         ));
     }
     if cfg.model.source == ModelSource::Local {
-        let no_progress = &mut |_: &str, _: u64, _: u64| {};
+        let no_progress = &mut |_: crate::store::Progress<'_>| {};
         if let Err(e) = crate::store::resolve(cfg, &cfg.model.voice, no_progress) {
             p.push(format!("`model.local`: {e}"));
         }

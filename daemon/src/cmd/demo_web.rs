@@ -45,7 +45,7 @@ fn name(p: &std::path::Path) -> String {
 pub fn run(cfg: &Config, a: &WebArgs) -> anyhow::Result<()> {
     let voice = cfg.model.voice.clone();
     println!("moshid demo --web: loading the model (voice {voice})");
-    let files = crate::store::resolve(cfg, &voice, &mut |_, _, _| {})?;
+    let files = crate::store::resolve(cfg, &voice, &mut |_| {})?;
     let engine = crate::moshi_engine::load(&files, cfg)?;
     let s = &cfg.sampling;
     let info = ModelInfo {

@@ -2,6 +2,7 @@
 //! progress bar, and verifies them.
 
 use crate::config::{Config, ModelSource};
+use crate::store::Progress;
 use std::path::PathBuf;
 
 /// Arguments.
@@ -38,7 +39,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     for voice in voices {
         let mut bar: Option<(String, indicatif::ProgressBar)> = None;
-        let files = crate::store::resolve(&cfg, &voice, &mut |file, done, total| {
+        let mut announced = 0;
+        let files = crate::store::resolve(&cfg, &voice, &mut |p| {
+            let (file, done, total) = match p {
+                Progress::Bytes { file, done, total } => (file, done, total),
+                Progress::Retrying { next, .. } => {
+                    // Once per attempt (it is reported every second), above the bar.
+                    if next != announced {
+                        announced = next;
+                        let line = format!("retrying {p}");
+                        match &bar {
+                            Some((_, b)) => b.suspend(|| eprintln!("{line}")),
+                            None => eprintln!("{line}"),
+                        }
+                    }
+                    return;
+                }
+            };
             if bar.as_ref().is_none_or(|(f, _)| f != file) {
                 if let Some((_, b)) = bar.take() {
                     b.finish();

@@ -13,6 +13,7 @@ use crate::engine::Engine;
 use crate::memory::{self, Footprint, Plan};
 use crate::model_spec::ModelSpec;
 use crate::pipeline::Releaser;
+use crate::store::Progress;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
@@ -192,21 +193,29 @@ impl Job {
         let shared = &self.shared;
         shared.set_status(&format!("locating model files for voice {}", req.voice));
         let mut last = Instant::now() - Duration::from_secs(1);
-        let spec = crate::store::resolve(&req.cfg, &req.voice, &mut |file, done, total| {
-            // Progress counts as liveness while a large file downloads.
+        let spec = crate::store::resolve(&req.cfg, &req.voice, &mut |p| {
+            // Bytes arriving, or a retry counting down, are the loader's liveness.
             shared.beat();
-            if last.elapsed() >= Duration::from_millis(500) || done == total {
-                last = Instant::now();
-                let pct = if total > 0 {
-                    done as f32 * 100.0 / total as f32
-                } else {
-                    0.0
-                };
-                shared.set_download(Some((pct * 10.0).round() / 10.0));
-                shared.set_status(&format!(
-                    "downloading {file}: {pct:.1}% of {:.2} GB",
-                    total as f64 / 1e9
-                ));
+            match p {
+                Progress::Bytes { file, done, total } => {
+                    if last.elapsed() < Duration::from_millis(500) && done != total {
+                        return;
+                    }
+                    last = Instant::now();
+                    let pct = if total > 0 {
+                        done as f32 * 100.0 / total as f32
+                    } else {
+                        0.0
+                    };
+                    shared.set_download(Some((pct * 10.0).round() / 10.0));
+                    shared.set_status(&format!(
+                        "downloading {file}: {pct:.1}% of {:.2} GB",
+                        total as f64 / 1e9
+                    ));
+                }
+                Progress::Retrying { .. } => {
+                    shared.set_status(&format!("download failed, retrying {p}"));
+                }
             }
         });
         shared.set_download(None);

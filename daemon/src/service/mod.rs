@@ -368,7 +368,9 @@ impl Supervisor {
         }
     }
 
-    /// STATUS= on change; WATCHDOG=1 while the inference loop (or a download) progresses.
+    /// STATUS= on change; WATCHDOG=1 while the inference loop progresses, a load runs (a
+    /// download cannot hang: every wait in it is bounded), or a first load waits for its
+    /// retry (STATUS says why). Not while a running model or audio device is stalled.
     fn notify_status(&mut self) {
         let status = self.shared.status();
         if status != self.timers.status {
@@ -376,9 +378,9 @@ impl Supervisor {
             self.timers.status = status;
         }
         if let Some(timeout) = self.notifier.watchdog_timeout() {
-            // While loading, the loader thread is the heartbeat.
-            let alive =
-                self.loader.busy() || self.shared.since_beat().is_some_and(|d| d < timeout / 2);
+            let alive = self.loader.busy()
+                || self.slot.waiting_to_load()
+                || self.shared.since_beat().is_some_and(|d| d < timeout / 2);
             if alive && self.timers.watchdog.elapsed() >= timeout / 4 {
                 self.notifier.watchdog();
                 self.timers.watchdog = Instant::now();

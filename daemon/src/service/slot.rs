@@ -53,6 +53,12 @@ impl Slot {
         self.footprint.is_some()
     }
 
+    /// Nothing ever loaded and the next load attempt is scheduled (the network or the
+    /// hub is away): the supervisor waits by design, nothing is stalled.
+    pub fn waiting_to_load(&self) -> bool {
+        self.retry_at.is_some() && self.voice.is_none() && self.parked.is_none()
+    }
+
     pub fn voice(&self) -> Option<&str> {
         self.voice.as_deref()
     }
