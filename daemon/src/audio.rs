@@ -57,12 +57,11 @@ impl Source for CaptureStream {
     }
 
     fn backlog(&self) -> usize {
-        // A file read as fast as the model goes has no real-time backlog to skip.
-        if self.is_batch() {
-            0
-        } else {
-            self.stats().queue_depth
-        }
+        self.stats().queue_depth
+    }
+
+    fn is_batch(&self) -> bool {
+        CaptureStream::is_batch(self)
     }
 
     fn recycle(&mut self, frame: InFrame) {

@@ -31,6 +31,12 @@ pub trait Source: Send {
     fn recv(&mut self, timeout: Duration) -> Result<Option<InFrame>, SoundError>;
     /// Frames already waiting (used to skip when inference falls behind).
     fn backlog(&self) -> usize;
+    /// A file read as fast as the model takes it (`demo --fast`): no clock to keep up
+    /// with, so the pipeline skips no input and waits for the speaker instead of dropping
+    /// output. Real-time sources (a microphone, a client) are not.
+    fn is_batch(&self) -> bool {
+        false
+    }
     /// Gives a frame's buffer back for reuse (no allocation per frame).
     fn recycle(&mut self, _frame: InFrame) {}
 }

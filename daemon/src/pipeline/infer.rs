@@ -211,7 +211,8 @@ impl InferLoop {
         let limit = self.p.params.queue_frames;
         let shared = self.p.shared.clone();
         let src = self.source();
-        while src.backlog() >= limit {
+        // A file read as fast as the model goes has no real-time backlog to skip.
+        while !src.is_batch() && src.backlog() >= limit {
             match src.recv(Duration::ZERO) {
                 Ok(Some(newer)) => {
                     src.recycle(std::mem::replace(&mut frame, newer));
@@ -237,17 +238,32 @@ impl InferLoop {
             return true;
         }
         self.condition_input(&mut frame.samples);
-        let mut out = match self.p.free.try_recv() {
-            Ok(b) => b,
-            Err(TryRecvError::Empty) => {
+        let mut out = match self.out_buffer() {
+            Ok(Some(b)) => b,
+            Ok(None) => {
                 // Playback behind too: no free buffer means the output queue is full.
                 self.p.shared.dropped_output.fetch_add(1, Ordering::Relaxed);
                 self.far.fill(0.0);
                 return true;
             }
-            Err(TryRecvError::Disconnected) => return false,
+            Err(()) => return false,
         };
         self.step(&frame.samples, &mut out) && self.deliver(out, frame.captured_at)
+    }
+
+    /// A free output buffer: at once in real time (None when the speaker is behind: the
+    /// frame is dropped), or waiting for the speaker for a batch source (a file run must
+    /// not lose a frame however slow the machine is). Err: the output thread is gone.
+    fn out_buffer(&mut self) -> Result<Option<Vec<f32>>, ()> {
+        if !self.source().is_batch() {
+            return match self.p.free.try_recv() {
+                Ok(b) => Ok(Some(b)),
+                Err(TryRecvError::Empty) => Ok(None),
+                Err(TryRecvError::Disconnected) => Err(()),
+            };
+        }
+        // The output thread hands every buffer back, or ends (stop) and disconnects.
+        self.p.free.recv().map(Some).map_err(|_| ())
     }
 
     /// Follows the `conversation` switch (and set/reset); false while there is none.
