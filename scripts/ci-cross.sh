@@ -7,7 +7,10 @@ t0=$(date +%s)
 # The web client test streams its WAV in real time; under qemu's emulation the demo model steps
 # far slower than 80 ms, so lag control drops the oldest input and less audio comes back than
 # was sent. That is the designed behaviour, not an aarch64 defect: the test runs natively.
-./cross/aarch64.sh --install -- -- --skip client_talks_to_the_demo_over_tls
+# The same holds for the web session inside `moshid run` (web_room.rs), which counts the audio
+# that comes back.
+./cross/aarch64.sh --install -- -- --skip client_talks_to_the_demo_over_tls \
+  --skip a_web_session_takes_the_conversation_from_the_room
 t1=$(date +%s)
 DEB_TARGET=aarch64-unknown-linux-gnu CARGO_TARGET_DIR=${CROSS_TARGET_DIR:-$PWD/target-cross} \
   ./scripts/ci-deb.sh

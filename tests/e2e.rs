@@ -277,7 +277,7 @@ fn daemon_reports_download_progress_and_survives_a_bad_model() {
     std::fs::write(
         &cfg,
         format!(
-            "device_id = \"{ID}\"\ncache_dir = \"{}\"\n[mqtt]\nenabled = true\nhost = \"127.0.0.1\"\nport = {}\n",
+            "device_id = \"{ID}\"\ncache_dir = \"{}\"\n[web]\nenabled = false\n[mqtt]\nenabled = true\nhost = \"127.0.0.1\"\nport = {}\n",
             dir.path().join("cache").display(),
             broker.port
         ),
@@ -353,7 +353,7 @@ fn a_stalled_download_is_retried_in_the_background_while_the_watchdog_runs() {
     std::fs::write(
         &cfg,
         format!(
-            "device_id = \"{ID}\"\ncache_dir = \"{}\"\n[mqtt]\nenabled = true\nhost = \"127.0.0.1\"\nport = {}\n",
+            "device_id = \"{ID}\"\ncache_dir = \"{}\"\n[web]\nenabled = false\n[mqtt]\nenabled = true\nhost = \"127.0.0.1\"\nport = {}\n",
             dir.path().join("cache").display(),
             broker.port
         ),
@@ -432,7 +432,7 @@ fn mqtt_only_config(dir: &Path, port: u16, mqtt_extra: &str) -> PathBuf {
     let cfg = format!(
         "device_id = \"{ID}\"\ncache_dir = \"{}\"\nautostart = false\n[model]\nsource = \"demo\"\n\
          [audio]\ncapture = \"mic\"\nplayback = \"spk\"\nformat = \"S16\"\npace = true\n\
-         [mqtt]\nenabled = true\nport = {port}\n{mqtt_extra}",
+         [web]\nenabled = false\n[mqtt]\nenabled = true\nport = {port}\n{mqtt_extra}",
         model_cache().display()
     );
     let path = dir.join("mqtt.toml");

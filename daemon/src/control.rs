@@ -74,6 +74,10 @@ pub struct Shared {
     pub dropped_events: AtomicU64,
     /// Transcript pieces not sent because the broker was unreachable.
     pub dropped_transcripts: AtomicU64,
+    /// Web sessions: input frames dropped (oldest first) while the model was behind.
+    pub web_dropped_input: AtomicU64,
+    /// Web sessions: output messages dropped because the client did not keep up.
+    pub web_dropped_output: AtomicU64,
     /// Model steps done since start.
     pub steps: AtomicU64,
     /// Last end-to-end latency (capture to playback), f32 bits, milliseconds.
@@ -175,6 +179,7 @@ impl Histogram {
 struct SharedText {
     voice: String,
     endpoint: String,
+    web_error: Option<String>,
     status: String,
     error: Option<String>,
     download: Option<f32>,
@@ -191,8 +196,11 @@ pub struct StateSnapshot {
     pub volume: u8,
     /// Voice preset.
     pub voice: String,
-    /// Who holds the conversation: `room`, or a remote endpoint.
+    /// Who holds the conversation: `room`, or a remote endpoint's kind (`web`).
     pub endpoint: String,
+    /// The remote endpoint's client address while one holds the conversation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
     /// End-to-end latency in ms (capture to playback), last frame.
     pub latency_ms: f64,
     /// Real-time factor of the model step (below 1 = faster than real time).
@@ -201,6 +209,10 @@ pub struct StateSnapshot {
     pub dropped_frames: u64,
     /// Transcript pieces not sent while the broker was unreachable.
     pub dropped_transcripts: u64,
+    /// Web sessions: input frames dropped (oldest first) while the model was behind.
+    pub web_dropped_input: u64,
+    /// Web sessions: output messages a slow client could not take.
+    pub web_dropped_output: u64,
     /// Model steps since start.
     pub steps: u64,
     /// Level of what the model last heard (after mute and echo cancellation), dBFS.
@@ -214,6 +226,9 @@ pub struct StateSnapshot {
     /// rest kept running.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Why the web endpoint does not serve (it could not listen); the rest runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub web_error: Option<String>,
 }
 
 impl Shared {
@@ -229,6 +244,8 @@ impl Shared {
             dropped_output: AtomicU64::new(0),
             dropped_events: AtomicU64::new(0),
             dropped_transcripts: AtomicU64::new(0),
+            web_dropped_input: AtomicU64::new(0),
+            web_dropped_output: AtomicU64::new(0),
             steps: AtomicU64::new(0),
             latency_ms: AtomicU32::new(0),
             rtf: AtomicU32::new(0),
@@ -279,6 +296,17 @@ impl Shared {
     pub fn set_endpoint(&self, name: &str) {
         self.text().endpoint = name.to_string();
         self.bump();
+    }
+
+    /// Records why the web endpoint does not serve (None: it serves).
+    pub fn set_web_error(&self, msg: Option<&str>) {
+        self.text().web_error = msg.map(str::to_string);
+        self.bump();
+    }
+
+    /// Why the web endpoint does not serve, if it does not.
+    pub fn web_error(&self) -> Option<String> {
+        self.text().web_error.clone()
     }
 
     /// Enters phase `error` with a message.
@@ -398,21 +426,30 @@ impl Shared {
     pub fn snapshot(&self) -> StateSnapshot {
         let t = self.text();
         let phase = self.phase();
+        // `web 10.0.0.7:5123` -> endpoint `web`, client `10.0.0.7:5123`.
+        let (endpoint, client) = match t.endpoint.split_once(' ') {
+            Some((kind, client)) => (kind.to_string(), Some(client.to_string())),
+            None => (t.endpoint.clone(), None),
+        };
         StateSnapshot {
             phase,
             muted: self.muted.load(Ordering::Relaxed),
             volume: self.volume.load(Ordering::Relaxed),
             voice: t.voice.clone(),
-            endpoint: t.endpoint.clone(),
+            endpoint,
+            client,
             latency_ms: (self.latency_ms() as f64 * 10.0).round() / 10.0,
             rtf: (self.rtf() as f64 * 1000.0).round() / 1000.0,
             dropped_frames: self.dropped_frames.load(Ordering::Relaxed),
             dropped_transcripts: self.dropped_transcripts.load(Ordering::Relaxed),
+            web_dropped_input: self.web_dropped_input.load(Ordering::Relaxed),
+            web_dropped_output: self.web_dropped_output.load(Ordering::Relaxed),
             steps: self.steps.load(Ordering::Relaxed),
             input_dbfs: (self.input_dbfs() as f64 * 10.0).round() / 10.0,
             status: t.status.clone(),
             download_percent: t.download,
             error: t.error.clone(),
+            web_error: t.web_error.clone(),
         }
     }
 }
@@ -531,5 +568,13 @@ mod tests {
         assert!(j.get("error").is_none());
         s.set_error("boom");
         assert_eq!(s.snapshot().error.as_deref(), Some("boom"));
+        assert_eq!(j["endpoint"], "room");
+        assert!(j.get("client").is_none());
+        s.set_endpoint("web 10.0.0.7:5123");
+        s.web_dropped_output.store(3, Ordering::Relaxed);
+        let j = serde_json::to_value(s.snapshot()).unwrap();
+        assert_eq!(j["endpoint"], "web");
+        assert_eq!(j["client"], "10.0.0.7:5123");
+        assert_eq!(j["web_dropped_output"], 3);
     }
 }

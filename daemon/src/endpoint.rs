@@ -12,9 +12,11 @@
 //! Then the supervisor gets `Event::TakeOver(Endpoint::remote(..))` (and `Event::GiveBack`
 //! to end it early); everything else follows.
 
+use crate::engine::SamplingOverride;
 use crate::sound::{Sink, Source};
 
-/// An audio endpoint and its name in the state (`endpoint`: `room`, `web 10.0.0.7:5123`).
+/// An audio endpoint and its name: `room`, or a remote's kind and client, e.g.
+/// `web 10.0.0.7:5123` (the state shows `endpoint` = `web`, `client` = `10.0.0.7:5123`).
 pub struct Endpoint {
     /// Shown in the MQTT state and STATUS.
     pub name: String,
@@ -24,6 +26,9 @@ pub struct Endpoint {
     pub sink: Box<dyn Sink>,
     /// Run the room's echo canceller on this input (a browser cancels its own echo).
     pub cancel_echo: bool,
+    /// Sampling for this conversation (a web session's query parameters); the configured
+    /// sampling comes back when the room has the conversation again.
+    pub sampling: Option<SamplingOverride>,
 }
 
 impl Endpoint {
@@ -34,12 +39,11 @@ impl Endpoint {
             source,
             sink,
             cancel_echo: true,
+            sampling: None,
         }
     }
 
     /// A remote client's audio (no echo cancellation: the client does its own).
-    // The web session (issue 11) is the first remote endpoint; until then only tests use it.
-    #[allow(dead_code)]
     pub fn remote(
         name: impl Into<String>,
         source: Box<dyn Source>,
@@ -50,6 +54,7 @@ impl Endpoint {
             source,
             sink,
             cancel_echo: false,
+            sampling: None,
         }
     }
 }

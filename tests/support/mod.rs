@@ -74,8 +74,13 @@ pub fn write_config(dir: &Path, port: u16, extra: &str) -> (PathBuf, String) {
 }
 
 /// The appliance's TOML (see [`write_config`]); `extra` goes at the end (inside `[mqtt]`
-/// unless it opens a table).
+/// unless it opens a table). The web endpoint is off unless `extra` has a `[web]` table.
 pub fn appliance_toml(port: u16, extra: &str) -> String {
+    let web = if extra.contains("[web]") {
+        ""
+    } else {
+        "[web]\nenabled = false\n"
+    };
     format!(
         r#"device_id = "{ID}"
 cache_dir = "{cache}"
@@ -91,7 +96,7 @@ format = "S16"
 pace = true
 [aec]
 enabled = true
-[mqtt]
+{web}[mqtt]
 enabled = true
 host = "127.0.0.1"
 port = {port}

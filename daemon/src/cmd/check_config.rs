@@ -31,6 +31,13 @@ fn environment_problems(cfg: &Config) -> Vec<String> {
             p.push(format!("`model.local`: {e}"));
         }
     }
+    if cfg.web.enabled {
+        if let (Some(c), Some(k)) = (&cfg.web.cert_file, &cfg.web.key_file) {
+            if let Err(e) = crate::web::tls::read_pair(c, k) {
+                p.push(format!("`web.cert_file`: {e:#}"));
+            }
+        }
+    }
     if cfg.mqtt.enabled {
         let topics = crate::mqtt::Topics::new(&cfg.mqtt.base_topic, &cfg.device_id());
         if let Err(e) = crate::mqtt::options(&cfg.mqtt, &topics) {
@@ -90,6 +97,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     } else {
         println!("  mqtt:      disabled");
+    }
+    if cfg.web.enabled {
+        let w = &cfg.web;
+        println!(
+            "  web:       {}://{}/ (token file {}, trusted {}, busy = {:?})",
+            if w.tls == crate::web::config::TlsMode::Off {
+                "http"
+            } else {
+                "https"
+            },
+            w.listen,
+            w.token_path().display(),
+            w.trusted.join(", "),
+            w.busy
+        );
+    } else {
+        println!("  web:       disabled");
     }
     Ok(())
 }

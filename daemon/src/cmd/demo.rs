@@ -164,6 +164,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.web.web {
         return super::demo_web::run(&cfg, &args.web);
     }
+    // The WAV demo serves nothing: the web endpoint is `demo --web`.
+    cfg.web.enabled = false;
     let out_dir = args
         .output
         .parent()

@@ -3,6 +3,7 @@
 
 pub mod types;
 
+pub use crate::web::config::WebConfig;
 use moshid_models::lm::Sampling;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -66,6 +67,8 @@ pub struct Config {
     pub aec: AecConfig,
     /// MQTT control and Home Assistant discovery.
     pub mqtt: MqttConfig,
+    /// The web endpoint: the page, Kyutai's `/api/chat`, `/api/state`.
+    pub web: WebConfig,
 }
 
 /// Where the model weights come from.
@@ -256,6 +259,7 @@ impl Default for Config {
             audio: AudioConfig::default(),
             aec: AecConfig::default(),
             mqtt: MqttConfig::default(),
+            web: WebConfig::default(),
         }
     }
 }
@@ -471,6 +475,7 @@ impl Config {
         sampling_problems(&self.sampling, &mut p);
         audio_problems(&self.audio, &mut p);
         mqtt_problems(&self.mqtt, &mut p);
+        p.extend(self.web.problems());
         p
     }
 

@@ -5,7 +5,7 @@
 use super::{Control, Event, EventTx, OutFrame, OutMsg, Params, Retired};
 use crate::control::{Phase, Shared};
 use crate::endpoint::Endpoint;
-use crate::engine::{Engine, EngineError};
+use crate::engine::{Engine, EngineError, SamplingOverride};
 use crate::sound::{EchoCancel, EchoCancelFactory, EchoReference, InFrame, SoundError, Source};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use moshid_hal::FRAME_SAMPLES;
@@ -36,6 +36,8 @@ struct Remote {
     name: String,
     source: Box<dyn Source>,
     cancel_echo: bool,
+    /// Its sampling (applied again to a model swapped in during the session).
+    sampling: Option<SamplingOverride>,
 }
 
 /// What waiting for the next frame gave.
@@ -149,6 +151,9 @@ impl InferLoop {
         if let Err(e) = self.p.retired.send((old, done)) {
             super::retire_elsewhere(e.into_inner().0);
         }
+        if let Some(s) = self.remote.as_ref().and_then(|r| r.sampling) {
+            self.p.engine.set_sampling(&s);
+        }
         // A fresh conversation state with the new model (and a phase update).
         self.in_conversation = None;
     }
@@ -160,10 +165,15 @@ impl InferLoop {
         log::info!(endpoint = ep.name.as_str(); "a remote endpoint takes the conversation");
         self.p.shared.set_endpoint(&ep.name);
         let _ = self.p.out.send(OutMsg::Route(Some(ep.sink)));
+        // Its own sampling from its first frame (the reset below re-seeds with it).
+        if let Some(s) = &ep.sampling {
+            self.p.engine.set_sampling(s);
+        }
         self.remote = Some(Remote {
             name: ep.name,
             source: ep.source,
             cancel_echo: ep.cancel_echo,
+            sampling: ep.sampling,
         });
         self.in_conversation = None;
     }
@@ -173,6 +183,10 @@ impl InferLoop {
         log::info!(endpoint = r.name.as_str(); "the room has the conversation again");
         let _ = self.p.out.send(OutMsg::Route(None));
         self.p.shared.set_endpoint("room");
+        if r.sampling.is_some() {
+            // The configured sampling again.
+            self.p.engine.set_sampling(&SamplingOverride::default());
+        }
         // What the room's microphone heard meanwhile is stale.
         while let Ok(Some(f)) = self.p.source.recv(Duration::ZERO) {
             self.p.source.recycle(f);
@@ -266,10 +280,11 @@ impl InferLoop {
         self.p.free.recv().map(Some).map_err(|_| ())
     }
 
-    /// Follows the `conversation` switch (and set/reset); false while there is none.
+    /// Follows the `conversation` switch (and set/reset); false while there is none. A
+    /// remote endpoint holding the conversation is one, whatever the room's switch says.
     fn follow_conversation(&mut self) -> bool {
         let s = &self.p.shared;
-        let want = s.conversation.load(Ordering::Relaxed);
+        let want = s.conversation.load(Ordering::Relaxed) || self.remote.is_some();
         if Some(want) != self.in_conversation || s.reset_requested.swap(false, Ordering::Relaxed) {
             // Every conversation starts from a fresh model state.
             self.p.engine.reset();
@@ -345,7 +360,8 @@ impl InferLoop {
         if self.p.out.send(OutMsg::Frame(frame)).is_err() {
             return false;
         }
-        if let Some(t) = self.p.params.idle_timeout {
+        // The room's idle timeout (a remote session has its own, on its connection).
+        if let Some(t) = self.p.params.idle_timeout.filter(|_| self.remote.is_none()) {
             if self.last_voice.elapsed() >= t {
                 log::info!(idle_s = t.as_secs(); "no speech for the idle timeout: ending the conversation");
                 self.p.shared.conversation.store(false, Ordering::Relaxed);

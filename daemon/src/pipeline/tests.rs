@@ -523,7 +523,11 @@ fn remote_session(p: &Pipeline, shared: &Shared, out: Arc<Mutex<Vec<f32>>>) {
         tx.send(f).unwrap();
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert_eq!(shared.snapshot().endpoint, "web test");
+    let st = shared.snapshot();
+    assert_eq!(
+        (st.endpoint.as_str(), st.client.as_deref()),
+        ("web", Some("test"))
+    );
     drop(tx);
     let waited = Instant::now();
     while shared.snapshot().endpoint != "room" && waited.elapsed() < Duration::from_secs(5) {
@@ -578,4 +582,90 @@ fn a_remote_endpoint_takes_the_conversation_and_gives_it_back() {
             };
     }
     assert!(ended);
+}
+
+/// Records the sampling it is given; answers 0.25.
+struct Sampled(Arc<Mutex<Vec<crate::engine::SamplingOverride>>>);
+impl Engine for Sampled {
+    fn step(&mut self, _: &[f32], o: &mut [f32], _: &mut String) -> Result<(), EngineError> {
+        o.fill(0.25);
+        Ok(())
+    }
+    fn reset(&mut self) {}
+    fn set_sampling(&mut self, s: &crate::engine::SamplingOverride) {
+        self.0.lock().unwrap().push(*s);
+    }
+    fn describe(&self) -> String {
+        "sampled".into()
+    }
+}
+
+#[test]
+fn a_remote_converses_with_its_sampling_while_the_room_is_off() {
+    use crate::engine::SamplingOverride;
+    // The room's conversation is off: no model output for the room.
+    let shared = ready(100, false);
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let room_out = Arc::new(Mutex::new(Vec::new()));
+    let remote_out = Arc::new(Mutex::new(Vec::new()));
+    let p = Pipeline::start(
+        Box::new(Sampled(calls.clone())),
+        Endpoint::room(
+            Box::new(Synth::new(600, Duration::from_millis(5), 0.2)),
+            Box::new(Collect(room_out.clone())),
+        ),
+        None,
+        shared.clone(),
+        Vec::new(),
+        Params {
+            queue_frames: 30,
+            idle_timeout: None,
+        },
+    )
+    .unwrap();
+    let (tx, rx) = bounded(64);
+    let mut ep = Endpoint::remote(
+        "web 10.0.0.7:5123",
+        Box::new(Remote { rx }),
+        Box::new(Collect(remote_out.clone())),
+    );
+    let mine = SamplingOverride {
+        temp_text: Some(0.5),
+        top_k_text: Some(25),
+        seed: Some(7),
+        ..SamplingOverride::default()
+    };
+    ep.sampling = Some(mine);
+    p.take_over(ep);
+    for _ in 0..10 {
+        let f = InFrame {
+            samples: vec![0.6; FRAME_SAMPLES],
+            captured_at: Instant::now(),
+        };
+        tx.send(f).unwrap();
+    }
+    let waited = Instant::now();
+    while remote_out.lock().unwrap().len() < 10 * FRAME_SAMPLES
+        && waited.elapsed() < Duration::from_secs(5)
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(shared.phase(), Phase::Conversation);
+    drop(tx);
+    // The room's next frame finds its conversation off again.
+    while shared.phase() != Phase::Idle && waited.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    p.stop(Duration::from_secs(2));
+    assert_eq!(shared.snapshot().endpoint, "room");
+    let remote = remote_out.lock().unwrap().clone();
+    assert_eq!(remote.len(), 10 * FRAME_SAMPLES, "the remote is answered");
+    assert!(remote.iter().all(|&x| x == 0.25));
+    assert!(room_out.lock().unwrap().iter().all(|&x| x == 0.0));
+    // Its sampling for the session, the configured one (the default) after it.
+    assert_eq!(
+        *calls.lock().unwrap(),
+        vec![mine, SamplingOverride::default()]
+    );
+    assert_eq!(shared.phase(), Phase::Idle);
 }

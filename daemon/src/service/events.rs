@@ -18,10 +18,10 @@ pub enum Event {
     /// The loader finished (a model, a failure, or a cancelled load).
     Loaded(Box<LoadDone>),
     /// A remote endpoint (a web session) takes the conversation from the room.
-    // Sent by remote endpoints (issue 11: the web session), none of which exists yet.
-    #[allow(dead_code)]
     TakeOver(Endpoint),
     /// The room takes the conversation back.
+    // Only `set/conversation OFF` does it today (through the slot); kept for endpoints
+    // that end a session themselves.
     #[allow(dead_code)]
     GiveBack,
     /// Nothing else happened for 100 ms: periodic duties.

@@ -56,8 +56,8 @@ pub struct LoadDone {
 
 /// How a load ended.
 pub enum Outcome {
-    /// A model, ready for the pipeline.
-    Ready(Box<dyn Engine>, Footprint),
+    /// A model, ready for the pipeline, and what it was loaded from.
+    Ready(Box<dyn Engine>, Footprint, Box<ModelSpec>),
     /// The reason, for the `error` topic and STATUS.
     Failed(String),
     /// Superseded by a newer request.
@@ -183,7 +183,7 @@ impl Job {
         match (self.engine)(&spec, &req.cfg) {
             // Superseded meanwhile: dropped here, off the real-time threads.
             Ok(_) if self.cancelled() => Outcome::Cancelled,
-            Ok(engine) => Outcome::Ready(engine, need),
+            Ok(engine) => Outcome::Ready(engine, need, Box::new(spec)),
             Err(e) => Outcome::Failed(format!("{e:#}")),
         }
     }

@@ -11,6 +11,7 @@ mod events;
 mod loader;
 mod reload;
 mod slot;
+mod web;
 
 pub use events::Event;
 pub use loader::EngineLoader;
@@ -89,6 +90,8 @@ struct Supervisor {
     /// A reload is being applied: READY=1 is due when it is done, whatever happens.
     ready_due: bool,
     timers: Timers,
+    /// The web endpoint (it only sends events here).
+    web: web::Web,
 }
 
 /// Runs until SIGTERM/SIGINT (or the end of a file source when asked).
@@ -116,7 +119,9 @@ impl Supervisor {
         ));
         log::info!(device_id = cfg.device_id().as_str(); "moshid {} starting", env!("CARGO_PKG_VERSION"));
         let mqtt = start_mqtt(&cfg, &shared, &tx)?;
-        let base = opts.extra_events;
+        let web = web::Web::start(&cfg, &shared, &tx);
+        let mut base = opts.extra_events;
+        base.extend(web.events());
         let mut extra = base.clone();
         extra.extend(mqtt.as_ref().map(Mqtt::events));
         Ok(Supervisor {
@@ -139,6 +144,7 @@ impl Supervisor {
             shared,
             mqtt,
             tx,
+            web,
         })
     }
 
@@ -231,7 +237,8 @@ impl Supervisor {
         match done.outcome {
             Outcome::Cancelled => Flow::Continue,
             Outcome::Failed(msg) => self.load_failed(done.request, msg),
-            Outcome::Ready(engine, footprint) => {
+            Outcome::Ready(engine, footprint, spec) => {
+                self.web.model_loaded(&spec, &done.request.cfg);
                 self.load_succeeded(done.request, engine, footprint)
             }
         }
@@ -321,7 +328,7 @@ impl Supervisor {
     /// READY=1 at the first start and at the end of every reload, whatever happened.
     fn ready(&mut self) {
         if self.ready_due || self.load_s.is_some() {
-            self.notifier.ready(&self.shared.status());
+            self.notifier.ready(&self.status_line());
             self.ready_due = false;
         }
     }
@@ -372,7 +379,7 @@ impl Supervisor {
     /// download cannot hang: every wait in it is bounded), or a first load waits for its
     /// retry (STATUS says why). Not while a running model or audio device is stalled.
     fn notify_status(&mut self) {
-        let status = self.shared.status();
+        let status = self.status_line();
         if status != self.timers.status {
             self.notifier.status(&status);
             self.timers.status = status;
@@ -388,10 +395,21 @@ impl Supervisor {
         }
     }
 
-    /// Pipeline first (stop audio), then the last state and MQTT (`offline`), within 2 s.
+    /// STATUS=: the state's status line, and why the web endpoint does not serve (if so).
+    fn status_line(&self) -> String {
+        let status = self.shared.status();
+        match self.shared.web_error() {
+            Some(e) => format!("{status}; web endpoint off: {e}"),
+            None => status,
+        }
+    }
+
+    /// Web sessions and pipeline first (stop audio), then the last state and MQTT
+    /// (`offline`), within 2 s.
     fn shutdown(&mut self) {
         log::info!("stopping");
         self.notifier.stopping();
+        self.web.stop(Duration::from_millis(200));
         self.slot.stop(Duration::from_millis(700));
         self.shared.set_phase(Phase::Stopped);
         if let Some(m) = self.mqtt.take() {

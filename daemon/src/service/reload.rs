@@ -23,6 +23,10 @@ impl Supervisor {
                 return Flow::Continue;
             }
         };
+        if new.web != self.cfg.web {
+            // Sessions hold sockets and the slot: a new endpoint waits for a restart.
+            log::warn!("[web] changed: the web endpoint keeps its settings until a restart");
+        }
         self.reload_mqtt(&new);
         self.reload_pipeline(new);
         Flow::Continue

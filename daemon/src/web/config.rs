@@ -113,40 +113,47 @@ impl WebConfig {
         self.trusted.iter().map(|s| s.parse()).collect()
     }
 
-    /// What is wrong with the section, as sentences that say what to do.
+    /// What is wrong with the section, each message starting with the field's name (as the
+    /// rest of the configuration's).
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         if !self.enabled {
             return p;
         }
         if let Err(e) = self.trusted_nets() {
-            p.push(format!("[web] trusted: {e}"));
+            p.push(format!("`web.trusted`: {e}"));
         }
         if self.tls == TlsMode::Off && !self.listen.ip().is_loopback() {
             p.push(format!(
-                "[web] tls = \"off\" is only allowed on a loopback listen address (not {}): \
+                "`web.tls` = \"off\" is only allowed on a loopback `web.listen` address (not {}): \
                  browsers need https for the microphone, and the token would travel in clear",
                 self.listen
             ));
         }
         if self.cert_file.is_some() != self.key_file.is_some() {
-            p.push("[web] cert_file and key_file go together: set both or neither".into());
+            p.push(
+                "`web.cert_file`: cert_file and key_file go together: set both or neither".into(),
+            );
         }
         if self.tls == TlsMode::Off && self.cert_file.is_some() {
-            p.push("[web] cert_file/key_file are set but tls = \"off\"".into());
+            p.push("`web.cert_file`: cert_file/key_file are set but tls = \"off\"".into());
         }
-        for (name, v, min) in [
-            ("max_connections", self.max_connections, 1),
-            ("max_message_bytes", self.max_message_bytes, 4096),
-            ("input_queue_frames", self.input_queue_frames, 1),
-            ("output_queue_frames", self.output_queue_frames, 1),
+        for (name, v, min, max) in [
+            ("max_connections", self.max_connections, 1, 10_000),
+            ("max_message_bytes", self.max_message_bytes, 4096, 16 << 20),
+            ("queue", self.queue, 0, 1000),
+            ("input_queue_frames", self.input_queue_frames, 1, 100),
+            ("output_queue_frames", self.output_queue_frames, 1, 1000),
         ] {
-            if v < min {
-                p.push(format!("[web] {name} must be at least {min}"));
+            if !(min..=max).contains(&v) {
+                p.push(format!("`web.{name}` = {v}: use {min}..={max}"));
             }
         }
-        if self.idle_timeout_s == 0 {
-            p.push("[web] idle_timeout_s must be at least 1".into());
+        if !(1..=3600).contains(&self.idle_timeout_s) {
+            p.push(format!(
+                "`web.idle_timeout_s` = {}: use 1..=3600",
+                self.idle_timeout_s
+            ));
         }
         p
     }

@@ -13,6 +13,7 @@ pub mod opus;
 pub mod page;
 pub mod params;
 pub mod protocol;
+pub mod remote;
 pub mod server;
 pub mod session;
 pub mod stream;

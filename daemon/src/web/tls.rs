@@ -56,7 +56,8 @@ pub fn ensure_self_signed(cfg: &WebConfig) -> anyhow::Result<(PathBuf, PathBuf)>
     Ok((cert, key))
 }
 
-fn read_pair(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
+/// Reads a PEM certificate chain and its key into a server configuration.
+pub fn read_pair(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
     let open = |p: &Path| {
         std::fs::File::open(p)
             .map(std::io::BufReader::new)

@@ -1,0 +1,96 @@
+//! The web endpoint as the supervisor runs it: started next to MQTT, stopped first at
+//! shutdown. The server only sends events (`TakeOver`, `Command`) to the supervisor, which
+//! owns the pipeline. A server that cannot start (the port is taken, the state directory
+//! is not writable) is logged and shown in the state (`web_error`) and STATUS; the rest
+//! of the daemon runs without it.
+
+use super::Event;
+use crate::config::Config;
+use crate::control::Shared;
+use crate::model_spec::ModelSpec;
+use crate::pipeline::EventTx;
+use crate::web::backend::ModelInfo;
+use crate::web::remote::SupervisorBackend;
+use crate::web::server::WebServer;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The running web endpoint, if any.
+pub(super) struct Web {
+    server: Option<WebServer>,
+    events: Option<EventTx>,
+    /// What the metadata message reports (the loaded model's files, the sampling).
+    info: Arc<Mutex<ModelInfo>>,
+}
+
+impl Web {
+    /// Starts `[web]` when enabled; a failure is logged and recorded, never fatal.
+    pub fn start(cfg: &Config, shared: &Arc<Shared>, tx: &Sender<Event>) -> Web {
+        let mut web = Web {
+            server: None,
+            events: None,
+            info: Arc::new(Mutex::new(ModelInfo::default())),
+        };
+        if !cfg.web.enabled {
+            return web;
+        }
+        web.set_sampling(cfg);
+        let voices = cfg.voices.keys().cloned().collect();
+        let started = SupervisorBackend::new(tx.clone(), shared.clone(), web.info.clone(), voices)
+            .map_err(anyhow::Error::from)
+            .and_then(|(backend, events)| {
+                let server = WebServer::start(cfg.web.clone(), Arc::new(backend))?;
+                Ok((server, events))
+            });
+        match started {
+            Ok((server, events)) => {
+                web.server = Some(server);
+                web.events = Some(events);
+                shared.set_web_error(None);
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                log::error!("web endpoint not started (the rest runs): {msg}");
+                shared.set_web_error(Some(&msg));
+            }
+        }
+        web
+    }
+
+    /// Where the pipeline sends the web session's text and end.
+    pub fn events(&self) -> Option<EventTx> {
+        self.events.clone()
+    }
+
+    fn set_sampling(&self, cfg: &Config) {
+        if let Ok(mut i) = self.info.lock() {
+            let s = &cfg.sampling;
+            i.text_temperature = s.temp_text;
+            i.text_topk = s.top_k;
+            i.audio_temperature = s.temp_audio;
+            i.audio_topk = s.top_k;
+        }
+    }
+
+    /// A model was loaded: the metadata names its files and sampling from now on.
+    pub fn model_loaded(&self, spec: &ModelSpec, cfg: &Config) {
+        let name = |p: &std::path::Path| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default()
+        };
+        self.set_sampling(cfg);
+        if let Ok(mut i) = self.info.lock() {
+            i.lm_file = name(&spec.lm);
+            i.mimi_file = name(&spec.mimi);
+        }
+    }
+
+    /// Ends every connection (their sessions give the conversation back) and stops.
+    pub fn stop(&mut self, timeout: Duration) {
+        if let Some(s) = self.server.take() {
+            s.stop(timeout);
+        }
+    }
+}
