@@ -26,10 +26,14 @@ struct Appliance {
 
 /// Broker + `moshid run` with `[web]` on loopback (busy = reject); READY=1 awaited.
 fn appliance(dir: &Path) -> Appliance {
+    appliance_on(dir, free_port())
+}
+
+/// [`appliance`] with the web endpoint on `web_port`.
+fn appliance_on(dir: &Path, web_port: u16) -> Appliance {
     let broker = Broker::start(dir);
     let notify = Notify::bind(dir);
     let obs = Observer::connect(broker.port, "obs", &[&topic("#")]);
-    let web_port = free_port();
     let web = format!(
         "[web]\nlisten = \"127.0.0.1:{web_port}\"\nstate_dir = \"{}\"\nbusy = \"reject\"\n",
         dir.join("state").display()
@@ -249,6 +253,37 @@ fn conversation_off_ends_a_web_session_and_a_second_client_is_busy() {
     assert!(peak > 0.01, "the web session heard silence");
     a.state(n, "room, idle", |v| {
         v["endpoint"] == "room" && v["phase"] == "idle"
+    });
+    stop(a.daemon);
+}
+
+#[test]
+fn a_web_endpoint_that_cannot_listen_leaves_the_appliance_running() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    // Someone else has the port.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let a = appliance_on(dir.path(), port);
+    let s = a.state(0, "web_error", |v| v["web_error"].is_string());
+    let e = s["web_error"].as_str().unwrap();
+    assert!(
+        e.contains("cannot listen") && e.contains(&port.to_string()),
+        "{s}"
+    );
+    assert!(
+        a.notify
+            .lines()
+            .iter()
+            .any(|l| l.starts_with("STATUS=") && l.contains("web endpoint off")),
+        "{:?}",
+        a.notify.lines()
+    );
+    // The room works as ever.
+    let n = a.states();
+    a.obs.publish(&topic("set/conversation"), "ON");
+    a.state(n, "a room conversation", |v| {
+        v["phase"] == "conversation" && v["steps"].as_u64() > Some(5)
     });
     stop(a.daemon);
 }

@@ -109,16 +109,22 @@ async fn session(args: &Args, pcm: &[f32]) -> anyhow::Result<Run> {
         .to_string();
     let secure = uri.scheme_str() == Some("wss");
     let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+    // Everything the client prepares comes before the clock starts: encoding the whole input
+    // (about 0.5 ms per 40 ms packet) and loading CA certificates used to count as server
+    // time in `handshake_ms` (~400 ms for 10 s of input).
+    let messages = encode_input(pcm)?;
+    let tls = secure
+        .then(|| crate::web::client_tls::client_config(args.insecure, args.ca.as_deref()))
+        .transpose()?;
     let t0 = Instant::now();
     let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
         .await
         .with_context(|| format!("cannot connect to {host}:{port}"))?;
     tcp.set_nodelay(true)?;
-    if !secure {
+    let Some(tls) = tls else {
         let (ws, _) = tokio_tungstenite::client_async(request, tcp).await?;
-        return converse(ws, pcm, t0).await;
-    }
-    let tls = crate::web::client_tls::client_config(args.insecure, args.ca.as_deref())?;
+        return converse(ws, &messages, t0).await;
+    };
     let name = rustls::pki_types::ServerName::try_from(host.clone())
         .with_context(|| format!("{host:?} is not a valid server name"))?;
     let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
@@ -128,7 +134,7 @@ async fn session(args: &Args, pcm: &[f32]) -> anyhow::Result<Run> {
     let (ws, _) = tokio_tungstenite::client_async(request, stream)
         .await
         .context("WebSocket upgrade failed")?;
-    converse(ws, pcm, t0).await
+    converse(ws, &messages, t0).await
 }
 
 /// The input as messages: header pages first, then one 40 ms packet per page.
@@ -153,11 +159,14 @@ fn encode_input(pcm: &[f32]) -> anyhow::Result<Vec<Vec<u8>>> {
     Ok(messages)
 }
 
-async fn converse<S>(mut ws: WebSocketStream<S>, pcm: &[f32], t0: Instant) -> anyhow::Result<Run>
+async fn converse<S>(
+    mut ws: WebSocketStream<S>,
+    messages: &[Vec<u8>],
+    t0: Instant,
+) -> anyhow::Result<Run>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let messages = encode_input(pcm)?;
     let per_frame = FRAME_SAMPLES / PACKET_SAMPLES;
     let mut run = Run::default();
     let mut input = AudioIn::new()?;

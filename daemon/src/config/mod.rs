@@ -681,6 +681,19 @@ mod tests {
     }
 
     #[test]
+    fn web_problems_are_named() {
+        let e = parse("[web]\ntls = \"off\"\nidle_timeout_s = 0\n")
+            .unwrap_err()
+            .to_string();
+        for f in ["`web.tls`", "`web.idle_timeout_s`"] {
+            assert!(e.contains(f), "{f} missing in {e}");
+        }
+        let c = parse("[web]\nenabled = false\ntls = \"off\"\n").unwrap();
+        assert!(!c.web.enabled, "a disabled endpoint is not checked");
+        assert!(parse("[web]\nlisten = \"nowhere\"\n").is_err());
+    }
+
+    #[test]
     fn user_voice_presets_merge() {
         let c =
             parse("[voices.mine]\nrepo = \"me/my-moshi\"\n[model]\nvoice = \"mine\"\n").unwrap();
