@@ -122,6 +122,23 @@ fn finish(c: Child) -> (bool, serde_json::Value, String) {
     )
 }
 
+/// `curl -sk` on the web endpoint; the body.
+fn curl(port: u16, method: &str, path: &str) -> String {
+    let o = std::process::Command::new("curl")
+        .args(["-sk", "-X", method])
+        .arg(format!("https://127.0.0.1:{port}{path}"))
+        .output()
+        .expect("curl");
+    assert!(o.status.success(), "curl {path}: {o:?}");
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// The samples of what `moshid client` heard (a 32-bit float WAV).
+fn samples(p: &Path) -> Vec<f32> {
+    let mut r = hound::WavReader::open(p).expect("the client wrote what it heard");
+    r.samples::<f32>().map(|s| s.unwrap()).collect()
+}
+
 /// Bytes in the speaker file now.
 fn len(p: &Path) -> usize {
     std::fs::metadata(p).map_or(0, |m| m.len() as usize)
@@ -236,6 +253,28 @@ fn conversation_off_ends_a_web_session_and_a_second_client_is_busy() {
         "{j}\n{err}"
     );
     assert!(j["metadata"].is_null(), "no handshake for the second: {j}");
+    // The page's panel goes through the supervisor: its state, and volume 0 silences the
+    // web session as it would the room.
+    let st: serde_json::Value =
+        serde_json::from_str(&curl(a.web_port, "GET", "/api/state")).unwrap();
+    assert_eq!(st["endpoint"], "web", "{st}");
+    assert!(
+        st["client"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("127.0.0.1:")),
+        "{st}"
+    );
+    assert!(
+        st["voices"].as_array().is_some_and(|v| v.len() == 2),
+        "{st}"
+    );
+    let n = a.states();
+    curl(a.web_port, "POST", "/api/control?volume=0");
+    let s = a.state(n, "volume 0", |v| v["volume"] == 0);
+    let steps = s["steps"].as_u64().unwrap();
+    a.state(n, "15 steps at volume 0", |v| {
+        v["steps"].as_u64() > Some(steps + 15)
+    });
     // The device ends the first session.
     let n = a.states();
     a.obs.publish(&topic("set/conversation"), "OFF");
@@ -249,8 +288,18 @@ fn conversation_off_ends_a_web_session_and_a_second_client_is_busy() {
         "{j}\n{err}"
     );
     assert!(j["audio_s"].as_f64().unwrap() > 1.0, "{j}");
-    let (_, peak) = wav_peak(&dir.path().join("first.wav"));
-    assert!(peak > 0.01, "the web session heard silence");
+    let heard = samples(&dir.path().join("first.wav"));
+    let quiet = heard.len().saturating_sub(19_200);
+    let peak = |s: &[f32]| s.iter().fold(0.0f32, |a, x| a.max(x.abs()));
+    assert!(
+        peak(&heard[..quiet]) > 0.01,
+        "the web session heard silence"
+    );
+    assert!(
+        peak(&heard[quiet..]) < 0.01,
+        "volume 0 did not silence the web session: peak {}",
+        peak(&heard[quiet..])
+    );
     a.state(n, "room, idle", |v| {
         v["endpoint"] == "room" && v["phase"] == "idle"
     });
