@@ -26,16 +26,16 @@ struct Appliance {
 
 /// Broker + `moshid run` with `[web]` on loopback (busy = reject); READY=1 awaited.
 fn appliance(dir: &Path) -> Appliance {
-    appliance_on(dir, free_port())
+    appliance_on(dir, free_port(), "reject")
 }
 
-/// [`appliance`] with the web endpoint on `web_port`.
-fn appliance_on(dir: &Path, web_port: u16) -> Appliance {
+/// [`appliance`] with the web endpoint on `web_port` and this busy policy.
+fn appliance_on(dir: &Path, web_port: u16, busy: &str) -> Appliance {
     let broker = Broker::start(dir);
     let notify = Notify::bind(dir);
     let obs = Observer::connect(broker.port, "obs", &[&topic("#")]);
     let web = format!(
-        "[web]\nlisten = \"127.0.0.1:{web_port}\"\nstate_dir = \"{}\"\nbusy = \"reject\"\n",
+        "[web]\nlisten = \"127.0.0.1:{web_port}\"\nstate_dir = \"{}\"\nbusy = \"{busy}\"\n",
         dir.join("state").display()
     );
     let (cfg, alsa) = write_config(dir, broker.port, &web);
@@ -314,7 +314,7 @@ fn a_web_endpoint_that_cannot_listen_leaves_the_appliance_running() {
     // Someone else has the port.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let a = appliance_on(dir.path(), port);
+    let a = appliance_on(dir.path(), port, "reject");
     let s = a.state(0, "web_error", |v| v["web_error"].is_string());
     let e = s["web_error"].as_str().unwrap();
     assert!(
@@ -335,5 +335,35 @@ fn a_web_endpoint_that_cannot_listen_leaves_the_appliance_running() {
     a.state(n, "a room conversation", |v| {
         v["phase"] == "conversation" && v["steps"].as_u64() > Some(5)
     });
+    stop(a.daemon);
+}
+
+#[test]
+fn a_waiting_client_gets_the_conversation_when_the_first_one_leaves() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let a = appliance_on(dir.path(), free_port(), "wait");
+    let n = a.states();
+    let first = a.client("3", "", "first");
+    let s = a.state(n, "the first client", |v| v["endpoint"] == "web");
+    let one = s["client"].as_str().unwrap().to_string();
+    // The second waits (no handshake) while the first talks, then talks itself.
+    let second = a.client("3", "", "second");
+    let (ok, j1, err) = finish(first);
+    assert!(ok, "first: {err}\n{j1}");
+    let s = a.state(n, "the second client", |v| {
+        v["endpoint"] == "web" && v["client"].as_str().is_some_and(|c| c != one)
+    });
+    assert_eq!(s["phase"], "conversation", "{s}");
+    let n = a.states();
+    let (ok, j2, err) = finish(second);
+    assert!(ok, "second: {err}\n{j2}\n{}", a.daemon.log());
+    assert!(
+        j2["handshake_ms"].as_f64().unwrap() > j1["handshake_ms"].as_f64().unwrap() + 1000.0,
+        "the second got its handshake only once the first had left: {j1} {j2}"
+    );
+    assert!(j2["audio_s"].as_f64().unwrap() >= 2.5, "{j2}");
+    assert!(j2["audio_rms_dbfs"].as_f64().unwrap() > -40.0, "{j2}");
+    a.state(n, "room", |v| v["endpoint"] == "room");
     stop(a.daemon);
 }
