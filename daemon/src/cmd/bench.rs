@@ -5,12 +5,18 @@ use std::time::Instant;
 
 use clap::{Args, Subcommand};
 
+use moshid_models::mimi::{Kind, Mimi, Part};
+
 use super::codec::MimiArgs;
+
+const PARTS: usize = Part::ALL.len();
+const KINDS: usize = Kind::ALL.len();
 
 /// Benchmarks.
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Streaming Mimi encode + decode, per 80 ms frame.
+    /// Streaming Mimi encode + decode, per 80 ms frame, with the split per part and per kind
+    /// of layer.
     Mimi(MimiBenchArgs),
     /// Moshi LM step time (temporal/depth split) and peak memory.
     Lm(super::bench_lm::Args),
@@ -59,42 +65,110 @@ fn bench_mimi(a: MimiBenchArgs) -> anyhow::Result<()> {
         anyhow::bail!("the WAV file has no samples");
     }
     let pcm: Vec<f32> = source.iter().copied().cycle().take(total * fs).collect();
+    let load_before = loadavg();
 
     let k = mimi.num_codebooks();
     let mut codes = vec![vec![0u32; k]; total];
-    let mut enc_ms = Vec::with_capacity(a.frames);
+    let mut enc = Timings::default();
     for (i, (frame, c)) in pcm.chunks(fs).zip(codes.iter_mut()).enumerate() {
-        let t = Instant::now();
-        mimi.encode_step(frame, c)?;
-        if i >= WARMUP {
-            enc_ms.push(t.elapsed().as_secs_f64() * 1e3);
-        }
+        enc.frame(&mut mimi, i >= WARMUP, |m| m.encode_step(frame, c))?;
     }
     let mut out = vec![0f32; fs];
-    let mut dec_ms = Vec::with_capacity(a.frames);
+    let mut dec = Timings::default();
     for (i, c) in codes.iter().enumerate() {
-        let t = Instant::now();
-        mimi.decode_step(c, &mut out)?;
-        if i >= WARMUP {
-            dec_ms.push(t.elapsed().as_secs_f64() * 1e3);
-        }
+        dec.frame(&mut mimi, i >= WARMUP, |m| m.decode_step(c, &mut out))?;
     }
     let frame_ms = fs as f64 * 1e3 / moshid_models::mimi::SAMPLE_RATE as f64;
-    let (em, dm) = (median(&mut enc_ms), median(&mut dec_ms));
+    let (em, dm) = (median(&mut enc.wall), median(&mut dec.wall));
+    let mut parts = serde_json::Map::new();
+    for (i, p) in Part::ALL.iter().enumerate() {
+        let v = median(&mut enc.parts[i].clone()) + median(&mut dec.parts[i].clone());
+        parts.insert(p.name().into(), round3(v).into());
+    }
+    let mut kinds = serde_json::Map::new();
+    for (i, kd) in Kind::ALL.iter().enumerate() {
+        kinds.insert(
+            kd.name().into(),
+            round3(mean(&enc.kinds[i]) + mean(&dec.kinds[i])).into(),
+        );
+    }
     let line = serde_json::json!({
         "bench": "mimi",
         "device": a.mimi.device.to_string(),
         "dtype": a.mimi.dtype.to_string(),
+        "kernels": mimi.kernels(),
+        "mimi_dtype": mimi.weight_dtype().name(),
+        "weight_bytes": mimi.weight_bytes(),
         "frames": a.frames,
         "num_codebooks": k,
         "encode_ms_median": round3(em),
         "decode_ms_median": round3(dm),
-        "encode_ms_mean": round3(mean(&enc_ms)),
-        "decode_ms_mean": round3(mean(&dec_ms)),
+        "encode_ms_mean": round3(mean(&enc.wall)),
+        "decode_ms_mean": round3(mean(&dec.wall)),
+        "cpu_ms_per_frame": round3((enc.cpu_ms + dec.cpu_ms) / a.frames as f64),
         "rtf": round3((em + dm) / frame_ms),
+        "parts_ms_median": parts,
+        "kinds_ms_mean": kinds,
+        "loadavg_1m": [load_before, loadavg()],
     });
     println!("{line}");
     Ok(())
+}
+
+/// Per-frame wall times, the profile's split of each frame, and process CPU time.
+#[derive(Default)]
+struct Timings {
+    wall: Vec<f64>,
+    parts: [Vec<f64>; PARTS],
+    kinds: [Vec<f64>; KINDS],
+    cpu_ms: f64,
+}
+
+impl Timings {
+    /// Runs one frame; records it when `timed`.
+    fn frame(
+        &mut self,
+        mimi: &mut Mimi,
+        timed: bool,
+        f: impl FnOnce(&mut Mimi) -> Result<(), moshid_models::mimi::MimiError>,
+    ) -> anyhow::Result<()> {
+        mimi.reset_profile();
+        let (t, c) = (Instant::now(), cpu_ms());
+        f(mimi)?;
+        if !timed {
+            return Ok(());
+        }
+        self.wall.push(t.elapsed().as_secs_f64() * 1e3);
+        self.cpu_ms += cpu_ms() - c;
+        if let Some(p) = mimi.profile() {
+            for (v, part) in self.parts.iter_mut().zip(Part::ALL) {
+                v.push(p.part(part).as_secs_f64() * 1e3);
+            }
+            for (v, kind) in self.kinds.iter_mut().zip(Kind::ALL) {
+                v.push(p.kind(kind).as_secs_f64() * 1e3);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// User + system CPU time of the whole process (all threads), in ms.
+fn cpu_ms() -> f64 {
+    // SAFETY: getrusage writes only into the struct we pass.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return 0.0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// The 1-minute load average (other work on the machine skews the figures).
+fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
 }
 
 /// A deterministic voice-like test signal: a gliding harmonic tone with a syllable envelope.
@@ -114,6 +188,9 @@ fn synthetic(n: usize) -> Vec<f32> {
 }
 
 fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
     v.sort_by(f64::total_cmp);
     let n = v.len();
     if n % 2 == 1 {

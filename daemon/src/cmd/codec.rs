@@ -45,9 +45,14 @@ pub struct MimiArgs {
     /// Device: cpu, cuda or cuda:N.
     #[arg(long, default_value_t = crate::config::DeviceSpec::Cpu)]
     pub device: crate::config::DeviceSpec,
-    /// Compute dtype (the quantizer stays f32): f32 (also for `auto`), or f16/bf16 as on a GPU.
+    /// Compute dtype (the quantizer stays f32): f32 (also for `auto`) runs the CPU engine on
+    /// the CPU; f16/bf16 run candle's half-precision path, as on a GPU.
     #[arg(long, default_value_t = crate::config::Dtype::F32)]
     pub dtype: crate::config::Dtype,
+    /// How the CPU engine stores Mimi's weights: auto or f32 (the reference's numbers), f16
+    /// (half the memory traffic; arithmetic stays f32).
+    #[arg(long, default_value_t = crate::config::Dtype::Auto)]
+    pub mimi_dtype: crate::config::Dtype,
 }
 
 impl MimiArgs {
@@ -67,12 +72,13 @@ impl MimiArgs {
         if dtype == DType::BF16 && !moshid_models::device::DeviceKind::of(&device).has_bf16() {
             bail!("--dtype bf16 needs a GPU of compute capability 8.0 or newer: use f16");
         }
-        Ok(Mimi::load_as(
+        Ok(Mimi::load_typed(
             &self.mimi,
             &cfg,
             num_codebooks,
             &device,
             dtype,
+            self.mimi_dtype.mimi_weights()?,
         )?)
     }
 }

@@ -28,6 +28,11 @@ pub enum Dtype {
 #[error("unknown dtype `{0}`: use auto, f32, f16 or bf16")]
 pub struct DtypeError(String);
 
+/// A dtype Mimi has no kernels for.
+#[derive(Debug, thiserror::Error)]
+#[error("Mimi weights cannot be {0}: use auto, f32 or f16")]
+pub struct MimiDtypeError(Dtype);
+
 impl FromStr for Dtype {
     type Err = DtypeError;
     fn from_str(s: &str) -> Result<Self, DtypeError> {
@@ -60,6 +65,17 @@ impl Dtype {
             Dtype::F32 => Some(DType::F32),
             Dtype::F16 => Some(DType::F16),
             Dtype::Bf16 => Some(DType::BF16),
+        }
+    }
+
+    /// How Mimi stores its CPU weights for this dtype (`auto` is f32; bf16 has no Mimi
+    /// kernels).
+    pub fn mimi_weights(self) -> Result<moshid_models::mimi::WeightDtype, MimiDtypeError> {
+        use moshid_models::mimi::WeightDtype;
+        match self {
+            Dtype::Auto | Dtype::F32 => Ok(WeightDtype::F32),
+            Dtype::F16 => Ok(WeightDtype::F16),
+            Dtype::Bf16 => Err(MimiDtypeError(self)),
         }
     }
 

@@ -3,7 +3,7 @@
 
 mod attend;
 mod config;
-mod cpu;
+pub(crate) mod cpu;
 mod gen;
 mod gguf;
 pub(crate) mod gguf_read;

@@ -7,8 +7,10 @@
 //! streaming state; [`Mimi::encode`] / [`Mimi::decode`] process whole signals with a fresh
 //! state and give the same numbers.
 
+mod candle_engine;
 mod config;
 mod conv;
+mod cpu;
 mod kernels;
 mod load;
 mod quantizer;
@@ -18,15 +20,15 @@ mod transformer;
 
 use std::path::PathBuf;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 
 pub use config::{MimiConfig, QuantizerConfig, SeanetConfig, TransformerConfig};
+pub use cpu::profile::{Kind, MimiProfile, Part};
+pub use cpu::WeightDtype;
 pub use random::write_random_checkpoint;
 
-use conv::{StreamConv1d, StreamConvTr1d};
-use quantizer::Quantizer;
-use seanet::Seanet;
-use transformer::Transformer;
+use candle_engine::CandleMimi;
+use cpu::CpuMimi;
 
 /// Audio samples per code frame (80 ms at 24 kHz).
 pub const FRAME_SAMPLES: usize = 1920;
@@ -114,90 +116,56 @@ pub enum MimiError {
 }
 
 /// Every tensor (name, shape) of a `cfg` checkpoint in the released file's names, in a stable
-/// order: the requests [`Mimi::load`] makes, recorded while building Mimi from zeros. For
-/// [`MimiConfig::v0_1`] this is the 318 tensors of
-/// `tokenizer-e351c8d8-checkpoint125.safetensors`.
+/// order: the requests the candle build makes, recorded while building it from zeros (the CPU
+/// engine reads the file against the same list). For [`MimiConfig::v0_1`] this is the 318
+/// tensors of `tokenizer-e351c8d8-checkpoint125.safetensors`.
 pub fn expected_tensors(cfg: &MimiConfig) -> Result<Vec<(String, Vec<usize>)>, MimiError> {
     cfg.validate()?;
     let v = load::Vars::made(
         Box::new(|_, shape| vec![0.0; shape.iter().product()]),
         false,
     );
-    Mimi::build(&v, cfg, cfg.quantizer.n_q)?;
+    CandleMimi::build(&v, cfg, cfg.quantizer.n_q)?;
     v.finish()
 }
 
-/// Encoder side: SEANet, transformer, learnt downsampling.
+/// Which implementation runs.
 #[derive(Debug, Clone)]
-struct EncoderPart {
-    seanet: Seanet,
-    transformer: Transformer,
-    downsample: StreamConv1d,
-}
-
-/// Decoder side: learnt (depthwise) upsampling, transformer, SEANet.
-#[derive(Debug, Clone)]
-struct DecoderPart {
-    upsample: StreamConvTr1d,
-    transformer: Transformer,
-    seanet: Seanet,
+enum Engine {
+    /// The CPU engine (own kernels, buffers reused every frame).
+    Cpu(Box<CpuMimi>),
+    /// candle tensors, on other devices (CUDA).
+    Candle(Box<CandleMimi>),
 }
 
 /// Mimi weights plus the encoder's and decoder's streaming state.
 #[derive(Debug, Clone)]
 pub struct Mimi {
-    enc: EncoderPart,
-    dec: DecoderPart,
-    quantizer: Quantizer,
+    engine: Engine,
     num_codebooks: usize,
     cardinality: usize,
     frame_samples: usize,
-    device: Device,
-    dtype: DType,
-}
-
-impl EncoderPart {
-    fn reset(&mut self) {
-        self.seanet.reset();
-        self.transformer.reset();
-        self.downsample.reset();
-    }
-
-    /// `[1, 1, N * frame]` audio -> `[N, latent]`.
-    fn step(&mut self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let h = self.seanet.step(x)?; // [1, D, 2N]
-        let h = self.transformer.step(&h.squeeze(0)?.t()?.contiguous()?)?; // [2N, D]
-        let h = self.downsample.step(&h.t()?.unsqueeze(0)?.contiguous()?)?; // [1, D, N]
-        h.squeeze(0)?.t()?.contiguous()
-    }
-}
-
-impl DecoderPart {
-    fn reset(&mut self) {
-        self.upsample.reset();
-        self.transformer.reset();
-        self.seanet.reset();
-    }
-
-    /// `[N, latent]` -> `[1, 1, N * frame]` audio.
-    fn step(&mut self, z: &Tensor) -> candle_core::Result<Tensor> {
-        let h = self.upsample.step(&z.t()?.unsqueeze(0)?.contiguous()?)?; // [1, D, 2N]
-        let h = self.transformer.step(&h.squeeze(0)?.t()?.contiguous()?)?; // [2N, D]
-        self.seanet.step(&h.t()?.unsqueeze(0)?.contiguous()?)
-    }
+    dtype: WeightDtype,
 }
 
 impl Mimi {
     /// Memory-maps `weights` (safetensors, released names), checks that every tensor `cfg`
     /// implies is present with the right shape and finite values, and nothing else is, and
-    /// builds Mimi with `num_codebooks` active codebooks (1..=`cfg.quantizer.n_q`).
+    /// builds Mimi with `num_codebooks` active codebooks (1..=`cfg.quantizer.n_q`), in f32.
     pub fn load(
         weights: &std::path::Path,
         cfg: &MimiConfig,
         num_codebooks: usize,
         device: &Device,
     ) -> Result<Mimi, MimiError> {
-        Self::load_as(weights, cfg, num_codebooks, device, DType::F32)
+        Self::load_typed(
+            weights,
+            cfg,
+            num_codebooks,
+            device,
+            DType::F32,
+            WeightDtype::F32,
+        )
     }
 
     /// [`Mimi::load`] computing in `dtype` (f32, f16 or bf16; the quantizer stays in f32).
@@ -209,10 +177,36 @@ impl Mimi {
         device: &Device,
         dtype: DType,
     ) -> Result<Mimi, MimiError> {
+        Self::load_typed(weights, cfg, num_codebooks, device, dtype, WeightDtype::F32)
+    }
+
+    /// As [`Mimi::load`], with the weights stored as `dtype` (arithmetic stays f32). f16 is
+    /// implemented by the CPU engine only.
+    pub fn load_with(
+        weights: &std::path::Path,
+        cfg: &MimiConfig,
+        num_codebooks: usize,
+        device: &Device,
+        dtype: WeightDtype,
+    ) -> Result<Mimi, MimiError> {
+        Self::load_typed(weights, cfg, num_codebooks, device, DType::F32, dtype)
+    }
+
+    /// [`Mimi::load`] with both choices: `compute` (f32 on the CPU runs the CPU engine; f16
+    /// and bf16 run candle, as on a GPU) and the CPU engine's weight `storage` (f16 only with
+    /// f32 compute on the CPU).
+    pub fn load_typed(
+        weights: &std::path::Path,
+        cfg: &MimiConfig,
+        num_codebooks: usize,
+        device: &Device,
+        compute: DType,
+        storage: WeightDtype,
+    ) -> Result<Mimi, MimiError> {
         cfg.validate()?;
-        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+        if !matches!(compute, DType::F32 | DType::F16 | DType::BF16) {
             return Err(MimiError::Config(format!(
-                "dtype {dtype:?}: use f32, f16 or bf16"
+                "dtype {compute:?}: use f32, f16 or bf16"
             )));
         }
         if num_codebooks == 0 || num_codebooks > cfg.quantizer.n_q {
@@ -221,42 +215,27 @@ impl Mimi {
                 max: cfg.quantizer.n_q,
             });
         }
+        let cpu_engine = device.is_cpu() && compute == DType::F32;
+        if !cpu_engine && storage != WeightDtype::F32 {
+            return Err(MimiError::Config(format!(
+                "{} Mimi weight storage is the CPU engine's (f32 compute on the CPU); on {device:?} in {compute:?} use mimi_dtype f32",
+                storage.name()
+            )));
+        }
         let v = load::Vars::open(weights, device)?;
-        v.set_dtype(dtype);
-        let mimi = Self::build(&v, cfg, num_codebooks)?;
+        let engine = if cpu_engine {
+            Engine::Cpu(Box::new(CpuMimi::load(&v, cfg, num_codebooks, storage)?))
+        } else {
+            v.set_dtype(compute);
+            Engine::Candle(Box::new(CandleMimi::build(&v, cfg, num_codebooks)?))
+        };
         v.finish()?;
-        Ok(mimi)
-    }
-
-    /// Builds Mimi from `v`, asking for every tensor of a `cfg` checkpoint (in the order of
-    /// the tensor list [`expected_tensors`] reports, which the random writer's values follow).
-    fn build(v: &load::Vars, cfg: &MimiConfig, num_codebooks: usize) -> Result<Mimi, MimiError> {
-        let g = cfg.downsample_stride();
-        let d = cfg.seanet.dimension;
-        let enc_seanet = Seanet::encoder(&v.pp("encoder"), &cfg.seanet, cfg.frame_size())?;
-        let dec_seanet = Seanet::decoder(&v.pp("decoder"), &cfg.seanet, g)?;
-        let enc_tr = Transformer::load(&v.pp("encoder_transformer"), &cfg.transformer, g)?;
-        let dec_tr = Transformer::load(&v.pp("decoder_transformer"), &cfg.transformer, g)?;
-        let quantizer = Quantizer::load(&v.pp("quantizer"), &cfg.quantizer, d, num_codebooks)?;
-        let down = v.get("downsample.conv.conv.conv.weight", &[d, d, 2 * g])?;
-        let up = v.get("upsample.convtr.convtr.convtr.weight", &[d, 1, 2 * g])?;
         Ok(Mimi {
-            enc: EncoderPart {
-                seanet: enc_seanet,
-                transformer: enc_tr,
-                downsample: StreamConv1d::new(down, None, g, 1, true, 1)?,
-            },
-            dec: DecoderPart {
-                upsample: StreamConvTr1d::new(up, None, g, true, 1)?,
-                transformer: dec_tr,
-                seanet: dec_seanet,
-            },
-            quantizer,
+            engine,
             num_codebooks,
             cardinality: cfg.quantizer.bins,
             frame_samples: cfg.frame_size(),
-            device: v.device(),
-            dtype: v.dtype(),
+            dtype: storage,
         })
     }
 
@@ -275,27 +254,78 @@ impl Mimi {
         self.frame_samples
     }
 
-    /// Compute dtype (the quantizer always runs in f32).
-    pub fn dtype(&self) -> DType {
+    /// How the weights are stored.
+    pub fn weight_dtype(&self) -> WeightDtype {
         self.dtype
+    }
+
+    /// Compute dtype (the quantizer always runs in f32; the CPU engine in f32).
+    pub fn dtype(&self) -> DType {
+        match &self.engine {
+            Engine::Cpu(_) => DType::F32,
+            Engine::Candle(c) => c.dtype(),
+        }
+    }
+
+    /// The kernels in use: `avx2`, `neon` or `generic` (CPU engine), `candle` (other devices).
+    pub fn kernels(&self) -> &'static str {
+        match &self.engine {
+            Engine::Cpu(c) => c.isa().name(),
+            Engine::Candle(_) => "candle",
+        }
+    }
+
+    /// Bytes of weights held by the CPU engine (`None` on other devices).
+    pub fn weight_bytes(&self) -> Option<usize> {
+        match &self.engine {
+            Engine::Cpu(c) => Some(c.weight_bytes()),
+            Engine::Candle(_) => None,
+        }
+    }
+
+    /// Time per part and kind of layer since the last [`Mimi::reset_profile`] (CPU engine
+    /// only).
+    pub fn profile(&self) -> Option<&MimiProfile> {
+        match &self.engine {
+            Engine::Cpu(c) => Some(c.profile()),
+            Engine::Candle(_) => None,
+        }
+    }
+
+    /// Zeroes the profile.
+    pub fn reset_profile(&mut self) {
+        if let Engine::Cpu(c) = &mut self.engine {
+            c.reset_profile();
+        }
     }
 
     /// Forgets all streaming state (encoder and decoder), as for a new conversation.
     pub fn reset(&mut self) {
-        self.enc.reset();
-        self.dec.reset();
+        self.reset_encoder();
+        self.reset_decoder();
+    }
+
+    fn reset_encoder(&mut self) {
+        match &mut self.engine {
+            Engine::Cpu(c) => c.reset_encoder(),
+            Engine::Candle(c) => c.enc.reset(),
+        }
+    }
+
+    fn reset_decoder(&mut self) {
+        match &mut self.engine {
+            Engine::Cpu(c) => c.reset_decoder(),
+            Engine::Candle(c) => c.dec.reset(),
+        }
     }
 
     /// Encodes one frame (`frame_samples()` samples at 24 kHz) into `codes`
-    /// (`num_codebooks()` entries), continuing the encoder's stream.
+    /// (`num_codebooks()` entries), continuing the encoder's stream. On the CPU this does not
+    /// allocate once the first frame has sized the buffers.
     pub fn encode_step(&mut self, pcm: &[f32], codes: &mut [u32]) -> Result<(), MimiError> {
         self.check_frame(pcm.len(), 1)?;
         self.check_codes_len(codes.len(), 1)?;
-        let x = Tensor::from_slice(pcm, (1, 1, pcm.len()), &self.device)?.to_dtype(self.dtype)?;
-        let z = self.enc.step(&x)?;
-        let c = self.quantizer.encode(&z)?; // [1, K]
-        codes.copy_from_slice(&c.flatten_all()?.to_vec1::<u32>()?);
-        Ok(())
+        self.encode_frames(pcm, codes)
     }
 
     /// Decodes one frame of `num_codebooks()` codes into `pcm` (`frame_samples()` samples),
@@ -304,10 +334,24 @@ impl Mimi {
         self.check_frame(pcm.len(), 1)?;
         self.check_codes_len(codes.len(), 1)?;
         self.check_code_values(codes.iter().copied(), 0)?;
-        let c = Tensor::from_slice(codes, (1, codes.len()), &self.device)?;
-        let z = self.quantizer.decode(&c)?.to_dtype(self.dtype)?;
-        let y = self.dec.step(&z)?;
-        pcm.copy_from_slice(&y.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+        self.decode_frames(codes, pcm)
+    }
+
+    /// Whole frames of audio -> `[frames, K]` codes, continuing the stream.
+    fn encode_frames(&mut self, pcm: &[f32], codes: &mut [u32]) -> Result<(), MimiError> {
+        match &mut self.engine {
+            Engine::Cpu(c) => c.encode(pcm, codes),
+            Engine::Candle(c) => codes.copy_from_slice(&c.encode(pcm)?),
+        }
+        Ok(())
+    }
+
+    /// `[frames, K]` codes -> whole frames of audio, continuing the stream.
+    fn decode_frames(&mut self, codes: &[u32], pcm: &mut [f32]) -> Result<(), MimiError> {
+        match &mut self.engine {
+            Engine::Cpu(c) => c.decode(codes, pcm),
+            Engine::Candle(c) => pcm.copy_from_slice(&c.decode(codes, self.num_codebooks)?),
+        }
         Ok(())
     }
 
@@ -316,11 +360,13 @@ impl Mimi {
     /// equal to calling [`Mimi::encode_step`] frame by frame after [`Mimi::reset`].
     pub fn encode(&self, pcm: &[f32]) -> Result<Vec<Vec<u32>>, MimiError> {
         let fs = self.frame_samples;
+        let k = self.num_codebooks;
         let n = pcm.len().div_ceil(fs);
-        let mut enc = self.enc.clone();
-        enc.reset();
+        let mut m = self.clone();
+        m.reset_encoder();
         let mut out = Vec::with_capacity(n);
         let mut buf = Vec::with_capacity(BATCH_FRAMES * fs);
+        let mut codes = vec![0u32; BATCH_FRAMES * k];
         for start in (0..n).step_by(BATCH_FRAMES) {
             let frames = BATCH_FRAMES.min(n - start);
             buf.clear();
@@ -328,10 +374,8 @@ impl Mimi {
             let b = ((start + frames) * fs).min(pcm.len());
             buf.extend_from_slice(&pcm[a..b]);
             buf.resize(frames * fs, 0.0);
-            let x =
-                Tensor::from_slice(&buf, (1, 1, buf.len()), &self.device)?.to_dtype(self.dtype)?;
-            let c = self.quantizer.encode(&enc.step(&x)?)?;
-            out.extend(c.to_vec2::<u32>()?);
+            m.encode_frames(&buf, &mut codes[..frames * k])?;
+            out.extend(codes[..frames * k].chunks_exact(k).map(<[u32]>::to_vec));
         }
         Ok(out)
     }
@@ -349,14 +393,16 @@ impl Mimi {
             }
             self.check_code_values(f.iter().copied(), i)?;
         }
-        let mut dec = self.dec.clone();
-        dec.reset();
-        let mut out = Vec::with_capacity(codes.len() * self.frame_samples);
-        for chunk in codes.chunks(BATCH_FRAMES) {
+        let mut m = self.clone();
+        m.reset_decoder();
+        let fs = self.frame_samples;
+        let mut out = vec![0f32; codes.len() * fs];
+        for (chunk, pcm) in codes
+            .chunks(BATCH_FRAMES)
+            .zip(out.chunks_mut(BATCH_FRAMES * fs))
+        {
             let flat: Vec<u32> = chunk.iter().flatten().copied().collect();
-            let c = Tensor::from_vec(flat, (chunk.len(), self.num_codebooks), &self.device)?;
-            let y = dec.step(&self.quantizer.decode(&c)?.to_dtype(self.dtype)?)?;
-            out.extend(y.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+            m.decode_frames(&flat, pcm)?;
         }
         Ok(out)
     }

@@ -7,9 +7,10 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
+use super::candle_engine::CandleMimi;
 use super::config::MimiConfig;
 use super::load::Vars;
-use super::{Mimi, MimiError};
+use super::MimiError;
 use crate::replace::replace_file;
 
 /// Writes a safetensors file with every tensor of `cfg` (released names and shapes), filled
@@ -26,7 +27,7 @@ pub fn write_random_checkpoint(cfg: &MimiConfig, seed: u64, path: &Path) -> Resu
         Box::new(move |name, shape| random_values(name, shape, &mut rng)),
         true,
     );
-    Mimi::build(&v, cfg, cfg.quantizer.n_q)?;
+    CandleMimi::build(&v, cfg, cfg.quantizer.n_q)?;
     let tensors = v.take_made();
     replace_file(
         path,

@@ -1,0 +1,257 @@
+//! Mimi's causal transformer on `[T, d]` rows: pre-norm layers (LayerNorm), RoPE (interleaved
+//! pairs), layer scale, GELU feed-forward, the reference's limited context, and per-layer
+//! KV rings. Every buffer is kept between calls.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::attention::{attend, KvRing, Window};
+use super::conv::grow;
+use super::gemm::{dense, gemm, Epi};
+use super::isa::Isa;
+use super::packed::PackedMat;
+use super::profile::{Kind, Prof};
+use super::{tensor, Load};
+use crate::mimi::config::TransformerConfig;
+use crate::mimi::MimiError;
+
+/// One layer's weights (shared between clones).
+#[derive(Debug)]
+struct LayerWeights {
+    /// `[d, 3d]`: q, k, v.
+    in_proj: PackedMat,
+    out_proj: PackedMat,
+    linear1: PackedMat,
+    linear2: PackedMat,
+    norm1: (Vec<f32>, Vec<f32>),
+    norm2: (Vec<f32>, Vec<f32>),
+    scale1: Vec<f32>,
+    scale2: Vec<f32>,
+}
+
+/// Scratch rows of one call.
+#[derive(Debug, Clone, Default)]
+struct Scratch {
+    hx: Vec<f32>,
+    qkv: Vec<f32>,
+    att: Vec<f32>,
+    ff: Vec<f32>,
+    scores: Vec<f32>,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+/// A stack of layers with its streaming position and caches.
+#[derive(Debug, Clone)]
+pub(crate) struct Transformer {
+    layers: Arc<Vec<LayerWeights>>,
+    rings: Vec<KvRing>,
+    win: Window,
+    d: usize,
+    ff_dim: usize,
+    inv_freq: Vec<f32>,
+    pos: usize,
+    s: Scratch,
+}
+
+impl Transformer {
+    pub(crate) fn load(
+        l: &Load,
+        prefix: &str,
+        cfg: &TransformerConfig,
+        granularity: usize,
+    ) -> Result<Self, MimiError> {
+        let d = cfg.d_model;
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let p = format!("{prefix}.transformer.layers.{i}");
+            let lin = |n: &str| -> Result<PackedMat, MimiError> {
+                let (w, s) = tensor(l.w, &format!("{p}.{n}"))?;
+                Ok(PackedMat::from_rows(&w, s[0], s[1], l.dtype))
+            };
+            let v = |n: &str| -> Result<Vec<f32>, MimiError> {
+                Ok(tensor(l.w, &format!("{p}.{n}"))?.0)
+            };
+            layers.push(LayerWeights {
+                in_proj: lin("self_attn.in_proj_weight")?,
+                out_proj: lin("self_attn.out_proj.weight")?,
+                linear1: lin("linear1.weight")?,
+                linear2: lin("linear2.weight")?,
+                norm1: (v("norm1.weight")?, v("norm1.bias")?),
+                norm2: (v("norm2.weight")?, v("norm2.bias")?),
+                scale1: v("layer_scale_1.scale")?,
+                scale2: v("layer_scale_2.scale")?,
+            });
+        }
+        let head_dim = d / cfg.num_heads;
+        // Same arithmetic as the reference: exp(i * (-ln(max_period) * 2 / D)) in f32.
+        let step = (-(cfg.max_period.ln()) * 2.0 / head_dim as f64) as f32;
+        Ok(Transformer {
+            layers: Arc::new(layers),
+            rings: (0..cfg.num_layers).map(|_| KvRing::new(d)).collect(),
+            win: Window {
+                heads: cfg.num_heads,
+                head_dim,
+                context: cfg.context,
+                granularity: granularity.max(1),
+            },
+            d,
+            ff_dim: cfg.dim_feedforward,
+            inv_freq: (0..head_dim / 2).map(|i| (i as f32 * step).exp()).collect(),
+            pos: 0,
+            s: Scratch::default(),
+        })
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.pos = 0;
+    }
+
+    /// Weight bytes.
+    pub(crate) fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| l.in_proj.bytes() + l.out_proj.bytes() + l.linear1.bytes() + l.linear2.bytes())
+            .sum()
+    }
+
+    /// Runs `x` (`[T, d]`, `T` a multiple of the granularity) through the layers in place.
+    pub(crate) fn step(&mut self, isa: Isa, x: &mut [f32], prof: &mut Prof) {
+        let t = x.len() / self.d;
+        let t0 = Instant::now();
+        let half = self.inv_freq.len();
+        let (cos, sin) = (
+            grow(&mut self.s.cos, t * half),
+            grow(&mut self.s.sin, t * half),
+        );
+        for i in 0..t {
+            let p = (self.pos + i) as f32;
+            for (j, f) in self.inv_freq.iter().enumerate() {
+                let a = f * p;
+                cos[i * half + j] = a.cos();
+                sin[i * half + j] = a.sin();
+            }
+        }
+        for r in &mut self.rings {
+            r.reserve(self.win.context, t, self.pos);
+        }
+        grow(&mut self.s.scores, self.win.context + 1);
+        prof.lap(Kind::Attention, t0);
+        let layers = Arc::clone(&self.layers);
+        for (li, lw) in layers.iter().enumerate() {
+            self.layer(isa, li, lw, x, t, prof);
+        }
+        self.pos += t;
+    }
+
+    fn layer(
+        &mut self,
+        isa: Isa,
+        li: usize,
+        lw: &LayerWeights,
+        x: &mut [f32],
+        t: usize,
+        prof: &mut Prof,
+    ) {
+        let d = self.d;
+        let s = &mut self.s;
+        let mut t0 = Instant::now();
+        let hx = grow(&mut s.hx, t * d);
+        layer_norm(x, &lw.norm1, hx);
+        t0 = prof.lap(Kind::Norm, t0);
+        let qkv = grow(&mut s.qkv, t * 3 * d);
+        gemm(isa, hx, t, dense(d, d), &lw.in_proj, qkv, 3 * d, Epi::Store);
+        t0 = prof.lap(Kind::Linear, t0);
+        let att = grow(&mut s.att, t * d);
+        let half = self.inv_freq.len();
+        for i in 0..t {
+            let row = &mut qkv[i * 3 * d..(i + 1) * 3 * d];
+            let (cos, sin) = (
+                &s.cos[i * half..(i + 1) * half],
+                &s.sin[i * half..(i + 1) * half],
+            );
+            for h in 0..self.win.heads {
+                let o = h * self.win.head_dim;
+                rope(&mut row[o..o + self.win.head_dim], cos, sin);
+                rope(&mut row[d + o..d + o + self.win.head_dim], cos, sin);
+            }
+            self.rings[li].push(self.pos + i, &row[d..2 * d], &row[2 * d..]);
+        }
+        for i in 0..t {
+            let q = &qkv[i * 3 * d..i * 3 * d + d];
+            attend(
+                &self.rings[li],
+                self.win,
+                self.pos + i,
+                q,
+                &mut att[i * d..(i + 1) * d],
+                &mut s.scores,
+            );
+        }
+        t0 = prof.lap(Kind::Attention, t0);
+        gemm(
+            isa,
+            att,
+            t,
+            dense(d, d),
+            &lw.out_proj,
+            x,
+            d,
+            Epi::AddScaled(&lw.scale1),
+        );
+        t0 = prof.lap(Kind::Linear, t0);
+        layer_norm(x, &lw.norm2, hx);
+        t0 = prof.lap(Kind::Norm, t0);
+        let f = self.ff_dim;
+        let ff = grow(&mut s.ff, t * f);
+        gemm(isa, hx, t, dense(d, d), &lw.linear1, ff, f, Epi::Store);
+        t0 = prof.lap(Kind::Linear, t0);
+        for v in ff.iter_mut() {
+            *v = gelu(*v);
+        }
+        t0 = prof.lap(Kind::Norm, t0);
+        gemm(
+            isa,
+            ff,
+            t,
+            dense(f, f),
+            &lw.linear2,
+            x,
+            d,
+            Epi::AddScaled(&lw.scale2),
+        );
+        prof.lap(Kind::Linear, t0);
+    }
+}
+
+/// candle's fused LayerNorm (one pass for mean and mean square), row by row.
+fn layer_norm(x: &[f32], (w, b): &(Vec<f32>, Vec<f32>), out: &mut [f32]) {
+    let d = w.len();
+    for (src, dst) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let (mut sum, mut sum2) = (0f32, 0f32);
+        for &v in src {
+            sum += v;
+            sum2 += v * v;
+        }
+        let mean = sum / d as f32;
+        let var = sum2 / d as f32 - mean * mean;
+        let inv_std = (var + 1e-5).sqrt().recip();
+        for (((o, &s), &w), &b) in dst.iter_mut().zip(src).zip(w).zip(b) {
+            *o = (s - mean) * inv_std * w + b;
+        }
+    }
+}
+
+/// Interleaved-pair rotation (candle's `rope_i`) of one head.
+fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    for (p, (&c, &s)) in x.chunks_exact_mut(2).zip(cos.iter().zip(sin)) {
+        let (a, b) = (p[0], p[1]);
+        p[0] = a * c - b * s;
+        p[1] = a * s + b * c;
+    }
+}
+
+/// Exact GELU, `x * (1 + erf(x / sqrt 2)) / 2`, as candle's `gelu_erf`.
+fn gelu(x: f32) -> f32 {
+    (candle_core::cpu::erf::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2) + 1.0) * 0.5 * x
+}
