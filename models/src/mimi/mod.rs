@@ -129,6 +129,14 @@ pub fn expected_tensors(cfg: &MimiConfig) -> Result<Vec<(String, Vec<usize>)>, M
     v.finish()
 }
 
+/// Environment variable that, set to `candle`, runs the candle implementation on the CPU too
+/// (a diagnostic: it is what moshid ran before the CPU engine, and is much slower).
+pub const ENGINE_ENV: &str = "MOSHID_MIMI_ENGINE";
+
+fn force_candle() -> bool {
+    std::env::var(ENGINE_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("candle"))
+}
+
 /// Which implementation runs.
 #[derive(Debug, Clone)]
 enum Engine {
@@ -215,7 +223,7 @@ impl Mimi {
                 max: cfg.quantizer.n_q,
             });
         }
-        let cpu_engine = device.is_cpu() && compute == DType::F32;
+        let cpu_engine = device.is_cpu() && compute == DType::F32 && !force_candle();
         if !cpu_engine && storage != WeightDtype::F32 {
             return Err(MimiError::Config(format!(
                 "{} Mimi weight storage is the CPU engine's (f32 compute on the CPU); on {device:?} in {compute:?} use mimi_dtype f32",

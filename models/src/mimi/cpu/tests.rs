@@ -238,3 +238,54 @@ fn codec_gives_the_same_results_with_every_isa() {
         }
     }
 }
+
+/// A fixed kernel workload for comparing kernel families by instruction count (a proxy for
+/// speed where it cannot be timed, e.g. aarch64 under qemu with an instruction-counting
+/// plugin): `MOSHID_MIMI_KERNELS=generic|auto`, `MOSHID_MIMI_PROXY=stream|stream16|conv|elu`,
+/// `MOSHID_MIMI_PROXY_REPS=N`; count N and 0 repetitions and take the difference.
+#[test]
+#[ignore]
+fn kernel_workload() {
+    let isa = Isa::detect();
+    let reps: usize = std::env::var("MOSHID_MIMI_PROXY_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let what = std::env::var("MOSHID_MIMI_PROXY").unwrap_or_else(|_| "stream".into());
+    let (m, g, n, dtype) = match what.as_str() {
+        // A transformer projection on the 2 steps of a frame.
+        "stream" => (2, super::gemm::dense(512, 512), 1536, WeightDtype::F32),
+        "stream16" => (2, super::gemm::dense(512, 512), 1536, WeightDtype::F16),
+        // The first residual block's kernel-3 convolution (64 -> 32 channels, 1920 steps).
+        "conv" => (
+            1920,
+            Geom {
+                lda: 64,
+                taps: 1,
+                len: 192,
+                tap_stride: 0,
+            },
+            32,
+            WeightDtype::F32,
+        ),
+        _ => (0, super::gemm::dense(1, 1), 1, WeightDtype::F32),
+    };
+    let mut sink = 0f32;
+    if m > 0 {
+        let a = fill((m - 1) * g.lda + g.depth(), 11);
+        let w = PackedMat::new(&fill(g.depth() * n, 12), g.depth(), n, dtype);
+        let mut out = vec![0f32; m * n];
+        for _ in 0..reps {
+            gemm(isa, &a, m, g, &w, &mut out, n, Epi::Store);
+            sink += out[0];
+        }
+    } else {
+        let x = fill(1920 * 64, 13);
+        let mut y = vec![0f32; x.len()];
+        for _ in 0..reps {
+            elu(isa, &x, &mut y);
+            sink += y[0];
+        }
+    }
+    println!("{what} x{reps} on {}: {sink}", isa.name());
+}
