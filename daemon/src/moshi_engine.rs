@@ -37,8 +37,14 @@ pub struct MoshiEngine {
 pub fn load(spec: &ModelSpec, cfg: &Config) -> anyhow::Result<Box<dyn Engine>> {
     let device = cfg.model.device.open()?;
     spec.check_compatible().map_err(anyhow::Error::msg)?;
-    let mimi = Mimi::load(&spec.mimi, &spec.mimi_config, spec.lm_config.dep_q, &device)
-        .with_context(|| format!("cannot load Mimi from {}", spec.mimi.display()))?;
+    let mimi = Mimi::load_with(
+        &spec.mimi,
+        &spec.mimi_config,
+        spec.lm_config.dep_q,
+        &device,
+        cfg.model.mimi_dtype.mimi_weights()?,
+    )
+    .with_context(|| format!("cannot load Mimi from {}", spec.mimi.display()))?;
     let lm = LmModel::load(&spec.lm, &spec.lm_config, cfg.model.dtype.candle(), &device)
         .with_context(|| format!("cannot load the LM from {}", spec.lm.display()))?;
     let what = format!(

@@ -26,6 +26,9 @@ pub struct Args {
     /// Mimi configuration JSON (default: the released Mimi).
     #[arg(long)]
     pub mimi_config: Option<PathBuf>,
+    /// How Mimi's weights are stored on the CPU: auto or f32, f16 (arithmetic stays f32).
+    #[arg(long, default_value_t = Dtype::Auto)]
+    pub mimi_dtype: Dtype,
     /// SentencePiece model for --transcript (tokenizer_spm_32k_3.model).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
@@ -131,7 +134,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 Some(c) => MimiConfig::from_json_file(c)?,
                 None => MimiConfig::v0_1(),
             };
-            let m = Mimi::load(p, &mcfg, 8, &device)
+            let m = Mimi::load_with(p, &mcfg, 8, &device, a.mimi_dtype.mimi_weights()?)
                 .with_context(|| format!("loading Mimi from {}", p.display()))?;
             if m.cardinality() != cfg.card {
                 bail!(

@@ -98,6 +98,10 @@ pub struct ModelConfig {
     /// `auto`, `f32`, `f16` or `bf16` (for safetensors LMs; GGUF keeps its quantization).
     #[serde(deserialize_with = "types::from_str")]
     pub dtype: Dtype,
+    /// How Mimi stores its weights on the CPU: `auto` or `f32` (the reference's numbers),
+    /// `f16` (half the memory and memory traffic; arithmetic stays f32).
+    #[serde(deserialize_with = "types::from_str")]
+    pub mimi_dtype: Dtype,
     /// LM context in steps (80 ms each); older steps are forgotten.
     pub context: usize,
     /// Never touch the network: use only what is in the cache.
@@ -270,6 +274,7 @@ impl Default for ModelConfig {
             voice: "moshiko".into(),
             device: DeviceSpec::default(),
             dtype: Dtype::default(),
+            mimi_dtype: Dtype::default(),
             context: 3000,
             offline: false,
             local: None,
@@ -487,6 +492,9 @@ impl Config {
                 m.voice,
                 self.voices.keys().cloned().collect::<Vec<_>>().join(", ")
             ));
+        }
+        if let Err(e) = m.mimi_dtype.mimi_weights() {
+            p.push(format!("`model.mimi_dtype`: {e}"));
         }
         if !(16..=100_000).contains(&m.context) {
             p.push(format!(
@@ -715,6 +723,13 @@ mod tests {
         assert_eq!(c.model.device, DeviceSpec::Cuda(1));
         assert_eq!(c.model.dtype, Dtype::F16);
         assert_eq!(c.audio.format, SampleFormat::F32);
+        let m = parse("[model]\nmimi_dtype = \"f16\"\n").unwrap();
+        assert_eq!(m.model.mimi_dtype, Dtype::F16);
+        assert_eq!(parse("").unwrap().model.mimi_dtype, Dtype::Auto);
+        let e = parse("[model]\nmimi_dtype = \"bf16\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mimi_dtype") && e.contains("f16"), "{e}");
         let e = parse("[model]\ndevice = \"tpu\"\n")
             .unwrap_err()
             .to_string();
