@@ -4,6 +4,8 @@
 mod support;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::*;
 
@@ -423,6 +425,64 @@ fn a_stalled_download_is_retried_in_the_background_while_the_watchdog_runs() {
         .is_some(),
         "the resumed file is not the served one"
     );
+}
+
+/// A TCP proxy to the broker at `upstream` that holds the broker's first bytes (the CONNACK)
+/// back for `delay` on every connection, as a loaded broker or a slow link would; returns
+/// its port and the number of connections it accepted.
+fn slow_handshake_proxy(upstream: u16, delay: Duration) -> (u16, Arc<AtomicUsize>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            count.fetch_add(1, AtomicOrdering::SeqCst);
+            let Ok(up) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                continue;
+            };
+            let (mut c_in, mut up_out) = (c.try_clone().unwrap(), up.try_clone().unwrap());
+            std::thread::spawn(move || std::io::copy(&mut c_in, &mut up_out));
+            let (mut up_in, mut c_out) = (up, c);
+            std::thread::spawn(move || {
+                let mut first = [0u8; 64];
+                let n = std::io::Read::read(&mut up_in, &mut first).unwrap_or(0);
+                std::thread::sleep(delay);
+                let _ = std::io::Write::write_all(&mut c_out, &first[..n]);
+                std::io::copy(&mut up_in, &mut c_out)
+            });
+        }
+    });
+    (port, accepted)
+}
+
+#[test]
+fn a_slow_mqtt_handshake_connects_once_without_a_stray_offline() {
+    // The MQTT loop used to drop rumqttc's connect future whenever its 250 ms tick won the
+    // select: a handshake slower than that was cut after CONNECT, the next attempt took the
+    // session over, and the broker published the daemon's own last will (`offline`) right
+    // before its `online`; a handshake always slower than the tick never completed.
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let notify = Notify::bind(dir.path());
+    let (proxy, accepted) = slow_handshake_proxy(broker.port, Duration::from_millis(700));
+    let obs = Observer::connect(broker.port, "obs", &[&topic("availability")]);
+    let (cfg, alsa) = write_config(dir.path(), proxy, "");
+    let d = start_daemon(dir.path(), &cfg, &alsa, &notify);
+    obs.wait(&topic("availability"), Duration::from_secs(15), |m| {
+        m.payload == "online"
+    })
+    .unwrap_or_else(|| panic!("never online through a slow handshake\n{}", d.log()));
+    std::thread::sleep(Duration::from_secs(2));
+    let seen: Vec<String> = obs
+        .on(&topic("availability"))
+        .into_iter()
+        .map(|m| m.payload)
+        .collect();
+    assert_eq!(seen, ["online"], "{}", d.log());
+    assert_eq!(accepted.load(AtomicOrdering::SeqCst), 1, "one connection");
+    drop(d);
 }
 
 /// A daemon config for broker-connection tests (demo model, file audio not needed:

@@ -515,29 +515,67 @@ async fn serve(
     let mut s = Session::new(ctx, opts);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
-        tokio::select! {
-            ev = s.eventloop.poll() => match ev {
-                Ok(rumqttc::Event::Incoming(p)) => s.on_packet(p),
-                Ok(rumqttc::Event::Outgoing(
-                    rumqttc::Outgoing::Publish(_) | rumqttc::Outgoing::Subscribe(_),
-                )) => s.ctx.written(false),
-                Ok(_) => {}
-                Err(e) => {
-                    s.on_error(e);
-                    tokio::select! {
-                        _ = tokio::time::sleep(s.backoff) => {}
-                        _ = &mut stop => break,
-                    }
-                    // At most 2 s: the broker's return is noticed well within 5 s.
-                    s.backoff = (s.backoff * 2).min(Duration::from_secs(2));
+        let ev = if s.connected {
+            tokio::select! {
+                ev = s.eventloop.poll() => ev,
+                Some(ev) = events.recv() => {
+                    s.ctx.on_event(&s.client, true, ev);
+                    continue;
                 }
-            },
-            Some(ev) = events.recv() => s.ctx.on_event(&s.client, s.connected, ev),
-            _ = tick.tick() => s.on_tick(),
-            _ = &mut stop => {
-                s.goodbye().await;
-                break;
+                _ = tick.tick() => {
+                    s.on_tick();
+                    continue;
+                }
+                _ = &mut stop => {
+                    s.goodbye().await;
+                    break;
+                }
             }
+        } else {
+            match connect(&mut s, &mut events, &mut stop).await {
+                Some(ev) => ev,
+                None => break,
+            }
+        };
+        match ev {
+            Ok(rumqttc::Event::Incoming(p)) => s.on_packet(p),
+            Ok(rumqttc::Event::Outgoing(
+                rumqttc::Outgoing::Publish(_) | rumqttc::Outgoing::Subscribe(_),
+            )) => s.ctx.written(false),
+            Ok(_) => {}
+            Err(e) => {
+                s.on_error(e);
+                tokio::select! {
+                    _ = tokio::time::sleep(s.backoff) => {}
+                    _ = &mut stop => break,
+                }
+                // At most 2 s: the broker's return is noticed well within 5 s.
+                s.backoff = (s.backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// One `poll` while not connected, never interrupted by anything but a stop (None).
+///
+/// rumqttc builds the connection (TCP, TLS, CONNECT, CONNACK) inside `poll`, in a future of
+/// its own: dropping it half way (a tick or an event winning a `select!`) drops the
+/// connection, and when CONNECT had gone out the next attempt takes the session over, so
+/// the broker publishes this client's own last will, `offline`, right before its `online`
+/// (and a handshake slower than the tick never completes). So the same future is polled
+/// to its end; events meanwhile are handled as while disconnected (transcripts dropped).
+async fn connect(
+    s: &mut Session,
+    events: &mut tokio::sync::mpsc::Receiver<Event>,
+    stop: &mut tokio::sync::oneshot::Receiver<()>,
+) -> Option<Result<rumqttc::Event, ConnectionError>> {
+    let poll = s.eventloop.poll();
+    tokio::pin!(poll);
+    loop {
+        tokio::select! {
+            ev = &mut poll => return Some(ev),
+            Some(ev) = events.recv() => s.ctx.on_event(&s.client, false, ev),
+            _ = &mut *stop => return None,
         }
     }
 }
