@@ -2,11 +2,14 @@
 
 mod audio;
 mod cmd;
+mod codes;
 mod config;
 mod control;
 mod demo_model;
 mod endpoint;
 mod engine;
+#[cfg(test)]
+mod fuzz;
 mod logging;
 mod memory;
 mod model_spec;

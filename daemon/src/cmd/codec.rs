@@ -2,11 +2,11 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::codes::CodesFile;
 use anyhow::{bail, Context};
 use candle_core::DType;
 use clap::{Args, Subcommand};
 use moshid_models::mimi::{Mimi, MimiConfig, SAMPLE_RATE};
-use serde::{Deserialize, Serialize};
 
 /// Codec subcommands.
 #[derive(Subcommand, Debug)]
@@ -108,14 +108,6 @@ pub struct DecodeArgs {
     output: PathBuf,
 }
 
-/// The codes file: one inner list per 80 ms frame.
-#[derive(Serialize, Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-struct CodesFile {
-    num_codebooks: usize,
-    codes: Vec<Vec<u32>>,
-}
-
 /// Runs a codec subcommand.
 pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
@@ -163,37 +155,10 @@ fn write_json(path: &Path, v: &CodesFile) -> anyhow::Result<()> {
 fn decode(a: DecodeArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&a.input)
         .with_context(|| format!("cannot read {}", a.input.display()))?;
-    let file: CodesFile = serde_json::from_str(&text).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: not a codes file ({e}); expected {{\"num_codebooks\": K, \"codes\": [[c_0, ..., c_K-1], ...]}} with codes as non-negative integers",
-            a.input.display()
-        )
-    })?;
     let cfg = a.mimi.config()?;
+    let file = CodesFile::parse(&text, cfg.quantizer.n_q, cfg.quantizer.bins)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", a.input.display()))?;
     let k = file.num_codebooks;
-    if k == 0 || k > cfg.quantizer.n_q {
-        bail!(
-            "{}: num_codebooks is {k}, this Mimi has 1..={} codebooks",
-            a.input.display(),
-            cfg.quantizer.n_q
-        );
-    }
-    for (i, f) in file.codes.iter().enumerate() {
-        if f.len() != k {
-            bail!(
-                "{}: frame {i} has {} codes, num_codebooks says {k}",
-                a.input.display(),
-                f.len()
-            );
-        }
-        if let Some(c) = f.iter().find(|&&c| c as usize >= cfg.quantizer.bins) {
-            bail!(
-                "{}: frame {i} has code {c}, out of range 0..{}",
-                a.input.display(),
-                cfg.quantizer.bins
-            );
-        }
-    }
     let mut mimi = a.mimi.load(k)?;
     let fs = mimi.frame_samples();
     let mut pcm = vec![0f32; file.codes.len() * fs];

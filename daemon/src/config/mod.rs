@@ -1,6 +1,7 @@
 //! The daemon's configuration: one TOML file, every field validated with a message that
 //! names it. The documented example is `systemd/moshid.toml.example`.
 
+mod summary;
 pub mod types;
 
 pub use crate::web::config::WebConfig;
