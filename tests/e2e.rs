@@ -31,6 +31,16 @@ fn appliance_over_mqtt_and_systemd() {
         d.log()
     );
     assert!(notify.lines().iter().any(|l| l.starts_with("STATUS=")));
+    // The default `device = "auto"` resolves to the CPU in this build, and STATUS says why.
+    assert!(
+        notify
+            .lines()
+            .iter()
+            .any(|l| l.starts_with("STATUS=ready")
+                && l.contains("cpu (auto: this build has no CUDA)")),
+        "no auto device in STATUS: {:?}",
+        notify.lines()
+    );
 
     // Availability (retained) and discovery for every entity.
     let online = obs

@@ -35,7 +35,9 @@ pub struct MoshiEngine {
 
 /// Loads `spec` with the config's device, dtype, context and sampling.
 pub fn load(spec: &ModelSpec, cfg: &Config) -> anyhow::Result<Box<dyn Engine>> {
-    let device = cfg.model.device.open()?;
+    // `auto` resolves here; the description (which device, and why) goes into `what`, which
+    // the log and STATUS show.
+    let (device, where_) = cfg.model.device.open_described()?;
     spec.check_compatible().map_err(anyhow::Error::msg)?;
     let mimi = Mimi::load_with(
         &spec.mimi,
@@ -50,7 +52,7 @@ pub fn load(spec: &ModelSpec, cfg: &Config) -> anyhow::Result<Box<dyn Engine>> {
     let what = format!(
         "{} on {} ({}, {} layers, dim {}, context {})",
         spec.label,
-        cfg.model.device,
+        where_,
         format!("{:?}", lm.dtype()).to_lowercase(),
         spec.lm_config.num_layers,
         spec.lm_config.dim,

@@ -114,12 +114,14 @@ fn cuda_kind(_device: &Device) -> DeviceKind {
     DeviceKind::Cpu
 }
 
-/// Where to run, as named in the configuration and on the command line: `cpu`, `cuda`
-/// (GPU 0; `gpu` is accepted too) or `cuda:N`. The one parser of device names.
+/// Where to run, as named in the configuration and on the command line: `auto`, `cpu`,
+/// `cuda` (GPU 0; `gpu` is accepted too) or `cuda:N`. The one parser of device names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceSpec {
-    /// The CPU.
+    /// CUDA GPU 0 when this binary has CUDA and a GPU answers, else the CPU.
     #[default]
+    Auto,
+    /// The CPU.
     Cpu,
     /// CUDA GPU number N.
     Cuda(usize),
@@ -130,6 +132,7 @@ impl std::str::FromStr for DeviceSpec {
     fn from_str(s: &str) -> Result<Self, DeviceError> {
         let name = s.trim().to_ascii_lowercase();
         match name.as_str() {
+            "auto" => Ok(DeviceSpec::Auto),
             "cpu" => Ok(DeviceSpec::Cpu),
             "cuda" | "gpu" => Ok(DeviceSpec::Cuda(0)),
             other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
@@ -143,6 +146,7 @@ impl std::str::FromStr for DeviceSpec {
 impl std::fmt::Display for DeviceSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            DeviceSpec::Auto => write!(f, "auto"),
             DeviceSpec::Cpu => write!(f, "cpu"),
             DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
         }
@@ -150,10 +154,31 @@ impl std::fmt::Display for DeviceSpec {
 }
 
 impl DeviceSpec {
-    /// Opens the device.
+    /// Opens the device (`auto`: see [`DeviceSpec::open_described`]).
     pub fn open(&self) -> Result<Device, DeviceError> {
+        self.open_described().map(|(d, _)| d)
+    }
+
+    /// Opens the device and says which one it is, and for `auto` why: `cuda:0 (auto)`,
+    /// `cpu (auto: this build has no CUDA)` or `cpu (auto: no GPU answered: ...)`.
+    pub fn open_described(&self) -> Result<(Device, String), DeviceError> {
+        if *self == DeviceSpec::Auto {
+            return Ok(match DeviceSpec::Cuda(0).open() {
+                Ok(d) => (d, "cuda:0 (auto)".to_string()),
+                Err(DeviceError::NoCudaSupport(_)) => (
+                    Device::Cpu,
+                    "cpu (auto: this build has no CUDA)".to_string(),
+                ),
+                Err(e) => (Device::Cpu, format!("cpu (auto: no GPU answered: {e})")),
+            });
+        }
+        let d = self.open_exact()?;
+        Ok((d, self.to_string()))
+    }
+
+    fn open_exact(&self) -> Result<Device, DeviceError> {
         match *self {
-            DeviceSpec::Cpu => Ok(Device::Cpu),
+            DeviceSpec::Auto | DeviceSpec::Cpu => Ok(Device::Cpu),
             DeviceSpec::Cuda(ordinal) => {
                 if !candle_core::utils::cuda_is_available() {
                     return Err(DeviceError::NoCudaSupport(self.to_string()));
@@ -233,7 +258,7 @@ fn cuda_free(_device: &Device) -> Option<u64> {
     None
 }
 
-/// Parses `cpu`, `cuda` or `cuda:N` and opens that device.
+/// Parses `auto`, `cpu`, `cuda` or `cuda:N` and opens that device.
 pub fn open(name: &str) -> Result<Device, DeviceError> {
     name.parse::<DeviceSpec>()?.open()
 }
@@ -324,5 +349,25 @@ mod tests {
         if !candle_core::utils::cuda_is_available() {
             assert!(matches!(open("cuda:1"), Err(DeviceError::NoCudaSupport(_))));
         }
+    }
+
+    #[test]
+    fn auto_is_the_default_and_falls_back_to_the_cpu() {
+        assert_eq!(DeviceSpec::default(), DeviceSpec::Auto);
+        assert_eq!("AUTO".parse::<DeviceSpec>().unwrap(), DeviceSpec::Auto);
+        assert_eq!(DeviceSpec::Auto.to_string(), "auto");
+        let (d, why) = DeviceSpec::Auto.open_described().unwrap();
+        if candle_core::utils::cuda_is_available() {
+            // A CUDA build: the GPU when one answers, else the CPU with the reason.
+            assert!(
+                why.starts_with("cuda:0") || why.contains("no GPU answered"),
+                "{why}"
+            );
+        } else {
+            assert!(d.is_cpu());
+            assert_eq!(why, "cpu (auto: this build has no CUDA)");
+        }
+        let (_, why) = DeviceSpec::Cpu.open_described().unwrap();
+        assert_eq!(why, "cpu");
     }
 }

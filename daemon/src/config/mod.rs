@@ -93,7 +93,8 @@ pub struct ModelConfig {
     pub source: ModelSource,
     /// The voice preset used at start (a key of `[voices]`).
     pub voice: String,
-    /// `cpu`, `cuda` or `cuda:N`.
+    /// `auto` (default: CUDA when built with it and a GPU answers, else the CPU), `cpu`,
+    /// `cuda` or `cuda:N`.
     #[serde(deserialize_with = "types::from_str")]
     pub device: DeviceSpec,
     /// `auto`, `f32`, `f16` or `bf16` (for safetensors LMs; GGUF keeps its quantization).
