@@ -4,9 +4,11 @@ use crate::config::Config;
 use crate::engine::{Engine, EngineError};
 use crate::model_spec::ModelSpec;
 use anyhow::Context;
-use moshid_models::lm::{LmGen, LmModel, Sampling};
+use moshid_models::lm::{LmGen, LmModel, Sampling, StepOut};
 use moshid_models::mimi::Mimi;
 use moshid_models::tokenizer::{StreamState, TextTokenizer};
+
+mod overlap;
 
 /// Reads the text tokenizer: a SentencePiece `.model`, or a `.txt` piece table (one piece
 /// per line, as the offline demo writes).
@@ -31,6 +33,10 @@ pub struct MoshiEngine {
     what: String,
     /// The configured sampling, which a conversation's override starts from.
     sampling: Sampling,
+    /// `[model] mimi_overlap`: decode frame t during the LM's step t+1.
+    overlap: bool,
+    /// With `overlap`, the LM's last frame, decoded during the next step.
+    pending: Option<StepOut>,
 }
 
 /// Loads `spec` with the config's device, dtype, context and sampling.
@@ -39,24 +45,26 @@ pub fn load(spec: &ModelSpec, cfg: &Config) -> anyhow::Result<Box<dyn Engine>> {
     // the log and STATUS show.
     let (device, where_) = cfg.model.device.open_described()?;
     spec.check_compatible().map_err(anyhow::Error::msg)?;
+    let mimi_device = cfg.model.mimi_device.resolve(&device);
     let mimi = Mimi::load_with(
         &spec.mimi,
         &spec.mimi_config,
         spec.lm_config.dep_q,
-        &device,
+        &mimi_device,
         cfg.model.mimi_dtype.mimi_weights()?,
     )
     .with_context(|| format!("cannot load Mimi from {}", spec.mimi.display()))?;
     let lm = LmModel::load(&spec.lm, &spec.lm_config, cfg.model.dtype.candle(), &device)
         .with_context(|| format!("cannot load the LM from {}", spec.lm.display()))?;
     let what = format!(
-        "{} on {} ({}, {} layers, dim {}, context {})",
+        "{} on {} ({}, {} layers, dim {}, context {}){}",
         spec.label,
         where_,
         format!("{:?}", lm.dtype()).to_lowercase(),
         spec.lm_config.num_layers,
         spec.lm_config.dim,
-        cfg.model.context
+        cfg.model.context,
+        mimi_note(cfg, &mimi_device, &device)
     );
     let sampling = cfg.sampling.sampling();
     let gen = LmGen::new(lm, sampling, cfg.model.context)?;
@@ -69,7 +77,44 @@ pub fn load(spec: &ModelSpec, cfg: &Config) -> anyhow::Result<Box<dyn Engine>> {
         text_state: StreamState::default(),
         what,
         sampling,
+        overlap: cfg.model.mimi_overlap,
+        pending: None,
     }))
+}
+
+/// What STATUS adds about Mimi when it does not simply follow the LM.
+fn mimi_note(cfg: &Config, mimi: &candle_core::Device, lm: &candle_core::Device) -> String {
+    let place = if mimi.same_device(lm) {
+        ""
+    } else {
+        "; Mimi on the CPU"
+    };
+    let overlap = if cfg.model.mimi_overlap {
+        "; Mimi decode overlapping the LM"
+    } else {
+        ""
+    };
+    format!("{place}{overlap}")
+}
+
+/// The LM's step on this frame's codes.
+fn lm_step(gen: &mut LmGen, codes: &[u32]) -> Result<Option<StepOut>, EngineError> {
+    gen.step(codes)
+        .map_err(|e| EngineError(format!("LM step: {e}")))
+}
+
+/// Mimi's decode of `frame` into `output`; silence when there is none (the LM's acoustic
+/// delay, or the first step of an overlapped conversation).
+fn decode(mimi: &mut Mimi, frame: Option<&StepOut>, output: &mut [f32]) -> Result<(), EngineError> {
+    match frame {
+        Some(f) => mimi
+            .decode_step(&f.audio, output)
+            .map_err(|e| EngineError(format!("Mimi decode: {e}"))),
+        None => {
+            output.fill(0.0);
+            Ok(())
+        }
+    }
 }
 
 impl Engine for MoshiEngine {
@@ -82,24 +127,33 @@ impl Engine for MoshiEngine {
         self.mimi
             .encode_step(input, &mut self.codes)
             .map_err(|e| EngineError(format!("Mimi encode: {e}")))?;
-        match self
-            .gen
-            .step(&self.codes)
-            .map_err(|e| EngineError(format!("LM step: {e}")))?
-        {
-            Some(out) => {
-                self.mimi
-                    .decode_step(&out.audio, output)
-                    .map_err(|e| EngineError(format!("Mimi decode: {e}")))?;
-                self.tokenizer.push(&mut self.text_state, out.text, text);
-            }
-            // The LM's acoustic delay: no output frame yet.
-            None => output.fill(0.0),
+        let out = if self.overlap {
+            // Decode of the previous frame beside this step: the same calls on each model
+            // in the same order as below, so the same audio, one frame later.
+            let previous = self.pending.take();
+            let out = overlap::lm_step_while_decoding(
+                &mut self.gen,
+                &self.codes,
+                &mut self.mimi,
+                previous.as_ref(),
+                output,
+            )?;
+            self.pending = out;
+            out
+        } else {
+            let out = lm_step(&mut self.gen, &self.codes)?;
+            decode(&mut self.mimi, out.as_ref(), output)?;
+            out
+        };
+        // Text is not delayed: the token is the LM's, sampled at this step either way.
+        if let Some(out) = out {
+            self.tokenizer.push(&mut self.text_state, out.text, text);
         }
         Ok(())
     }
 
     fn reset(&mut self) {
+        self.pending = None;
         self.mimi.reset();
         self.gen.reset();
         self.text_state = StreamState::default();

@@ -9,7 +9,7 @@ use moshid_models::lm::Sampling;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-pub use types::{DeviceSpec, Dtype, SampleFormat};
+pub use types::{DeviceSpec, Dtype, MimiDevice, SampleFormat};
 
 /// Default location of the configuration file (systemd `ConfigurationDirectory=moshid`).
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/moshid/config.toml";
@@ -104,6 +104,13 @@ pub struct ModelConfig {
     /// `f16` (half the memory and memory traffic; arithmetic stays f32).
     #[serde(deserialize_with = "types::from_str")]
     pub mimi_dtype: Dtype,
+    /// Where Mimi runs: `same` (the LM's device) or `cpu`.
+    #[serde(deserialize_with = "types::from_str")]
+    pub mimi_device: MimiDevice,
+    /// Decode frame t while the LM computes frame t+1 (on two threads, and on two devices
+    /// with `mimi_device = "cpu"` and the LM on a GPU): a step costs about the longer of the
+    /// two instead of their sum, and the reply comes one frame (80 ms) later.
+    pub mimi_overlap: bool,
     /// LM context in steps (80 ms each); older steps are forgotten.
     pub context: usize,
     /// Never touch the network: use only what is in the cache.
@@ -277,6 +284,8 @@ impl Default for ModelConfig {
             device: DeviceSpec::default(),
             dtype: Dtype::default(),
             mimi_dtype: Dtype::default(),
+            mimi_device: MimiDevice::default(),
+            mimi_overlap: false,
             context: 3000,
             offline: false,
             local: None,
@@ -723,6 +732,16 @@ mod tests {
         let c = parse("[model]\ndevice = \"cuda:1\"\ndtype = \"f16\"\n[audio]\nformat = \"f32\"\n")
             .unwrap();
         assert_eq!(c.model.device, DeviceSpec::Cuda(1));
+        assert_eq!(c.model.mimi_device, MimiDevice::Same);
+        let m = parse("[model]\nmimi_device = \"cpu\"\nmimi_overlap = true\n").unwrap();
+        assert_eq!(
+            (m.model.mimi_device, m.model.mimi_overlap),
+            (MimiDevice::Cpu, true)
+        );
+        let e = parse("[model]\nmimi_device = \"gpu\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown mimi_device `gpu`"), "{e}");
         assert_eq!(c.model.dtype, Dtype::F16);
         assert_eq!(c.audio.format, SampleFormat::F32);
         let m = parse("[model]\nmimi_dtype = \"f16\"\n").unwrap();

@@ -37,8 +37,17 @@ impl Config {
         vec![
             format!("device_id: {}", self.device_id()),
             format!(
-                "model:     {model} on {}, dtype {}, context {} (voice {})",
-                self.model.device, self.model.dtype, self.model.context, self.model.voice
+                "model:     {model} on {}, dtype {}, context {} (voice {}); Mimi on {}{}",
+                self.model.device,
+                self.model.dtype,
+                self.model.context,
+                self.model.voice,
+                self.model.mimi_device,
+                if self.model.mimi_overlap {
+                    ", overlapping the LM"
+                } else {
+                    ""
+                }
             ),
             format!(
                 "audio:     mic {:?}, speaker {:?} at {} Hz, {:?}",

@@ -57,6 +57,52 @@ impl std::fmt::Display for Dtype {
     }
 }
 
+/// Where Mimi (the codec) runs, as `[model] mimi_device` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MimiDevice {
+    /// The LM's device.
+    #[default]
+    Same,
+    /// The CPU, whatever the LM runs on (Kyutai's server offers the same): leaves the GPU
+    /// to the LM on boards where the two together miss 80 ms.
+    Cpu,
+}
+
+/// An unknown `mimi_device` name.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown mimi_device `{0}`: use same or cpu")]
+pub struct MimiDeviceError(String);
+
+impl FromStr for MimiDevice {
+    type Err = MimiDeviceError;
+    fn from_str(s: &str) -> Result<Self, MimiDeviceError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "same" => Ok(MimiDevice::Same),
+            "cpu" => Ok(MimiDevice::Cpu),
+            _ => Err(MimiDeviceError(s.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for MimiDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MimiDevice::Same => "same",
+            MimiDevice::Cpu => "cpu",
+        })
+    }
+}
+
+impl MimiDevice {
+    /// The device Mimi opens, given the LM's.
+    pub fn resolve(self, lm_device: &candle_core::Device) -> candle_core::Device {
+        match self {
+            MimiDevice::Same => lm_device.clone(),
+            MimiDevice::Cpu => candle_core::Device::Cpu,
+        }
+    }
+}
+
 impl Dtype {
     /// The candle dtype; None for `auto` (the models pick by device).
     pub fn candle(self) -> Option<DType> {
@@ -109,6 +155,9 @@ mod tests {
         assert_eq!("cuda:2".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(2));
         assert_eq!("gpu".parse::<DeviceSpec>().unwrap().to_string(), "cuda:0");
         assert!("tpu".parse::<DeviceSpec>().is_err());
+        assert_eq!("CPU".parse::<MimiDevice>().unwrap(), MimiDevice::Cpu);
+        assert_eq!(MimiDevice::default().to_string(), "same");
+        assert!("cuda".parse::<MimiDevice>().is_err());
         assert_eq!("s32".parse::<SampleFormat>().unwrap(), SampleFormat::S32);
     }
 }
