@@ -31,6 +31,8 @@ struct Shared {
     state: AtomicU64,
     /// Tasks of the current generation finished.
     done: AtomicUsize,
+    /// Workers that have entered their loop.
+    started: AtomicUsize,
 }
 
 struct Pool {
@@ -56,6 +58,7 @@ fn pool() -> &'static Pool {
             wake: Condvar::new(),
             state: AtomicU64::new(0),
             done: AtomicUsize::new(0),
+            started: AtomicUsize::new(0),
         }));
         let mut spawned = 1;
         for i in 1..threads {
@@ -64,6 +67,12 @@ fn pool() -> &'static Pool {
                 .spawn(move || worker(shared))
                 .is_ok();
             spawned += usize::from(ok);
+        }
+        // A new thread allocates while it starts (the test harness's output capture, TLS
+        // destructor lists): wait for that here, at load, not during a later frame (under
+        // emulation or heavy load a worker can start several frames late).
+        while shared.started.load(Ordering::Acquire) < spawned - 1 {
+            std::thread::yield_now();
         }
         Pool {
             busy: Mutex::new(()),
@@ -139,6 +148,7 @@ fn claim(s: &Shared, gen: u32, tasks: usize, job: Job) {
 }
 
 fn worker(s: &'static Shared) {
+    s.started.fetch_add(1, Ordering::Release);
     let mut seen = 0u32;
     loop {
         // Spin a little first: the products of one frame come a few microseconds apart.
