@@ -397,14 +397,16 @@ fn a_stalled_download_is_retried_in_the_background_while_the_watchdog_runs() {
         !err["error"].as_str().unwrap().contains("HF_TOKEN"),
         "{err}"
     );
-    assert!(
+    // The state and STATUS are sent one after the other: wait for the STATUS line too
+    // (under qemu it can arrive after the observer has the state).
+    let status_seen = wait_for(Duration::from_secs(5), || {
         notify
             .lines()
             .iter()
-            .any(|l| l.starts_with("STATUS=error (retrying in 5s): ") && l.contains(&want)),
-        "{:?}",
-        notify.lines()
-    );
+            .any(|l| l.starts_with("STATUS=error (retrying in 5s): ") && l.contains(&want))
+            .then_some(())
+    });
+    assert!(status_seen.is_some(), "{:?}", notify.lines());
     // Waiting for its retry is not a hang: WATCHDOG=1 goes on past WatchdogSec (2 s).
     let pings = notify.count("WATCHDOG=1");
     std::thread::sleep(Duration::from_millis(2500));
