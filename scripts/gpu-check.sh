@@ -273,7 +273,7 @@ for d in lines:
     gbps = read / (d["step_ms_median"] / 1e3) / 1e9
     s = {"part": "lm-rate", "lm": d["lm"].rsplit("/", 1)[-1], "full_context": d["full_context"],
          "dtype": d["dtype"], "bytes_read_per_step": read, "step_ms": d["step_ms_median"],
-         "achieved_gbps": round(gbps, 1)}
+         "achieved_gbps": float(f"{gbps:.3g}")}
     ref = float(bw[1]) if len(bw) == 2 else d.get("read_gbps")
     if ref:
         s["device_read_gbps"] = ref
