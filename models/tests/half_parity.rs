@@ -76,8 +76,16 @@ fn mimi_bf16_matches_the_f32_reference() {
 
 #[test]
 fn mimi_f16_matches_the_f32_reference() {
-    // Measured: codes 0.891, semantic 1.0, SNR 55.7 dB.
-    check_mimi(DType::F16, MimiMin(0.8, 0.97, 48.0));
+    // Measured on x86_64: codes 0.891, semantic 1.0, SNR 55.7 dB. On aarch64 with FP16 (the
+    // Jetson's CPU; qemu in CI) the gemm crate multiplies f16 matrices with f16 FMAs, so
+    // the sums themselves round to f16 (x86 and cuBLAS sum in f32): measured codes 0.692,
+    // semantic 1.0, SNR 46.3 dB. A broken cast still lands far below either floor.
+    let min = if cfg!(target_arch = "aarch64") {
+        MimiMin(0.55, 0.97, 40.0)
+    } else {
+        MimiMin(0.8, 0.97, 48.0)
+    };
+    check_mimi(DType::F16, min);
 }
 
 #[test]
@@ -87,9 +95,11 @@ fn lm_f32_is_the_reference() {
 
 #[test]
 fn lm_bf16_matches_the_f32_reference() {
-    // Measured: identical for 8 steps of 40; logit error 0.7 % (text), 1.7 % (audio) of the
-    // range before that.
-    check_lm(DType::BF16, 4, 0.05);
+    // Measured: identical for 8 steps of 40 on x86_64, 3 on aarch64 (random weights leave
+    // near-ties that bf16 flips by chance); logit error 0.7-0.9 % (text), 1.7-2.5 % (audio)
+    // of the range before that. The logit bound is the real check; a broken cast parts ways
+    // at step 0.
+    check_lm(DType::BF16, 2, 0.05);
 }
 
 #[test]
