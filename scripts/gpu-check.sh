@@ -104,7 +104,7 @@ fi
 # ---------------------------------------------------------------------------------------
 if [ "$mode" = build ]; then
   t0=$(date +%s)
-  CUDA_BUILD_TESTS=0 CUDA_TARGET_DIR="$root/target-cuda" nice -n 19 ./cross/cuda-build.sh 90
+  CUDA_BUILD_TESTS=0 CUDA_TARGET_DIR="$root/target-cuda" nice -n "${GPU_CHECK_NICE:-19}" ./cross/cuda-build.sh 90
   mkdir -p "$pack"
   rm -f "$pack"/moshid "$pack"/moshid.xz
   strip -o "$pack/moshid" "$root/target-cuda/moshid-sm90"

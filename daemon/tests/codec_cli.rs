@@ -182,29 +182,46 @@ fn bench_prints_one_json_line() {
         fixtures().join("mimi_config.json"),
     );
     let wav = fixtures().join("speech_24k.wav");
-    let out = moshid(
-        &[
-            &["bench", "mimi"][..],
-            &with_small(s(&w), s(&c), &["--wav", s(&wav), "--frames", "5"]),
-        ]
-        .concat(),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(text.trim_end().lines().count(), 1, "{text}");
-    let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
-    let (e, d, rtf) = (
-        v["encode_ms_median"].as_f64().unwrap(),
-        v["decode_ms_median"].as_f64().unwrap(),
-        v["rtf"].as_f64().unwrap(),
-    );
-    assert!(e > 0.0 && d > 0.0);
-    assert!((rtf - (e + d) / 80.0).abs() < 0.01, "{v}");
-    assert_eq!(v["frames"], 5);
+    let args = [
+        &["bench", "mimi"][..],
+        &with_small(s(&w), s(&c), &["--wav", s(&wav), "--frames", "5"]),
+    ]
+    .concat();
+    // The CPU engine splits its time by part and by kind; the candle engine (the "before")
+    // by part only.
+    for engine in ["cpu", "candle"] {
+        let mut cmd = support::moshid_cmd();
+        if engine == "candle" {
+            cmd.env("MOSHID_MIMI_ENGINE", "candle");
+        }
+        let out = cmd.args(&args).output().expect("run moshid");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(text.trim_end().lines().count(), 1, "{text}");
+        let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        let (e, d, rtf) = (
+            v["encode_ms_median"].as_f64().unwrap(),
+            v["decode_ms_median"].as_f64().unwrap(),
+            v["rtf"].as_f64().unwrap(),
+        );
+        assert!(e > 0.0 && d > 0.0);
+        assert!((rtf - (e + d) / 80.0).abs() < 0.01, "{v}");
+        assert_eq!(v["frames"], 5);
+        assert_eq!(v["kernels"] == "candle", engine == "candle", "{v}");
+        let parts = v["parts_ms_median"].as_object().unwrap();
+        assert_eq!(parts.len(), 8, "{v}");
+        let sum: f64 = parts.values().map(|x| x.as_f64().unwrap()).sum();
+        // Medians of parts need not add up to the median frame, but they come close.
+        assert!(sum > 0.5 * (e + d) && sum < 1.5 * (e + d), "{v}");
+        let kinds = v["kinds_ms_mean"].as_object().unwrap();
+        assert_eq!(kinds.len(), 8, "{v}");
+        let timed = kinds.values().filter(|x| x.is_f64()).count();
+        assert_eq!(timed, if engine == "cpu" { 8 } else { 0 }, "{v}");
+    }
 }
 
 #[test]

@@ -5,6 +5,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::config::MimiConfig;
 use super::conv::{StreamConv1d, StreamConvTr1d};
+use super::cpu::profile::{MimiProfile, Part, PartClock};
 use super::load::Vars;
 use super::quantizer::Quantizer;
 use super::seanet::Seanet;
@@ -36,6 +37,8 @@ pub(crate) struct CandleMimi {
     device: Device,
     /// Compute dtype (the quantizer's is f32).
     dtype: DType,
+    /// Time per part (on the CPU: the "before" of the CPU engine in `bench mimi`).
+    profile: MimiProfile,
 }
 
 impl EncoderPart {
@@ -46,11 +49,15 @@ impl EncoderPart {
     }
 
     /// `[1, 1, N * frame]` audio -> `[N, latent]`.
-    fn step(&mut self, x: &Tensor) -> candle_core::Result<Tensor> {
+    fn step(&mut self, x: &Tensor, clock: &mut PartClock) -> candle_core::Result<Tensor> {
         let h = self.seanet.step(x)?; // [1, D, 2N]
+        clock.lap(Part::EncoderSeanet);
         let h = self.transformer.step(&h.squeeze(0)?.t()?.contiguous()?)?; // [2N, D]
+        clock.lap(Part::EncoderTransformer);
         let h = self.downsample.step(&h.t()?.unsqueeze(0)?.contiguous()?)?; // [1, D, N]
-        h.squeeze(0)?.t()?.contiguous()
+        let h = h.squeeze(0)?.t()?.contiguous();
+        clock.lap(Part::Downsample);
+        h
     }
 }
 
@@ -62,10 +69,14 @@ impl DecoderPart {
     }
 
     /// `[N, latent]` -> `[1, 1, N * frame]` audio.
-    fn step(&mut self, z: &Tensor) -> candle_core::Result<Tensor> {
+    fn step(&mut self, z: &Tensor, clock: &mut PartClock) -> candle_core::Result<Tensor> {
         let h = self.upsample.step(&z.t()?.unsqueeze(0)?.contiguous()?)?; // [1, D, 2N]
+        clock.lap(Part::Upsample);
         let h = self.transformer.step(&h.squeeze(0)?.t()?.contiguous()?)?; // [2N, D]
-        self.seanet.step(&h.t()?.unsqueeze(0)?.contiguous()?)
+        clock.lap(Part::DecoderTransformer);
+        let y = self.seanet.step(&h.t()?.unsqueeze(0)?.contiguous()?);
+        clock.lap(Part::DecoderSeanet);
+        y
     }
 }
 
@@ -101,6 +112,7 @@ impl CandleMimi {
             quantizer,
             device: v.device(),
             dtype: v.dtype(),
+            profile: MimiProfile::default(),
         })
     }
 
@@ -108,19 +120,37 @@ impl CandleMimi {
         self.dtype
     }
 
+    /// Time per part since the last reset; `None` off the CPU (see [`PartClock`]).
+    pub(crate) fn profile(&self) -> Option<&MimiProfile> {
+        self.device.is_cpu().then_some(&self.profile)
+    }
+
+    pub(crate) fn reset_profile(&mut self) {
+        self.profile = MimiProfile::default();
+    }
+
     /// Whole frames of audio -> `[frames, K]` codes (row-major).
     pub(crate) fn encode(&mut self, pcm: &[f32]) -> Result<Vec<u32>, MimiError> {
         let x = Tensor::from_slice(pcm, (1, 1, pcm.len()), &self.device)?.to_dtype(self.dtype)?;
-        let c = self.quantizer.encode(&self.enc.step(&x)?)?;
-        Ok(c.flatten_all()?.to_vec1::<u32>()?)
+        let mut clock = PartClock::new(&mut self.profile, &self.device);
+        let z = self.enc.step(&x, &mut clock)?;
+        let c = self.quantizer.encode(&z)?.flatten_all()?.to_vec1::<u32>()?;
+        clock.lap(Part::QuantizerEncode);
+        self.profile.count(true, z.dim(0)?);
+        Ok(c)
     }
 
     /// `[frames, K]` codes (row-major) -> whole frames of audio.
     pub(crate) fn decode(&mut self, codes: &[u32], k: usize) -> Result<Vec<f32>, MimiError> {
-        let c = Tensor::from_slice(codes, (codes.len() / k, k), &self.device)?;
-        let y = self
-            .dec
-            .step(&self.quantizer.decode(&c)?.to_dtype(self.dtype)?)?;
-        Ok(y.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+        let frames = codes.len() / k;
+        let c = Tensor::from_slice(codes, (frames, k), &self.device)?;
+        let mut clock = PartClock::new(&mut self.profile, &self.device);
+        let z = self.quantizer.decode(&c)?.to_dtype(self.dtype)?;
+        clock.lap(Part::QuantizerDecode);
+        let y = self.dec.step(&z, &mut clock)?;
+        let y = y.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        clock.lap(Part::DecoderSeanet);
+        self.profile.count(false, frames);
+        Ok(y)
     }
 }

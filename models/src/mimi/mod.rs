@@ -291,19 +291,20 @@ impl Mimi {
         }
     }
 
-    /// Time per part and kind of layer since the last [`Mimi::reset_profile`] (CPU engine
-    /// only).
+    /// Time per part (and, for the CPU engine, per kind of layer) since the last
+    /// [`Mimi::reset_profile`]; `None` on CUDA, whose ops run asynchronously.
     pub fn profile(&self) -> Option<&MimiProfile> {
         match &self.engine {
             Engine::Cpu(c) => Some(c.profile()),
-            Engine::Candle(_) => None,
+            Engine::Candle(c) => c.profile(),
         }
     }
 
     /// Zeroes the profile.
     pub fn reset_profile(&mut self) {
-        if let Engine::Cpu(c) = &mut self.engine {
-            c.reset_profile();
+        match &mut self.engine {
+            Engine::Cpu(c) => c.reset_profile(),
+            Engine::Candle(c) => c.reset_profile(),
         }
     }
 

@@ -111,6 +111,8 @@ impl Kind {
 #[derive(Debug, Clone, Default)]
 pub struct MimiProfile {
     cells: [[Duration; KINDS]; PARTS],
+    /// Parts timed as a whole, without a split by kind (the candle engine).
+    whole: [Duration; PARTS],
     /// Frames encoded and decoded since the reset.
     frames: [usize; 2],
 }
@@ -123,7 +125,13 @@ impl MimiProfile {
 
     /// Time spent in `part`.
     pub fn part(&self, part: Part) -> Duration {
-        self.cells[part as usize].iter().sum()
+        self.cells[part as usize].iter().sum::<Duration>() + self.whole[part as usize]
+    }
+
+    /// Whether the time is split by kind of layer (the CPU engine's is; the candle engine
+    /// times its parts only).
+    pub fn kinds_timed(&self) -> bool {
+        self.whole.iter().all(Duration::is_zero)
     }
 
     /// Time spent in `kind` layers, all parts.
@@ -138,6 +146,33 @@ impl MimiProfile {
 
     pub(crate) fn count(&mut self, encode: bool, frames: usize) {
         self.frames[usize::from(!encode)] += frames;
+    }
+}
+
+/// Times whole parts one after the other, on the CPU only: candle's CPU ops have finished
+/// when they return, CUDA's are only queued (timing them would need a synchronisation per
+/// part in the hot path).
+#[derive(Debug)]
+pub(crate) struct PartClock<'a> {
+    p: Option<&'a mut MimiProfile>,
+    t0: Instant,
+}
+
+impl<'a> PartClock<'a> {
+    pub(crate) fn new(p: &'a mut MimiProfile, device: &candle_core::Device) -> Self {
+        PartClock {
+            p: device.is_cpu().then_some(p),
+            t0: Instant::now(),
+        }
+    }
+
+    /// Adds the time since the last lap to `part`.
+    pub(crate) fn lap(&mut self, part: Part) {
+        if let Some(p) = self.p.as_deref_mut() {
+            let now = Instant::now();
+            p.whole[part as usize] += now - self.t0;
+            self.t0 = now;
+        }
     }
 }
 
