@@ -3,7 +3,7 @@
 //! allocate. On the CPU and on integrated GPUs (Jetson: CUDA memory is the system RAM) that
 //! is `MemAvailable`; on a discrete GPU, the GPU's free memory.
 
-use crate::config::ModelConfig;
+use crate::config::{MimiDevice, ModelConfig};
 use crate::model_spec::ModelSpec;
 use anyhow::Context;
 use moshid_models::device::{free_memory, FreeMemory};
@@ -17,6 +17,9 @@ pub struct Footprint {
     pub kv_cache: u64,
     /// Mimi's weights (stored as they are computed with).
     pub mimi: u64,
+    /// Mimi's weights come from another pool than the LM's (`mimi_device = "cpu"` with the
+    /// LM on a discrete GPU): they are not in [`Footprint::total`].
+    pub mimi_apart: bool,
     /// What the CUDA runtime takes beside the tensors (an allowance; 0 on the CPU).
     pub runtime: u64,
     /// The pool the bytes come from is the system RAM (CPU, or a Jetson's GPU).
@@ -24,9 +27,10 @@ pub struct Footprint {
 }
 
 impl Footprint {
-    /// Total bytes.
+    /// Total bytes taken from the LM's pool.
     pub fn total(&self) -> u64 {
-        self.weights + self.kv_cache + self.mimi + self.runtime
+        let mimi = if self.mimi_apart { 0 } else { self.mimi };
+        self.weights + self.kv_cache + mimi + self.runtime
     }
 }
 
@@ -34,16 +38,22 @@ impl std::fmt::Display for Footprint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{:.2} GB (weights {:.2} GB + KV cache {:.2} GB + Mimi {:.2} GB",
+            "{:.2} GB (weights {:.2} GB + KV cache {:.2} GB",
             gb(self.total()),
             gb(self.weights),
             gb(self.kv_cache),
-            gb(self.mimi)
         )?;
+        if !self.mimi_apart {
+            write!(f, " + Mimi {:.2} GB", gb(self.mimi))?;
+        }
         if self.runtime > 0 {
             write!(f, " + CUDA runtime {:.2} GB", gb(self.runtime))?;
         }
-        f.write_str(")")
+        f.write_str(")")?;
+        if self.mimi_apart {
+            write!(f, ", Mimi {:.2} GB of RAM beside", gb(self.mimi))?;
+        }
+        Ok(())
     }
 }
 
@@ -71,20 +81,28 @@ pub fn footprint(
         .with_context(|| format!("cannot load the LM from {}", spec.lm.display()))?;
     let mimi = std::fs::metadata(&spec.mimi).map(|m| m.len()).unwrap_or(0);
     let free = free_memory(&device);
+    let system_ram = free.is_none_or(|f| f.system_ram);
     Ok((
         Footprint {
             weights: est.weights_bytes,
             kv_cache: est.kv_cache_bytes,
             mimi,
+            mimi_apart: mimi_apart(model.mimi_device, system_ram),
             runtime: if device.is_cpu() {
                 0
             } else {
                 moshid_models::lm::CUDA_RUNTIME_BYTES
             },
-            system_ram: free.is_none_or(|f| f.system_ram),
+            system_ram,
         },
         free,
     ))
+}
+
+/// Whether Mimi's weights come from another pool than the LM's: only when Mimi runs on the
+/// CPU and the LM's pool is not the system RAM (a discrete GPU; a Jetson's GPU shares it).
+fn mimi_apart(mimi_device: MimiDevice, lm_pool_is_system_ram: bool) -> bool {
+    mimi_device == MimiDevice::Cpu && !lm_pool_is_system_ram
 }
 
 /// Decides whether `need` can load next to `held` (the running model), only after
@@ -152,5 +170,35 @@ mod tests {
         });
         assert!(plan(&fp(4), Some(&fp(4)), gpu).is_err());
         assert_eq!(plan(&fp(4), None, None), Ok(Plan::Alongside));
+    }
+
+    #[test]
+    fn mimi_on_the_cpu_is_counted_against_a_discrete_gpu_only_when_it_shares_the_pool() {
+        assert!(mimi_apart(MimiDevice::Cpu, false));
+        assert!(!mimi_apart(MimiDevice::Cpu, true)); // CPU LM, or a Jetson's shared RAM
+        assert!(!mimi_apart(MimiDevice::Same, false));
+        assert!(!mimi_apart(MimiDevice::Same, true));
+        let mut need = Footprint {
+            weights: 3 << 30,
+            mimi: 1 << 30,
+            ..fp(0)
+        };
+        let gpu = |gb: u64| {
+            Some(FreeMemory {
+                bytes: gb << 30,
+                system_ram: false,
+            })
+        };
+        assert!(plan(&need, None, gpu(3)).is_err());
+        assert!(need.to_string().contains("+ Mimi 1.07 GB"), "{need}");
+        need.mimi_apart = true;
+        assert_eq!(need.total(), 3 << 30);
+        assert_eq!(plan(&need, None, gpu(3)), Ok(Plan::Alongside));
+        let shown = need.to_string();
+        assert!(
+            shown.starts_with("3.22 GB (weights 3.22 GB + KV cache 0.00 GB)")
+                && shown.ends_with(", Mimi 1.07 GB of RAM beside"),
+            "{shown}"
+        );
     }
 }
