@@ -3,7 +3,9 @@
 #
 #   scripts/gpu-check.sh --build
 #       Builds (here, no GPU needed) a stripped sm_90 CUDA moshid into target-gpucheck/
-#       (git-ignored; carried to the GPU machine with the working tree). ~15-50 min on 2 cores.
+#       (git-ignored; carried to the GPU machine with the working tree). ~15-50 min on 2 cores,
+#       at nice 19 (GPU_CHECK_NICE=N to change it). Let it finish: candle-kernels' nvcc stage
+#       records what it compiled only at its end, so an interrupted build starts it again.
 #   scripts/gpu-check.sh --device cuda [--out DIR] [--budget SECONDS]
 #       On the GPU machine: finds the CUDA libraries (Python site-packages), then writes JSON
 #       lines to DIR/gpu-check.jsonl (DIR defaults to $OUT): nvidia-smi facts, GPU copy
