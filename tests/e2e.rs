@@ -261,11 +261,52 @@ fn reconnects_after_broker_restart() {
     })
     .expect("commands work after the reconnect");
 
-    d.signal(libc::SIGTERM);
-    let status = d
-        .wait_exit(Duration::from_secs(2))
-        .expect("exit within 2 s");
-    assert!(status.success());
+    d.terminate(Duration::from_secs(2));
+}
+
+/// The default model repository's three files, `bytes(200_000, seed + i)` each: downloadable,
+/// but not a model.
+fn model_files(seed: u64) -> Vec<(String, Vec<u8>)> {
+    [
+        "model.q8.gguf",
+        "tokenizer-e351c8d8-checkpoint125.safetensors",
+        "tokenizer_spm_32k_3.model",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, n)| (n.to_string(), bytes(200_000, i as u64 + seed)))
+    .collect()
+}
+
+/// A config that downloads the default model into `dir/cache`, with the web endpoint off
+/// and MQTT to the broker on `port`.
+fn hub_config(dir: &Path, port: u16) -> PathBuf {
+    let cfg = dir.join("hub.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "device_id = \"{ID}\"\ncache_dir = \"{}\"\n[web]\nenabled = false\n[mqtt]\nenabled = true\nhost = \"127.0.0.1\"\nport = {port}\n",
+            dir.join("cache").display(),
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// `moshid run` on `cfg` with NOTIFY_SOCKET, HF_ENDPOINT at `hub` and `env`.
+fn spawn_from_hub(
+    dir: &Path,
+    cfg: &Path,
+    notify: &Notify,
+    hub: &FakeHub,
+    env: &[(&str, &str)],
+) -> Daemon {
+    let mut all = vec![
+        ("NOTIFY_SOCKET", notify.path.to_str().unwrap()),
+        ("HF_ENDPOINT", hub.url.as_str()),
+    ];
+    all.extend_from_slice(env);
+    Daemon::spawn(&["run", "--config", cfg.to_str().unwrap()], &all, dir)
 }
 
 #[test]
@@ -275,35 +316,10 @@ fn daemon_reports_download_progress_and_survives_a_bad_model() {
     let broker = Broker::start(dir.path());
     let notify = Notify::bind(dir.path());
     // ~0.6 MB at 300 kB/s: a couple of seconds of downloading to watch.
-    let files: Vec<(String, Vec<u8>)> = [
-        "model.q8.gguf",
-        "tokenizer-e351c8d8-checkpoint125.safetensors",
-        "tokenizer_spm_32k_3.model",
-    ]
-    .iter()
-    .enumerate()
-    .map(|(i, n)| (n.to_string(), bytes(200_000, i as u64 + 1)))
-    .collect();
-    let hub = FakeHub::start(files, HubMode::Good, 300_000);
-    let cfg = dir.path().join("hub.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "device_id = \"{ID}\"\ncache_dir = \"{}\"\n[web]\nenabled = false\n[mqtt]\nenabled = true\nhost = \"127.0.0.1\"\nport = {}\n",
-            dir.path().join("cache").display(),
-            broker.port
-        ),
-    )
-    .unwrap();
+    let hub = FakeHub::start(model_files(1), HubMode::Good, 300_000);
+    let cfg = hub_config(dir.path(), broker.port);
     let obs = Observer::connect(broker.port, "obs", &[&topic("#")]);
-    let mut d = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        &[
-            ("NOTIFY_SOCKET", notify.path.to_str().unwrap()),
-            ("HF_ENDPOINT", &hub.url),
-        ],
-        dir.path(),
-    );
+    let mut d = spawn_from_hub(dir.path(), &cfg, &notify, &hub, &[]);
     // While downloading: STATUS= says so, and the MQTT state carries the progress.
     assert!(
         wait_for(Duration::from_secs(10), || notify
@@ -338,11 +354,7 @@ fn daemon_reports_download_progress_and_survives_a_bad_model() {
         v["volume"] == 10
     })
     .expect("commands still served while in error");
-    d.signal(libc::SIGTERM);
-    let status = d
-        .wait_exit(Duration::from_secs(2))
-        .expect("exit within 2 s");
-    assert!(status.success());
+    d.terminate(Duration::from_secs(2));
 }
 
 #[test]
@@ -351,37 +363,24 @@ fn a_stalled_download_is_retried_in_the_background_while_the_watchdog_runs() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path());
     let notify = Notify::bind(dir.path());
-    let files: Vec<(String, Vec<u8>)> = [
-        "model.q8.gguf",
-        "tokenizer-e351c8d8-checkpoint125.safetensors",
-        "tokenizer_spm_32k_3.model",
-    ]
-    .iter()
-    .enumerate()
-    .map(|(i, n)| (n.to_string(), bytes(200_000, i as u64 + 11)))
-    .collect();
-    let hub = FakeHub::serve(files, vec![Body::StallAfter(40_000)], 206, usize::MAX);
-    let cfg = dir.path().join("hub.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "device_id = \"{ID}\"\ncache_dir = \"{}\"\n[web]\nenabled = false\n[mqtt]\nenabled = true\nhost = \"127.0.0.1\"\nport = {}\n",
-            dir.path().join("cache").display(),
-            broker.port
-        ),
-    )
-    .unwrap();
+    let hub = FakeHub::serve(
+        model_files(11),
+        vec![Body::StallAfter(40_000)],
+        206,
+        usize::MAX,
+    );
+    let cfg = hub_config(dir.path(), broker.port);
     let obs = Observer::connect(broker.port, "obs", &[&topic("#")]);
-    let d = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
+    let d = spawn_from_hub(
+        dir.path(),
+        &cfg,
+        &notify,
+        &hub,
         &[
-            ("NOTIFY_SOCKET", notify.path.to_str().unwrap()),
             ("WATCHDOG_USEC", "2000000"),
-            ("HF_ENDPOINT", &hub.url),
             ("MOSHID_DOWNLOAD_TIMEOUT_S", "0.5"),
             ("MOSHID_DOWNLOAD_ATTEMPTS", "2"),
         ],
-        dir.path(),
     );
     // Two stalled attempts: one error naming file and server, a retry scheduled.
     let want = format!(
@@ -543,21 +542,12 @@ fn tls_with_client_certificate() {
         ),
     );
     let mut daemon = spawn_with(d, &cfg);
-    let log_has = |s: &str| {
-        wait_for(Duration::from_secs(10), || {
-            daemon.log().contains(s).then_some(())
-        })
-        .is_some()
-    };
     assert!(
-        log_has("MQTT connected"),
+        daemon.wait_log("MQTT connected", Duration::from_secs(10)),
         "no TLS connection\n{}",
         daemon.log()
     );
-    daemon.signal(libc::SIGTERM);
-    assert!(daemon
-        .wait_exit(Duration::from_secs(2))
-        .is_some_and(|s| s.success()));
+    daemon.terminate(Duration::from_secs(2));
 
     // Without the client certificate the broker refuses the handshake.
     let cfg = mqtt_only_config(
@@ -571,10 +561,7 @@ fn tls_with_client_certificate() {
     let mut daemon = spawn_with(d, &cfg);
     std::thread::sleep(Duration::from_secs(2));
     assert!(!daemon.log().contains("MQTT connected"), "{}", daemon.log());
-    daemon.signal(libc::SIGTERM);
-    assert!(daemon
-        .wait_exit(Duration::from_secs(2))
-        .is_some_and(|s| s.success()));
+    daemon.terminate(Duration::from_secs(2));
 }
 
 #[test]
@@ -609,18 +596,11 @@ fn username_password_and_last_will() {
     );
     let mut daemon = spawn_with(d, &cfg);
     assert!(
-        wait_for(Duration::from_secs(10), || daemon
-            .log()
-            .contains("refused the credentials")
-            .then_some(()))
-        .is_some(),
+        daemon.wait_log("refused the credentials", Duration::from_secs(10)),
         "{}",
         daemon.log()
     );
-    daemon.signal(libc::SIGTERM);
-    assert!(daemon
-        .wait_exit(Duration::from_secs(2))
-        .is_some_and(|s| s.success()));
+    daemon.terminate(Duration::from_secs(2));
 
     // Right password from a file: online; killed without a goodbye, the broker
     // publishes the last will `offline`.
@@ -695,13 +675,8 @@ fn an_oversized_retained_command_is_ignored_without_a_reconnect_loop() {
     );
     let cfg = mqtt_only_config(d, broker.port, "host = \"127.0.0.1\"\n");
     let mut daemon = spawn_with(d, &cfg);
-    let seen = wait_for(Duration::from_secs(10), || {
-        daemon
-            .log()
-            .contains("payload of 307200 bytes ignored")
-            .then_some(())
-    });
-    assert!(seen.is_some(), "{}", daemon.log());
+    let seen = daemon.wait_log("payload of 307200 bytes ignored", Duration::from_secs(10));
+    assert!(seen, "{}", daemon.log());
     std::thread::sleep(Duration::from_secs(3));
     let log = daemon.log();
     assert_eq!(log.matches("MQTT connected").count(), 1, "{log}");
@@ -712,8 +687,5 @@ fn an_oversized_retained_command_is_ignored_without_a_reconnect_loop() {
         Some("online"),
         "{avail:?}\n{log}"
     );
-    daemon.signal(libc::SIGTERM);
-    assert!(daemon
-        .wait_exit(Duration::from_secs(3))
-        .is_some_and(|s| s.success()));
+    daemon.terminate(Duration::from_secs(3));
 }

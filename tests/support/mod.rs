@@ -476,6 +476,18 @@ impl Daemon {
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         wait_for(timeout, || self.child.try_wait().ok().flatten())
     }
+
+    /// Waits until the log contains `needle`, up to `timeout`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        wait_for(timeout, || self.log().contains(needle).then_some(())).is_some()
+    }
+
+    /// SIGTERM, then asserts a successful exit within `timeout` (the log on failure).
+    pub fn terminate(&mut self, timeout: Duration) {
+        self.signal(libc::SIGTERM);
+        let st = self.wait_exit(timeout);
+        assert!(st.is_some_and(|s| s.success()), "{st:?}\n{}", self.log());
+    }
 }
 
 impl Drop for Daemon {
