@@ -3,33 +3,48 @@
 
 mod support;
 
+use std::path::{Path, PathBuf};
 use support::*;
 
-#[test]
-fn demo_turns_a_wav_into_a_wav_and_a_transcript() {
-    let _g = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in.wav");
-    write_voice_wav(&input, 3.0);
-    let out = dir.path().join("out.wav");
-    let transcript = dir.path().join("t.jsonl");
-    let o = moshid_cmd()
-        .args(["demo", "--fast", "--input"])
-        .arg(&input)
-        .arg("--output")
-        .arg(&out)
-        .arg("--transcript")
-        .arg(&transcript)
-        .arg("--cache-dir")
-        .arg(model_cache())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
+/// Asserts `o` succeeded (both outputs in the message) and returns its stdout.
+fn stdout_of_success(o: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(
         o.status.success(),
         "{stdout}\n{}",
         String::from_utf8_lossy(&o.stderr)
     );
+    stdout
+}
+
+/// `moshid demo --fast ARGS` on `seconds` of voice written in `dir`, into `dir/out.wav` and
+/// `dir/t.jsonl`; asserts success and returns the stdout and those two paths.
+fn demo_files(dir: &Path, seconds: f32, args: &[&str]) -> (String, PathBuf, PathBuf) {
+    let input = dir.join("in.wav");
+    write_voice_wav(&input, seconds);
+    let out = dir.join("out.wav");
+    let transcript = dir.join("t.jsonl");
+    let o = moshid_cmd()
+        .args(["demo", "--fast"])
+        .args(args)
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&out)
+        .arg("--transcript")
+        .arg(&transcript)
+        .output()
+        .unwrap();
+    (stdout_of_success(&o), out, transcript)
+}
+
+#[test]
+fn demo_turns_a_wav_into_a_wav_and_a_transcript() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = model_cache();
+    let (stdout, out, transcript) =
+        demo_files(dir.path(), 3.0, &["--cache-dir", cache.to_str().unwrap()]);
     assert!(stdout.contains("WEIGHTS ARE RANDOM"), "{stdout}");
     assert!(stdout.contains("RTF"), "{stdout}");
     let (n, peak) = wav_peak(&out);
@@ -51,10 +66,7 @@ fn demo_turns_a_wav_into_a_wav_and_a_transcript() {
 fn check_config_accepts_the_example_and_names_bad_fields() {
     let example = repo_file("systemd/moshid.toml.example");
     let example = example.to_str().unwrap();
-    let o = moshid_cmd()
-        .args(["check-config", example])
-        .output()
-        .unwrap();
+    let o = moshid(&["check-config", example]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("OK"));
 
@@ -65,11 +77,7 @@ fn check_config_accepts_the_example_and_names_bad_fields() {
         "[mqtt]\nport = 0\nenabled = true\n[sampling]\ntemp_text = -1\n",
     )
     .unwrap();
-    let o = moshid_cmd()
-        .args(["check-config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let o = moshid(&["check-config", bad.to_str().unwrap()]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -78,11 +86,7 @@ fn check_config_accepts_the_example_and_names_bad_fields() {
     );
 
     std::fs::write(&bad, "[audio]\ncaptur = \"default\"\n").unwrap();
-    let o = moshid_cmd()
-        .args(["check-config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let o = moshid(&["check-config", bad.to_str().unwrap()]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("captur"));
 }
@@ -134,12 +138,7 @@ fn fetch_uses_a_prepopulated_cache_offline() {
         .arg(&cfg)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let stdout = stdout_of_success(&o);
     assert!(stdout.contains("voice moshiko: verified"), "{stdout}");
 
     // Corrupt one blob: fetch refuses it (and says to re-download) instead of using it.
@@ -172,7 +171,7 @@ fn hub_files() -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-fn fetch(cache: &std::path::Path, hub: &FakeHub, offline: bool) -> std::process::Output {
+fn fetch(cache: &Path, hub: &FakeHub, offline: bool) -> std::process::Output {
     let cfg = cache.with_extension("toml");
     std::fs::write(
         &cfg,
@@ -228,7 +227,7 @@ fn fetch_from_a_stalling_hub_is_one_error_naming_file_and_server() {
     );
 }
 
-fn snapshot(cache: &std::path::Path, file: &str) -> std::path::PathBuf {
+fn snapshot(cache: &Path, file: &str) -> PathBuf {
     cache
         .join("hub/models--kyutai--moshiko-candle-q8/snapshots/0123456789abcdef0123456789abcdef01234567")
         .join(file)
@@ -240,12 +239,7 @@ fn fetch_downloads_verifies_and_then_works_offline() {
     let cache = dir.path().join("cache");
     let hub = FakeHub::start(hub_files(), HubMode::Good, usize::MAX);
     let o = fetch(&cache, &hub, false);
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let stdout = stdout_of_success(&o);
     assert!(stdout.contains("voice moshiko: verified"), "{stdout}");
     for (name, data) in &hub.files {
         assert_eq!(
@@ -324,27 +318,8 @@ fn demo_with_a_local_model_from_the_config() {
         ),
     )
     .unwrap();
-    let input = dir.path().join("in.wav");
-    write_voice_wav(&input, 4.0);
-    let out = dir.path().join("out.wav");
-    let transcript = dir.path().join("t.jsonl");
-    let o = moshid_cmd()
-        .args(["demo", "--fast", "--config"])
-        .arg(&cfg)
-        .arg("--input")
-        .arg(&input)
-        .arg("--output")
-        .arg(&out)
-        .arg("--transcript")
-        .arg(&transcript)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let (stdout, out, transcript) =
+        demo_files(dir.path(), 4.0, &["--config", cfg.to_str().unwrap()]);
     assert!(!stdout.contains("RANDOM"), "{stdout}");
     assert!(stdout.contains("Local"), "{stdout}");
     let (n, peak) = wav_peak(&out);
@@ -400,7 +375,7 @@ fn demo_attaches_to_a_broker() {
 }
 
 /// `moshid demo` in `dir` with `args`; returns (success, stdout + stderr).
-fn demo_in(dir: &std::path::Path, args: &[&str]) -> (bool, String) {
+fn demo_in(dir: &Path, args: &[&str]) -> (bool, String) {
     let input = dir.join("in.wav");
     write_voice_wav(&input, 1.0);
     let o = moshid_cmd()
