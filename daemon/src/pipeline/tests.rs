@@ -21,6 +21,16 @@ struct Scripted {
     resets: Arc<Mutex<usize>>,
     inputs: Arc<Mutex<Vec<f32>>>,
 }
+impl Scripted {
+    fn new(delay: Duration, inputs: Arc<Mutex<Vec<f32>>>) -> Scripted {
+        Scripted {
+            n: 0,
+            delay,
+            resets: Arc::new(Mutex::new(0)),
+            inputs,
+        }
+    }
+}
 impl Engine for Scripted {
     fn step(&mut self, i: &[f32], o: &mut [f32], t: &mut String) -> Result<(), EngineError> {
         std::thread::sleep(self.delay);
@@ -42,12 +52,17 @@ impl Engine for Scripted {
     }
 }
 
-/// A source of constant frames, produced every `period` by its own thread.
-struct Synth {
+fn scripted() -> Scripted {
+    Scripted::new(Duration::ZERO, Arc::default())
+}
+
+/// Frames from a channel: a remote client's, or constant ones from [`Frames::synth`].
+struct Frames {
     rx: Receiver<InFrame>,
 }
-impl Synth {
-    fn new(frames: usize, period: Duration, value: f32) -> Synth {
+impl Frames {
+    /// A source of constant frames, produced every `period` by its own thread.
+    fn synth(frames: usize, period: Duration, value: f32) -> Frames {
         let (tx, rx) = bounded(64);
         std::thread::spawn(move || {
             for _ in 0..frames {
@@ -61,10 +76,10 @@ impl Synth {
                 std::thread::sleep(period);
             }
         });
-        Synth { rx }
+        Frames { rx }
     }
 }
-impl Source for Synth {
+impl Source for Frames {
     fn recv(&mut self, t: Duration) -> Result<Option<InFrame>, SoundError> {
         match self.rx.recv_timeout(t) {
             Ok(f) => Ok(Some(f)),
@@ -85,6 +100,39 @@ impl Sink for Collect {
     }
 }
 
+/// A pipeline on the room endpoint `source` -> `sink`, without canceller or idle timeout.
+fn start_room(
+    engine: Box<dyn Engine>,
+    source: Box<dyn Source>,
+    sink: Box<dyn Sink>,
+    shared: Arc<Shared>,
+    events: Vec<EventTx>,
+    queue_frames: usize,
+) -> Pipeline {
+    let params = Params {
+        queue_frames,
+        idle_timeout: None,
+    };
+    Pipeline::start(
+        engine,
+        Endpoint::room(source, sink),
+        None,
+        shared,
+        events,
+        params,
+    )
+    .unwrap()
+}
+
+/// The events received so far.
+fn drain(rx: &mut tokio::sync::mpsc::Receiver<Event>) -> Vec<Event> {
+    let mut evs = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        evs.push(e);
+    }
+    evs
+}
+
 fn run(
     frames: usize,
     period: Duration,
@@ -95,31 +143,16 @@ fn run(
     let out = Arc::new(Mutex::new(Vec::new()));
     let inputs = Arc::new(Mutex::new(Vec::new()));
     let (tx, mut rx) = tokio::sync::mpsc::channel(1000);
-    let p = Pipeline::start(
-        Box::new(Scripted {
-            n: 0,
-            delay: step,
-            resets: Arc::new(Mutex::new(0)),
-            inputs: inputs.clone(),
-        }),
-        Endpoint::room(
-            Box::new(Synth::new(frames, period, 0.2)),
-            Box::new(Collect(out.clone())),
-        ),
-        None,
+    let p = start_room(
+        Box::new(Scripted::new(step, inputs.clone())),
+        Box::new(Frames::synth(frames, period, 0.2)),
+        Box::new(Collect(out.clone())),
         shared,
         vec![tx],
-        Params {
-            queue_frames,
-            idle_timeout: None,
-        },
-    )
-    .unwrap();
+        queue_frames,
+    );
     p.wait();
-    let mut evs = Vec::new();
-    while let Ok(e) = rx.try_recv() {
-        evs.push(e);
-    }
+    let evs = drain(&mut rx);
     let o = out.lock().unwrap().clone();
     let i = inputs.lock().unwrap().clone();
     (o, i, evs)
@@ -130,15 +163,10 @@ fn silence_ends_the_conversation_after_the_idle_timeout() {
     let shared = ready(100, true);
     let (tx, mut rx) = tokio::sync::mpsc::channel(1000);
     let p = Pipeline::start(
-        Box::new(Scripted {
-            n: 0,
-            delay: Duration::ZERO,
-            resets: Arc::new(Mutex::new(0)),
-            inputs: Arc::new(Mutex::new(Vec::new())),
-        }),
+        Box::new(scripted()),
         // 40 silent frames, 5 ms apart: 200 ms of silence against a 60 ms timeout.
         Endpoint::room(
-            Box::new(Synth::new(40, Duration::from_millis(5), 0.0)),
+            Box::new(Frames::synth(40, Duration::from_millis(5), 0.0)),
             Box::new(Collect(Arc::new(Mutex::new(Vec::new())))),
         ),
         None,
@@ -151,10 +179,7 @@ fn silence_ends_the_conversation_after_the_idle_timeout() {
     )
     .unwrap();
     p.wait();
-    let mut evs = Vec::new();
-    while let Ok(e) = rx.try_recv() {
-        evs.push(e);
-    }
+    let evs = drain(&mut rx);
     assert!(evs.contains(&Event::IdleTimeout), "{evs:?}");
     assert!(!shared.conversation.load(Ordering::Relaxed));
     assert_eq!(shared.phase(), Phase::Idle);
@@ -229,8 +254,8 @@ fn slow_engine_skips_frames_instead_of_queueing() {
     assert_eq!(stepped as u64 + dropped, 60);
 }
 
-/// [`Synth`] as a file read as fast as the model goes.
-struct Batch(Synth);
+/// [`Frames::synth`] as a file read as fast as the model goes.
+struct Batch(Frames);
 impl Source for Batch {
     fn recv(&mut self, t: Duration) -> Result<Option<InFrame>, SoundError> {
         self.0.recv(t)
@@ -256,26 +281,14 @@ impl Sink for SlowSink {
 /// `run` with a batch source, a slow sink and a slow or fast engine: what came out.
 fn run_batch(frames: usize, step: Duration, sink: Duration, shared: Arc<Shared>) -> Vec<f32> {
     let out = Arc::new(Mutex::new(Vec::new()));
-    let p = Pipeline::start(
-        Box::new(Scripted {
-            n: 0,
-            delay: step,
-            resets: Arc::new(Mutex::new(0)),
-            inputs: Arc::new(Mutex::new(Vec::new())),
-        }),
-        Endpoint::room(
-            Box::new(Batch(Synth::new(frames, Duration::ZERO, 0.2))),
-            Box::new(SlowSink(out.clone(), sink)),
-        ),
-        None,
+    let p = start_room(
+        Box::new(Scripted::new(step, Arc::default())),
+        Box::new(Batch(Frames::synth(frames, Duration::ZERO, 0.2))),
+        Box::new(SlowSink(out.clone(), sink)),
         shared,
         vec![],
-        Params {
-            queue_frames: 1,
-            idle_timeout: None,
-        },
-    )
-    .unwrap();
+        1,
+    );
     p.wait();
     let o = out.lock().unwrap().clone();
     o
@@ -302,26 +315,14 @@ fn a_real_time_run_drops_output_when_the_speaker_is_behind() {
     // The same slow speaker with a real-time source: latency wins, frames are dropped.
     let shared = ready(100, true);
     let out = Arc::new(Mutex::new(Vec::new()));
-    let p = Pipeline::start(
-        Box::new(Scripted {
-            n: 0,
-            delay: Duration::ZERO,
-            resets: Arc::new(Mutex::new(0)),
-            inputs: Arc::new(Mutex::new(Vec::new())),
-        }),
-        Endpoint::room(
-            Box::new(Synth::new(40, Duration::from_millis(1), 0.2)),
-            Box::new(SlowSink(out.clone(), Duration::from_millis(5))),
-        ),
-        None,
+    let p = start_room(
+        Box::new(scripted()),
+        Box::new(Frames::synth(40, Duration::from_millis(1), 0.2)),
+        Box::new(SlowSink(out.clone(), Duration::from_millis(5))),
         shared.clone(),
         vec![],
-        Params {
-            queue_frames: 3,
-            idle_timeout: None,
-        },
-    )
-    .unwrap();
+        3,
+    );
     p.wait();
     let dropped = shared.dropped_output.load(Ordering::Relaxed) as usize;
     let skipped = shared.dropped_frames.load(Ordering::Relaxed) as usize;
@@ -378,15 +379,10 @@ fn canceller_gets_what_the_device_got() {
     let rec = seen.clone();
     let (tx, rx) = bounded(64);
     let p = Pipeline::start(
-        Box::new(Scripted {
-            n: 0,
-            delay: Duration::ZERO,
-            resets: Arc::new(Mutex::new(0)),
-            inputs: Arc::new(Mutex::new(Vec::new())),
-        }),
+        Box::new(scripted()),
         // Input 0.2 -> the scripted model says 0.1 -> the device gets -0.1.
         Endpoint::room(
-            Box::new(Synth::new(30, Duration::from_millis(5), 0.2)),
+            Box::new(Frames::synth(30, Duration::from_millis(5), 0.2)),
             Box::new(DeviceSink {
                 tx,
                 rx,
@@ -434,37 +430,21 @@ impl Drop for Tracked {
     }
 }
 
-fn scripted() -> Scripted {
-    Scripted {
-        n: 0,
-        delay: Duration::ZERO,
-        resets: Arc::new(Mutex::new(0)),
-        inputs: Arc::new(Mutex::new(Vec::new())),
-    }
-}
-
 #[test]
 fn swapped_and_released_models_are_dropped_off_the_realtime_thread() {
     let shared = ready(100, true);
     let dropped_on = Arc::new(Mutex::new(None));
-    let p = Pipeline::start(
+    let p = start_room(
         Box::new(Tracked {
             inner: scripted(),
             dropped_on: dropped_on.clone(),
         }),
-        Endpoint::room(
-            Box::new(Synth::new(200, Duration::from_millis(5), 0.2)),
-            Box::new(Collect(Arc::new(Mutex::new(Vec::new())))),
-        ),
-        None,
+        Box::new(Frames::synth(200, Duration::from_millis(5), 0.2)),
+        Box::new(Collect(Arc::default())),
         shared.clone(),
         Vec::new(),
-        Params {
-            queue_frames: 30,
-            idle_timeout: None,
-        },
-    )
-    .unwrap();
+        30,
+    );
     let second = Arc::new(Mutex::new(None));
     p.swap_engine(Box::new(Tracked {
         inner: scripted(),
@@ -489,30 +469,13 @@ fn swapped_and_released_models_are_dropped_off_the_realtime_thread() {
     );
 }
 
-/// A remote client: frames of `value` from a channel, played audio collected.
-struct Remote {
-    rx: Receiver<InFrame>,
-}
-impl Source for Remote {
-    fn recv(&mut self, t: Duration) -> Result<Option<InFrame>, SoundError> {
-        match self.rx.recv_timeout(t) {
-            Ok(f) => Ok(Some(f)),
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Ok(None),
-            Err(_) => Err(SoundError::Ended),
-        }
-    }
-    fn backlog(&self) -> usize {
-        self.rx.len()
-    }
-}
-
 /// A client that says 0.6 for 20 frames (the model answers 0.3 on its sink only), then
 /// leaves; returns once the room has the conversation again.
 fn remote_session(p: &Pipeline, shared: &Shared, out: Arc<Mutex<Vec<f32>>>) {
     let (tx, rx) = bounded(64);
     p.take_over(Endpoint::remote(
         "web test",
-        Box::new(Remote { rx }),
+        Box::new(Frames { rx }),
         Box::new(Collect(out)),
     ));
     for _ in 0..20 {
@@ -542,22 +505,15 @@ fn a_remote_endpoint_takes_the_conversation_and_gives_it_back() {
     let room_out = Arc::new(Mutex::new(Vec::new()));
     let remote_out = Arc::new(Mutex::new(Vec::new()));
     let (ev_tx, mut ev_rx) = tokio::sync::mpsc::channel(1000);
-    let p = Pipeline::start(
+    let p = start_room(
         Box::new(scripted()),
-        Endpoint::room(
-            // The room says 0.2 (the model answers 0.1) for 3 s.
-            Box::new(Synth::new(600, Duration::from_millis(5), 0.2)),
-            Box::new(Collect(room_out.clone())),
-        ),
-        None,
+        // The room says 0.2 (the model answers 0.1) for 3 s.
+        Box::new(Frames::synth(600, Duration::from_millis(5), 0.2)),
+        Box::new(Collect(room_out.clone())),
         shared.clone(),
         vec![ev_tx],
-        Params {
-            queue_frames: 30,
-            idle_timeout: None,
-        },
-    )
-    .unwrap();
+        30,
+    );
     std::thread::sleep(Duration::from_millis(100));
     remote_session(&p, &shared, remote_out.clone());
     std::thread::sleep(Duration::from_millis(100));
@@ -574,14 +530,10 @@ fn a_remote_endpoint_takes_the_conversation_and_gives_it_back() {
         room.len() > 10 * FRAME_SAMPLES,
         "the room talks before and after"
     );
-    let mut ended = false;
-    while let Ok(e) = ev_rx.try_recv() {
-        ended |= e
-            == Event::EndpointEnded {
-                name: "web test".into(),
-            };
-    }
-    assert!(ended);
+    let ended = Event::EndpointEnded {
+        name: "web test".into(),
+    };
+    assert!(drain(&mut ev_rx).contains(&ended));
 }
 
 /// Records the sampling it is given; answers 0.25.
@@ -608,25 +560,18 @@ fn a_remote_converses_with_its_sampling_while_the_room_is_off() {
     let calls = Arc::new(Mutex::new(Vec::new()));
     let room_out = Arc::new(Mutex::new(Vec::new()));
     let remote_out = Arc::new(Mutex::new(Vec::new()));
-    let p = Pipeline::start(
+    let p = start_room(
         Box::new(Sampled(calls.clone())),
-        Endpoint::room(
-            Box::new(Synth::new(600, Duration::from_millis(5), 0.2)),
-            Box::new(Collect(room_out.clone())),
-        ),
-        None,
+        Box::new(Frames::synth(600, Duration::from_millis(5), 0.2)),
+        Box::new(Collect(room_out.clone())),
         shared.clone(),
         Vec::new(),
-        Params {
-            queue_frames: 30,
-            idle_timeout: None,
-        },
-    )
-    .unwrap();
+        30,
+    );
     let (tx, rx) = bounded(64);
     let mut ep = Endpoint::remote(
         "web 10.0.0.7:5123",
-        Box::new(Remote { rx }),
+        Box::new(Frames { rx }),
         Box::new(Collect(remote_out.clone())),
     );
     let mine = SamplingOverride {
