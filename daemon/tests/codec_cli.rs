@@ -19,11 +19,34 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// `--mimi FIXTURE --mimi-config FIXTURE_CONFIG` plus `rest`.
-fn with_small<'a>(w: &'a str, c: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec!["--mimi", w, "--mimi-config", c];
-    v.extend_from_slice(rest);
-    v
+/// The small Mimi fixture: its checkpoint and its config.
+fn small() -> (PathBuf, PathBuf) {
+    (
+        fixtures().join("mimi_small.safetensors"),
+        fixtures().join("mimi_config.json"),
+    )
+}
+
+/// `CMD --mimi W --mimi-config C REST`.
+fn small_args<'a>(cmd: &[&'a str], w: &'a str, c: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
+    let mut args = cmd.to_vec();
+    args.extend_from_slice(&["--mimi", w, "--mimi-config", c]);
+    args.extend_from_slice(rest);
+    args
+}
+
+/// `moshid CMD --mimi W --mimi-config C REST`.
+fn with_small(cmd: &[&str], w: &str, c: &str, rest: &[&str]) -> Output {
+    moshid(&small_args(cmd, w, c, rest))
+}
+
+/// Asserts `out` succeeded, with its stderr in the message.
+fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn reference() -> std::collections::HashMap<String, Tensor> {
@@ -49,24 +72,11 @@ struct Codes {
 fn encode_then_decode_matches_the_reference() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
-    let (w, c) = (
-        fixtures().join("mimi_small.safetensors"),
-        fixtures().join("mimi_config.json"),
-    );
+    let (w, c) = small();
     let wav = fixtures().join("speech_24k.wav");
     let json = dir.join("codes.json");
-    let out = moshid(
-        &[
-            &["codec", "encode"][..],
-            &with_small(s(&w), s(&c), &[s(&wav), s(&json)]),
-        ]
-        .concat(),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = with_small(&["codec", "encode"], s(&w), s(&c), &[s(&wav), s(&json)]);
+    assert_success(&out);
     let codes: Codes = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(codes.num_codebooks, 8);
 
@@ -97,18 +107,13 @@ fn encode_then_decode_matches_the_reference() {
     )
     .unwrap();
     let wav_out = dir.join("out.wav");
-    let out = moshid(
-        &[
-            &["codec", "decode"][..],
-            &with_small(s(&w), s(&c), &[s(&ref_json), s(&wav_out)]),
-        ]
-        .concat(),
+    let out = with_small(
+        &["codec", "decode"],
+        s(&w),
+        s(&c),
+        &[s(&ref_json), s(&wav_out)],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let mut rd = hound::WavReader::open(&wav_out).unwrap();
     let spec = rd.spec();
     assert_eq!(
@@ -133,10 +138,7 @@ fn encode_then_decode_matches_the_reference() {
 fn encode_accepts_other_rates_channels_and_formats() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
-    let (w, c) = (
-        fixtures().join("mimi_small.safetensors"),
-        fixtures().join("mimi_config.json"),
-    );
+    let (w, c) = small();
     // 44.1 kHz stereo 24-bit integer, 0.5 s: resampled and downmixed by the CLI.
     let wav = dir.join("in.wav");
     let spec = hound::WavSpec {
@@ -153,18 +155,13 @@ fn encode_accepts_other_rates_channels_and_formats() {
     }
     wr.finalize().unwrap();
     let json = dir.join("codes.json");
-    let out = moshid(
-        &[
-            &["codec", "encode"][..],
-            &with_small(s(&w), s(&c), &["--num-codebooks", "3", s(&wav), s(&json)]),
-        ]
-        .concat(),
+    let out = with_small(
+        &["codec", "encode"],
+        s(&w),
+        s(&c),
+        &["--num-codebooks", "3", s(&wav), s(&json)],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let codes: Codes = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(codes.num_codebooks, 3);
     // 0.5 s at 24 kHz = 12 000 samples = 6.25 frames -> 7 (last one zero-padded).
@@ -177,16 +174,14 @@ fn encode_accepts_other_rates_channels_and_formats() {
 
 #[test]
 fn bench_prints_one_json_line() {
-    let (w, c) = (
-        fixtures().join("mimi_small.safetensors"),
-        fixtures().join("mimi_config.json"),
-    );
+    let (w, c) = small();
     let wav = fixtures().join("speech_24k.wav");
-    let args = [
-        &["bench", "mimi"][..],
-        &with_small(s(&w), s(&c), &["--wav", s(&wav), "--frames", "5"]),
-    ]
-    .concat();
+    let args = small_args(
+        &["bench", "mimi"],
+        s(&w),
+        s(&c),
+        &["--wav", s(&wav), "--frames", "5"],
+    );
     // The CPU engine splits its time by part and by kind; the candle engine (the "before")
     // by part only.
     for engine in ["cpu", "candle"] {
@@ -195,11 +190,7 @@ fn bench_prints_one_json_line() {
             cmd.env("MOSHID_MIMI_ENGINE", "candle");
         }
         let out = cmd.args(&args).output().expect("run moshid");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out);
         let text = String::from_utf8(out.stdout).unwrap();
         assert_eq!(text.trim_end().lines().count(), 1, "{text}");
         let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
@@ -228,10 +219,7 @@ fn bench_prints_one_json_line() {
 fn bad_input_is_a_one_line_error() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
-    let (w, c) = (
-        fixtures().join("mimi_small.safetensors"),
-        fixtures().join("mimi_config.json"),
-    );
+    let (w, c) = small();
     let (w, c) = (s(&w).to_string(), s(&c).to_string());
     let wav = fixtures().join("speech_24k.wav");
     let wav = s(&wav).to_string();
@@ -252,12 +240,11 @@ fn bad_input_is_a_one_line_error() {
     // Truncated checkpoint.
     let bytes = std::fs::read(&w).unwrap();
     std::fs::write(p("cut.safetensors"), &bytes[..bytes.len() / 3]).unwrap();
-    let out = moshid(
-        &[
-            &["codec", "encode"][..],
-            &with_small(&p("cut.safetensors"), &c, &[&wav, &json_out]),
-        ]
-        .concat(),
+    let out = with_small(
+        &["codec", "encode"],
+        &p("cut.safetensors"),
+        &c,
+        &[&wav, &json_out],
     );
     assert_clean_failure(&out, "cut.safetensors");
     // The small checkpoint against the default (full-size) config: wrong shapes, named.
@@ -268,40 +255,26 @@ fn bad_input_is_a_one_line_error() {
     let v = t.remove("upsample.convtr.convtr.convtr.weight").unwrap();
     t.insert("upsample.weight".into(), v);
     candle_core::safetensors::save(&t, p("renamed.safetensors")).unwrap();
-    let out = moshid(
-        &[
-            &["codec", "encode"][..],
-            &with_small(&p("renamed.safetensors"), &c, &[&wav, &json_out]),
-        ]
-        .concat(),
+    let out = with_small(
+        &["codec", "encode"],
+        &p("renamed.safetensors"),
+        &c,
+        &[&wav, &json_out],
     );
     assert_clean_failure(&out, "upsample.convtr.convtr.convtr.weight");
     // Input that is not a WAV, and a truncated WAV.
-    let out = moshid(
-        &[
-            &["codec", "encode"][..],
-            &with_small(&w, &c, &[&c, &json_out]),
-        ]
-        .concat(),
-    );
+    let out = with_small(&["codec", "encode"], &w, &c, &[&c, &json_out]);
     assert_clean_failure(&out, "WAV");
     let wbytes = std::fs::read(&wav).unwrap();
     std::fs::write(p("cut.wav"), &wbytes[..21]).unwrap();
-    let out = moshid(
-        &[
-            &["codec", "encode"][..],
-            &with_small(&w, &c, &[&p("cut.wav"), &json_out]),
-        ]
-        .concat(),
-    );
+    let out = with_small(&["codec", "encode"], &w, &c, &[&p("cut.wav"), &json_out]);
     assert_clean_failure(&out, "cut.wav");
     // Too many codebooks.
-    let out = moshid(
-        &[
-            &["codec", "encode"][..],
-            &with_small(&w, &c, &["--num-codebooks", "33", &wav, &json_out]),
-        ]
-        .concat(),
+    let out = with_small(
+        &["codec", "encode"],
+        &w,
+        &c,
+        &["--num-codebooks", "33", &wav, &json_out],
     );
     assert_clean_failure(&out, "33");
 
@@ -328,21 +301,9 @@ fn bad_input_is_a_one_line_error() {
     for (i, (text, needle)) in cases.iter().enumerate() {
         let f = p(&format!("c{i}.json"));
         std::fs::write(&f, text).unwrap();
-        let out = moshid(
-            &[
-                &["codec", "decode"][..],
-                &with_small(&w, &c, &[&f, &wav_out]),
-            ]
-            .concat(),
-        );
+        let out = with_small(&["codec", "decode"], &w, &c, &[&f, &wav_out]);
         assert_clean_failure(&out, needle);
     }
-    let out = moshid(
-        &[
-            &["codec", "decode"][..],
-            &with_small(&w, &c, &[&p("absent.json"), &wav_out]),
-        ]
-        .concat(),
-    );
+    let out = with_small(&["codec", "decode"], &w, &c, &[&p("absent.json"), &wav_out]);
     assert_clean_failure(&out, "absent.json");
 }
