@@ -384,18 +384,35 @@ mod tests {
         crate::config::builtin_voices()["moshiko"].clone()
     }
 
+    /// [`put`] for the moshiko preset's LM file.
+    fn put_gguf(hub: &Path, content: &[u8], hash: &str) {
+        put(
+            hub,
+            "kyutai/moshiko-candle-q8",
+            "model.q8.gguf",
+            content,
+            hash,
+        );
+    }
+
+    /// The moshiko preset's LM file, offline, from `hub`.
+    fn fetch_gguf_offline(hub: &Path) -> Result<PathBuf, StoreError> {
+        fetch_file(
+            hub,
+            &hub_client(),
+            &preset(),
+            "model.q8.gguf",
+            true,
+            &mut |_| {},
+        )
+    }
+
     #[test]
     fn offline_cache_hit_is_verified_and_used() {
         let dir = tempfile::tempdir().unwrap();
         let hub = dir.path().join("hub");
         let data = b"pretend these are weights";
-        put(
-            &hub,
-            "kyutai/moshiko-candle-q8",
-            "model.q8.gguf",
-            data,
-            &sha256_hex(data),
-        );
+        put_gguf(&hub, data, &sha256_hex(data));
         let mut calls = 0;
         let p = fetch_file(
             &hub,
@@ -417,49 +434,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let hub = dir.path().join("hub");
         let good = b"the real content";
-        put(
-            &hub,
-            "kyutai/moshiko-candle-q8",
-            "model.q8.gguf",
-            b"the real cont",
-            &sha256_hex(good),
-        );
-        let e = fetch_file(
-            &hub,
-            &hub_client(),
-            &preset(),
-            "model.q8.gguf",
-            true,
-            &mut |_| {},
-        )
-        .unwrap_err();
+        put_gguf(&hub, b"the real cont", &sha256_hex(good));
+        let e = fetch_gguf_offline(&hub).unwrap_err();
         assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
         // Gone: the next offline attempt says "not cached" instead of using it.
-        let e = fetch_file(
-            &hub,
-            &hub_client(),
-            &preset(),
-            "model.q8.gguf",
-            true,
-            &mut |_| {},
-        )
-        .unwrap_err();
+        let e = fetch_gguf_offline(&hub).unwrap_err();
         assert!(matches!(e, StoreError::NotCached { .. }), "{e}");
     }
 
     #[test]
     fn missing_offline_says_what_to_do() {
         let dir = tempfile::tempdir().unwrap();
-        let e = fetch_file(
-            dir.path(),
-            &hub_client(),
-            &preset(),
-            "model.q8.gguf",
-            true,
-            &mut |_| {},
-        )
-        .unwrap_err()
-        .to_string();
+        let e = fetch_gguf_offline(dir.path()).unwrap_err().to_string();
         assert!(e.contains("moshid fetch"), "{e}");
     }
 
