@@ -15,6 +15,11 @@ fn cfg() -> LmConfig {
     LmConfig::from_json_file(&fixtures().join("config.json")).unwrap()
 }
 
+/// The fixture model in `file` (one of its layouts), f32 on the CPU.
+fn load(file: &str) -> LmModel {
+    LmModel::load(&fixtures().join(file), &cfg(), None, &Device::Cpu).unwrap()
+}
+
 fn expected() -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json")).unwrap())
         .unwrap()
@@ -141,21 +146,8 @@ fn check_against_reference(model: &LmModel, tag: &str) -> Run {
 
 #[test]
 fn greedy_matches_reference_in_both_layouts() {
-    let c = cfg();
-    let pt = LmModel::load(
-        &fixtures().join("model_pytorch.safetensors"),
-        &c,
-        None,
-        &Device::Cpu,
-    )
-    .unwrap();
-    let cd = LmModel::load(
-        &fixtures().join("model_candle.safetensors"),
-        &c,
-        None,
-        &Device::Cpu,
-    )
-    .unwrap();
+    let pt = load("model_pytorch.safetensors");
+    let cd = load("model_candle.safetensors");
     assert_eq!(pt.layout(), moshid_models::lm::Layout::PyTorch);
     assert_eq!(cd.layout(), moshid_models::lm::Layout::Candle);
     let a = check_against_reference(&pt, "full");
@@ -168,27 +160,13 @@ fn greedy_matches_reference_in_both_layouts() {
 #[test]
 fn rotating_kv_cache_matches_reference_past_the_context() {
     // 40 steps through a 12-step window: the ring wraps three times.
-    let c = cfg();
-    let m = LmModel::load(
-        &fixtures().join("model_candle.safetensors"),
-        &c,
-        None,
-        &Device::Cpu,
-    )
-    .unwrap();
+    let m = load("model_candle.safetensors");
     check_against_reference(&m, "short");
 }
 
 #[test]
 fn sampling_is_seeded_and_top_k_1_is_greedy() {
-    let c = cfg();
-    let m = LmModel::load(
-        &fixtures().join("model_candle.safetensors"),
-        &c,
-        None,
-        &Device::Cpu,
-    )
-    .unwrap();
+    let m = load("model_candle.safetensors");
     let codes = user_codes(&expected());
     let tokens = |s: Sampling| {
         let mut g = LmGen::new(m.clone(), s, 3000).unwrap();
@@ -226,14 +204,7 @@ fn sampling_is_seeded_and_top_k_1_is_greedy() {
 
 #[test]
 fn reset_restarts_the_conversation() {
-    let c = cfg();
-    let m = LmModel::load(
-        &fixtures().join("model_candle.safetensors"),
-        &c,
-        None,
-        &Device::Cpu,
-    )
-    .unwrap();
+    let m = load("model_candle.safetensors");
     let codes = user_codes(&expected());
     let mut g = LmGen::new(m, Sampling::default(), 3000).unwrap();
     let mut first = vec![];
@@ -253,13 +224,7 @@ fn quantized_gguf_runs_and_reports_agreement() {
     let c = cfg();
     let e = expected();
     let codes = user_codes(&e);
-    let f32m = LmModel::load(
-        &fixtures().join("model_candle.safetensors"),
-        &c,
-        None,
-        &Device::Cpu,
-    )
-    .unwrap();
+    let f32m = load("model_candle.safetensors");
     let reference = run(&f32m, 3000, &codes);
     for (ty, name) in [
         (QuantType::Q8_0, "q8_0"),
