@@ -28,10 +28,8 @@ fn serve(dir: &Path, listen: &str, extra: &[&str]) -> Daemon {
     ];
     args.extend_from_slice(extra);
     let d = Daemon::spawn(&args, &[], dir);
-    let up = wait_for(Duration::from_secs(120), || {
-        d.log().contains("web: serving").then_some(())
-    });
-    assert!(up.is_some(), "web demo did not start:\n{}", d.log());
+    let up = d.wait_log("web: serving", Duration::from_secs(120));
+    assert!(up, "web demo did not start:\n{}", d.log());
     d
 }
 
@@ -42,17 +40,20 @@ fn client(args: &[&str]) -> (bool, serde_json::Value, String) {
         .args(args)
         .output()
         .unwrap();
-    let out = String::from_utf8_lossy(&o.stdout).to_string();
-    let json = out
-        .lines()
-        .last()
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or(serde_json::Value::Null);
-    (
-        o.status.success(),
-        json,
-        String::from_utf8_lossy(&o.stderr).to_string(),
-    )
+    client_result(&o)
+}
+
+/// [`client`] with `--insecure` (any certificate), `extra`, `--input wav --seconds s`.
+fn client_insecure(
+    url: &str,
+    extra: &[&str],
+    wav: &str,
+    seconds: &str,
+) -> (bool, serde_json::Value, String) {
+    let mut args = vec!["--url", url, "--insecure"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--input", wav, "--seconds", seconds]);
+    client(&args)
 }
 
 fn voice_wav(dir: &Path) -> String {
@@ -128,27 +129,9 @@ fn untrusted_addresses_need_the_token() {
     let d = serve(dir.path(), &addr, &["--trusted", "127.0.0.2/32"]);
     let wav = voice_wav(dir.path());
     let url = format!("wss://{addr}/api/chat");
-    let (ok, _, err) = client(&[
-        "--url",
-        &url,
-        "--insecure",
-        "--input",
-        &wav,
-        "--seconds",
-        "1",
-    ]);
+    let (ok, _, err) = client_insecure(&url, &[], &wav, "1");
     assert!(!ok && err.contains("401"), "{err}");
-    let (ok, _, err) = client(&[
-        "--url",
-        &url,
-        "--insecure",
-        "--token",
-        "wrong",
-        "--input",
-        &wav,
-        "--seconds",
-        "1",
-    ]);
+    let (ok, _, err) = client_insecure(&url, &["--token", "wrong"], &wav, "1");
     assert!(!ok && err.contains("401"), "{err}");
     assert_eq!(http_status(&addr, "/"), "401");
     assert_eq!(http_status(&addr, "/api/state"), "401");
@@ -166,29 +149,11 @@ fn untrusted_addresses_need_the_token() {
         0o600
     );
     let token = std::fs::read_to_string(&tf).unwrap().trim().to_string();
-    let (ok, j, err) = client(&[
-        "--url",
-        &url,
-        "--insecure",
-        "--token",
-        &token,
-        "--input",
-        &wav,
-        "--seconds",
-        "1",
-    ]);
+    let (ok, j, err) = client_insecure(&url, &["--token", &token], &wav, "1");
     assert!(ok, "{err} {j}");
     assert_eq!(http_status(&addr, &format!("/?token={token}")), "200");
     let kyutai = format!("{url}?worker_auth_id={token}");
-    let (ok, _, err) = client(&[
-        "--url",
-        &kyutai,
-        "--insecure",
-        "--input",
-        &wav,
-        "--seconds",
-        "1",
-    ]);
+    let (ok, _, err) = client_insecure(&kyutai, &[], &wav, "1");
     assert!(ok, "worker_auth_id: {err}");
 }
 
@@ -204,28 +169,10 @@ fn a_second_client_waits_or_is_rejected() {
         let first = {
             let url = url.clone();
             let wav = wav.clone();
-            std::thread::spawn(move || {
-                client(&[
-                    "--url",
-                    &url,
-                    "--insecure",
-                    "--input",
-                    &wav,
-                    "--seconds",
-                    "3",
-                ])
-            })
+            std::thread::spawn(move || client_insecure(&url, &[], &wav, "3"))
         };
         std::thread::sleep(Duration::from_millis(1200));
-        let (ok, j, err) = client(&[
-            "--url",
-            &url,
-            "--insecure",
-            "--input",
-            &wav,
-            "--seconds",
-            "1",
-        ]);
+        let (ok, j, err) = client_insecure(&url, &[], &wav, "1");
         let (ok1, j1, _) = first.join().unwrap();
         assert!(ok1, "first client: {j1}");
         if busy == "reject" {

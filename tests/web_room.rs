@@ -108,18 +108,7 @@ impl Appliance {
 
 /// The client's exit status, JSON line and stderr.
 fn finish(c: Child) -> (bool, serde_json::Value, String) {
-    let o = c.wait_with_output().unwrap();
-    let out = String::from_utf8_lossy(&o.stdout).to_string();
-    let json = out
-        .lines()
-        .last()
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or(serde_json::Value::Null);
-    (
-        o.status.success(),
-        json,
-        String::from_utf8_lossy(&o.stderr).to_string(),
-    )
+    client_result(&c.wait_with_output().unwrap())
 }
 
 /// `curl -sk` on the web endpoint; the body.
@@ -164,9 +153,7 @@ fn grown(p: &Path, from: usize, bytes: usize) -> usize {
 }
 
 fn stop(mut d: Daemon) {
-    d.signal(libc::SIGTERM);
-    let st = d.wait_exit(Duration::from_secs(3));
-    assert!(st.is_some_and(|s| s.success()), "{st:?}\n{}", d.log());
+    d.terminate(Duration::from_secs(3));
 }
 
 #[test]

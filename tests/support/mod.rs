@@ -422,6 +422,22 @@ pub fn wav_peak(path: &Path) -> (usize, f32) {
     (v.len(), peak)
 }
 
+/// What a `moshid client` run gave: exit ok, its last stdout line as JSON (Null when that
+/// is not JSON), its stderr.
+pub fn client_result(o: &std::process::Output) -> (bool, serde_json::Value, String) {
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let json = out
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or(serde_json::Value::Null);
+    (
+        o.status.success(),
+        json,
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    )
+}
+
 /// The daemon as a child process; killed on drop if still running.
 pub struct Daemon {
     pub child: Child,
