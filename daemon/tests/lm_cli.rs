@@ -22,6 +22,28 @@ fn ok(args: &[&str]) -> Output {
     out
 }
 
+/// `moshid ARGS`, which must fail; its stderr.
+fn fails(args: &[&str]) -> String {
+    let out = moshid(args);
+    assert!(!out.status.success(), "moshid {args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `infer --lm LM --lm-config CFG --input-codes CODES` and `extra`.
+fn infer<'a>(lm: &'a str, cfg: &'a str, codes: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "infer",
+        "--lm",
+        lm,
+        "--lm-config",
+        cfg,
+        "--input-codes",
+        codes,
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
 fn expected() -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(fx("lm/expected.json")).unwrap()).unwrap()
 }
@@ -56,22 +78,20 @@ fn infer_trace_and_transcript_follow_the_reference() {
         fx("lm/config.json"),
         fx("lm/spm.model"),
     );
-    let out = ok(&[
-        "infer",
-        "--lm",
+    let out = ok(&infer(
         s(&lm),
-        "--lm-config",
         s(&cfg),
-        "--input-codes",
         s(&codes),
-        "--greedy",
-        "--trace",
-        s(&trace),
-        "--tokenizer",
-        s(&spm),
-        "--transcript",
-        s(&transcript),
-    ]);
+        &[
+            "--greedy",
+            "--trace",
+            s(&trace),
+            "--tokenizer",
+            s(&spm),
+            "--transcript",
+            s(&transcript),
+        ],
+    ));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("KV cache"),
@@ -222,67 +242,38 @@ fn bad_inputs_fail_with_a_clear_message() {
     let mut codes = fixture_codes();
     codes[3][2] = 5000;
     let p = write_codes(dir.path(), &codes);
-    let out = moshid(&[
-        "infer",
-        "--lm",
-        s(&lm),
-        "--lm-config",
-        s(&cfg),
-        "--input-codes",
-        s(&p),
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = fails(&infer(s(&lm), s(&cfg), s(&p), &[]));
     assert!(
         err.contains("5000") && err.contains("out of range"),
         "{err}"
     );
     // Missing checkpoint.
     let missing = dir.path().join("nope.gguf");
-    let out = moshid(&[
-        "infer",
-        "--lm",
-        s(&missing),
-        "--lm-config",
-        s(&cfg),
-        "--input-codes",
-        s(&p),
-    ]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("nope.gguf"));
+    let err = fails(&infer(s(&missing), s(&cfg), s(&p), &[]));
+    assert!(err.contains("nope.gguf"));
     // A checkpoint that does not match the configuration (the 7B default).
     let good = write_codes(dir.path(), &fixture_codes());
-    let out = moshid(&["infer", "--lm", s(&lm), "--input-codes", s(&good)]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = fails(&["infer", "--lm", s(&lm), "--input-codes", s(&good)]);
     assert!(
         err.contains("emb.0.weight") && err.contains("--lm-config"),
         "{err}"
     );
     // A context whose KV cache cannot fit in this machine's memory is refused before
     // anything is allocated.
-    let out = moshid(&[
-        "infer",
-        "--lm",
+    let err = fails(&infer(
         s(&lm),
-        "--lm-config",
         s(&cfg),
-        "--input-codes",
         s(&good),
-        "--context",
-        "1000000000",
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+        &["--context", "1000000000"],
+    ));
     assert!(
         err.contains("KV cache") && err.contains("--context") && err.contains("available"),
         "{err}"
     );
     // Neither input given.
-    let out = moshid(&["infer", "--lm", s(&lm)]);
-    assert!(!out.status.success());
+    fails(&["infer", "--lm", s(&lm)]);
     // Bad quantization type.
-    let out = moshid(&[
+    fails(&[
         "quantize",
         "--in",
         s(&lm),
@@ -291,5 +282,4 @@ fn bad_inputs_fail_with_a_clear_message() {
         "--type",
         "q3",
     ]);
-    assert!(!out.status.success());
 }
