@@ -3,12 +3,7 @@
 # page, driven by playwright-core from npm (tests/browser/). Needs a release build.
 # Cold cost: npm install of playwright-core (one package, ~10 MB, a few seconds); the test
 # itself takes about 20 s. Output (result.json, page.png, kiosk.png) in tests/browser/out/.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-bin="$PWD/target/release/moshid"
-[ -x "$bin" ] || cargo build --release --locked -p moshid
-out="$PWD/tests/browser/out"
-rm -rf "$out" && mkdir -p "$out"
+source "$(dirname "$0")/page-test-env.sh" browser
 # The fake microphone: a spoken sentence (espeak-ng), repeated for 20 s, 48 kHz mono 16-bit.
 espeak-ng -s 150 -w "$out/say.wav" "Hello Moshi. Can you hear me? What is the weather like in the kitchen today?"
 sox "$out/say.wav" -r 48000 -c 1 -b 16 "$out/mic.wav" repeat 3

@@ -4,12 +4,8 @@
 # build, firefox-esr and pulseaudio: Firefox's AudioContext stays "suspended" without an audio
 # output device (a headless machine has none), so a private PulseAudio with a null sink is
 # started for the test and stopped after it. Output (result.json, page.png, kiosk.png) in tests/firefox/out/.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-bin="$PWD/target/release/moshid"
-[ -x "$bin" ] || cargo build --release --locked -p moshid
-out="$PWD/tests/firefox/out"
-rm -rf "$out" && mkdir -p "$out/run"
+source "$(dirname "$0")/page-test-env.sh" firefox
+mkdir -p "$out/run"
 export XDG_RUNTIME_DIR="$out/run" PULSE_RUNTIME_PATH="$out/run/pulse"
 chmod 700 "$XDG_RUNTIME_DIR"
 # -n: no default.pa (no hardware probing); the null sink is the output device Firefox opens.

@@ -3,28 +3,14 @@
 // the handshake, transcript text on the page and non-silent audio played; saves a
 // screenshot. Usage: node page.mjs MOSHID_BINARY MIC.wav OUT_DIR
 import { chromium } from 'playwright-core';
-import { spawn } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
+import { startDemo } from '../support/demo-web.mjs';
 
 const [moshid, wav, out] = process.argv.slice(2);
 if (!moshid || !wav || !out) throw new Error('usage: node page.mjs MOSHID MIC.wav OUT_DIR');
 mkdirSync(out, { recursive: true });
 
-const port = await new Promise((resolve) => {
-  const s = net.createServer().listen(0, '127.0.0.1', () => { const p = s.address().port; s.close(() => resolve(p)); });
-});
-const daemon = spawn(moshid, ['demo', '--web', '--listen', `127.0.0.1:${port}`,
-  '--state-dir', `${out}/state`, '--cache-dir', `${out}/cache`], { stdio: ['ignore', 'pipe', 'pipe'] });
-let log = '';
-daemon.stdout.on('data', (d) => { log += d; });
-daemon.stderr.on('data', (d) => { log += d; });
-const fail = (why) => { console.error(`browser test: FAILED: ${why}\n--- moshid:\n${log}`); daemon.kill(); process.exit(1); };
-const deadline = Date.now() + 120000;
-while (!log.includes('web: serving')) {
-  if (Date.now() > deadline || daemon.exitCode !== null) fail('moshid demo --web did not start');
-  await new Promise((r) => setTimeout(r, 100));
-}
+const { port, daemon, fail } = await startDemo(moshid, out, 'browser');
 
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
@@ -50,7 +36,7 @@ try {
   } catch (e) {
     const s = await page.evaluate(() => JSON.stringify(window.moshidStats));
     await page.screenshot({ path: `${out}/page.png` });
-    fail(`no conversation in 30 s: ${s}\n--- console:\n${console_.join('\n')}`);
+    await fail(`no conversation in 30 s: ${s}\n--- console:\n${console_.join('\n')}`);
   }
   await page.waitForTimeout(1500);
   const shown = await page.textContent('#transcript');
@@ -62,7 +48,7 @@ try {
   result = { handshake: s.handshake, transcript: shown.trim(), played_samples: s.played,
     played_energy: s.energy, sent_messages: s.sent, errors: s.errors,
     instance: s.metadata && s.metadata.instance_name };
-  if (!shown.trim()) fail('no transcript text on the page');
+  if (!shown.trim()) await fail('no transcript text on the page');
 } finally {
   await browser.close();
   daemon.kill('SIGTERM');

@@ -5,35 +5,18 @@
 // decoded and played (non-silent), transcript text on the page and no page errors; saves a
 // screenshots. Usage: node page.mjs MOSHID_BINARY OUT_DIR
 import puppeteer from 'puppeteer-core';
-import { spawn } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
+import { startDemo } from '../support/demo-web.mjs';
 
 const [moshid, out] = process.argv.slice(2);
 if (!moshid || !out) throw new Error('usage: node page.mjs MOSHID OUT_DIR');
 mkdirSync(out, { recursive: true });
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-const port = await new Promise((resolve) => {
-  const s = net.createServer().listen(0, '127.0.0.1', () => { const p = s.address().port; s.close(() => resolve(p)); });
-});
-const daemon = spawn(moshid, ['demo', '--web', '--listen', `127.0.0.1:${port}`,
-  '--state-dir', `${out}/state`, '--cache-dir', `${out}/cache`], { stdio: ['ignore', 'pipe', 'pipe'] });
-let log = '';
-daemon.stdout.on('data', (d) => { log += d; });
-daemon.stderr.on('data', (d) => { log += d; });
 let browser = null;
-const fail = async (why) => {
-  console.error(`firefox test: FAILED: ${why}\n--- moshid:\n${log}`);
-  daemon.kill();
+const { port, daemon, fail } = await startDemo(moshid, out, 'firefox', async () => {
   if (browser) await browser.close().catch(() => {});
-  process.exit(1);
-};
-const deadline = Date.now() + 120000;
-while (!log.includes('web: serving')) {
-  if (Date.now() > deadline || daemon.exitCode !== null) await fail('moshid demo --web did not start');
-  await sleep(100);
-}
+});
 
 browser = await puppeteer.launch({
   browser: 'firefox',
