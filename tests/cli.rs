@@ -425,19 +425,7 @@ fn cli_numbers_get_the_same_range_checks_as_the_config() {
     )
     .unwrap();
     let codes = codes.path().to_str().unwrap();
-    let infer = |extra: &[&str]| {
-        let mut a = vec![
-            "infer",
-            "--lm",
-            lm,
-            "--lm-config",
-            cfg,
-            "--input-codes",
-            codes,
-        ];
-        a.extend_from_slice(extra);
-        moshid(&a)
-    };
+    let infer = |extra: &[&str]| moshid(&infer_args(lm, cfg, codes, extra));
     for (extra, want) in [
         (&["--temp", "NaN"][..], "temperature NaN"),
         (&["--temp-text=-1"][..], "temperature -1"),

@@ -10,7 +10,7 @@ use std::process::Output;
 use moshid_models::lm::{write_random_checkpoint, Layout, LmConfig};
 use moshid_models::tokenizer::TextTokenizer;
 
-use support::{fixtures as fx, moshid};
+use support::{fixtures as fx, infer_args as infer, moshid};
 
 fn ok(args: &[&str]) -> Output {
     let out = moshid(args);
@@ -27,21 +27,6 @@ fn fails(args: &[&str]) -> String {
     let out = moshid(args);
     assert!(!out.status.success(), "moshid {args:?} succeeded");
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// `infer --lm LM --lm-config CFG --input-codes CODES` and `extra`.
-fn infer<'a>(lm: &'a str, cfg: &'a str, codes: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec![
-        "infer",
-        "--lm",
-        lm,
-        "--lm-config",
-        cfg,
-        "--input-codes",
-        codes,
-    ];
-    v.extend_from_slice(extra);
-    v
 }
 
 fn expected() -> serde_json::Value {

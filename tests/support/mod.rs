@@ -29,6 +29,27 @@ pub fn moshid(args: &[&str]) -> std::process::Output {
     moshid_cmd().args(args).output().expect("run moshid")
 }
 
+/// `infer --lm LM --lm-config CFG --input-codes CODES` and `extra`: the arguments of an
+/// LM-only `moshid infer` run.
+pub fn infer_args<'a>(
+    lm: &'a str,
+    cfg: &'a str,
+    codes: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut v = vec![
+        "infer",
+        "--lm",
+        lm,
+        "--lm-config",
+        cfg,
+        "--input-codes",
+        codes,
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
 /// `moshid` as a command to add arguments and environment to (no stdin).
 pub fn moshid_cmd() -> Command {
     let mut c = Command::new(moshid_bin());
