@@ -41,9 +41,7 @@ fn steps(obs: &Observer) -> u64 {
 }
 
 fn stop(mut d: Daemon) {
-    d.signal(libc::SIGTERM);
-    let st = d.wait_exit(Duration::from_secs(2));
-    assert!(st.is_some_and(|s| s.success()), "{st:?}\n{}", d.log());
+    d.terminate(Duration::from_secs(2));
 }
 
 /// Bytes of the demo model's files for `voice` (what one loaded model holds, f32).
