@@ -5,9 +5,17 @@ use crate::HalError;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Frames per read/write: 10 ms at the file's rate.
-fn period(rate: u32) -> usize {
-    (rate as usize / 100).max(1)
+/// A WAV file's device parameters: f32 samples, read or written 10 ms at a time, with a
+/// buffer of one period.
+fn file_params(rate: u32, channels: usize) -> DeviceParams {
+    let period_frames = (rate as usize / 100).max(1);
+    DeviceParams {
+        rate,
+        channels,
+        format: SampleFormat::F32,
+        period_frames,
+        buffer_frames: period_frames,
+    }
 }
 
 /// Sleeps until `frames` frames at `rate` have had time to play since `start`.
@@ -31,17 +39,10 @@ impl WavCapture {
     /// Loads the whole file; `paced` delivers it no faster than real time.
     pub fn open(path: &Path, paced: bool) -> Result<Self, HalError> {
         let (samples, channels, rate) = crate::wav::read_interleaved(path)?;
-        let period_frames = period(rate);
         Ok(Self {
             samples,
             pos: 0,
-            params: DeviceParams {
-                rate,
-                channels,
-                format: SampleFormat::F32,
-                period_frames,
-                buffer_frames: period_frames,
-            },
+            params: file_params(rate, channels),
             paced: paced.then(Instant::now),
         })
     }
@@ -97,17 +98,10 @@ impl WavPlayback {
             path: path.to_path_buf(),
             reason: format!("cannot create ({e}); check the directory exists and is writable"),
         })?;
-        let period_frames = period(rate);
         Ok(Self {
             writer: Some(writer),
             path: path.to_path_buf(),
-            params: DeviceParams {
-                rate,
-                channels,
-                format: SampleFormat::F32,
-                period_frames,
-                buffer_frames: period_frames,
-            },
+            params: file_params(rate, channels),
             paced: paced.then(|| (Instant::now(), 0)),
         })
     }
