@@ -183,9 +183,21 @@ impl DeviceSpec {
                 if !candle_core::utils::cuda_is_available() {
                     return Err(DeviceError::NoCudaSupport(self.to_string()));
                 }
-                Device::new_cuda(ordinal).map_err(|source| DeviceError::Cuda { ordinal, source })
+                Device::new_cuda(ordinal).map_err(|e| DeviceError::Cuda {
+                    ordinal,
+                    source: without_backtrace(e),
+                })
             }
         }
+    }
+}
+
+/// candle appends a backtrace to its errors when RUST_BACKTRACE is set; the reason a device
+/// did not open goes into one log and STATUS line.
+fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => *inner,
+        e => e,
     }
 }
 
@@ -266,6 +278,22 @@ pub fn open(name: &str) -> Result<Device, DeviceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cuda_open_error_is_one_line_even_with_a_backtrace() {
+        let e = candle_core::Error::WithBacktrace {
+            inner: Box::new(candle_core::Error::Msg("CUDA_ERROR_NO_DEVICE".into())),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        };
+        assert!(e.to_string().lines().count() > 1, "the backtrace is shown");
+        let shown = DeviceError::Cuda {
+            ordinal: 0,
+            source: without_backtrace(e),
+        }
+        .to_string();
+        assert_eq!(shown.lines().count(), 1, "{shown}");
+        assert!(shown.starts_with("cannot open CUDA device 0: CUDA_ERROR_NO_DEVICE (is the"));
+    }
 
     const XAVIER: DeviceKind = DeviceKind::Cuda {
         major: 7,
