@@ -198,7 +198,10 @@ fn read_tensor_info<R: Read>(inp: &mut Input<R>) -> Result<(String, GgufTensor),
             ty.block_size()
         ));
     }
-    let len = (elems / ty.block_size()) as u64 * ty.type_size() as u64;
+    // elems fits a usize, its bytes need not (4 bytes per f32 value): found by fuzzing.
+    let len = ((elems / ty.block_size()) as u64)
+        .checked_mul(ty.type_size() as u64)
+        .ok_or_else(|| format!("tensor `{name}` has shape {shape:?}: too large"))?;
     Ok((
         name,
         GgufTensor {
@@ -403,6 +406,8 @@ mod tests {
             (header(&[("a", &[32, 2], 77, 0)], None), "unknown type"),
             (header(&[("a", &[32, 2], 8, 1 << 40)], None), "past the end"),
             (header(&[("a", &[u64::MAX, 4], 0, 0)], None), "too large"),
+            // 2^62 f32 values: the count fits, its 2^64 bytes do not.
+            (header(&[("a", &[1 << 62], 0, 0)], None), "too large"),
             (
                 header(&[("a", &[32], 8, 0), ("a", &[32], 8, 64)], None),
                 "listed twice",
