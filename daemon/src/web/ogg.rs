@@ -60,6 +60,25 @@ pub struct OggReader {
     packets: std::collections::VecDeque<Vec<u8>>,
     junk: usize,
     stats: ReaderStats,
+    /// What is known about the page at `pos` while it waits for more data.
+    wait: Wait,
+}
+
+/// What the reader learnt about the page at `pos` and the captures after it while that page
+/// waits for more data, so that each message costs what is new in it: a page arriving a byte
+/// per message would otherwise cost a CRC and a scan of the whole buffer per byte (found by
+/// fuzzing). Offsets are from the page's start; the memo is dropped when `pos` moves.
+#[derive(Debug, Default)]
+struct Wait {
+    /// The page's CRC verdict, once the page is complete (its bytes no longer change).
+    crc_ok: Option<bool>,
+    /// Where the search for the capture after a page with a bad CRC resumes.
+    next_from: usize,
+    /// Where the search for later pages resumes ([`OggReader::later_page`]).
+    later_from: usize,
+    /// Later captures whose page was incomplete: (buffer length to look again at, capture),
+    /// least length first.
+    pending: std::collections::BinaryHeap<std::cmp::Reverse<(usize, usize)>>,
 }
 
 /// CRC-32 of Ogg (polynomial 0x04c11db7, not reflected, initial value 0).
@@ -149,12 +168,20 @@ impl OggReader {
                 return Ok(());
             };
             let gap = start - self.pos;
+            // The memo is for the page at `pos`: kept only while that page is still waiting.
+            let mut wait = std::mem::take(&mut self.wait);
+            if gap > 0 {
+                wait = Wait::default();
+            }
             self.skip(gap)?;
-            match self.locate(start) {
-                Found::NeedMore => match self.later_page(start) {
+            match self.locate(start, &mut wait) {
+                Found::NeedMore => match self.later_page(start, &mut wait) {
                     // Not a page still arriving but a broken one with a good page after.
                     Some(next) => self.skip(next - start)?,
-                    None => return Ok(()),
+                    None => {
+                        self.wait = wait;
+                        return Ok(());
+                    }
                 },
                 Found::Skip(n) => self.skip(n)?,
                 Found::Version(v) => return Err(OggError::Version(v)),
@@ -168,18 +195,64 @@ impl OggReader {
         }
     }
 
-    /// Where a complete page with a valid CRC starts after `start`, if one does.
-    fn later_page(&self, start: usize) -> Option<usize> {
-        let mut at = start + 4;
+    /// Where a complete page with a valid CRC starts after `start`, if one does (the first
+    /// one). Looks only at what `wait` has not seen: captures that were incomplete and are
+    /// now long enough, then the captures in the new data.
+    fn later_page(&self, start: usize, wait: &mut Wait) -> Option<usize> {
+        let len = self.buf.len();
+        let mut first = None;
+        while let Some(&std::cmp::Reverse((need, q))) = wait.pending.peek() {
+            if start + need > len {
+                break;
+            }
+            wait.pending.pop();
+            match self.valid_page_at(start + q) {
+                Ok(true) => first = Some(first.map_or(q, |f: usize| f.min(q))),
+                Ok(false) => {}
+                Err(need) => wait.pending.push(std::cmp::Reverse((need - start, q))),
+            }
+        }
+        if let Some(q) = first {
+            return Some(start + q); // pending captures lie before every new one
+        }
+        let mut at = start + wait.later_from.max(4);
         while let Some(q) = find_capture(&self.buf, at) {
-            if let Found::Page(p) = self.locate(q) {
-                if p.crc_ok {
-                    return Some(q);
-                }
+            match self.valid_page_at(q) {
+                Ok(true) => return Some(q),
+                Ok(false) => {}
+                Err(need) => wait
+                    .pending
+                    .push(std::cmp::Reverse((need - start, q - start))),
             }
             at = q + 4;
         }
+        // A capture starting before the last 3 bytes would have been found.
+        wait.later_from = len.saturating_sub(3).max(at) - start;
         None
+    }
+
+    /// Whether a complete page of version 0 with a valid CRC starts at `q`; `Err(n)`: the
+    /// page is incomplete, look again once the buffer holds `n` bytes.
+    fn valid_page_at(&self, q: usize) -> Result<bool, usize> {
+        let b = &self.buf[q..];
+        if b.len() < HEADER {
+            return Err(q + HEADER);
+        }
+        let n_seg = b[26] as usize;
+        if b.len() < HEADER + n_seg {
+            return Err(q + HEADER + n_seg);
+        }
+        let end = HEADER
+            + n_seg
+            + b[HEADER..HEADER + n_seg]
+                .iter()
+                .map(|&v| v as usize)
+                .sum::<usize>();
+        if b.len() < end {
+            return Err(q + end);
+        }
+        let stored = u32::from_le_bytes([b[22], b[23], b[24], b[25]]);
+        Ok(b[4] == 0 && page_crc(&b[..end]) == stored)
     }
 
     /// The next whole packet (Opus headers included; the caller tells them apart).
@@ -200,7 +273,7 @@ impl OggReader {
     /// Reads the page that starts at `start` (an `OggS`), checking its CRC, and repairs the
     /// one writer bug known in the wild: a single lacing value `min(len, 255)` for a packet
     /// of 255 bytes or more, whose real body runs up to the next page.
-    fn locate(&self, start: usize) -> Found {
+    fn locate(&self, start: usize, wait: &mut Wait) -> Found {
         let b = &self.buf[start..];
         if b.len() < HEADER {
             return Found::NeedMore;
@@ -212,7 +285,9 @@ impl OggReader {
             return Found::NeedMore;
         }
         let stored = u32::from_le_bytes([b[22], b[23], b[24], b[25]]);
-        let crc_ok = page_crc(&b[..body_start + declared]) == stored;
+        let crc_ok = *wait
+            .crc_ok
+            .get_or_insert_with(|| page_crc(&b[..body_start + declared]) == stored);
         if b[4] != 0 {
             // Version byte: a real page of another version is an error, junk is skipped.
             return if crc_ok {
@@ -224,7 +299,10 @@ impl OggReader {
         let mut end = body_start + declared;
         let mut repaired = false;
         if !crc_ok {
-            let found = find_capture(b, 4);
+            let found = find_capture(b, wait.next_from.max(4));
+            if found.is_none() {
+                wait.next_from = b.len().saturating_sub(3);
+            }
             let next = found.unwrap_or(b.len());
             let open_ended = n_seg > 0 && b[HEADER + n_seg - 1] == 255;
             if open_ended && found.is_none() && b.len() < end + MAX_PACKET {

@@ -321,3 +321,44 @@ fn garbage_without_pages_and_giant_packets_are_errors() {
     }
     assert_eq!(err, Some(OggError::PacketTooLarge));
 }
+
+#[test]
+fn malformed_streams_read_byte_by_byte_give_what_they_give_whole() {
+    // Each case's stream fed whole and one byte per message (the reader's memo of a waiting
+    // page must not change what it finds).
+    let mut cut = raw_page(0, 2, &[200], &packet(200, 1), None);
+    cut.truncate(27 + 1 + 50);
+    let good = raw_page(0, 3, &[30], &packet(30, 2), None);
+    let long = packet(400, 9);
+    let fujielab: Vec<u8> = (0..3)
+        .flat_map(|seq| raw_page(0, seq, &[255], &long, None))
+        .chain(raw_page(0, 3, &[120], &packet(120, 1), None))
+        .collect();
+    let mut fake = b"OggS\x07junk junk junk junk junk junk junk".to_vec();
+    fake.extend(raw_page(0, 0, &[3], b"abc", None));
+    // A capture inside a waiting page's body, itself incomplete, then a good page.
+    let mut nested = raw_page(0, 1, &[255, 255, 40], &packet(550, 3), None);
+    nested.truncate(200);
+    nested.extend_from_slice(&raw_page(0, 2, &[100], &packet(100, 4), None)[..60]);
+    nested.extend(raw_page(0, 3, &[20], &packet(20, 5), None));
+    let cases = [
+        [cut, good.clone()].concat(),
+        fujielab,
+        fake,
+        nested,
+        [raw_page(0, 2, &[50], &packet(50, 1), Some(7)), good].concat(),
+    ];
+    for (i, stream) in cases.iter().enumerate() {
+        let (whole, whole_stats) = read_all(std::slice::from_ref(stream));
+        assert!(!whole.is_empty(), "case {i}");
+        for chunk in [1, 3, 64] {
+            let messages: Vec<Vec<u8>> = stream.chunks(chunk).map(|c| c.to_vec()).collect();
+            let (got, stats) = read_all(&messages);
+            assert_eq!(got, whole, "case {i}, chunks of {chunk}");
+            assert_eq!(
+                stats.pages, whole_stats.pages,
+                "case {i}, chunks of {chunk}"
+            );
+        }
+    }
+}
