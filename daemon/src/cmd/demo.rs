@@ -237,7 +237,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut text = String::new();
     while let Ok(ev) = rx.try_recv() {
         if let Event::Transcript { text: t, time } = ev {
-            lines.push_str(&serde_json::json!({ "text": t, "time": time }).to_string());
+            lines.push_str(&crate::mqtt::messages::TranscriptPiece::new(&t, time).to_json());
             lines.push('\n');
             text.push_str(&t);
         }

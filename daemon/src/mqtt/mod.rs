@@ -10,14 +10,15 @@
 //! `offline` go out before DISCONNECT.
 
 pub mod discovery;
+pub mod messages;
 
 use crate::config::MqttConfig;
 use crate::control::{parse_command, Command, Shared};
 use crate::pipeline::Event;
+use messages::{Failure, Rejected, TranscriptPiece};
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, EventLoop, LastWill, MqttOptions, Packet, QoS,
 };
-use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -372,12 +373,8 @@ impl Ctx {
 
     /// Publishes a rejected command on `error`.
     fn report(&self, c: &AsyncClient, topic: &str, payload: &[u8], reason: &str) {
-        let msg = json!({
-            "topic": topic,
-            "payload": String::from_utf8_lossy(payload).chars().take(100).collect::<String>(),
-            "error": reason,
-        });
-        self.publish(c, &self.topics.error, false, msg.to_string().into_bytes());
+        let msg = Rejected::new(topic, payload, reason);
+        self.publish(c, &self.topics.error, false, json_bytes(&msg));
     }
 
     /// A transcript piece: only while connected (never queued for a broker that is away).
@@ -385,8 +382,8 @@ impl Ctx {
         let (text, time) = match ev {
             Event::Transcript { text, time } => (text, time),
             Event::Error(e) if connected => {
-                let msg = json!({ "error": e });
-                self.publish(c, &self.topics.error, false, msg.to_string().into_bytes());
+                let msg = Failure { error: &e };
+                self.publish(c, &self.topics.error, false, json_bytes(&msg));
                 return;
             }
             _ => return,
@@ -404,13 +401,8 @@ impl Ctx {
                 .fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let msg = json!({ "text": text, "time": (time * 1000.0).round() / 1000.0 });
-        match c.try_publish(
-            &self.topics.transcript,
-            QoS::AtMostOnce,
-            false,
-            msg.to_string(),
-        ) {
+        let msg = TranscriptPiece::new(&text, time).to_json();
+        match c.try_publish(&self.topics.transcript, QoS::AtMostOnce, false, msg) {
             Ok(()) => {
                 self.queued.fetch_add(1, Ordering::Relaxed);
             }
@@ -604,6 +596,11 @@ fn explain(e: &ConnectionError) -> String {
         }
         other => other.to_string(),
     }
+}
+
+/// A message body (serialising these structs cannot fail: strings and numbers only).
+fn json_bytes(msg: &impl serde::Serialize) -> Vec<u8> {
+    serde_json::to_vec(msg).unwrap_or_default()
 }
 
 #[cfg(test)]
