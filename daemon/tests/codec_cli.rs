@@ -203,6 +203,9 @@ fn bench_prints_one_json_line() {
         assert!((rtf - (e + d) / 80.0).abs() < 0.01, "{v}");
         assert_eq!(v["frames"], 5);
         assert_eq!(v["kernels"] == "candle", engine == "candle", "{v}");
+        // Linux always has the figure (0 when THP is off); it cannot exceed the process.
+        let huge = v["huge_page_mb"].as_f64().unwrap();
+        assert!((0.0..1e5).contains(&huge), "{v}");
         let parts = v["parts_ms_median"].as_object().unwrap();
         assert_eq!(parts.len(), 8, "{v}");
         let sum: f64 = parts.values().map(|x| x.as_f64().unwrap()).sum();

@@ -1,9 +1,11 @@
 //! `moshid bench ...`: speed figures as one JSON line.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::{Args, Subcommand};
+use serde::Serialize;
 
 use moshid_models::mimi::{Kind, Mimi, Part};
 
@@ -80,39 +82,83 @@ fn bench_mimi(a: MimiBenchArgs) -> anyhow::Result<()> {
     }
     let frame_ms = fs as f64 * 1e3 / moshid_models::mimi::SAMPLE_RATE as f64;
     let (em, dm) = (median(&mut enc.wall), median(&mut dec.wall));
-    let mut parts = serde_json::Map::new();
+    let mut parts = BTreeMap::new();
     for (i, p) in Part::ALL.iter().enumerate() {
         let v = median(&mut enc.parts[i].clone()) + median(&mut dec.parts[i].clone());
-        parts.insert(p.name().into(), round3(v).into());
+        parts.insert(p.name(), round3(v));
     }
     // The candle engine times parts only: no split by kind (null).
-    let mut kinds = serde_json::Map::new();
+    let mut kinds = BTreeMap::new();
     for (i, kd) in Kind::ALL.iter().enumerate() {
         let (e, d) = (&enc.kinds[i], &dec.kinds[i]);
-        let v = (!e.is_empty()).then(|| round3(mean(e) + mean(d)));
-        kinds.insert(kd.name().into(), v.into());
+        kinds.insert(
+            kd.name(),
+            (!e.is_empty()).then(|| round3(mean(e) + mean(d))),
+        );
     }
-    let line = serde_json::json!({
-        "bench": "mimi",
-        "device": a.mimi.device.to_string(),
-        "dtype": a.mimi.dtype.to_string(),
-        "kernels": mimi.kernels(),
-        "mimi_dtype": mimi.weight_dtype().name(),
-        "weight_bytes": mimi.weight_bytes(),
-        "frames": a.frames,
-        "num_codebooks": k,
-        "encode_ms_median": round3(em),
-        "decode_ms_median": round3(dm),
-        "encode_ms_mean": round3(mean(&enc.wall)),
-        "decode_ms_mean": round3(mean(&dec.wall)),
-        "cpu_ms_per_frame": round3((enc.cpu_ms + dec.cpu_ms) / a.frames as f64),
-        "rtf": round3((em + dm) / frame_ms),
-        "parts_ms_median": parts,
-        "kinds_ms_mean": kinds,
-        "loadavg_1m": [load_before, loadavg()],
-    });
+    let line = MimiReport {
+        bench: "mimi",
+        device: a.mimi.device.to_string(),
+        dtype: a.mimi.dtype.to_string(),
+        kernels: mimi.kernels(),
+        mimi_dtype: mimi.weight_dtype().name(),
+        weight_bytes: mimi.weight_bytes(),
+        huge_page_mb: huge_page_mb(),
+        frames: a.frames,
+        num_codebooks: k,
+        encode_ms_median: round3(em),
+        decode_ms_median: round3(dm),
+        encode_ms_mean: round3(mean(&enc.wall)),
+        decode_ms_mean: round3(mean(&dec.wall)),
+        cpu_ms_per_frame: round3((enc.cpu_ms + dec.cpu_ms) / a.frames as f64),
+        rtf: round3((em + dm) / frame_ms),
+        parts_ms_median: parts,
+        kinds_ms_mean: kinds,
+        loadavg_1m: [load_before, loadavg()],
+    };
+    let line = serde_json::to_string(&line)?;
     println!("{line}");
     Ok(())
+}
+
+/// The line `bench mimi` prints.
+#[derive(Serialize)]
+struct MimiReport {
+    bench: &'static str,
+    device: String,
+    dtype: String,
+    /// `avx2`, `neon` or `generic` (the CPU engine's kernels), or `candle`.
+    kernels: &'static str,
+    mimi_dtype: &'static str,
+    /// Bytes of weights the CPU engine holds (null for candle).
+    weight_bytes: Option<usize>,
+    /// The process's memory on transparent huge pages: near `weight_bytes` when the kernel
+    /// granted them (the weights stream faster), 0 when THP is off.
+    huge_page_mb: Option<f64>,
+    frames: usize,
+    num_codebooks: usize,
+    encode_ms_median: f64,
+    decode_ms_median: f64,
+    encode_ms_mean: f64,
+    decode_ms_mean: f64,
+    cpu_ms_per_frame: f64,
+    rtf: f64,
+    parts_ms_median: BTreeMap<&'static str, f64>,
+    kinds_ms_mean: BTreeMap<&'static str, Option<f64>>,
+    loadavg_1m: [f64; 2],
+}
+
+/// `AnonHugePages` of this process, in MB (None off Linux or without the file).
+fn huge_page_mb() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/smaps_rollup").ok()?;
+    let kb: f64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("AnonHugePages:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(round3(kb * 1024.0 / 1e6))
 }
 
 /// Per-frame wall times, the profile's split of each frame, and process CPU time.

@@ -8,6 +8,7 @@
 //! is read once per call, in the layout it was packed in, and no step allocates once the
 //! buffers have reached the size of the longest call.
 
+mod arena;
 mod attention;
 mod checkpoint;
 mod conv;

@@ -5,6 +5,8 @@
 //! reads its panel front to back, once. Entries are f32 or, to halve the bytes a step reads,
 //! IEEE half precision (converted to f32 in registers; the arithmetic stays f32).
 
+use super::arena::HugeBuf;
+
 /// Output columns per panel (two AVX2 vectors, four NEON vectors).
 pub(crate) const NB: usize = 16;
 
@@ -37,22 +39,12 @@ impl WeightDtype {
     }
 }
 
-/// A zeroed vector whose pages are advised as transparent huge pages before they are first
-/// touched: a frame streams hundreds of megabytes of weights, and 4 KiB pages would cost a
-/// TLB miss and a prefetcher stop every 4 KiB.
-fn huge_vec<T: Copy + Default>(len: usize) -> Vec<T> {
-    let mut v: Vec<T> = Vec::with_capacity(len);
-    crate::lm::cpu::advise(v.as_ptr() as *const u8, len * std::mem::size_of::<T>());
-    v.resize(len, T::default());
-    v
-}
-
 /// Panel storage.
 #[derive(Debug, Clone)]
 pub(crate) enum Panels {
-    F32(Vec<f32>),
+    F32(HugeBuf<f32>),
     /// f16 bit patterns.
-    F16(Vec<u16>),
+    F16(HugeBuf<u16>),
 }
 
 /// A `[K, N]` weight in panels.
@@ -75,22 +67,26 @@ impl PackedMat {
             w.len()
         );
         let np = n.div_ceil(NB);
-        let mut p = huge_vec::<f32>(np * k * NB);
-        for (pi, panel) in p.chunks_exact_mut(k * NB).enumerate() {
-            let j0 = pi * NB;
-            let cols = NB.min(n - j0);
-            for (i, dst) in panel.chunks_exact_mut(NB).enumerate() {
-                dst[..cols].copy_from_slice(&w[i * n + j0..i * n + j0 + cols]);
-            }
-        }
-        let panels = match dtype {
-            WeightDtype::F32 => Panels::F32(p),
-            WeightDtype::F16 => {
-                let mut h = huge_vec::<u16>(p.len());
-                for (d, &v) in h.iter_mut().zip(&p) {
-                    *d = half::f16::from_f32(v).to_bits();
+        let fill = |p: &mut [f32]| {
+            for (pi, panel) in p.chunks_exact_mut(k * NB).enumerate() {
+                let j0 = pi * NB;
+                let cols = NB.min(n - j0);
+                for (i, dst) in panel.chunks_exact_mut(NB).enumerate() {
+                    dst[..cols].copy_from_slice(&w[i * n + j0..i * n + j0 + cols]);
                 }
-                Panels::F16(h)
+            }
+        };
+        let len = np * k * NB;
+        let panels = match dtype {
+            WeightDtype::F32 => Panels::F32(HugeBuf::new(len, fill)),
+            WeightDtype::F16 => {
+                let mut p = vec![0f32; len];
+                fill(&mut p);
+                Panels::F16(HugeBuf::new(len, |h| {
+                    for (d, &v) in h.iter_mut().zip(&p) {
+                        *d = half::f16::from_f32(v).to_bits();
+                    }
+                }))
             }
         };
         PackedMat { k, n, panels }
