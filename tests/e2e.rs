@@ -9,6 +9,32 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::*;
 
+/// What most tests start from, torn down in this order: the broker and the notify socket, the
+/// scratch directory, then the lock that keeps the daemon tests one at a time.
+struct Rig {
+    broker: Broker,
+    notify: Notify,
+    dir: tempfile::TempDir,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Rig {
+    fn new() -> Rig {
+        let serial = serial();
+        let dir = tempfile::tempdir().unwrap();
+        Rig {
+            broker: Broker::start(dir.path()),
+            notify: Notify::bind(dir.path()),
+            dir,
+            _serial: serial,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
 fn start(dir: &Path, broker: &Broker, notify: &Notify) -> Daemon {
     let (cfg, alsa) = write_config(dir, broker.port, "");
     start_daemon(dir, &cfg, &alsa, notify)
@@ -16,12 +42,10 @@ fn start(dir: &Path, broker: &Broker, notify: &Notify) -> Daemon {
 
 #[test]
 fn appliance_over_mqtt_and_systemd() {
-    let _g = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path());
-    let notify = Notify::bind(dir.path());
+    let rig = Rig::new();
+    let (dir, broker, notify) = (rig.path(), &rig.broker, &rig.notify);
     let obs = Observer::connect(broker.port, "obs", &[&topic("#"), "homeassistant/#"]);
-    let mut d = start(dir.path(), &broker, &notify);
+    let mut d = start(dir, broker, notify);
 
     // READY=1 once the model is loaded and audio open, with a readable STATUS.
     assert!(
@@ -196,18 +220,17 @@ fn appliance_over_mqtt_and_systemd() {
     .expect("availability offline after SIGTERM");
 
     // The speaker got the model's (non-silent) audio.
-    let (n, peak) = raw_peak(&dir.path().join("spk.raw"));
+    let (n, peak) = raw_peak(&dir.join("spk.raw"));
     assert!(n > 24_000, "only {n} samples played\nlog:\n{}", d.log());
     assert!(peak > 0.01, "speaker output is silent (peak {peak})");
 }
 
 #[test]
 fn reconnects_after_broker_restart() {
-    let _g = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let mut broker = Broker::start(dir.path());
-    let notify = Notify::bind(dir.path());
-    let mut d = start(dir.path(), &broker, &notify);
+    let mut rig = Rig::new();
+    let dir = rig.path().to_path_buf();
+    let (broker, notify) = (&mut rig.broker, &rig.notify);
+    let mut d = start(&dir, broker, notify);
     assert!(
         notify.wait("READY=1", Duration::from_secs(120)),
         "no READY=1\nlog:\n{}",
@@ -311,15 +334,13 @@ fn spawn_from_hub(
 
 #[test]
 fn daemon_reports_download_progress_and_survives_a_bad_model() {
-    let _g = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path());
-    let notify = Notify::bind(dir.path());
+    let rig = Rig::new();
+    let (dir, broker, notify) = (rig.path(), &rig.broker, &rig.notify);
     // ~0.6 MB at 300 kB/s: a couple of seconds of downloading to watch.
     let hub = FakeHub::start(model_files(1), HubMode::Good, 300_000);
-    let cfg = hub_config(dir.path(), broker.port);
+    let cfg = hub_config(dir, broker.port);
     let obs = Observer::connect(broker.port, "obs", &[&topic("#")]);
-    let mut d = spawn_from_hub(dir.path(), &cfg, &notify, &hub, &[]);
+    let mut d = spawn_from_hub(dir, &cfg, notify, &hub, &[]);
     // While downloading: STATUS= says so, and the MQTT state carries the progress.
     assert!(
         wait_for(Duration::from_secs(10), || notify
@@ -359,22 +380,20 @@ fn daemon_reports_download_progress_and_survives_a_bad_model() {
 
 #[test]
 fn a_stalled_download_is_retried_in_the_background_while_the_watchdog_runs() {
-    let _g = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path());
-    let notify = Notify::bind(dir.path());
+    let rig = Rig::new();
+    let (dir, broker, notify) = (rig.path(), &rig.broker, &rig.notify);
     let hub = FakeHub::serve(
         model_files(11),
         vec![Body::StallAfter(40_000)],
         206,
         usize::MAX,
     );
-    let cfg = hub_config(dir.path(), broker.port);
+    let cfg = hub_config(dir, broker.port);
     let obs = Observer::connect(broker.port, "obs", &[&topic("#")]);
     let d = spawn_from_hub(
-        dir.path(),
+        dir,
         &cfg,
-        &notify,
+        notify,
         &hub,
         &[
             ("WATCHDOG_USEC", "2000000"),
@@ -426,7 +445,6 @@ fn a_stalled_download_is_retried_in_the_background_while_the_watchdog_runs() {
         d.log()
     );
     let blob = dir
-        .path()
         .join("cache/hub/models--kyutai--moshiko-candle-q8/blobs")
         .join(sha256_hex(&hub.files[0].1));
     assert!(
@@ -473,14 +491,12 @@ fn a_slow_mqtt_handshake_connects_once_without_a_stray_offline() {
     // select: a handshake slower than that was cut after CONNECT, the next attempt took the
     // session over, and the broker published the daemon's own last will (`offline`) right
     // before its `online`; a handshake always slower than the tick never completed.
-    let _g = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path());
-    let notify = Notify::bind(dir.path());
+    let rig = Rig::new();
+    let (dir, broker, notify) = (rig.path(), &rig.broker, &rig.notify);
     let (proxy, accepted) = slow_handshake_proxy(broker.port, Duration::from_millis(700));
     let obs = Observer::connect(broker.port, "obs", &[&topic("availability")]);
-    let (cfg, alsa) = write_config(dir.path(), proxy, "");
-    let d = start_daemon(dir.path(), &cfg, &alsa, &notify);
+    let (cfg, alsa) = write_config(dir, proxy, "");
+    let d = start_daemon(dir, &cfg, &alsa, notify);
     obs.wait(&topic("availability"), Duration::from_secs(15), |m| {
         m.payload == "online"
     })
