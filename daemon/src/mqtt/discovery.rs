@@ -1,128 +1,306 @@
 //! Home Assistant MQTT discovery payloads for the appliance's entities.
+//!
+//! Every config is a typed value: the fields all entities share live in [`EntityConfig`], the
+//! ones a Home Assistant component adds in a [`Component`] variant, flattened into the same
+//! JSON object, so a key is spelled once and an entity cannot miss a common field.
 
 use super::Topics;
-use serde_json::{json, Value};
+use serde::Serialize;
 
-/// (discovery topic, retained JSON config) for every entity.
-pub fn entities(t: &Topics, discovery_prefix: &str, voices: &[String]) -> Vec<(String, Value)> {
-    let id = &t.device_id;
-    let device = json!({
-        "identifiers": [format!("moshid_{id}")],
-        "name": format!("moshid {id}"),
-        "model": "moshid (Moshi full-duplex voice)",
-        "manufacturer": "moshid",
-        "sw_version": env!("CARGO_PKG_VERSION"),
-    });
-    let common = |name: &str, object: &str| {
-        json!({
-            "name": name,
-            "unique_id": format!("moshid_{id}_{object}"),
-            "object_id": format!("moshid_{id}_{object}"),
-            "availability_topic": t.availability,
-            "payload_available": "online",
-            "payload_not_available": "offline",
-            "state_topic": t.state,
-            "device": device,
-        })
-    };
-    let with = |mut base: Value, extra: Value| {
-        if let (Some(b), Some(e)) = (base.as_object_mut(), extra.as_object()) {
-            for (k, v) in e {
-                b.insert(k.clone(), v.clone());
-            }
+/// The Home Assistant device that groups all of the appliance's entities.
+#[derive(Debug, Clone, Serialize)]
+pub struct Device {
+    /// Stable ids Home Assistant matches the device by: `moshid_<device id>`.
+    pub identifiers: Vec<String>,
+    /// Display name: `moshid <device id>`.
+    pub name: String,
+    /// Product description shown on the device page.
+    pub model: &'static str,
+    /// Shown on the device page.
+    pub manufacturer: &'static str,
+    /// The daemon's version, so an upgrade is visible in Home Assistant.
+    pub sw_version: &'static str,
+}
+
+impl Device {
+    /// The device for `device_id`.
+    pub fn new(device_id: &str) -> Self {
+        Device {
+            identifiers: vec![format!("moshid_{device_id}")],
+            name: format!("moshid {device_id}"),
+            model: "moshid (Moshi full-duplex voice)",
+            manufacturer: "moshid",
+            sw_version: env!("CARGO_PKG_VERSION"),
         }
-        base
-    };
-    let topic = |component: &str, object: &str| {
-        format!("{discovery_prefix}/{component}/{id}/{object}/config")
+    }
+}
+
+/// The retained discovery config of one entity.
+#[derive(Debug, Clone, Serialize)]
+pub struct EntityConfig {
+    /// Display name.
+    pub name: &'static str,
+    /// `moshid_<device id>_<object>`: unique across appliances, stable across restarts.
+    pub unique_id: String,
+    /// The same as `unique_id`, so the entity id is predictable too.
+    pub object_id: String,
+    /// Where the daemon publishes `online` / `offline` (last will).
+    pub availability_topic: String,
+    /// The availability payload for online.
+    pub payload_available: &'static str,
+    /// The availability payload for offline.
+    pub payload_not_available: &'static str,
+    /// The retained JSON state every entity reads its value from.
+    pub state_topic: String,
+    /// The device it belongs to.
+    pub device: Device,
+    /// What its Home Assistant component adds.
+    #[serde(flatten)]
+    pub component: Component,
+}
+
+/// The fields a Home Assistant component adds to the common ones.
+///
+/// Untagged: the variant only chooses the fields, it is not itself a key of the JSON.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Component {
+    /// An on/off command with its state.
+    Switch {
+        /// Where `ON` / `OFF` are sent.
+        command_topic: String,
+        /// Jinja template turning the state into `ON` / `OFF`.
+        value_template: &'static str,
+        /// Material Design icon.
+        icon: &'static str,
+    },
+    /// A numeric setting.
+    Number {
+        /// Where the new value is sent.
+        command_topic: String,
+        /// Jinja template reading the value from the state.
+        value_template: &'static str,
+        /// Smallest value.
+        min: u32,
+        /// Largest value.
+        max: u32,
+        /// Slider step.
+        step: u32,
+        /// Unit shown after the value.
+        unit_of_measurement: &'static str,
+        /// Material Design icon.
+        icon: &'static str,
+    },
+    /// A choice among fixed options.
+    Select {
+        /// Where the chosen option is sent.
+        command_topic: String,
+        /// Jinja template reading the current option from the state.
+        value_template: &'static str,
+        /// The options.
+        options: Vec<String>,
+    },
+    /// A stateless action.
+    Button {
+        /// Where a press is sent.
+        command_topic: String,
+        /// The payload of a press.
+        payload_press: &'static str,
+    },
+    /// A read-only value.
+    Sensor {
+        /// Jinja template reading the value from the state.
+        value_template: &'static str,
+        /// Unit shown after the value, if it has one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        unit_of_measurement: Option<&'static str>,
+        /// `measurement` or `total_increasing`, for long-term statistics.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        state_class: Option<&'static str>,
+        /// `diagnostic` keeps it off the main dashboard.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        entity_category: Option<&'static str>,
+        /// Topic whose JSON becomes the entity's attributes.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        json_attributes_topic: Option<String>,
+        /// Material Design icon.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        icon: Option<&'static str>,
+    },
+}
+
+impl Component {
+    /// The component's name in the discovery topic.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Component::Switch { .. } => "switch",
+            Component::Number { .. } => "number",
+            Component::Select { .. } => "select",
+            Component::Button { .. } => "button",
+            Component::Sensor { .. } => "sensor",
+        }
+    }
+}
+
+/// An entity before the common fields are added: (object id, display name, component).
+type Entity = (&'static str, &'static str, Component);
+
+/// (discovery topic, retained config) for every entity.
+pub fn entities(
+    t: &Topics,
+    discovery_prefix: &str,
+    voices: &[String],
+) -> Vec<(String, EntityConfig)> {
+    let id = &t.device_id;
+    let device = Device::new(id);
+    controls(t, voices)
+        .into_iter()
+        .chain(sensors(t))
+        .map(|(object, name, component)| {
+            let topic = format!(
+                "{discovery_prefix}/{}/{id}/{object}/config",
+                component.kind()
+            );
+            let config = EntityConfig {
+                name,
+                unique_id: format!("moshid_{id}_{object}"),
+                object_id: format!("moshid_{id}_{object}"),
+                availability_topic: t.availability.clone(),
+                payload_available: "online",
+                payload_not_available: "offline",
+                state_topic: t.state.clone(),
+                device: device.clone(),
+                component,
+            };
+            (topic, config)
+        })
+        .collect()
+}
+
+/// The entities Home Assistant can command.
+fn controls(t: &Topics, voices: &[String]) -> Vec<Entity> {
+    let switch = |object, value_template, icon| Component::Switch {
+        command_topic: t.command(object),
+        value_template,
+        icon,
     };
     vec![
         (
-            topic("switch", "conversation"),
-            with(
-                common("Conversation", "conversation"),
-                json!({
-                    "command_topic": t.command("conversation"),
-                    "value_template": "{{ 'ON' if value_json.phase == 'conversation' else 'OFF' }}",
-                    "icon": "mdi:account-voice",
-                }),
+            "conversation",
+            "Conversation",
+            switch(
+                "conversation",
+                "{{ 'ON' if value_json.phase == 'conversation' else 'OFF' }}",
+                "mdi:account-voice",
             ),
         ),
         (
-            topic("switch", "mute"),
-            with(
-                common("Mute", "mute"),
-                json!({
-                    "command_topic": t.command("mute"),
-                    "value_template": "{{ 'ON' if value_json.muted else 'OFF' }}",
-                    "icon": "mdi:microphone-off",
-                }),
+            "mute",
+            "Mute",
+            switch(
+                "mute",
+                "{{ 'ON' if value_json.muted else 'OFF' }}",
+                "mdi:microphone-off",
             ),
         ),
         (
-            topic("number", "volume"),
-            with(
-                common("Volume", "volume"),
-                json!({
-                    "command_topic": t.command("volume"),
-                    "value_template": "{{ value_json.volume }}",
-                    "min": 0, "max": 100, "step": 1,
-                    "unit_of_measurement": "%",
-                    "icon": "mdi:volume-high",
-                }),
-            ),
+            "volume",
+            "Volume",
+            Component::Number {
+                command_topic: t.command("volume"),
+                value_template: "{{ value_json.volume }}",
+                min: 0,
+                max: 100,
+                step: 1,
+                unit_of_measurement: "%",
+                icon: "mdi:volume-high",
+            },
         ),
         (
-            topic("select", "voice"),
-            with(
-                common("Voice", "voice"),
-                json!({
-                    "command_topic": t.command("voice"),
-                    "value_template": "{{ value_json.voice }}",
-                    "options": voices,
-                }),
-            ),
+            "voice",
+            "Voice",
+            Component::Select {
+                command_topic: t.command("voice"),
+                value_template: "{{ value_json.voice }}",
+                options: voices.to_vec(),
+            },
         ),
         (
-            topic("button", "reset"),
-            with(
-                common("Reset conversation", "reset"),
-                json!({ "command_topic": t.command("reset"), "payload_press": "PRESS" }),
-            ),
-        ),
-        (
-            topic("sensor", "latency"),
-            with(
-                common("Latency", "latency"),
-                json!({
-                    "value_template": "{{ value_json.latency_ms }}",
-                    "unit_of_measurement": "ms",
-                    "state_class": "measurement",
-                    "entity_category": "diagnostic",
-                }),
-            ),
-        ),
-        (
-            topic("sensor", "state"),
-            with(
-                common("State", "state"),
-                json!({
-                    "value_template": "{{ value_json.phase }}",
-                    "json_attributes_topic": t.state,
-                    "icon": "mdi:state-machine",
-                }),
-            ),
-        ),
-        (
-            topic("sensor", "dropped_frames"),
-            with(
-                common("Dropped frames", "dropped_frames"),
-                json!({
-                    "value_template": "{{ value_json.dropped_frames }}",
-                    "state_class": "total_increasing",
-                    "entity_category": "diagnostic",
-                }),
-            ),
+            "reset",
+            "Reset conversation",
+            Component::Button {
+                command_topic: t.command("reset"),
+                payload_press: "PRESS",
+            },
         ),
     ]
+}
+
+/// The read-only entities.
+fn sensors(t: &Topics) -> Vec<Entity> {
+    vec![
+        (
+            "latency",
+            "Latency",
+            Component::Sensor {
+                value_template: "{{ value_json.latency_ms }}",
+                unit_of_measurement: Some("ms"),
+                state_class: Some("measurement"),
+                entity_category: Some("diagnostic"),
+                json_attributes_topic: None,
+                icon: None,
+            },
+        ),
+        (
+            "state",
+            "State",
+            Component::Sensor {
+                value_template: "{{ value_json.phase }}",
+                unit_of_measurement: None,
+                state_class: None,
+                entity_category: None,
+                json_attributes_topic: Some(t.state.clone()),
+                icon: Some("mdi:state-machine"),
+            },
+        ),
+        (
+            "dropped_frames",
+            "Dropped frames",
+            Component::Sensor {
+                value_template: "{{ value_json.dropped_frames }}",
+                unit_of_measurement: None,
+                state_class: Some("total_increasing"),
+                entity_category: Some("diagnostic"),
+                json_attributes_topic: None,
+                icon: None,
+            },
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    /// What the hand-merged `json!` code published before the configs were typed, captured
+    /// from it for these topics and voices: the typed configs must say exactly the same.
+    const BEFORE: &str = include_str!("testdata/discovery_kitchen.json");
+
+    #[test]
+    fn configs_are_unchanged() {
+        let t = Topics::new("moshid", "kitchen");
+        let voices = vec!["moshiko".to_string(), "moshika".to_string()];
+        let got = serde_json::to_value(entities(&t, "homeassistant", &voices)).unwrap();
+        let mut want: Value = serde_json::from_str(BEFORE).unwrap();
+        // The fixture was captured at 0.1.0; the version is the one field meant to move.
+        for pair in want.as_array_mut().unwrap() {
+            pair[1]["device"]["sw_version"] = env!("CARGO_PKG_VERSION").into();
+        }
+        let (got, want) = (got.as_array().unwrap(), want.as_array().unwrap());
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            assert_eq!(g, w, "config on {} differs", w[0]);
+        }
+    }
 }

@@ -311,7 +311,7 @@ impl Ctx {
     fn publish_discovery(&self, c: &AsyncClient) {
         if let Some(prefix) = &self.discovery {
             for (topic, payload) in discovery::entities(&self.topics, prefix, &self.voices) {
-                self.publish(c, &topic, true, payload.to_string().into_bytes());
+                self.publish(c, &topic, true, json_bytes(&payload));
             }
         }
     }
@@ -626,6 +626,7 @@ mod tests {
             assert!(topics.contains(&want), "{want} missing");
         }
         let voice = &e.iter().find(|(t, _)| t.contains("select")).unwrap().1;
+        let voice = serde_json::to_value(voice).unwrap();
         assert_eq!(voice["options"][1], "moshika");
         assert_eq!(voice["availability_topic"], "moshid/kitchen/availability");
         assert_eq!(voice["command_topic"], "moshid/kitchen/set/voice");
