@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
 use moshid_models::lm::{LmGen, Sampling};
+use serde::Serialize;
 
 use super::infer::{lm_config, load_lm};
 use crate::config::{DeviceSpec, Dtype};
@@ -232,40 +233,115 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     // Before the bandwidth buffers (2 GiB) exist.
     let peak_rss = peak_rss_bytes();
     let (copy_gbps, read_gbps) = if a.bandwidth { bandwidth() } else { (0.0, 0.0) };
-    let mut line = serde_json::json!({
-        "bench": "lm",
-        "lm": a.lm.display().to_string(),
-        "device": a.device.to_string(),
-        "dtype": format!("{dtype:?}").to_lowercase(),
-        "steps": a.steps,
-        "context": context,
-        "full_context": a.full_context,
-        "step_ms_median": step,
-        "step_ms_max": total.iter().cloned().fold(0.0, f64::max),
-        "temporal_ms_median": median(&mut temporal),
-        "depth_ms_median": median(&mut depth),
-        "rtf": step / 80.0,
-        "cpu_ms_per_step": cpu_per_step,
-        "load_average_1m": load_average(),
-        "load_s": load_s,
-        "weights_bytes": weights,
-        "kv_cache_bytes": gen.cache_bytes(),
-        "peak_rss_bytes": peak_rss,
-        "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-    });
-    if a.bandwidth {
-        // What a step must read: every weight once, plus the whole KV cache when the
-        // window is full (the bench's few steps otherwise touch a negligible part of it).
-        let kv_read = if a.full_context { gen.cache_bytes() } else { 0 };
-        let must_read = (weights + kv_read) as f64;
-        let floor = must_read / (read_gbps * 1e9) * 1000.0;
-        line["stream_copy_gbps"] = copy_gbps.into();
-        line["read_gbps"] = read_gbps.into();
-        line["bytes_read_per_step"] = (weights + kv_read).into();
-        line["floor_ms"] = floor.into();
-        line["step_over_floor"] = (step / floor).into();
-        line["floor_ms_stream_copy"] = (must_read / (copy_gbps * 1e9) * 1000.0).into();
-    }
+    // What a step must read: every weight once, plus the whole KV cache when the window is
+    // full (the bench's few steps otherwise touch a negligible part of it).
+    let kv_read = if a.full_context { gen.cache_bytes() } else { 0 };
+    let line = LmReport {
+        bench: "lm",
+        lm: a.lm.display().to_string(),
+        device: a.device.to_string(),
+        dtype: format!("{dtype:?}").to_lowercase(),
+        steps: a.steps,
+        context,
+        full_context: a.full_context,
+        step_ms_median: step,
+        step_ms_max: total.iter().cloned().fold(0.0, f64::max),
+        temporal_ms_median: median(&mut temporal),
+        depth_ms_median: median(&mut depth),
+        rtf: step / 80.0,
+        cpu_ms_per_step: cpu_per_step,
+        load_average_1m: load_average(),
+        load_s,
+        weights_bytes: weights,
+        kv_cache_bytes: gen.cache_bytes(),
+        peak_rss_bytes: peak_rss,
+        threads: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        bandwidth: a
+            .bandwidth
+            .then(|| Bandwidth::new(copy_gbps, read_gbps, weights + kv_read, step)),
+    };
+    let line = serde_json::to_string(&line)?;
     println!("{line}");
     Ok(())
+}
+
+/// The line `bench lm` prints.
+#[derive(Serialize)]
+struct LmReport {
+    /// `lm`: which bench printed the line.
+    bench: &'static str,
+    /// The checkpoint's path.
+    lm: String,
+    /// `cpu`, `cuda` or `cuda:N`.
+    device: String,
+    /// The compute dtype the model was loaded in, lower case.
+    dtype: String,
+    /// Timed steps (warm-up excluded).
+    steps: usize,
+    /// Attention window in steps.
+    context: usize,
+    /// Whether the KV cache was filled to the window before timing (the worst case).
+    full_context: bool,
+    /// Median wall time of a whole step.
+    step_ms_median: f64,
+    /// Slowest step.
+    step_ms_max: f64,
+    /// Median of the temporal transformer's part of a step.
+    temporal_ms_median: f64,
+    /// Median of the depth transformer's part (the codebooks).
+    depth_ms_median: f64,
+    /// Median step over the 80 ms frame: under 1 keeps up with real time.
+    rtf: f64,
+    /// CPU time of the process (all threads) per timed step.
+    cpu_ms_per_step: f64,
+    /// The host's 1-minute load average at the end (None off Linux).
+    load_average_1m: Option<f64>,
+    /// Seconds to load the checkpoint.
+    load_s: f64,
+    /// Bytes of weights the model holds.
+    weights_bytes: u64,
+    /// Bytes of the KV cache for the window.
+    kv_cache_bytes: u64,
+    /// Peak resident memory before the bandwidth buffers exist (None off Linux).
+    peak_rss_bytes: Option<u64>,
+    /// The threads the host offers.
+    threads: usize,
+    /// Only with `--bandwidth`: its fields then sit beside the others.
+    #[serde(flatten)]
+    bandwidth: Option<Bandwidth>,
+}
+
+/// The memory-bandwidth floor of a step, measured by `--bandwidth`.
+#[derive(Serialize)]
+struct Bandwidth {
+    /// STREAM-copy bandwidth in GB/s.
+    stream_copy_gbps: f64,
+    /// Read-only bandwidth in GB/s.
+    read_gbps: f64,
+    /// Weights plus, with a full window, the whole KV cache.
+    bytes_read_per_step: u64,
+    /// The fastest a step could be at `read_gbps`.
+    floor_ms: f64,
+    /// The median step over `floor_ms`: how close to memory-bound the step is.
+    step_over_floor: f64,
+    /// The floor at `stream_copy_gbps` instead.
+    floor_ms_stream_copy: f64,
+}
+
+impl Bandwidth {
+    /// The floor for reading `bytes_read_per_step` against a median step of `step_ms`.
+    fn new(copy_gbps: f64, read_gbps: f64, bytes_read_per_step: u64, step_ms: f64) -> Self {
+        let must_read = bytes_read_per_step as f64;
+        let floor_ms = must_read / (read_gbps * 1e9) * 1000.0;
+        Bandwidth {
+            stream_copy_gbps: copy_gbps,
+            read_gbps,
+            bytes_read_per_step,
+            floor_ms,
+            step_over_floor: step_ms / floor_ms,
+            floor_ms_stream_copy: must_read / (copy_gbps * 1e9) * 1000.0,
+        }
+    }
 }

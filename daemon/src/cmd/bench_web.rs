@@ -7,6 +7,7 @@ use crate::web::ogg::{OggWriter, FLAG_BOS};
 use crate::web::opus;
 use crate::web::stream::{AudioIn, AudioOut};
 use moshid_hal::FRAME_SAMPLES;
+use serde::Serialize;
 
 /// Arguments.
 #[derive(clap::Args, Debug)]
@@ -103,17 +104,35 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     let per_in = t_in / n_in.max(1) as f64;
     let per_out = t_out / n_out.max(1) as f64;
-    println!(
-        "{}",
-        serde_json::json!({
-            "bench": "web",
-            "frames": n_out,
-            "input_us_per_frame": (per_in * 10.0).round() / 10.0,
-            "output_us_per_frame": (per_out * 10.0).round() / 10.0,
-            "total_us_per_frame": ((per_in + per_out) * 10.0).round() / 10.0,
-            "input": "web client: 20 ms Opus packets, 2 per Ogg page -> 80 ms frame",
-            "output": "80 ms frame -> 2 x 40 ms Opus packets, one Ogg page each",
-        })
-    );
+    let round1 = |us: f64| (us * 10.0).round() / 10.0;
+    let line = WebReport {
+        bench: "web",
+        frames: n_out,
+        input_us_per_frame: round1(per_in),
+        output_us_per_frame: round1(per_out),
+        total_us_per_frame: round1(per_in + per_out),
+        input: "web client: 20 ms Opus packets, 2 per Ogg page -> 80 ms frame",
+        output: "80 ms frame -> 2 x 40 ms Opus packets, one Ogg page each",
+    };
+    println!("{}", serde_json::to_string(&line)?);
     Ok(())
+}
+
+/// The line `bench web` prints (times to 0.1 us).
+#[derive(Serialize)]
+struct WebReport {
+    /// `web`: which bench printed the line.
+    bench: &'static str,
+    /// 80 ms frames timed.
+    frames: usize,
+    /// Thread CPU time to read the client's pages and decode its Opus, per frame.
+    input_us_per_frame: f64,
+    /// Thread CPU time to encode the reply and write its pages, per frame.
+    output_us_per_frame: f64,
+    /// Both directions.
+    total_us_per_frame: f64,
+    /// What the input side is.
+    input: &'static str,
+    /// What the output side is.
+    output: &'static str,
 }

@@ -9,6 +9,7 @@ use crate::web::stream::AudioIn;
 use anyhow::Context;
 use futures_util::{SinkExt, StreamExt};
 use moshid_hal::{FRAME_SAMPLES, MODEL_RATE};
+use serde::Serialize;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -75,7 +76,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .build()?;
     let run = rt.block_on(session(&args, &pcm))?;
     write_outputs(&args, &run)?;
-    println!("{}", report(&run, pcm.len()));
+    println!("{}", serde_json::to_string(&report(&run, pcm.len()))?);
     if let Some(e) = run.errors.first() {
         anyhow::bail!("the server said: {e}");
     }
@@ -265,25 +266,61 @@ fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
     Some((sorted[i] * 10.0).round() / 10.0)
 }
 
-fn report(run: &Run, sent_samples: usize) -> serde_json::Value {
+fn report(run: &Run, sent_samples: usize) -> Report<'_> {
     let mut lat = run.latency_ms.clone();
     lat.sort_by(f64::total_cmp);
     let rms = (run.heard.iter().map(|x| x * x).sum::<f32>() / run.heard.len().max(1) as f32).sqrt();
     let round = |v: Option<f64>| v.map(|v| (v * 10.0).round() / 10.0);
-    serde_json::json!({
-        "handshake_ms": round(run.handshake_ms),
-        "first_audio_ms": round(run.first_audio_ms),
-        "audio_s": run.heard.len() as f64 / MODEL_RATE as f64,
-        "sent_s": sent_samples as f64 / MODEL_RATE as f64,
-        "text": run.text.trim(),
-        "latency_ms": {
-            "count": lat.len(),
-            "p50": percentile(&lat, 0.5),
-            "p95": percentile(&lat, 0.95),
-            "max": lat.last().map(|v| (v * 10.0).round() / 10.0),
+    Report {
+        handshake_ms: round(run.handshake_ms),
+        first_audio_ms: round(run.first_audio_ms),
+        audio_s: run.heard.len() as f64 / MODEL_RATE as f64,
+        sent_s: sent_samples as f64 / MODEL_RATE as f64,
+        text: run.text.trim(),
+        latency_ms: Latency {
+            count: lat.len(),
+            p50: percentile(&lat, 0.5),
+            p95: percentile(&lat, 0.95),
+            max: round(lat.last().copied()),
         },
-        "audio_rms_dbfs": ((20.0 * rms.max(1e-9).log10()) as f64 * 10.0).round() / 10.0,
-        "metadata": run.metadata,
-        "errors": run.errors,
-    })
+        audio_rms_dbfs: ((20.0 * rms.max(1e-9).log10()) as f64 * 10.0).round() / 10.0,
+        metadata: run.metadata.as_ref(),
+        errors: &run.errors,
+    }
+}
+
+/// The line `moshid client` prints (times to 0.1 ms).
+#[derive(Serialize)]
+struct Report<'a> {
+    /// From the TCP connect to the server's handshake message (None if none came).
+    handshake_ms: Option<f64>,
+    /// From the TCP connect to the server's first audio message.
+    first_audio_ms: Option<f64>,
+    /// Seconds of audio heard.
+    audio_s: f64,
+    /// Seconds of audio sent.
+    sent_s: f64,
+    /// The text the server sent.
+    text: &'a str,
+    /// Per output frame: its arrival minus the completion of the input frame it answers.
+    latency_ms: Latency,
+    /// Level of what was heard (-180 for silence).
+    audio_rms_dbfs: f64,
+    /// The server's metadata message, passed on as it came.
+    metadata: Option<&'a serde_json::Value>,
+    /// What went wrong, in order.
+    errors: &'a [String],
+}
+
+/// Distribution of the reply latency.
+#[derive(Serialize)]
+struct Latency {
+    /// Output frames measured.
+    count: usize,
+    /// Median.
+    p50: Option<f64>,
+    /// 95th percentile.
+    p95: Option<f64>,
+    /// Worst.
+    max: Option<f64>,
 }

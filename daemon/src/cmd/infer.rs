@@ -7,7 +7,7 @@ use crate::config::{DeviceSpec, Dtype};
 use anyhow::{bail, Context};
 use candle_core::Device;
 use clap::Args as ClapArgs;
-use moshid_models::lm::{estimate_memory, LmConfig, LmGen, LmModel, Sampling};
+use moshid_models::lm::{estimate_memory, LmConfig, LmGen, LmModel, Sampling, AUDIO_CODEBOOKS};
 use moshid_models::mimi::{Mimi, MimiConfig};
 use moshid_models::tokenizer::TextTokenizer;
 
@@ -109,6 +109,17 @@ pub fn load_lm(
 struct CodesFile {
     num_codebooks: usize,
     codes: Vec<Vec<u32>>,
+}
+
+/// A line of `--trace`: the tokens sampled at one step, to compare with the reference's.
+#[derive(serde::Serialize)]
+struct TraceStep {
+    /// The step, from 0.
+    step: usize,
+    /// The text token.
+    text: u32,
+    /// The audio tokens, one per codebook.
+    audio: [u32; AUDIO_CODEBOOKS],
 }
 
 /// Runs `moshid infer`.
@@ -223,11 +234,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let out = gen.step(c).with_context(|| format!("step {t}"))?;
         let (text, audio) = gen.last_sampled();
         if let Some(w) = trace.as_mut() {
-            writeln!(
-                w,
-                "{}",
-                serde_json::json!({"step": t, "text": text, "audio": audio})
-            )?;
+            let line = TraceStep {
+                step: t,
+                text,
+                audio,
+            };
+            writeln!(w, "{}", serde_json::to_string(&line)?)?;
         }
         if let Some(o) = out {
             if let Some(s) = stream.as_mut() {

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
+use serde::Serialize;
 
 /// Arguments of `moshid parity`.
 #[derive(ClapArgs, Debug)]
@@ -27,28 +28,51 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let device = a.device.open()?;
     let kind = moshid_models::device::DeviceKind::of(&device);
     let dtype = kind.lm_dtype(a.dtype.candle())?;
-    let head = |model: &str| {
-        serde_json::json!({
-            "part": "parity",
-            "model": model,
-            "device": a.device.to_string(),
-            "device_kind": format!("{kind:?}"),
-        })
+    let device_kind = format!("{kind:?}");
+    let head = |model| Head {
+        part: "parity",
+        model,
+        device: a.device.to_string(),
+        device_kind: device_kind.clone(),
     };
     if a.model != "lm" {
         let r = moshid_models::parity::mimi(&a.fixtures, &device, dtype)?;
-        println!("{}", merge(head("mimi"), serde_json::to_value(r)?));
+        print(head("mimi"), r)?;
     }
     if a.model != "mimi" {
         let r = moshid_models::parity::lm(&a.fixtures, &device, dtype)?;
-        println!("{}", merge(head("lm"), serde_json::to_value(r)?));
+        print(head("lm"), r)?;
     }
     Ok(())
 }
 
-fn merge(mut a: serde_json::Value, b: serde_json::Value) -> serde_json::Value {
-    if let (Some(a), serde_json::Value::Object(b)) = (a.as_object_mut(), b) {
-        a.extend(b);
-    }
-    a
+/// Prints one model's line: what was compared, then its figures.
+fn print(head: Head, report: impl Serialize) -> serde_json::Result<()> {
+    let line = Line { head, report };
+    println!("{}", serde_json::to_string(&line)?);
+    Ok(())
+}
+
+/// The fields every line of `moshid parity` starts with.
+#[derive(Serialize)]
+struct Head {
+    /// `parity`: which command printed the line.
+    part: &'static str,
+    /// `mimi` or `lm`.
+    model: &'static str,
+    /// The device asked for: `cpu`, `cuda` or `cuda:N`.
+    device: String,
+    /// What the opened device can do, as `Debug` prints it (`Cpu`, `Cuda { major: 8, .. }`).
+    device_kind: String,
+}
+
+/// A line of `moshid parity`: the head, then the model's parity figures beside it.
+#[derive(Serialize)]
+struct Line<R> {
+    /// What was compared.
+    #[serde(flatten)]
+    head: Head,
+    /// The figures (`MimiParity` or `LmParity`).
+    #[serde(flatten)]
+    report: R,
 }
