@@ -64,13 +64,14 @@ impl Window {
     }
 }
 
-/// For the query row `q` (`[H * Dh]`, rotated) at position `qp`: `out` = softmax(q.k / sqrt(Dh))
-/// weighted values per head. `scores` is scratch of at least `context + 1` values.
-pub(crate) fn attend(
+/// For head `h` of the query at position `qp` (`qh`: `[Dh]`, rotated): `out` (`[Dh]`) =
+/// softmax(qh.k / sqrt(Dh)) weighted values. `scores` is scratch of at least `context + 1`.
+pub(crate) fn attend_head(
     ring: &KvRing,
     win: Window,
     qp: usize,
-    q: &[f32],
+    h: usize,
+    qh: &[f32],
     out: &mut [f32],
     scores: &mut [f32],
 ) {
@@ -78,28 +79,24 @@ pub(crate) fn attend(
     let lo = win.first_key(qp);
     let n = qp + 1 - lo;
     let scale = 1.0 / (dh as f32).sqrt();
-    for h in 0..win.heads {
-        let qh = &q[h * dh..(h + 1) * dh];
-        let s = &mut scores[..n];
-        let mut max = f32::NEG_INFINITY;
-        for (j, sj) in s.iter_mut().enumerate() {
-            let o = ((lo + j) % ring.cap) * ring.d + h * dh;
-            *sj = dot(qh, &ring.k[o..o + dh]) * scale;
-            max = max.max(*sj);
-        }
-        let mut sum = 0f32;
-        for sj in s.iter_mut() {
-            *sj = (*sj - max).exp();
-            sum += *sj;
-        }
-        let oh = &mut out[h * dh..(h + 1) * dh];
-        oh.fill(0.0);
-        for (j, &sj) in s.iter().enumerate() {
-            let p = sj / sum;
-            let o = ((lo + j) % ring.cap) * ring.d + h * dh;
-            for (y, &v) in oh.iter_mut().zip(&ring.v[o..o + dh]) {
-                *y += p * v;
-            }
+    let s = &mut scores[..n];
+    let mut max = f32::NEG_INFINITY;
+    for (j, sj) in s.iter_mut().enumerate() {
+        let o = ((lo + j) % ring.cap) * ring.d + h * dh;
+        *sj = dot(qh, &ring.k[o..o + dh]) * scale;
+        max = max.max(*sj);
+    }
+    let mut sum = 0f32;
+    for sj in s.iter_mut() {
+        *sj = (*sj - max).exp();
+        sum += *sj;
+    }
+    out.fill(0.0);
+    for (j, &sj) in s.iter().enumerate() {
+        let p = sj / sum;
+        let o = ((lo + j) % ring.cap) * ring.d + h * dh;
+        for (y, &v) in out.iter_mut().zip(&ring.v[o..o + dh]) {
+            *y += p * v;
         }
     }
 }

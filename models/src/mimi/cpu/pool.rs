@@ -171,3 +171,40 @@ fn worker(s: &'static Shared) {
         }
     }
 }
+
+/// A raw pointer the tasks of one [`par_chunks`] call share; they touch disjoint chunks.
+#[derive(Clone, Copy)]
+struct ChunkPtr(*mut f32);
+// SAFETY: each task derives a slice of its own chunk only; `par_chunks` returns after every
+// task, while the caller's `&mut` borrows are still held.
+unsafe impl Send for ChunkPtr {}
+unsafe impl Sync for ChunkPtr {}
+
+/// Runs `f(i, &mut a[i * ca..][..ca], &mut b[i * cb..][..cb])` for `i` in `0..tasks` across
+/// the workers: per-head attention with its own score scratch, or a long elementwise pass.
+/// Each task's arithmetic is the same as on one thread, so the bits do not depend on the split.
+///
+/// Panics when `a` or `b` is shorter than `tasks` chunks (a programming error).
+pub(crate) fn par_chunks(
+    tasks: usize,
+    (a, ca): (&mut [f32], usize),
+    (b, cb): (&mut [f32], usize),
+    f: &(dyn Fn(usize, &mut [f32], &mut [f32]) + Sync),
+) {
+    assert!(
+        a.len() >= tasks * ca && b.len() >= tasks * cb,
+        "par_chunks: buffers too short"
+    );
+    let (pa, pb) = (ChunkPtr(a.as_mut_ptr()), ChunkPtr(b.as_mut_ptr()));
+    run(tasks, &|i| {
+        let (pa, pb) = (pa, pb);
+        // SAFETY: chunk `i` of each buffer is in bounds (asserted) and only task `i` uses it.
+        let (x, y) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(pa.0.add(i * ca), ca),
+                std::slice::from_raw_parts_mut(pb.0.add(i * cb), cb),
+            )
+        };
+        f(i, x, y);
+    });
+}

@@ -5,11 +5,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::attention::{attend, KvRing, Window};
+use super::attention::{attend_head, KvRing, Window};
 use super::conv::grow;
 use super::gemm::{dense, gemm, Epi};
 use super::isa::Isa;
 use super::packed::PackedMat;
+use super::pool;
 use super::profile::{Kind, Prof};
 use super::{tensor, Load};
 use crate::mimi::config::TransformerConfig;
@@ -135,7 +136,6 @@ impl Transformer {
         for r in &mut self.rings {
             r.reserve(self.win.context, t, self.pos);
         }
-        grow(&mut self.s.scores, self.win.context + 1);
         prof.lap(Kind::Attention, t0);
         let layers = Arc::clone(&self.layers);
         for (li, lw) in layers.iter().enumerate() {
@@ -177,17 +177,15 @@ impl Transformer {
             }
             self.rings[li].push(self.pos + i, &row[d..2 * d], &row[2 * d..]);
         }
-        for i in 0..t {
-            let q = &qkv[i * 3 * d..i * 3 * d + d];
-            attend(
-                &self.rings[li],
-                self.win,
-                self.pos + i,
-                q,
-                &mut att[i * d..(i + 1) * d],
-                &mut s.scores,
-            );
-        }
+        // One task per (query, head), each with its own score scratch: `att` is `[T, H, Dh]`.
+        let (win, pos, ring, qkv) = (self.win, self.pos, &self.rings[li], &*qkv);
+        let (heads, dh, ctx) = (win.heads, win.head_dim, win.context + 1);
+        let scores = grow(&mut s.scores, t * heads * ctx);
+        pool::par_chunks(t * heads, (att, dh), (scores, ctx), &|i, out, sc| {
+            let (qi, h) = (i / heads, i % heads);
+            let q = &qkv[qi * 3 * d + h * dh..][..dh];
+            attend_head(ring, win, pos + qi, h, q, out, sc);
+        });
         t0 = prof.lap(Kind::Attention, t0);
         gemm(
             isa,
@@ -206,9 +204,9 @@ impl Transformer {
         let ff = grow(&mut s.ff, t * f);
         gemm(isa, hx, t, dense(d, d), &lw.linear1, ff, f, Epi::Store);
         t0 = prof.lap(Kind::Linear, t0);
-        for v in ff.iter_mut() {
-            *v = gelu(*v);
-        }
+        pool::par_chunks(t, (ff, f), (&mut [], 0), &|_, row, _| {
+            row.iter_mut().for_each(|v| *v = gelu(*v));
+        });
         t0 = prof.lap(Kind::Norm, t0);
         gemm(
             isa,
