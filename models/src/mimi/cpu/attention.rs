@@ -2,23 +2,32 @@
 //! limited context: a query at position `p` of a frame ending at `e` (frames are
 //! `granularity` steps) sees the keys at positions `max(0, e - context) ..= p`.
 
-/// Keys and values of one layer: position `p` lives in slot `p % cap`.
+/// Keys and values of one layer, head by head (`[H, cap, Dh]`): position `p` of head `h` lives
+/// in slot `p % cap` of that head's block, so a head's attention streams one contiguous block
+/// instead of picking `Dh` values out of every `H * Dh` row.
 #[derive(Debug, Clone)]
 pub(crate) struct KvRing {
     k: Vec<f32>,
     v: Vec<f32>,
     cap: usize,
-    d: usize,
+    heads: usize,
+    dh: usize,
 }
 
 impl KvRing {
-    pub(crate) fn new(d: usize) -> KvRing {
+    pub(crate) fn new(heads: usize, dh: usize) -> KvRing {
         KvRing {
             k: Vec::new(),
             v: Vec::new(),
             cap: 0,
-            d,
+            heads,
+            dh,
         }
+    }
+
+    /// Offset of position `p` of head `h`.
+    fn at(&self, h: usize, p: usize) -> usize {
+        (h * self.cap + p % self.cap) * self.dh
     }
 
     /// Makes room for `context + t` positions, keeping the last `context` before `pos`
@@ -28,22 +37,31 @@ impl KvRing {
         if self.cap >= need {
             return;
         }
-        let d = self.d;
-        let mut k = vec![0f32; need * d];
-        let mut v = vec![0f32; need * d];
-        for p in pos.saturating_sub(context)..pos {
-            let (src, dst) = ((p % self.cap) * d, (p % need) * d);
-            k[dst..dst + d].copy_from_slice(&self.k[src..src + d]);
-            v[dst..dst + d].copy_from_slice(&self.v[src..src + d]);
+        let mut grown = KvRing {
+            k: vec![0f32; self.heads * need * self.dh],
+            v: vec![0f32; self.heads * need * self.dh],
+            cap: need,
+            ..*self
+        };
+        let dh = self.dh;
+        for h in 0..self.heads {
+            for p in pos.saturating_sub(context)..pos {
+                let (src, dst) = (self.at(h, p), grown.at(h, p));
+                grown.k[dst..dst + dh].copy_from_slice(&self.k[src..src + dh]);
+                grown.v[dst..dst + dh].copy_from_slice(&self.v[src..src + dh]);
+            }
         }
-        (self.k, self.v, self.cap) = (k, v, need);
+        *self = grown;
     }
 
-    /// Stores the key and value rows of position `p`.
+    /// Stores the key and value rows (`[H * Dh]`) of position `p`.
     pub(crate) fn push(&mut self, p: usize, k: &[f32], v: &[f32]) {
-        let o = (p % self.cap) * self.d;
-        self.k[o..o + self.d].copy_from_slice(k);
-        self.v[o..o + self.d].copy_from_slice(v);
+        let dh = self.dh;
+        for h in 0..self.heads {
+            let o = self.at(h, p);
+            self.k[o..o + dh].copy_from_slice(&k[h * dh..(h + 1) * dh]);
+            self.v[o..o + dh].copy_from_slice(&v[h * dh..(h + 1) * dh]);
+        }
     }
 }
 
@@ -64,39 +82,63 @@ impl Window {
     }
 }
 
-/// For head `h` of the query at position `qp` (`qh`: `[Dh]`, rotated): `out` (`[Dh]`) =
-/// softmax(qh.k / sqrt(Dh)) weighted values. `scores` is scratch of at least `context + 1`.
+/// Head `h` of the `t = out.len() / Dh` consecutive queries at `qp0..qp0 + t` (row `i` of
+/// `q`, `q_stride` apart, holds query `qp0 + i`): `out` (`[t, Dh]`) = softmax(q.k / sqrt(Dh))
+/// weighted values, each query over its own window. Every key and value row is read once for
+/// all the queries (a frame's steps share most of their window), not once per query.
+/// `scores` is scratch of at least `t * (context + t)` values.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn attend_head(
     ring: &KvRing,
     win: Window,
-    qp: usize,
+    qp0: usize,
     h: usize,
-    qh: &[f32],
+    q: &[f32],
+    q_stride: usize,
     out: &mut [f32],
     scores: &mut [f32],
 ) {
     let dh = win.head_dim;
-    let lo = win.first_key(qp);
-    let n = qp + 1 - lo;
+    let t = out.len() / dh;
+    let lo = win.first_key(qp0);
+    let span = qp0 + t - lo;
+    // Query i sees keys lo + a..lo + b of the span.
+    let range = |i: usize| (win.first_key(qp0 + i) - lo, qp0 + i + 1 - lo);
     let scale = 1.0 / (dh as f32).sqrt();
-    let s = &mut scores[..n];
-    let mut max = f32::NEG_INFINITY;
-    for (j, sj) in s.iter_mut().enumerate() {
-        let o = ((lo + j) % ring.cap) * ring.d + h * dh;
-        *sj = dot(qh, &ring.k[o..o + dh]) * scale;
-        max = max.max(*sj);
+    let s = &mut scores[..t * span];
+    for j in 0..span {
+        let o = ring.at(h, lo + j);
+        let k = &ring.k[o..o + dh];
+        for i in 0..t {
+            let (a, b) = range(i);
+            if (a..b).contains(&j) {
+                s[i * span + j] = dot(&q[i * q_stride..][..dh], k) * scale;
+            }
+        }
     }
-    let mut sum = 0f32;
-    for sj in s.iter_mut() {
-        *sj = (*sj - max).exp();
-        sum += *sj;
+    for i in 0..t {
+        let (a, b) = range(i);
+        let si = &mut s[i * span + a..i * span + b];
+        let max = si.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let mut sum = 0f32;
+        for v in si.iter_mut() {
+            *v = (*v - max).exp();
+            sum += *v;
+        }
+        si.iter_mut().for_each(|v| *v /= sum);
     }
     out.fill(0.0);
-    for (j, &sj) in s.iter().enumerate() {
-        let p = sj / sum;
-        let o = ((lo + j) % ring.cap) * ring.d + h * dh;
-        for (y, &v) in out.iter_mut().zip(&ring.v[o..o + dh]) {
-            *y += p * v;
+    for j in 0..span {
+        let o = ring.at(h, lo + j);
+        let v = &ring.v[o..o + dh];
+        for (i, oi) in out.chunks_exact_mut(dh).enumerate() {
+            let (a, b) = range(i);
+            if (a..b).contains(&j) {
+                let p = s[i * span + j];
+                for (y, &x) in oi.iter_mut().zip(v) {
+                    *y += p * x;
+                }
+            }
         }
     }
 }

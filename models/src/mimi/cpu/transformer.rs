@@ -36,6 +36,8 @@ struct Scratch {
     hx: Vec<f32>,
     qkv: Vec<f32>,
     att: Vec<f32>,
+    /// Attention output per head, `[H, T, Dh]`.
+    hout: Vec<f32>,
     ff: Vec<f32>,
     scores: Vec<f32>,
     cos: Vec<f32>,
@@ -89,7 +91,7 @@ impl Transformer {
         let step = (-(cfg.max_period.ln()) * 2.0 / head_dim as f64) as f32;
         Ok(Transformer {
             layers: Arc::new(layers),
-            rings: (0..cfg.num_layers).map(|_| KvRing::new(d)).collect(),
+            rings: (0..cfg.num_layers).map(|_| KvRing::new(cfg.num_heads, head_dim)).collect(),
             win: Window {
                 heads: cfg.num_heads,
                 head_dim,
@@ -177,15 +179,21 @@ impl Transformer {
             }
             self.rings[li].push(self.pos + i, &row[d..2 * d], &row[2 * d..]);
         }
-        // One task per (query, head), each with its own score scratch: `att` is `[T, H, Dh]`.
+        // One task per head over all the queries, with its own scratch: `hout` is
+        // `[H, T, Dh]`, gathered into `att` (`[T, H * Dh]`) after.
         let (win, pos, ring, qkv) = (self.win, self.pos, &self.rings[li], &*qkv);
-        let (heads, dh, ctx) = (win.heads, win.head_dim, win.context + 1);
-        let scores = grow(&mut s.scores, t * heads * ctx);
-        pool::par_chunks(t * heads, (att, dh), (scores, ctx), &|i, out, sc| {
-            let (qi, h) = (i / heads, i % heads);
-            let q = &qkv[qi * 3 * d + h * dh..][..dh];
-            attend_head(ring, win, pos + qi, h, q, out, sc);
+        let (heads, dh) = (win.heads, win.head_dim);
+        let per_head = t * (win.context + t);
+        let hout = grow(&mut s.hout, t * d);
+        let scores = grow(&mut s.scores, heads * per_head);
+        pool::par_chunks(heads, (hout, t * dh), (scores, per_head), &|h, out, sc| {
+            attend_head(ring, win, pos, h, &qkv[h * dh..], 3 * d, out, sc);
         });
+        for (h, ho) in hout.chunks_exact(t * dh).enumerate() {
+            for (i, src) in ho.chunks_exact(dh).enumerate() {
+                att[i * d + h * dh..][..dh].copy_from_slice(src);
+            }
+        }
         t0 = prof.lap(Kind::Attention, t0);
         gemm(
             isa,
