@@ -202,6 +202,8 @@ fn bench_prints_one_json_line() {
         assert!(e > 0.0 && d > 0.0);
         assert!((rtf - (e + d) / 80.0).abs() < 0.01, "{v}");
         assert_eq!(v["frames"], 5);
+        // The fixture's 16-step attention window at 2 steps per frame: 8 untimed frames.
+        assert_eq!(v["warmup_frames"], 8, "{v}");
         assert_eq!(v["kernels"] == "candle", engine == "candle", "{v}");
         // Linux always has the figure (0 when THP is off); it cannot exceed the process.
         let huge = v["huge_page_mb"].as_f64().unwrap();

@@ -34,9 +34,14 @@ pub struct MimiBenchArgs {
     /// Audio to stream (any WAV; looped if shorter). Default: a synthetic voice-like signal.
     #[arg(long, value_name = "IN.wav")]
     wav: Option<PathBuf>,
-    /// Timed frames (80 ms each), after 3 warm-up frames.
+    /// Timed frames (80 ms each), after the warm-up.
     #[arg(long, default_value_t = 50, value_parser = super::count)]
     frames: usize,
+    /// Untimed frames first. Default: until the attention windows are full (125 frames for the
+    /// released Mimi), so the figures are those of a long conversation, not of its first
+    /// seconds, when attention reads fewer past steps.
+    #[arg(long, value_name = "FRAMES")]
+    warmup: Option<usize>,
     /// Codebooks per frame.
     #[arg(long, default_value_t = 8)]
     num_codebooks: usize,
@@ -57,8 +62,8 @@ fn bench_mimi(a: MimiBenchArgs) -> anyhow::Result<()> {
     }
     let mut mimi = a.mimi.load(a.num_codebooks)?;
     let fs = mimi.frame_samples();
-    const WARMUP: usize = 3;
-    let total = a.frames + WARMUP;
+    let warmup = a.warmup.unwrap_or_else(|| mimi.context_frames());
+    let total = a.frames + warmup;
     let source = match &a.wav {
         Some(p) => moshid_hal::wav::read_mono_24k(p)?,
         None => synthetic(total * fs),
@@ -73,12 +78,12 @@ fn bench_mimi(a: MimiBenchArgs) -> anyhow::Result<()> {
     let mut codes = vec![vec![0u32; k]; total];
     let mut enc = Timings::default();
     for (i, (frame, c)) in pcm.chunks(fs).zip(codes.iter_mut()).enumerate() {
-        enc.frame(&mut mimi, i >= WARMUP, |m| m.encode_step(frame, c))?;
+        enc.frame(&mut mimi, i >= warmup, |m| m.encode_step(frame, c))?;
     }
     let mut out = vec![0f32; fs];
     let mut dec = Timings::default();
     for (i, c) in codes.iter().enumerate() {
-        dec.frame(&mut mimi, i >= WARMUP, |m| m.decode_step(c, &mut out))?;
+        dec.frame(&mut mimi, i >= warmup, |m| m.decode_step(c, &mut out))?;
     }
     let frame_ms = fs as f64 * 1e3 / moshid_models::mimi::SAMPLE_RATE as f64;
     let (em, dm) = (median(&mut enc.wall), median(&mut dec.wall));
@@ -105,6 +110,7 @@ fn bench_mimi(a: MimiBenchArgs) -> anyhow::Result<()> {
         weight_bytes: mimi.weight_bytes(),
         huge_page_mb: huge_page_mb(),
         frames: a.frames,
+        warmup_frames: warmup,
         num_codebooks: k,
         encode_ms_median: round3(em),
         decode_ms_median: round3(dm),
@@ -136,6 +142,8 @@ struct MimiReport {
     /// granted them (the weights stream faster), 0 when THP is off.
     huge_page_mb: Option<f64>,
     frames: usize,
+    /// Untimed frames before them.
+    warmup_frames: usize,
     num_codebooks: usize,
     encode_ms_median: f64,
     decode_ms_median: f64,

@@ -153,6 +153,7 @@ pub struct Mimi {
     num_codebooks: usize,
     cardinality: usize,
     frame_samples: usize,
+    context_frames: usize,
     dtype: WeightDtype,
 }
 
@@ -243,6 +244,7 @@ impl Mimi {
             num_codebooks,
             cardinality: cfg.quantizer.bins,
             frame_samples: cfg.frame_size(),
+            context_frames: cfg.transformer.context.div_ceil(cfg.downsample_stride()),
             dtype: storage,
         })
     }
@@ -255,6 +257,12 @@ impl Mimi {
     /// Entries per codebook (codes are `0..cardinality`).
     pub fn cardinality(&self) -> usize {
         self.cardinality
+    }
+
+    /// Frames after which the transformers' attention windows are full and a frame costs what
+    /// it will cost from then on (125, 10 s, for the released Mimi).
+    pub fn context_frames(&self) -> usize {
+        self.context_frames
     }
 
     /// Audio samples per frame (1920 for the released Mimi).

@@ -180,6 +180,9 @@ struct ChunkPtr(*mut f32);
 unsafe impl Send for ChunkPtr {}
 unsafe impl Sync for ChunkPtr {}
 
+/// The body of a [`par_chunks`] task: its index and its chunks of the two buffers.
+pub(crate) type ChunkTask<'a> = dyn Fn(usize, &mut [f32], &mut [f32]) + Sync + 'a;
+
 /// Runs `f(i, &mut a[i * ca..][..ca], &mut b[i * cb..][..cb])` for `i` in `0..tasks` across
 /// the workers: per-head attention with its own score scratch, or a long elementwise pass.
 /// Each task's arithmetic is the same as on one thread, so the bits do not depend on the split.
@@ -189,7 +192,7 @@ pub(crate) fn par_chunks(
     tasks: usize,
     (a, ca): (&mut [f32], usize),
     (b, cb): (&mut [f32], usize),
-    f: &(dyn Fn(usize, &mut [f32], &mut [f32]) + Sync),
+    f: &ChunkTask,
 ) {
     assert!(
         a.len() >= tasks * ca && b.len() >= tasks * cb,

@@ -91,7 +91,9 @@ impl Transformer {
         let step = (-(cfg.max_period.ln()) * 2.0 / head_dim as f64) as f32;
         Ok(Transformer {
             layers: Arc::new(layers),
-            rings: (0..cfg.num_layers).map(|_| KvRing::new(cfg.num_heads, head_dim)).collect(),
+            rings: (0..cfg.num_layers)
+                .map(|_| KvRing::new(cfg.num_heads, head_dim))
+                .collect(),
             win: Window {
                 heads: cfg.num_heads,
                 head_dim,
