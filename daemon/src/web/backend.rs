@@ -4,6 +4,8 @@
 //! against the appliance's supervisor.
 
 use super::params::SessionSampling;
+use crate::control::StateSnapshot;
+use serde::Serialize;
 use std::net::SocketAddr;
 
 /// Facts for the metadata message.
@@ -34,6 +36,51 @@ pub enum Control {
     Voice(String),
 }
 
+/// The device's state as the page reads it (`/api/state`), one JSON object either way.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum DeviceState {
+    /// The appliance: the supervisor's state (what MQTT publishes) and the voices it offers.
+    Appliance {
+        /// The state MQTT publishes.
+        #[serde(flatten)]
+        snapshot: StateSnapshot,
+        /// Voices the page may switch to.
+        voices: Vec<String>,
+        /// Mean model step, ms (one decimal).
+        step_ms: f64,
+    },
+    /// The offline demo's model, serving the page alone.
+    Demo(DemoState),
+}
+
+/// The offline demo's state (the appliance's field names, for the same page).
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoState {
+    /// `conversation` while a web client talks, else `idle`.
+    pub phase: &'static str,
+    /// `web` during a conversation, else null.
+    pub endpoint: Option<&'static str>,
+    /// The web client's address during a conversation, else null.
+    pub client: Option<String>,
+    /// The one voice served.
+    pub voice: String,
+    /// Microphone mute.
+    pub muted: bool,
+    /// Output volume 0-100.
+    pub volume: u8,
+    /// Last model step, ms (one decimal).
+    pub step_ms: f64,
+    /// Step time over the 80 ms frame (three decimals).
+    pub rtf: f64,
+    /// Model steps since start.
+    pub steps: u64,
+    /// Input frames the web path dropped (the model was behind).
+    pub web_dropped_input: u64,
+    /// Output frames a slow client could not take.
+    pub web_dropped_output: u64,
+}
+
 /// The device, as the web endpoint sees it.
 pub trait Backend: Send + Sync + 'static {
     /// What the metadata reports.
@@ -41,8 +88,8 @@ pub trait Backend: Send + Sync + 'static {
     /// Takes the conversation for a web session from `peer` (the caller guarantees one
     /// session at a time). Dropping the [`Talk`] gives it back to the room.
     fn open(&self, peer: SocketAddr, sampling: SessionSampling) -> Result<Box<dyn Talk>, String>;
-    /// The device's state for the page (a JSON object).
-    fn state(&self) -> serde_json::Value;
+    /// The device's state for the page.
+    fn state(&self) -> DeviceState;
     /// Applies a control.
     fn control(&self, c: Control) -> Result<(), String>;
     /// Counts frames the web path dropped (oldest input when the model is behind, output a

@@ -1,7 +1,7 @@
 //! A [`Backend`] that owns a model outright: what `moshid demo --web` serves (no room, no
 //! MQTT), and what the server's tests run against.
 
-use super::backend::{Backend, Control, ModelInfo, Talk};
+use super::backend::{Backend, Control, DemoState, DeviceState, ModelInfo, Talk};
 use super::params::SessionSampling;
 use crate::engine::{Engine, SamplingOverride};
 use std::net::SocketAddr;
@@ -82,22 +82,26 @@ impl Backend for LocalBackend {
         }))
     }
 
-    fn state(&self) -> serde_json::Value {
+    fn state(&self) -> DeviceState {
         let i = &self.inner;
         let client = i.client.lock().ok().and_then(|c| *c);
         let step_ms = f32::from_bits(i.step_ms.load(Ordering::Relaxed)) as f64;
-        serde_json::json!({
-            "phase": if client.is_some() { "conversation" } else { "idle" },
-            "endpoint": client.map(|_| "web"),
-            "client": client.map(|c| c.to_string()),
-            "voice": self.voice,
-            "muted": i.muted.load(Ordering::Relaxed),
-            "volume": i.volume.load(Ordering::Relaxed),
-            "step_ms": (step_ms * 10.0).round() / 10.0,
-            "rtf": (step_ms / 80.0 * 1000.0).round() / 1000.0,
-            "steps": i.steps.load(Ordering::Relaxed),
-            "web_dropped_input": i.dropped_input.load(Ordering::Relaxed),
-            "web_dropped_output": i.dropped_output.load(Ordering::Relaxed),
+        DeviceState::Demo(DemoState {
+            phase: if client.is_some() {
+                "conversation"
+            } else {
+                "idle"
+            },
+            endpoint: client.map(|_| "web"),
+            client: client.map(|c| c.to_string()),
+            voice: self.voice.clone(),
+            muted: i.muted.load(Ordering::Relaxed),
+            volume: i.volume.load(Ordering::Relaxed),
+            step_ms: (step_ms * 10.0).round() / 10.0,
+            rtf: (step_ms / 80.0 * 1000.0).round() / 1000.0,
+            steps: i.steps.load(Ordering::Relaxed),
+            web_dropped_input: i.dropped_input.load(Ordering::Relaxed),
+            web_dropped_output: i.dropped_output.load(Ordering::Relaxed),
         })
     }
 

@@ -5,7 +5,7 @@
 //! voice are the supervisor's commands; the text comes back from the pipeline's transcript
 //! events.
 
-use super::backend::{Backend, Control, ModelInfo, Talk};
+use super::backend::{Backend, Control, DeviceState, ModelInfo, Talk};
 use super::local::sampling_override;
 use super::params::SessionSampling;
 use crate::control::{Command, Phase, Shared};
@@ -146,14 +146,13 @@ impl Backend for SupervisorBackend {
         }))
     }
 
-    fn state(&self) -> serde_json::Value {
-        let mut v = serde_json::to_value(self.shared.snapshot()).unwrap_or_default();
-        if let Some(o) = v.as_object_mut() {
-            o.insert("voices".into(), self.voices.clone().into());
-            let step_ms = self.shared.step_stats.figures().mean_ms;
-            o.insert("step_ms".into(), ((step_ms * 10.0).round() / 10.0).into());
+    fn state(&self) -> DeviceState {
+        let step_ms = self.shared.step_stats.figures().mean_ms;
+        DeviceState::Appliance {
+            snapshot: self.shared.snapshot(),
+            voices: self.voices.clone(),
+            step_ms: (step_ms * 10.0).round() / 10.0,
         }
-        v
     }
 
     fn control(&self, c: Control) -> Result<(), String> {

@@ -4,7 +4,7 @@
 //! page's device panel).
 
 use super::auth::{self, Net};
-use super::backend::{Backend, Control};
+use super::backend::{Backend, Control, DeviceState};
 use super::config::{Busy, WebConfig};
 use super::params::{self, SessionSampling};
 use super::protocol::{self, BuildInfo, Metadata};
@@ -16,6 +16,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{header, Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -283,19 +284,31 @@ fn page(
     r
 }
 
+/// `/api/state`: the device's state and the endpoint's own counters.
+#[derive(Serialize)]
+struct PageState {
+    #[serde(flatten)]
+    device: DeviceState,
+    /// Clients waiting for the conversation.
+    web_waiting: usize,
+    /// Open WebSocket connections.
+    web_connections: usize,
+}
+
 fn state(ctx: &Ctx) -> Response<Body> {
-    let mut s = ctx.backend.state();
-    if let Some(o) = s.as_object_mut() {
-        o.insert(
-            "web_waiting".into(),
-            ctx.waiting.load(Ordering::Relaxed).into(),
-        );
-        o.insert(
-            "web_connections".into(),
-            ctx.connections.load(Ordering::Relaxed).into(),
-        );
+    let s = PageState {
+        device: ctx.backend.state(),
+        web_waiting: ctx.waiting.load(Ordering::Relaxed),
+        web_connections: ctx.connections.load(Ordering::Relaxed),
+    };
+    match serde_json::to_string(&s) {
+        Ok(body) => respond(StatusCode::OK, "application/json", body),
+        Err(e) => respond(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("state: {e}"),
+        ),
     }
-    respond(StatusCode::OK, "application/json", s.to_string())
 }
 
 fn control(ctx: &Ctx, pairs: &[(String, String)]) -> Response<Body> {
@@ -458,5 +471,41 @@ fn metadata(ctx: &Ctx, s: &SessionSampling) -> Metadata {
         mimi_model_file: m.mimi_file,
         instance_name: format!("moshid {} on {host}", env!("CARGO_PKG_VERSION")),
         build_info: BuildInfo::current(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::web::backend::DemoState;
+
+    /// The demo's `/api/state` keeps the keys (and the nulls while idle) the page reads.
+    #[test]
+    fn the_demo_page_state_is_one_flat_object_with_the_page_keys() {
+        let s = PageState {
+            device: DeviceState::Demo(DemoState {
+                phase: "idle",
+                endpoint: None,
+                client: None,
+                voice: "moshiko".into(),
+                muted: false,
+                volume: 70,
+                step_ms: 12.3,
+                rtf: 0.154,
+                steps: 9,
+                web_dropped_input: 1,
+                web_dropped_output: 2,
+            }),
+            web_waiting: 3,
+            web_connections: 4,
+        };
+        let v = serde_json::to_value(&s).unwrap();
+        let want = serde_json::json!({
+            "phase": "idle", "endpoint": null, "client": null, "voice": "moshiko",
+            "muted": false, "volume": 70, "step_ms": 12.3, "rtf": 0.154, "steps": 9,
+            "web_dropped_input": 1, "web_dropped_output": 2,
+            "web_waiting": 3, "web_connections": 4,
+        });
+        assert_eq!(v, want);
     }
 }
