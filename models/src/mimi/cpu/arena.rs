@@ -101,7 +101,9 @@ impl Drop for Chunk {
     }
 }
 
-/// The chunk small buffers are carved from, and how many of its bytes are taken.
+/// The chunk small buffers are carved from, and how many of its bytes are taken. It outlives
+/// the buffers in it (at most one chunk, 32 MiB, stays mapped after every Mimi is dropped) and
+/// its free tail serves the next load.
 static OPEN: Mutex<Option<(Arc<Chunk>, usize)>> = Mutex::new(None);
 
 /// Element types a buffer may hold: plain numbers for which all-zero bits are a valid zero.
