@@ -10,6 +10,7 @@ use serde::Serialize;
 use moshid_models::mimi::{Kind, Mimi, Part};
 
 use super::codec::MimiArgs;
+use super::procstat::{cpu_ms, huge_page_bytes, load_average};
 
 const PARTS: usize = Part::ALL.len();
 const KINDS: usize = Kind::ALL.len();
@@ -72,7 +73,7 @@ fn bench_mimi(a: MimiBenchArgs) -> anyhow::Result<()> {
         anyhow::bail!("the WAV file has no samples");
     }
     let pcm: Vec<f32> = source.iter().copied().cycle().take(total * fs).collect();
-    let load_before = loadavg();
+    let load_before = load_average();
 
     let k = mimi.num_codebooks();
     let mut codes = vec![vec![0u32; k]; total];
@@ -108,7 +109,7 @@ fn bench_mimi(a: MimiBenchArgs) -> anyhow::Result<()> {
         kernels: mimi.kernels(),
         mimi_dtype: mimi.weight_dtype().name(),
         weight_bytes: mimi.weight_bytes(),
-        huge_page_mb: huge_page_mb(),
+        huge_page_mb: huge_page_bytes().map(|b| round3(b as f64 / 1e6)),
         frames: a.frames,
         warmup_frames: warmup,
         num_codebooks: k,
@@ -120,7 +121,7 @@ fn bench_mimi(a: MimiBenchArgs) -> anyhow::Result<()> {
         rtf: round3((em + dm) / frame_ms),
         parts_ms_median: parts,
         kinds_ms_mean: kinds,
-        loadavg_1m: [load_before, loadavg()],
+        loadavg_1m: [load_before, load_average()],
     };
     let line = serde_json::to_string(&line)?;
     println!("{line}");
@@ -153,20 +154,7 @@ struct MimiReport {
     rtf: f64,
     parts_ms_median: BTreeMap<&'static str, f64>,
     kinds_ms_mean: BTreeMap<&'static str, Option<f64>>,
-    loadavg_1m: [f64; 2],
-}
-
-/// `AnonHugePages` of this process, in MB (None off Linux or without the file).
-fn huge_page_mb() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/smaps_rollup").ok()?;
-    let kb: f64 = s
-        .lines()
-        .find_map(|l| l.strip_prefix("AnonHugePages:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    Some(round3(kb * 1024.0 / 1e6))
+    loadavg_1m: [Option<f64>; 2],
 }
 
 /// Per-frame wall times, the profile's split of each frame, and process CPU time.
@@ -206,25 +194,6 @@ impl Timings {
         }
         Ok(())
     }
-}
-
-/// User + system CPU time of the whole process (all threads), in ms.
-fn cpu_ms() -> f64 {
-    // SAFETY: getrusage writes only into the struct we pass.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
-        return 0.0;
-    }
-    let tv = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
-    tv(u.ru_utime) + tv(u.ru_stime)
-}
-
-/// The 1-minute load average (other work on the machine skews the figures).
-fn loadavg() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(f64::NAN)
 }
 
 /// A deterministic voice-like test signal: a gliding harmonic tone with a syllable envelope.

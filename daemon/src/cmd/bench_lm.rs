@@ -7,6 +7,7 @@ use moshid_models::lm::{LmGen, Sampling};
 use serde::Serialize;
 
 use super::infer::{lm_config, load_lm};
+use super::procstat::{cpu_ms, load_average, peak_rss_bytes};
 use crate::config::{DeviceSpec, Dtype};
 
 /// Arguments of `moshid bench lm`.
@@ -159,33 +160,6 @@ fn median(v: &mut [f64]) -> f64 {
     } else {
         v[v.len() / 2]
     }
-}
-
-/// CPU time (user + system) this process has used, in ms: on a shared machine the wall time
-/// of a step depends on the other load, its CPU time much less.
-fn cpu_ms() -> f64 {
-    // SAFETY: getrusage only writes into the zeroed struct we pass.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
-        return 0.0;
-    }
-    let tv = |t: libc::timeval| t.tv_sec as f64 * 1000.0 + t.tv_usec as f64 / 1000.0;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
-fn load_average() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-fn peak_rss_bytes() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let l = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    Some(l.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
 }
 
 /// Runs `moshid bench lm`.

@@ -50,78 +50,64 @@ const G: usize = 8;
 #[repr(C, align(32))]
 struct Line([u8; 32]);
 
-/// Weight storage: 32-byte lines in memory the kernel asks the OS to back with transparent
-/// huge pages. A 7B step streams ~8 GB; with 4 KiB pages that is two million TLB misses per
-/// step, and the hardware prefetchers stop at every 4 KiB boundary.
-struct Lines {
-    ptr: std::ptr::NonNull<Line>,
-    len: usize,
+/// Weight storage: 32-byte lines, on freshly mapped memory advised as transparent huge pages
+/// when at least one huge page long. A 7B step streams ~8 GB; with 4 KiB pages that is two
+/// million TLB misses per step, and the hardware prefetchers stop at every 4 KiB boundary.
+enum Lines {
+    /// `len` lines at the start of the mapping.
+    Huge(super::cpu::HugeMap, usize),
+    /// Shorter than a huge page.
+    Small(Vec<Line>),
 }
 
-// SAFETY: Lines owns its allocation exclusively, like a Vec<Line>.
-unsafe impl Send for Lines {}
-// SAFETY: shared access is read-only.
-unsafe impl Sync for Lines {}
-
 impl Lines {
-    fn layout(len: usize) -> std::alloc::Layout {
-        let bytes = (len * 32).max(32);
-        let align = if bytes >= super::cpu::HUGE {
-            super::cpu::HUGE
-        } else {
-            32
-        };
-        // Cannot fail: align is a power of two and bytes is far below isize::MAX.
-        std::alloc::Layout::from_size_align(bytes, align).expect("layout")
-    }
-
     /// `len` zeroed lines.
     fn zeroed(len: usize) -> Self {
-        let layout = Self::layout(len);
-        // SAFETY: layout has a non-zero size.
-        let raw = unsafe { std::alloc::alloc(layout) };
-        let Some(ptr) = std::ptr::NonNull::new(raw as *mut Line) else {
-            std::alloc::handle_alloc_error(layout);
-        };
-        // Before the first touch, so that faults map huge pages.
-        super::cpu::advise(raw, layout.size());
-        // SAFETY: the allocation holds layout.size() >= len * 32 bytes.
-        unsafe { std::ptr::write_bytes(raw, 0, layout.size()) };
-        Self { ptr, len }
+        if len * 32 >= super::cpu::HUGE {
+            Lines::Huge(super::cpu::HugeMap::new(len * 32), len)
+        } else {
+            Lines::Small(vec![Line([0; 32]); len])
+        }
     }
 
     fn as_slice(&self) -> &[Line] {
-        // SAFETY: ptr holds len initialised lines for the lifetime of self.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+        match self {
+            // SAFETY: the mapping holds at least len lines (zeroed or written), huge-page
+            // aligned, for the lifetime of self.
+            Lines::Huge(m, len) => unsafe {
+                std::slice::from_raw_parts(m.as_ptr() as *const Line, *len)
+            },
+            Lines::Small(v) => v,
+        }
     }
 
     fn as_bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as above, exclusively borrowed; Line is 32 plain bytes.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr() as *mut u8, self.len * 32) }
-    }
-}
-
-impl Drop for Lines {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `zeroed` with this same layout.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr() as *mut u8, Self::layout(self.len)) };
+        match self {
+            // SAFETY: as above, exclusively borrowed; Line is 32 plain bytes.
+            Lines::Huge(m, len) => unsafe { std::slice::from_raw_parts_mut(m.as_ptr(), *len * 32) },
+            // SAFETY: Line is 32 plain bytes, contiguous in the Vec.
+            Lines::Small(v) => unsafe {
+                std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, v.len() * 32)
+            },
+        }
     }
 }
 
 impl Clone for Lines {
     fn clone(&self) -> Self {
-        let mut c = Self::zeroed(self.len);
-        // SAFETY: Line is plain bytes; both hold len lines.
-        let src =
-            unsafe { std::slice::from_raw_parts(self.ptr.as_ptr() as *const u8, self.len * 32) };
-        c.as_bytes_mut().copy_from_slice(src);
+        let src = self.as_slice();
+        let mut c = Self::zeroed(src.len());
+        // SAFETY: Line is plain bytes.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(src.as_ptr() as *const u8, src.len() * 32) };
+        c.as_bytes_mut().copy_from_slice(bytes);
         c
     }
 }
 
 impl std::fmt::Debug for Lines {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Lines({} bytes)", self.len * 32)
+        write!(f, "Lines({} bytes)", self.as_slice().len() * 32)
     }
 }
 
@@ -224,7 +210,7 @@ impl QGemv {
 
     /// Bytes held.
     pub(crate) fn bytes(&self) -> usize {
-        self.scales.len() * 2 + self.quants.len * 32
+        self.scales.len() * 2 + self.quants.as_slice().len() * 32
     }
 
     /// `x [.., k]` (f32, CPU) times the weight's transpose: `[.., n]`.
@@ -484,7 +470,8 @@ mod tests {
     /// is not a multiple of four.
     #[test]
     fn matches_candle() {
-        for (n, k) in [(203, 256), (64, 1024)] {
+        // The last: q8_0 quants over 2 MiB, on a huge-page mapping rather than the heap.
+        for (n, k) in [(203, 256), (64, 1024), (2112, 1024)] {
             matches_candle_at(n, k);
         }
     }

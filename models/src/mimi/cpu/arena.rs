@@ -10,96 +10,16 @@ use std::ops::Deref;
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::lm::cpu::{advise, HUGE};
+use crate::lm::cpu::{HugeMap, HUGE};
+
+/// A chunk: unmapped when the last buffer carved from it is dropped. Each buffer's bytes are
+/// written only by its constructor, before anyone else can see them, then only read.
+type Chunk = HugeMap;
 
 /// Size of an ordinary chunk; a buffer over half of it gets a chunk of its own.
 const CHUNK: usize = 16 * HUGE;
 /// Every buffer starts on a cache line.
 const LINE: usize = 64;
-
-/// One mapping, unmapped when the last buffer carved from it is dropped.
-struct Chunk {
-    ptr: NonNull<u8>,
-    size: usize,
-}
-
-// SAFETY: a chunk is plain memory; the buffers carved from it never overlap, and each is
-// written only through the `&mut` its constructor hands out before the buffer is shared.
-unsafe impl Send for Chunk {}
-// SAFETY: as for Send: after construction the memory is only read.
-unsafe impl Sync for Chunk {}
-
-impl Chunk {
-    /// A fresh chunk of `size` bytes (a multiple of [`HUGE`]) on a 2 MiB boundary, advised
-    /// before its first touch. It is mapped afresh rather than taken from the heap: memory the
-    /// heap hands back may already be backed by small pages, which the advice does not change.
-    fn new(size: usize) -> Chunk {
-        let ptr = map_aligned(size).unwrap_or_else(|| {
-            panic!("out of memory: could not map {size} bytes for Mimi's weights")
-        });
-        // Not zeroed here: zeroing would touch (and back) the whole chunk, tail included;
-        // each buffer zeroes its own bytes when it is carved.
-        advise(ptr.as_ptr(), size);
-        Chunk { ptr, size }
-    }
-}
-
-/// Maps `size` bytes at a multiple of [`HUGE`]: maps one huge page more, then unmaps the
-/// unaligned head and the tail.
-#[cfg(unix)]
-fn map_aligned(size: usize) -> Option<NonNull<u8>> {
-    let span = size + HUGE;
-    // SAFETY: an anonymous private mapping at an address the kernel picks; no memory of ours
-    // is affected.
-    let raw = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            span,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if raw == libc::MAP_FAILED {
-        return None;
-    }
-    let start = raw as usize;
-    let aligned = start.next_multiple_of(HUGE);
-    let (head, tail) = (aligned - start, start + span - (aligned + size));
-    // SAFETY: both ranges lie inside the mapping just made and are not used.
-    unsafe {
-        if head > 0 {
-            libc::munmap(raw, head);
-        }
-        if tail > 0 {
-            libc::munmap((aligned + size) as *mut libc::c_void, tail);
-        }
-    }
-    NonNull::new(aligned as *mut u8)
-}
-
-#[cfg(not(unix))]
-fn map_aligned(size: usize) -> Option<NonNull<u8>> {
-    let layout = std::alloc::Layout::from_size_align(size, HUGE).ok()?;
-    // SAFETY: non-zero size; freed in Drop with the same layout.
-    NonNull::new(unsafe { std::alloc::alloc(layout) })
-}
-
-impl Drop for Chunk {
-    fn drop(&mut self) {
-        // SAFETY: mapped (or allocated) in `Chunk::new` with this size, released once.
-        #[cfg(unix)]
-        unsafe {
-            libc::munmap(self.ptr.as_ptr() as *mut libc::c_void, self.size);
-        }
-        #[cfg(not(unix))]
-        unsafe {
-            let layout = std::alloc::Layout::from_size_align_unchecked(self.size, HUGE);
-            std::alloc::dealloc(self.ptr.as_ptr(), layout)
-        }
-    }
-}
 
 /// The chunk small buffers are carved from, and how many of its bytes are taken. It outlives
 /// the buffers in it (at most one chunk, 32 MiB, stays mapped after every Mimi is dropped) and
@@ -132,12 +52,9 @@ impl<T: Elem> HugeBuf<T> {
             .max(LINE);
         let (chunk, off) = carve(bytes);
         // SAFETY: `[off, off + bytes)` lies inside the chunk, is 64-byte aligned (so aligned
-        // for T) and was handed to no other buffer; T is valid as all-zero bits.
-        let ptr = unsafe {
-            let p = chunk.ptr.as_ptr().add(off);
-            std::ptr::write_bytes(p, 0, bytes);
-            NonNull::new_unchecked(p as *mut T)
-        };
+        // for T) and was handed to no other buffer. A chunk is carved front to back only, so
+        // these bytes are still the mapping's zeros, and T is valid as all-zero bits.
+        let ptr = unsafe { NonNull::new_unchecked(chunk.as_ptr().add(off) as *mut T) };
         // SAFETY: as above; nobody else can reach these bytes until this returns.
         fill(unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), len) });
         HugeBuf {
@@ -151,11 +68,11 @@ impl<T: Elem> HugeBuf<T> {
 /// Takes `bytes` (a multiple of [`LINE`]) from the open chunk, or from a new one.
 fn carve(bytes: usize) -> (Arc<Chunk>, usize) {
     if bytes > CHUNK / 2 {
-        return (Arc::new(Chunk::new(bytes.next_multiple_of(HUGE))), 0);
+        return (Arc::new(Chunk::new(bytes)), 0);
     }
     let mut open = OPEN.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some((chunk, used)) = open.as_mut() {
-        if *used + bytes <= chunk.size {
+        if *used + bytes <= chunk.size() {
             let off = *used;
             *used += bytes;
             return (chunk.clone(), off);
