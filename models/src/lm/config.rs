@@ -403,23 +403,3 @@ mod tests {
         assert_eq!(c.max_delay(), 1);
     }
 }
-
-/// The few sizes a generation step needs, copied without allocation.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct StepShape {
-    pub(crate) card: usize,
-    pub(crate) text_card: usize,
-    pub(crate) dep_q: usize,
-    pub(crate) max_delay: usize,
-}
-
-impl LmConfig {
-    pub(crate) fn clone_shape(&self) -> StepShape {
-        StepShape {
-            card: self.card,
-            text_card: self.text_card,
-            dep_q: self.dep_q,
-            max_delay: self.max_delay(),
-        }
-    }
-}

@@ -2,6 +2,7 @@
 //! checkpoint loading (PyTorch and candle layouts, safetensors and GGUF) and quantization.
 
 mod attend;
+mod batch;
 mod config;
 pub(crate) mod cpu;
 mod gen;
@@ -14,6 +15,7 @@ mod weights;
 
 use std::path::PathBuf;
 
+pub use batch::{LmBatch, SlotId};
 pub use config::{DepformerPosEmb, Gating, LmConfig, Norm, PositionalEmbedding};
 pub use gen::{LmGen, Sampling, StepOut, StepTiming, AUDIO_CODEBOOKS, MAX_TEMPERATURE, MAX_TOP_K};
 pub use gguf::{quantize_file, QuantReport, QuantType};
@@ -108,4 +110,13 @@ pub fn bench_q8_gemv(
 #[doc(hidden)]
 pub fn bench_attend(q: &[f32], k: &[f32], v: &[f32], cap: usize, d: usize, out: &mut [f32]) {
     attend::attend_one(q, k, v, cap, cap, d, 1.0 / (d as f32).sqrt(), out);
+}
+
+/// Which of moshid's CPU kernels the q8_0/q4_0 linear layers take on this CPU
+/// (`"avx512-vnni"`, `"avx2"`), or `None` where candle's quantized matmul runs them.
+pub fn cpu_kernel() -> Option<&'static str> {
+    qgemv::Isa::detect().map(|i| match i {
+        qgemv::Isa::Avx512Vnni => "avx512-vnni",
+        qgemv::Isa::Avx2 => "avx2",
+    })
 }

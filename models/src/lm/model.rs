@@ -483,89 +483,92 @@ impl LmModel {
         caches.iter().map(RingKv::bytes).sum()
     }
 
-    /// Temporal step: embeds the 17 input tokens, runs the transformer at position `pos`,
-    /// returns (`transformer_out` [1,1,dim], text logits [1,1,text_card] in f32).
+    /// Temporal step of `B = tokens.len()` conversations over one read of the weights: row
+    /// `b` embeds its 17 input tokens and runs at position `pos[b]` against its own KV
+    /// caches `caches[b]` (one per layer). Returns (`transformer_out` [B,1,dim], text logits
+    /// [B,1,text_card] in f32). Each row's arithmetic does not depend on the other rows
+    /// except through the linear layers' kernels (see `LmBatch` for what that means).
     pub(crate) fn temporal(
         &self,
-        tokens: &[u32],
-        pos: usize,
-        caches: &mut [RingKv],
+        tokens: &[&[u32]],
+        pos: &[usize],
+        caches: &mut [&mut [RingKv]],
     ) -> candle_core::Result<(Tensor, Tensor)> {
         let dev = &self.device;
+        let b = tokens.len();
+        let ids = |s: usize| Tensor::from_iter(tokens.iter().map(|t| t[s]), dev)?.reshape((b, 1));
         // Same summation order as the reference: audio streams first, then text.
         let mut x: Option<Tensor> = None;
         for (i, e) in self.emb.iter().enumerate() {
-            let id = Tensor::from_slice(&tokens[1 + i..2 + i], (1, 1), dev)?;
-            let y = e.lookup(&id)?;
+            let y = e.lookup(&ids(1 + i)?)?;
             x = Some(match x {
                 None => y,
                 Some(x) => (x + y)?,
             });
         }
-        let id = Tensor::from_slice(&tokens[0..1], (1, 1), dev)?;
-        let t = self.text_emb.lookup(&id)?;
+        let t = self.text_emb.lookup(&ids(0)?)?;
         let mut x = match x {
             Some(x) => (x + t)?,
             None => t,
         };
         let c = &self.cfg;
         let (cos, sin) = rope_tables(c.dim / c.num_heads, c.max_period, pos, dev)?;
-        for (layer, cache) in self.layers.iter().zip(caches.iter_mut()) {
-            x = layer.forward(&x, c.num_heads, Some((&cos, &sin)), cache, c.norm_eps())?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let rope = Some((&cos, &sin));
+            x = layer.forward(&x, c.num_heads, rope, caches, l, c.norm_eps())?;
         }
         let out = rms_norm(&x, &self.out_norm, c.norm_eps())?;
         let logits = self.text_linear.forward(&out)?;
         Ok((out, logits))
     }
 
-    /// Depth step `k`: the input is the previous token of this step (the text token for
-    /// k = 0), returns audio logits [1,1,card].
+    /// Depth step `k` of `B = prev_tokens.len()` conversations: row `b`'s input is its
+    /// previous token of this step (the text token for k = 0) and row `b` of
+    /// `transformer_out`; returns audio logits [B,1,card].
     pub(crate) fn depth(
         &self,
         k: usize,
-        prev_token: u32,
+        prev_tokens: &[u32],
         transformer_out: &Tensor,
-        caches: &mut [RingKv],
+        caches: &mut [&mut [RingKv]],
     ) -> candle_core::Result<Tensor> {
         let s = &self.dep[k];
-        let id = Tensor::from_slice(&[prev_token], (1, 1), &self.device)?;
+        let b = prev_tokens.len();
+        let id = Tensor::from_slice(prev_tokens, (b, 1), &self.device)?;
         let mut x = (s.linear_in.forward(transformer_out)? + s.emb.lookup(&id)?)?;
         let c = &self.cfg;
-        for (layer, cache) in s.layers.iter().zip(caches.iter_mut()) {
-            x = layer.forward(&x, c.depformer_num_heads, None, cache, c.norm_eps())?;
+        for (l, layer) in s.layers.iter().enumerate() {
+            x = layer.forward(&x, c.depformer_num_heads, None, caches, l, c.norm_eps())?;
         }
         s.linear_out.forward(&x)
     }
 }
 
 impl Layer {
+    /// One step of `B` rows; row `b` attends over `caches[b][l]`.
     fn forward(
         &self,
         x: &Tensor,
         heads: usize,
         rope: Option<(&Tensor, &Tensor)>,
-        cache: &mut RingKv,
+        caches: &mut [&mut [RingKv]],
+        l: usize,
         eps: f64,
     ) -> candle_core::Result<Tensor> {
         let (b, t, d) = x.dims3()?;
+        if caches.len() != b {
+            candle_core::bail!("{b} rows but {} caches", caches.len());
+        }
         let hd = d / heads;
         let h = rms_norm(x, &self.norm1, eps)?;
         let qkv = self.in_proj.forward(&h)?.reshape((b, t, 3, heads, hd))?;
-        let q = qkv
-            .narrow(2, 0, 1)?
-            .squeeze(2)?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let k = qkv
-            .narrow(2, 1, 1)?
-            .squeeze(2)?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let v = qkv
-            .narrow(2, 2, 1)?
-            .squeeze(2)?
-            .transpose(1, 2)?
-            .contiguous()?;
+        let part = |i| -> candle_core::Result<Tensor> {
+            qkv.narrow(2, i, 1)?
+                .squeeze(2)?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
         let (q, k) = match rope {
             Some((cos, sin)) => {
                 let dt = q.dtype();
@@ -579,30 +582,23 @@ impl Layer {
         };
         let scale = 1.0 / (hd as f64).sqrt();
         let y = if t == 1 && q.dtype() == DType::F32 && q.device().is_cpu() {
-            let (ks, vs, len) = cache.push_raw(&k, &v)?;
-            let mut out = vec![0f32; d];
-            {
-                let (qs, ql) = q.storage_and_layout();
-                let (kst, kl) = ks.storage_and_layout();
-                let (vst, vl) = vs.storage_and_layout();
-                let (Storage::Cpu(qs), Storage::Cpu(kst), Storage::Cpu(vst)) = (&*qs, &*kst, &*vst)
-                else {
-                    candle_core::bail!("attention: tensors not on the CPU");
-                };
-                let qs = &qs.as_slice::<f32>()?[ql.start_offset()..ql.start_offset() + d];
-                let n = ks.elem_count();
-                let kst = &kst.as_slice::<f32>()?[kl.start_offset()..kl.start_offset() + n];
-                let vst = &vst.as_slice::<f32>()?[vl.start_offset()..vl.start_offset() + n];
-                let cap = n / d;
-                super::attend::attend_one(qs, kst, vst, cap, len, hd, scale as f32, &mut out);
+            let mut out = vec![0f32; b * d];
+            for (i, (cache, o)) in caches.iter_mut().zip(out.chunks_exact_mut(d)).enumerate() {
+                let (kb, vb) = (k.narrow(0, i, 1)?, v.narrow(0, i, 1)?);
+                attend_cpu(&q, i, &kb, &vb, &mut cache[l], hd, scale as f32, o)?;
             }
             Tensor::from_vec(out, (b, t, d), x.device())?
         } else {
-            let (ks, vs) = cache.push(&k, &v)?;
-            let att = (q.matmul(&ks.t()?)? * scale)?;
-            let att = candle_nn::ops::softmax_last_dim(&att.to_dtype(DType::F32)?)?
-                .to_dtype(vs.dtype())?;
-            att.matmul(&vs)?.transpose(1, 2)?.reshape((b, t, d))?
+            let mut ys = Vec::with_capacity(b);
+            for (i, cache) in caches.iter_mut().enumerate() {
+                let (qb, kb, vb) = (q.narrow(0, i, 1)?, k.narrow(0, i, 1)?, v.narrow(0, i, 1)?);
+                let (ks, vs) = cache[l].push(&kb, &vb)?;
+                let att = (qb.matmul(&ks.t()?)? * scale)?;
+                let att = candle_nn::ops::softmax_last_dim(&att.to_dtype(DType::F32)?)?
+                    .to_dtype(vs.dtype())?;
+                ys.push(att.matmul(&vs)?.transpose(1, 2)?.reshape((1, t, d))?);
+            }
+            Tensor::cat(&ys, 0)?
         };
         let x = (x + self.out_proj.forward(&y)?)?;
         let h = rms_norm(&x, &self.norm2, eps)?;
@@ -614,34 +610,67 @@ impl Layer {
     }
 }
 
+/// Row `i` of `q` ([B, H, 1, hd], f32 on the CPU) against `cache` after storing this
+/// step's key and value (`[1, H, 1, hd]`) in it, into `out` (`[H * hd]`).
+#[allow(clippy::too_many_arguments)]
+fn attend_cpu(
+    q: &Tensor,
+    i: usize,
+    k: &Tensor,
+    v: &Tensor,
+    cache: &mut RingKv,
+    hd: usize,
+    scale: f32,
+    out: &mut [f32],
+) -> candle_core::Result<()> {
+    let d = out.len();
+    let (ks, vs, len) = cache.push_raw(k, v)?;
+    let (qs, ql) = q.storage_and_layout();
+    let (kst, kl) = ks.storage_and_layout();
+    let (vst, vl) = vs.storage_and_layout();
+    let (Storage::Cpu(qs), Storage::Cpu(kst), Storage::Cpu(vst)) = (&*qs, &*kst, &*vst) else {
+        candle_core::bail!("attention: tensors not on the CPU");
+    };
+    let at = ql.start_offset() + i * d;
+    let qs = &qs.as_slice::<f32>()?[at..at + d];
+    let n = ks.elem_count();
+    let kst = &kst.as_slice::<f32>()?[kl.start_offset()..kl.start_offset() + n];
+    let vst = &vst.as_slice::<f32>()?[vl.start_offset()..vl.start_offset() + n];
+    super::attend::attend_one(qs, kst, vst, n / d, len, hd, scale, out);
+    Ok(())
+}
+
 /// RMSNorm computed in f32 (the reference's `rms_norm_f32`), output in the input dtype.
 fn rms_norm(x: &Tensor, alpha: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
     let dt = x.dtype();
     candle_nn::ops::rms_norm(&x.to_dtype(DType::F32)?, alpha, eps as f32)?.to_dtype(dt)
 }
 
-/// Interleaved-RoPE cos/sin for one position, `[1, head_dim / 2]` each, in f32. Angles are
-/// formed in f64 so that hours-long conversations keep exact phases.
+/// Interleaved-RoPE cos/sin for one position per row, `[B, 1, head_dim / 2]` each, in f32.
+/// Angles are formed in f64 so that hours-long conversations keep exact phases.
 fn rope_tables(
     head_dim: usize,
     max_period: f64,
-    pos: usize,
+    pos: &[usize],
     dev: &Device,
 ) -> candle_core::Result<(Tensor, Tensor)> {
     let half = head_dim / 2;
-    let mut cos = [0f32; 256];
-    let mut sin = [0f32; 256];
+    let mut cos = Vec::with_capacity(pos.len() * half);
+    let mut sin = Vec::with_capacity(pos.len() * half);
     let scale = (-(max_period.ln()) * 2.0 / head_dim as f64) as f32;
-    for i in 0..half.min(256) {
-        // Same f32 frequency as the reference.
-        let freq = (i as f32 * scale).exp() as f64;
-        let a = freq * pos as f64;
-        cos[i] = a.cos() as f32;
-        sin[i] = a.sin() as f32;
+    for &p in pos {
+        for i in 0..half {
+            // Same f32 frequency as the reference.
+            let freq = (i as f32 * scale).exp() as f64;
+            let a = freq * p as f64;
+            cos.push(a.cos() as f32);
+            sin.push(a.sin() as f32);
+        }
     }
+    let shape = (pos.len(), 1, half);
     Ok((
-        Tensor::from_slice(&cos[..half], (1, half), dev)?,
-        Tensor::from_slice(&sin[..half], (1, half), dev)?,
+        Tensor::from_vec(cos, shape, dev)?,
+        Tensor::from_vec(sin, shape, dev)?,
     ))
 }
 

@@ -1,15 +1,23 @@
-//! Matrix-vector products over q8_0 / q4_0 weights on x86-64 CPUs with AVX2.
+//! Products of M activation rows with q8_0 / q4_0 weights on x86-64 CPUs (AVX2, and
+//! AVX-512 VNNI where the CPU has it): the LM's linear layers, M = conversations in a step.
 //!
-//! Why not candle's `QMatMul`: on AVX2-only CPUs (no VNNI) candle 0.11 runs q8_0/q4_0 decode
-//! one dot product per row, converting each block's f16 scale through a runtime-dispatched
-//! helper, and schedules columns over a spinning pool: measured here it reads the weights at a
-//! fraction of the memory bandwidth, which is what bounds an LM step. This kernel reads the
+//! Why not candle's `QMatMul`: on AVX2-only CPUs candle 0.11 runs q8_0/q4_0 decode one dot
+//! product per row through a spinning pool and reads the weights at a fraction of the memory
+//! bandwidth, which is what bounds an LM step; its AVX-512 VNNI path batches rows but
+//! quantizes activations its own way, so its numbers depend on the CPU. This kernel reads the
 //! weights repacked at load (groups of eight rows stored as one stream, in huge pages, see
-//! [`QGemv`]), computes the eight rows of a group per pass with the activation block loaded
-//! once, converts eight scales per F16C instruction, prefetches ahead and splits groups over
-//! rayon. Each row's integer lanes and float arithmetic are exactly candle's
-//! `vec_dot_q8_0_q8_0` / `vec_dot_q4_0_q8_0` (same activation quantization, same lane-wise
-//! accumulation and horizontal sum), so results are bit-identical to the candle path.
+//! [`QGemv`]) exactly once per call whatever M is: each group is streamed from memory once
+//! and all M rows are computed against it while it sits in cache (AVX2: row by row over the
+//! group; AVX-512 VNNI: tiles of up to four rows held in registers, two weight rows per
+//! 512-bit `vpdpbusd`).
+//!
+//! Numerics, the same on every CPU this kernel runs on (ggml's q8_0/q4_0 semantics):
+//! activations are quantized per 32-block by candle's scalar `from_float` (f16 scale
+//! `amax / 127`, `round(x / scale)`); per block, eight i32 lanes each sum four consecutive
+//! integer products (exact on both ISAs); `d = f32(w_scale) * f32(a_scale)`; each lane
+//! accumulates `fma(d, lane, acc)` over the blocks in order; the row's result is the lane sum
+//! `((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7))`. The tests hold both ISAs bit-equal to
+//! a scalar model of exactly this.
 
 use candle_core::quantized::k_quants::{BlockQ8_0, GgmlType};
 use candle_core::quantized::GgmlDType;
@@ -111,10 +119,48 @@ impl std::fmt::Debug for Lines {
     }
 }
 
+/// Instruction sets the kernel has a path for, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Isa {
+    /// AVX-512 F/BW/VL + VNNI: `vpdpbusd` on two weight rows per instruction.
+    Avx512Vnni,
+    /// AVX2 + FMA + F16C.
+    Avx2,
+}
+
+impl Isa {
+    /// The best path this CPU runs, `None` without AVX2/FMA/F16C (candle's path is used).
+    pub(crate) fn detect() -> Option<Isa> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if !(super::cpu::has_avx2_fma() && is_x86_feature_detected!("f16c")) {
+                return None;
+            }
+            let vnni = is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512vnni");
+            Some(if vnni { Isa::Avx512Vnni } else { Isa::Avx2 })
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        None
+    }
+
+    /// Every path this CPU runs (for tests: each must give the same bits).
+    #[cfg(test)]
+    pub(crate) fn available() -> Vec<Isa> {
+        match Self::detect() {
+            Some(Isa::Avx512Vnni) => vec![Isa::Avx512Vnni, Isa::Avx2],
+            Some(Isa::Avx2) => vec![Isa::Avx2],
+            None => vec![],
+        }
+    }
+}
+
 /// A `[n, k]` quantized weight, repacked at load for the kernel: rows in groups of [`G`]
 /// (the last padded with zero rows); per group and block, the `G` f16 scales together and
-/// the `G` rows' quants together (q4_0: nibbles regrouped, see `new`). Same bytes as GGML's
-/// layout, same arithmetic.
+/// the `G` rows' quants together (q4_0: nibbles regrouped, see `new`; q8_0 on the VNNI path:
+/// stored as unsigned `w + 128`, which `vpdpbusd` takes). Same values as GGML's layout.
 #[derive(Debug, Clone)]
 pub(crate) struct QGemv {
     /// `[groups][nb][G]` f16 bits.
@@ -124,6 +170,7 @@ pub(crate) struct QGemv {
     n: usize,
     k: usize,
     kind: Kind,
+    isa: Isa,
 }
 
 /// Per-call scratch, reused (one per calling thread).
@@ -134,35 +181,48 @@ struct Scratch {
     scales: Vec<f32>,
     /// Activation quants, `[m][nb]` lines of 32.
     quants: Vec<Line>,
-    /// For q4_0: per activation block, eight i32 lanes of 8 * (sum of the 4 quants of each
-    /// lane), the offset that unsigned nibbles carry.
-    sums: Vec<Line>,
+    /// Per activation block, eight i32 lanes of `-bias * (sum of the lane's 4 quants)`, the
+    /// offset that unsigned weight values carry (bias 8 for q4_0 nibbles, 128 for q8_0 on
+    /// the VNNI path); `[m][nb]`, unused for q8_0 on AVX2.
+    neg: Vec<Line>,
+    /// Results by weight row, `[groups * G][m]`.
+    out_t: Vec<f32>,
 }
 
 thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
-/// Whether this CPU runs the kernel (checked once per call site; the detection is cached).
-#[cfg(target_arch = "x86_64")]
-fn cpu_ok() -> bool {
-    super::cpu::has_avx2_fma() && is_x86_feature_detected!("f16c")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn cpu_ok() -> bool {
-    false
+/// The activations of one call, quantized: `m` rows of `nb` blocks.
+#[derive(Clone, Copy)]
+struct Acts<'a> {
+    m: usize,
+    nb: usize,
+    scales: &'a [f32],
+    quants: &'a [Line],
+    neg: &'a [Line],
 }
 
 impl QGemv {
     /// Takes `[n, k]` GGML blocks of `dtype` when this CPU and format are supported.
     pub(crate) fn new(dtype: GgmlDType, n: usize, k: usize, data: &[u8]) -> Option<Self> {
+        Self::with_isa(Isa::detect()?, dtype, n, k, data)
+    }
+
+    /// [`QGemv::new`] for a given path (which the caller knows this CPU runs).
+    pub(crate) fn with_isa(
+        isa: Isa,
+        dtype: GgmlDType,
+        n: usize,
+        k: usize,
+        data: &[u8],
+    ) -> Option<Self> {
         let kind = match dtype {
             GgmlDType::Q8_0 => Kind::Q8_0,
             GgmlDType::Q4_0 => Kind::Q4_0,
             _ => return None,
         };
-        if !cpu_ok() || k == 0 || k % QK != 0 || data.len() != n * (k / QK) * kind.block_bytes() {
+        if k == 0 || k % QK != 0 || data.len() != n * (k / QK) * kind.block_bytes() {
             return None;
         }
         let nb = k / QK;
@@ -172,6 +232,8 @@ impl QGemv {
         let mut scales = vec![0u16; groups * nb * G];
         let mut quants = Lines::zeroed(groups * nb * G * qb / 32);
         let qbytes = quants.as_bytes_mut();
+        // Unsigned q8_0 for vpdpbusd: w + 128 is w's byte with the top bit flipped.
+        let flip = if isa == Isa::Avx512Vnni { 0x80 } else { 0 };
         for r in 0..n {
             let (g, i) = (r / G, r % G);
             for j in 0..nb {
@@ -179,7 +241,11 @@ impl QGemv {
                 scales[(g * nb + j) * G + i] = u16::from_le_bytes([src[0], src[1]]);
                 let at = ((g * nb + j) * G + i) * qb;
                 match kind {
-                    Kind::Q8_0 => qbytes[at..at + qb].copy_from_slice(&src[2..]),
+                    Kind::Q8_0 => {
+                        for (d, s) in qbytes[at..at + qb].iter_mut().zip(&src[2..]) {
+                            *d = s ^ flip;
+                        }
+                    }
                     Kind::Q4_0 => {
                         // Rows 2p and 2p+1 share one 32-byte line: byte b holds value b of
                         // the even row in its low nibble and of the odd row in its high one,
@@ -205,6 +271,7 @@ impl QGemv {
             n,
             k,
             kind,
+            isa,
         })
     }
 
@@ -213,7 +280,17 @@ impl QGemv {
         self.scales.len() * 2 + self.quants.as_slice().len() * 32
     }
 
-    /// `x [.., k]` (f32, CPU) times the weight's transpose: `[.., n]`.
+    /// The bias unsigned weight values carry on this path (0: signed, no offset).
+    fn bias(&self) -> i32 {
+        match (self.kind, self.isa) {
+            (Kind::Q4_0, _) => 8,
+            (Kind::Q8_0, Isa::Avx512Vnni) => 128,
+            (Kind::Q8_0, Isa::Avx2) => 0,
+        }
+    }
+
+    /// `x [.., k]` (f32, CPU) times the weight's transpose: `[.., n]`. All rows of `x` go
+    /// through one pass over the weights.
     pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         if x.dtype() != DType::F32 {
             let dt = x.dtype();
@@ -232,7 +309,6 @@ impl QGemv {
             );
         }
         let m: usize = batch.iter().product();
-        let nb = k / QK;
         let mut out = vec![0f32; m * self.n];
         {
             let (storage, layout) = x.storage_and_layout();
@@ -241,62 +317,12 @@ impl QGemv {
             };
             let all = cpu.as_slice::<f32>()?;
             let xs = &all[layout.start_offset()..layout.start_offset() + m * k];
-            // The scratch is taken out of the thread-local, not borrowed: `gemv` forks into
+            // The scratch is taken out of the thread-local, not borrowed: `gemm` forks into
             // rayon, and a thread waiting on its fork runs other jobs, which may call
             // `forward` again on this thread. A re-entrant call finds an empty scratch (and
             // allocates) instead of panicking on a second `borrow_mut`.
             let mut scratch = SCRATCH.with(|cell| cell.take());
-            {
-                let sc = &mut scratch;
-                sc.blocks.resize(m * nb, BlockQ8_0::zeros());
-                sc.scales.resize(m * nb, 0.0);
-                sc.quants.resize(m * nb, Line([0; 32]));
-                for (row, blocks) in xs.chunks_exact(k).zip(sc.blocks.chunks_exact_mut(nb)) {
-                    // candle's own activation quantization, so that results stay identical.
-                    BlockQ8_0::from_float(row, blocks);
-                }
-                // SAFETY: BlockQ8_0 is repr(C), 34 bytes (f16 + [i8; 32], asserted by
-                // candle), so the blocks are `len * 34` initialised bytes.
-                let bytes = unsafe {
-                    std::slice::from_raw_parts(
-                        sc.blocks.as_ptr() as *const u8,
-                        sc.blocks.len() * ACT_BLOCK,
-                    )
-                };
-                for ((b, d), q) in bytes
-                    .chunks_exact(ACT_BLOCK)
-                    .zip(sc.scales.iter_mut())
-                    .zip(sc.quants.iter_mut())
-                {
-                    *d = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
-                    q.0.copy_from_slice(&b[2..]);
-                }
-                if self.kind == Kind::Q4_0 {
-                    sc.sums.resize(m * nb, Line([0; 32]));
-                    for (q, o) in sc.quants.iter().zip(sc.sums.iter_mut()) {
-                        let mut lanes = [0i32; 8];
-                        for (l, four) in lanes.iter_mut().zip(q.0.chunks_exact(4)) {
-                            *l = 8 * four.iter().map(|&b| b as i8 as i32).sum::<i32>();
-                        }
-                        for (dst, l) in o.0.chunks_exact_mut(4).zip(lanes) {
-                            dst.copy_from_slice(&l.to_ne_bytes());
-                        }
-                    }
-                }
-                for (r, dst) in out.chunks_exact_mut(self.n).enumerate() {
-                    let sums = if self.kind == Kind::Q4_0 {
-                        &sc.sums[r * nb..(r + 1) * nb]
-                    } else {
-                        &[][..]
-                    };
-                    self.gemv(
-                        &sc.scales[r * nb..(r + 1) * nb],
-                        &sc.quants[r * nb..(r + 1) * nb],
-                        sums,
-                        dst,
-                    );
-                }
-            }
+            self.forward_rows(xs, m, &mut scratch, &mut out);
             SCRATCH.with(|cell| cell.replace(scratch));
         }
         let mut shape = dims.to_vec();
@@ -306,197 +332,116 @@ impl QGemv {
         Tensor::from_vec(out, shape, &Device::Cpu)
     }
 
-    /// One activation row against all weight rows, split over rayon in chunks of whole
-    /// groups; chunks are small enough to rebalance when a core is busy elsewhere.
-    fn gemv(&self, ad: &[f32], aq: &[Line], asums: &[Line], dst: &mut [f32]) {
-        let threads = rayon::current_num_threads().max(1);
+    /// `out [m][n] = xs [m][k] . W^T` through `sc`.
+    fn forward_rows(&self, xs: &[f32], m: usize, sc: &mut Scratch, out: &mut [f32]) {
         let nb = self.k / QK;
+        quantize_acts(xs, self.k, self.bias(), sc);
+        let groups = self.n.div_ceil(G);
+        sc.out_t.clear();
+        sc.out_t.resize(groups * G * m, 0.0);
+        let acts = Acts {
+            m,
+            nb,
+            scales: &sc.scales,
+            quants: &sc.quants,
+            neg: &sc.neg,
+        };
+        self.gemm(acts, &mut sc.out_t);
+        for (c, col) in sc.out_t.chunks_exact(m).take(self.n).enumerate() {
+            for (r, &v) in col.iter().enumerate() {
+                out[r * self.n + c] = v;
+            }
+        }
+    }
+
+    /// All activation rows against all weight rows, split over rayon in chunks of whole
+    /// groups; chunks are small enough to rebalance when a core is busy elsewhere.
+    fn gemm(&self, acts: Acts<'_>, out_t: &mut [f32]) {
+        let threads = rayon::current_num_threads().max(1);
+        let nb = acts.nb;
         let qb = self.kind.block_bytes() - 2;
         let groups = self.n.div_ceil(G);
         let chunk = (groups / (threads * 8)).max(8);
         let run = |(ci, out): (usize, &mut [f32])| {
             let g0 = ci * chunk;
-            let gs = out.len().div_ceil(G);
+            let gs = out.len() / (G * acts.m);
             let sc = &self.scales[g0 * nb * G..(g0 + gs) * nb * G];
             let q = &self.quants.as_slice()[g0 * nb * G * qb / 32..(g0 + gs) * nb * G * qb / 32];
-            groups_dot(self.kind, nb, sc, q, ad, aq, asums, out);
+            groups_dot(self.kind, self.isa, sc, q, acts, out);
         };
         if groups <= chunk {
-            run((0, dst));
+            run((0, out_t));
         } else {
-            dst.par_chunks_mut(chunk * G).enumerate().for_each(run);
+            out_t
+                .par_chunks_mut(chunk * G * acts.m)
+                .enumerate()
+                .for_each(run);
         }
     }
 }
 
-/// `out[i] = dot(row i, act)` for the rows of the groups in `sc`/`q`.
-#[allow(clippy::too_many_arguments)]
-fn groups_dot(
-    kind: Kind,
-    nb: usize,
-    sc: &[u16],
-    q: &[Line],
-    ad: &[f32],
-    aq: &[Line],
-    asums: &[Line],
-    out: &mut [f32],
-) {
+/// Quantizes `xs` (rows of `k`) into `sc`'s scales, quants and (bias != 0) offsets.
+fn quantize_acts(xs: &[f32], k: usize, bias: i32, sc: &mut Scratch) {
+    let blocks = xs.len() / QK;
+    sc.blocks.resize(blocks, BlockQ8_0::zeros());
+    sc.scales.resize(blocks, 0.0);
+    sc.quants.resize(blocks, Line([0; 32]));
+    for (row, bl) in xs.chunks_exact(k).zip(sc.blocks.chunks_exact_mut(k / QK)) {
+        // candle's scalar activation quantization (ggml's quantize_row_q8_0).
+        BlockQ8_0::from_float(row, bl);
+    }
+    // SAFETY: BlockQ8_0 is repr(C), 34 bytes (f16 + [i8; 32], asserted by candle), so the
+    // blocks are `len * 34` initialised bytes.
+    let bytes =
+        unsafe { std::slice::from_raw_parts(sc.blocks.as_ptr() as *const u8, blocks * ACT_BLOCK) };
+    for ((b, d), q) in bytes
+        .chunks_exact(ACT_BLOCK)
+        .zip(sc.scales.iter_mut())
+        .zip(sc.quants.iter_mut())
+    {
+        *d = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+        q.0.copy_from_slice(&b[2..]);
+    }
+    if bias == 0 {
+        return;
+    }
+    sc.neg.resize(blocks, Line([0; 32]));
+    for (q, o) in sc.quants.iter().zip(sc.neg.iter_mut()) {
+        for (dst, four) in o.0.chunks_exact_mut(4).zip(q.0.chunks_exact(4)) {
+            let s: i32 = four.iter().map(|&b| b as i8 as i32).sum();
+            dst.copy_from_slice(&(-bias * s).to_ne_bytes());
+        }
+    }
+}
+
+/// `out_t[row * m + r] = dot(weight row, activation row r)` for the rows of the groups in
+/// `sc`/`q`.
+fn groups_dot(kind: Kind, isa: Isa, sc: &[u16], q: &[Line], acts: Acts<'_>, out_t: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        // SAFETY: QGemv::new only exists on CPUs with avx2, fma and f16c; slices are sized
-        // by construction (whole groups of nb blocks; out.len() <= groups * G; asums has nb
-        // lines for q4_0).
+        // SAFETY: a QGemv with `isa` only exists on CPUs with that ISA (`Isa::detect`, or a
+        // caller that checked it); slices are sized by construction (whole groups of nb
+        // blocks, out_t has G * m entries per group, acts hold m rows of nb blocks and, for
+        // the paths that read them, their offsets).
         unsafe {
-            match kind {
-                Kind::Q8_0 => avx::groups::<false>(nb, sc, q, ad, aq, asums, out),
-                Kind::Q4_0 => avx::groups::<true>(nb, sc, q, ad, aq, asums, out),
+            match (isa, kind) {
+                (Isa::Avx2, Kind::Q8_0) => avx2::groups::<false>(sc, q, acts, out_t),
+                (Isa::Avx2, Kind::Q4_0) => avx2::groups::<true>(sc, q, acts, out_t),
+                (Isa::Avx512Vnni, Kind::Q8_0) => avx512::groups::<false>(sc, q, acts, out_t),
+                (Isa::Avx512Vnni, Kind::Q4_0) => avx512::groups::<true>(sc, q, acts, out_t),
             }
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (kind, nb, sc, q, ad, aq, asums, out);
-        unreachable!("QGemv::new refuses non-x86-64 CPUs");
+        let _ = (kind, isa, sc, q, acts, out_t);
+        unreachable!("Isa::detect refuses non-x86-64 CPUs");
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx {
-    use super::super::cpu::{hsum8, prefetch};
-    use super::{Line, G, PREFETCH};
-    use core::arch::x86_64::*;
-
-    /// One q4_0 row-block's lanes: `sum(u * a) - 8 * sum(a)` per 4 bytes with `u` the
-    /// unsigned nibbles, which is exactly candle's `sum((u - 8) * a)` (all integer, no
-    /// saturation: |u * a| <= 15 * 127), converted to f32 as candle does.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn q4_lanes(u: __m256i, a: __m256i, sum8: __m256i) -> __m256 {
-        let dot = _mm256_madd_epi16(_mm256_set1_epi16(1), _mm256_maddubs_epi16(u, a));
-        _mm256_cvtepi32_ps(_mm256_sub_epi32(dot, sum8))
-    }
-
-    /// candle's mul_sum_i8_pairs_float.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn mul_sum(x: __m256i, y: __m256i) -> __m256 {
-        let ax = _mm256_sign_epi8(x, x);
-        let sy = _mm256_sign_epi8(y, x);
-        let dot = _mm256_maddubs_epi16(ax, sy);
-        _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_set1_epi16(1), dot))
-    }
-
-    /// # Safety
-    /// avx2, fma and f16c present; `sc`/`q` hold whole groups of `nb` blocks in the
-    /// [`super::QGemv`] layout, `out.len() <= groups * G`; `ad`/`aq` (and for q4_0 `asums`)
-    /// hold `nb` blocks.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn groups<const Q4: bool>(
-        nb: usize,
-        sc: &[u16],
-        q: &[Line],
-        ad: &[f32],
-        aq: &[Line],
-        asums: &[Line],
-        out: &mut [f32],
-    ) {
-        let qb = if Q4 { 16 } else { 32 };
-        let groups = sc.len() / (nb * G);
-        debug_assert!(out.len() <= groups * G);
-        debug_assert_eq!(q.len() * 32, groups * nb * G * qb);
-        debug_assert!(ad.len() >= nb && aq.len() >= nb);
-        debug_assert!(!Q4 || asums.len() >= nb);
-        let qp = q.as_ptr() as *const u8;
-        let mut d = [0f32; G];
-        let low = _mm256_set1_epi8(0x0F);
-        unsafe {
-            for g in 0..groups {
-                let mut acc = [_mm256_setzero_ps(); G];
-                let gs = sc.as_ptr().add(g * nb * G);
-                let gq = qp.add(g * nb * G * qb);
-                for j in 0..nb {
-                    let by = _mm256_load_si256(aq.as_ptr().add(j) as *const __m256i);
-                    // The G scale products, each f16(w) * f16(a) in f32 as candle forms it.
-                    let s = _mm256_cvtph_ps(_mm_loadu_si128(gs.add(j * G) as *const __m128i));
-                    _mm256_storeu_ps(
-                        d.as_mut_ptr(),
-                        _mm256_mul_ps(s, _mm256_set1_ps(*ad.get_unchecked(j))),
-                    );
-                    let bq = gq.add(j * G * qb);
-                    prefetch(bq.wrapping_add(PREFETCH), G * qb);
-                    if Q4 {
-                        let s8 = _mm256_load_si256(asums.as_ptr().add(j) as *const __m256i);
-                        for p in 0..G / 2 {
-                            let line = _mm256_load_si256(bq.add(p * 32) as *const __m256i);
-                            let u0 = _mm256_and_si256(line, low);
-                            let u1 = _mm256_and_si256(_mm256_srli_epi16::<4>(line), low);
-                            let (i0, i1) = (2 * p, 2 * p + 1);
-                            acc[i0] = _mm256_fmadd_ps(
-                                _mm256_broadcast_ss(&d[i0]),
-                                q4_lanes(u0, by, s8),
-                                acc[i0],
-                            );
-                            acc[i1] = _mm256_fmadd_ps(
-                                _mm256_broadcast_ss(&d[i1]),
-                                q4_lanes(u1, by, s8),
-                                acc[i1],
-                            );
-                        }
-                    } else {
-                        for (i, a) in acc.iter_mut().enumerate() {
-                            let w = _mm256_load_si256(bq.add(i * qb) as *const __m256i);
-                            *a = _mm256_fmadd_ps(_mm256_broadcast_ss(&d[i]), mul_sum(w, by), *a);
-                        }
-                    }
-                }
-                let o = g * G;
-                for (i, a) in acc.iter().enumerate() {
-                    if let Some(dst) = out.get_mut(o + i) {
-                        *dst = hsum8(*a);
-                    }
-                }
-            }
-        }
-    }
-}
-
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::quantized::{QMatMul, QTensor};
-    use candle_core::Module;
-
-    /// Bit-identical to candle's quantized matmul, for both formats, with a row count that
-    /// is not a multiple of four.
-    #[test]
-    fn matches_candle() {
-        // The last: q8_0 quants over 2 MiB, on a huge-page mapping rather than the heap.
-        for (n, k) in [(203, 256), (64, 1024), (2112, 1024)] {
-            matches_candle_at(n, k);
-        }
-    }
-
-    fn matches_candle_at(n: usize, k: usize) {
-        let w: Vec<f32> = (0..n * k)
-            .map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 97.0 * (1 + i % 5) as f32)
-            .collect();
-        let w = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
-        let x: Vec<f32> = (0..2 * k)
-            .map(|i| ((i * 31 % 67) as f32 - 33.0) / 7.0)
-            .collect();
-        let x = Tensor::from_vec(x, (1, 2, k), &Device::Cpu).unwrap();
-        for dt in [GgmlDType::Q8_0, GgmlDType::Q4_0] {
-            let q = QTensor::quantize(&w, dt).unwrap();
-            let data = q.data().unwrap().to_vec();
-            let Some(g) = QGemv::new(dt, n, k, &data) else {
-                return; // CPU without AVX2: nothing to compare.
-            };
-            let want = QMatMul::from_qtensor(q).unwrap().forward(&x).unwrap();
-            let got = g.forward(&x).unwrap();
-            assert_eq!(got.dims(), want.dims());
-            let a = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let b = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            assert_eq!(a, b, "{dt:?}");
-        }
-    }
-}
+mod tests;
