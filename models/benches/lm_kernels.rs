@@ -2,7 +2,8 @@
 //! m = 1) for matrices of the 7B model's shapes and one of 1 GB, and the attention step over
 //! a full 3000-step window of one 7B layer (32 heads of 128). Prints GB/s of weights or KV
 //! cache read per second: compare with the machine's read bandwidth (`moshid bench lm
-//! --bandwidth`). Run: `cargo bench -p moshid-models --bench lm_kernels`.
+//! --bandwidth`). First, the batched products (M = 1, 4, 8 rows) of moshid's kernel and
+//! candle's `QMatMul` side by side. Run: `cargo bench -p moshid-models --bench lm_kernels`.
 
 use candle_core::{Device, Tensor};
 
@@ -30,6 +31,7 @@ fn rate(threads: usize, bytes: usize, mut f: impl FnMut() + Send) -> (f64, f64) 
 }
 
 fn main() {
+    batched();
     gemv();
     attention();
 }
@@ -58,6 +60,75 @@ fn attention() {
         line += &format!("  {threads} thread(s): median {med:.1} GB/s, best {best:.1} GB/s");
     }
     println!("{line}");
+}
+
+/// Milliseconds (median of 30 after 3 warm-ups) of `f` in a pool of `threads`.
+fn millis(threads: usize, mut f: impl FnMut() + Send) -> f64 {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("thread pool");
+    let mut times = pool.install(|| {
+        for _ in 0..3 {
+            f();
+        }
+        (0..30)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                f();
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect::<Vec<_>>()
+    });
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// q8_0 / q4_0 products at M = 1, 4, 8 rows of activations, all threads: moshid's kernel on
+/// each path this CPU has and candle's `QMatMul`, side by side, with the ratio to M = 1.
+fn batched() {
+    use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+    use candle_core::Module;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "batched products, {threads} threads, moshid kernel on this CPU: {:?}",
+        moshid_models::lm::cpu_kernel()
+    );
+    let k = 4096;
+    for (dt, n) in [
+        (GgmlDType::Q8_0, 22528usize),
+        (GgmlDType::Q4_0, 22528),
+        (GgmlDType::Q8_0, 245760),
+    ] {
+        let w = Tensor::randn(0f32, 1., (n, k), &Device::Cpu).expect("weights");
+        let q = QTensor::quantize(&w, dt).expect("quantize");
+        drop(w);
+        let blocks = q.data().expect("blocks").to_vec();
+        let mm = QMatMul::from_qtensor(q).expect("qmatmul");
+        let mb = blocks.len() as f64 / 1e6;
+        let mut impls: Vec<(String, Box<dyn Fn(&Tensor) -> Tensor + Send + Sync>)> = vec![];
+        for isa in ["avx512-vnni", "avx2"] {
+            if let Some(g) = moshid_models::lm::bench_q_gemm(dt, n, k, &blocks, isa) {
+                impls.push((format!("moshid {isa}"), Box::new(move |x| g(x).expect("gemm"))));
+            }
+        }
+        impls.push(("candle QMatMul".into(), Box::new(move |x| mm.forward(x).expect("mm"))));
+        for (name, f) in &impls {
+            let mut line = format!("{dt:?} [{n} x {k}] ({mb:.0} MB) {name}:");
+            let mut base = 0.0;
+            for m in [1usize, 4, 8] {
+                let x = Tensor::randn(0f32, 1., (1, m, k), &Device::Cpu).expect("input");
+                let ms = millis(threads, || {
+                    std::hint::black_box(f(&x));
+                });
+                if m == 1 {
+                    base = ms;
+                }
+                line += &format!("  M={m} {ms:.2} ms ({:.2}x)", ms / base);
+            }
+            println!("{line}");
+        }
+    }
 }
 
 fn gemv() {

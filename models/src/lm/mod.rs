@@ -105,6 +105,26 @@ pub fn bench_q8_gemv(
     Some(move |x: &candle_core::Tensor| g.forward(x))
 }
 
+/// For `cargo bench -p moshid-models`: the CPU kernel on path `isa` (`"avx512-vnni"` or
+/// `"avx2"`) over raw GGML blocks `[n, k]` of `dtype`, or `None` where this CPU lacks that
+/// path. Not part of the API.
+#[doc(hidden)]
+pub fn bench_q_gemm(
+    dtype: candle_core::quantized::GgmlDType,
+    n: usize,
+    k: usize,
+    blocks: &[u8],
+    isa: &str,
+) -> Option<impl Fn(&candle_core::Tensor) -> candle_core::Result<candle_core::Tensor>> {
+    let isa = match (qgemv::Isa::detect()?, isa) {
+        (qgemv::Isa::Avx512Vnni, "avx512-vnni") => qgemv::Isa::Avx512Vnni,
+        (_, "avx2") => qgemv::Isa::Avx2,
+        _ => return None,
+    };
+    let g = qgemv::QGemv::with_isa(isa, dtype, n, k, blocks)?;
+    Some(move |x: &candle_core::Tensor| g.forward(x))
+}
+
 /// For `cargo bench -p moshid-models`: one query against a full window of `cap` keys and
 /// values (`[heads, cap, d]` each) into `out` (`[heads, d]`). Not part of the API.
 #[doc(hidden)]

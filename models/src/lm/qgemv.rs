@@ -6,18 +6,22 @@
 //! bandwidth, which is what bounds an LM step; its AVX-512 VNNI path batches rows but
 //! quantizes activations its own way, so its numbers depend on the CPU. This kernel reads the
 //! weights repacked at load (groups of eight rows stored as one stream, in huge pages, see
-//! [`QGemv`]) exactly once per call whatever M is: each group is streamed from memory once
-//! and all M rows are computed against it while it sits in cache (AVX2: row by row over the
-//! group; AVX-512 VNNI: tiles of up to four rows held in registers, two weight rows per
-//! 512-bit `vpdpbusd`).
+//! [`QGemv`]) exactly once per call whatever M is: per block, each group's weights are loaded
+//! once and all M activation rows are computed against them while they sit in registers or
+//! L1. Within a group, vector lane `i` is weight row `i` (the quants interleaved four bytes
+//! per row), so one `vpdpbusd` (AVX-512 VNNI, 16 rows) or `maddubs` + `madd` (AVX2, 8 rows)
+//! advances every row of the group by four products, and a block's whole integer dot
+//! product ends in one lane: the float work is one multiply, convert and FMA per 16 (or 8)
+//! row-blocks, which is what lets M rows cost little more than one.
 //!
-//! Numerics, the same on every CPU this kernel runs on (ggml's q8_0/q4_0 semantics):
-//! activations are quantized per 32-block by candle's scalar `from_float` (f16 scale
-//! `amax / 127`, `round(x / scale)`); per block, eight i32 lanes each sum four consecutive
-//! integer products (exact on both ISAs); `d = f32(w_scale) * f32(a_scale)`; each lane
-//! accumulates `fma(d, lane, acc)` over the blocks in order; the row's result is the lane sum
-//! `((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7))`. The tests hold both ISAs bit-equal to
-//! a scalar model of exactly this.
+//! Numerics, the same bits on every CPU and path (ggml's q8_0/q4_0 block semantics, our
+//! accumulation order): activations are quantized per 32-block by candle's scalar
+//! `from_float` (f16 scale `amax / 127`, `round(x / scale)`); per block, the exact integer
+//! dot product `s = sum(w_i * a_i)` (|s| < 2^24, so exact in f32 too) and
+//! `d = f32(w_scale) * f32(a_scale)`; each row accumulates `acc = fma(d, s, acc)` over the
+//! blocks in order from 0. The tests hold every path bit-equal to a scalar model of exactly
+//! this. (candle's own CPU paths sum eight partial lanes per row, or quantize activations
+//! differently on VNNI CPUs: they agree to about 1 %, not to the bit.)
 
 use candle_core::quantized::k_quants::{BlockQ8_0, GgmlType};
 use candle_core::quantized::GgmlDType;
@@ -49,9 +53,9 @@ impl Kind {
     }
 }
 
-/// Rows computed together: one activation block is loaded once for all of them, and their
-/// blocks are stored next to each other so that a group is one sequential stream.
-const G: usize = 8;
+/// Rows computed together, one per 32-bit vector lane of a 512-bit register (two 256-bit
+/// ones on AVX2); their blocks are interleaved so that a group is one sequential stream.
+const G: usize = 16;
 
 /// 32 bytes, 32-byte aligned: the unit the repacked quants are stored in.
 #[derive(Debug, Clone, Copy)]
@@ -158,14 +162,16 @@ impl Isa {
 }
 
 /// A `[n, k]` quantized weight, repacked at load for the kernel: rows in groups of [`G`]
-/// (the last padded with zero rows); per group and block, the `G` f16 scales together and
-/// the `G` rows' quants together (q4_0: nibbles regrouped, see `new`; q8_0 on the VNNI path:
-/// stored as unsigned `w + 128`, which `vpdpbusd` takes). Same values as GGML's layout.
+/// (the last padded with zero rows); per group and block, the `G` f16 scales together, then
+/// the quants by four-value step `t` (0..8): for each `t`, the `G` rows' values `4t..4t+4`
+/// (q8_0: one byte each, 64 bytes per `t`; stored as unsigned `w + 128` on the VNNI path,
+/// which `vpdpbusd` takes). q4_0: steps `2u` and `2u + 1` share 64 bytes, low and high
+/// nibbles. Same values as GGML's layout.
 #[derive(Debug, Clone)]
 pub(crate) struct QGemv {
     /// `[groups][nb][G]` f16 bits.
     scales: Vec<u16>,
-    /// `[groups][nb][G][qb]` quant bytes (qb = 32 for q8_0, 16 for q4_0).
+    /// `[groups][nb][G * qb]` quant bytes (qb = 32 for q8_0, 16 for q4_0), interleaved.
     quants: Lines,
     n: usize,
     k: usize,
@@ -181,11 +187,11 @@ struct Scratch {
     scales: Vec<f32>,
     /// Activation quants, `[m][nb]` lines of 32.
     quants: Vec<Line>,
-    /// Per activation block, eight i32 lanes of `-bias * (sum of the lane's 4 quants)`, the
-    /// offset that unsigned weight values carry (bias 8 for q4_0 nibbles, 128 for q8_0 on
-    /// the VNNI path); `[m][nb]`, unused for q8_0 on AVX2.
-    neg: Vec<Line>,
-    /// Results by weight row, `[groups * G][m]`.
+    /// Per activation block, `-bias * (sum of its quants)`: the offset that unsigned weight
+    /// values carry (bias 8 for q4_0 nibbles, 128 for q8_0 on the VNNI path); `[m][nb]`,
+    /// zero for q8_0 on AVX2.
+    neg: Vec<i32>,
+    /// Results by group, `[groups][m][G]`.
     out_t: Vec<f32>,
 }
 
@@ -200,7 +206,7 @@ struct Acts<'a> {
     nb: usize,
     scales: &'a [f32],
     quants: &'a [Line],
-    neg: &'a [Line],
+    neg: &'a [i32],
 }
 
 impl QGemv {
@@ -239,27 +245,21 @@ impl QGemv {
             for j in 0..nb {
                 let src = &data[(r * nb + j) * bb..(r * nb + j + 1) * bb];
                 scales[(g * nb + j) * G + i] = u16::from_le_bytes([src[0], src[1]]);
-                let at = ((g * nb + j) * G + i) * qb;
-                match kind {
-                    Kind::Q8_0 => {
-                        for (d, s) in qbytes[at..at + qb].iter_mut().zip(&src[2..]) {
-                            *d = s ^ flip;
-                        }
-                    }
-                    Kind::Q4_0 => {
-                        // Rows 2p and 2p+1 share one 32-byte line: byte b holds value b of
-                        // the even row in its low nibble and of the odd row in its high one,
-                        // so that one load and two masks give both rows' 32 values in order.
-                        // (GGML: value b < 16 is qs[b] & 15, value b >= 16 is qs[b - 16] >> 4.)
-                        let line = ((g * nb + j) * G + (i & !1)) * qb;
-                        let shift = if i % 2 == 0 { 0 } else { 4 };
-                        for b in 0..QK {
-                            let v = if b < 16 {
-                                src[2 + b] & 15
+                let base = (g * nb + j) * G * qb;
+                for v in 0..QK {
+                    // Value v of the row (GGML q4_0: v < 16 is qs[v] & 15, v >= 16 is
+                    // qs[v - 16] >> 4).
+                    let (t, b) = (v / 4, v % 4);
+                    match kind {
+                        Kind::Q8_0 => qbytes[base + (t * G + i) * 4 + b] = src[2 + v] ^ flip,
+                        Kind::Q4_0 => {
+                            let q = if v < 16 {
+                                src[2 + v] & 15
                             } else {
-                                src[2 + b - 16] >> 4
+                                src[2 + v - 16] >> 4
                             };
-                            qbytes[line + b] |= v << shift;
+                            let at = base + ((t / 2) * G + i) * 4 + b;
+                            qbytes[at] |= q << (4 * (t % 2));
                         }
                     }
                 }
@@ -347,9 +347,10 @@ impl QGemv {
             neg: &sc.neg,
         };
         self.gemm(acts, &mut sc.out_t);
-        for (c, col) in sc.out_t.chunks_exact(m).take(self.n).enumerate() {
-            for (r, &v) in col.iter().enumerate() {
-                out[r * self.n + c] = v;
+        for (g, rows) in sc.out_t.chunks_exact(m * G).enumerate() {
+            let cols = G.min(self.n - g * G);
+            for (r, v) in rows.chunks_exact(G).enumerate() {
+                out[r * self.n + g * G..][..cols].copy_from_slice(&v[..cols]);
             }
         }
     }
@@ -402,20 +403,15 @@ fn quantize_acts(xs: &[f32], k: usize, bias: i32, sc: &mut Scratch) {
         *d = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
         q.0.copy_from_slice(&b[2..]);
     }
-    if bias == 0 {
-        return;
-    }
-    sc.neg.resize(blocks, Line([0; 32]));
-    for (q, o) in sc.quants.iter().zip(sc.neg.iter_mut()) {
-        for (dst, four) in o.0.chunks_exact_mut(4).zip(q.0.chunks_exact(4)) {
-            let s: i32 = four.iter().map(|&b| b as i8 as i32).sum();
-            dst.copy_from_slice(&(-bias * s).to_ne_bytes());
-        }
-    }
+    sc.neg.clear();
+    sc.neg.extend(sc.quants.iter().map(|q| {
+        let sum: i32 = q.0.iter().map(|&b| b as i8 as i32).sum();
+        -bias * sum
+    }));
 }
 
-/// `out_t[row * m + r] = dot(weight row, activation row r)` for the rows of the groups in
-/// `sc`/`q`.
+/// `out_t[(g * m + r) * G + i] = dot(weight row i of group g, activation row r)` for the
+/// groups in `sc`/`q`.
 fn groups_dot(kind: Kind, isa: Isa, sc: &[u16], q: &[Line], acts: Acts<'_>, out_t: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {

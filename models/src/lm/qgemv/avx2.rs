@@ -1,34 +1,19 @@
-//! The AVX2 path: per group, each activation row in turn against the group's eight weight
-//! rows (the group is read from memory for the first row and from cache for the others).
+//! The AVX2 path: lane `i` of a 256-bit register is weight row `i` of a half group (8
+//! rows), so `maddubs` + `madd` add four products to each of 8 rows (q8_0 through the sign
+//! trick `|w| * sign(a, w)`, q4_0 nibbles directly: no saturation in either, |products| and
+//! pair sums stay below 2^15); eight steps give each row's exact block dot product. Up to
+//! four activation rows share each block's trip through the group.
 
-use super::super::cpu::{hsum8, prefetch};
+use super::super::cpu::prefetch;
 use super::{Acts, Line, G, PREFETCH};
 use core::arch::x86_64::*;
 
-/// One q4_0 row-block's lanes: `sum(u * a) + neg` per 4 bytes with `u` the unsigned nibbles
-/// and `neg = -8 * sum(a)`, which is exactly `sum((u - 8) * a)` (all integer, no saturation:
-/// |u * a| <= 15 * 127), converted to f32.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q4_lanes(u: __m256i, a: __m256i, neg: __m256i) -> __m256 {
-    let dot = _mm256_madd_epi16(_mm256_set1_epi16(1), _mm256_maddubs_epi16(u, a));
-    _mm256_cvtepi32_ps(_mm256_add_epi32(dot, neg))
-}
-
-/// Lanes of four products of signed bytes: `|x| * sign(y, x)` through `maddubs` (no
-/// saturation: quants are in [-127, 127]), pairs summed by `madd`.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q8_lanes(x: __m256i, y: __m256i) -> __m256 {
-    let ax = _mm256_sign_epi8(x, x);
-    let sy = _mm256_sign_epi8(y, x);
-    let dot = _mm256_maddubs_epi16(ax, sy);
-    _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_set1_epi16(1), dot))
-}
+/// Activation rows per tile: 4 rows x 2 halves of accumulators.
+const R: usize = 4;
 
 /// # Safety
 /// avx2, fma and f16c present; `sc`/`q` hold whole groups of `acts.nb` blocks in the
-/// [`super::QGemv`] layout (signed q8_0), `out_t` holds `G * acts.m` entries per group;
+/// [`super::QGemv`] layout (signed q8_0), `out_t` holds `acts.m * G` entries per group;
 /// `acts` holds `m` rows of `nb` blocks (and, for q4_0, their offsets).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn groups<const Q4: bool>(
@@ -40,84 +25,90 @@ pub(super) unsafe fn groups<const Q4: bool>(
     let (m, nb) = (acts.m, acts.nb);
     let qb = if Q4 { 16 } else { 32 };
     let groups = sc.len() / (nb * G);
-    debug_assert_eq!(out_t.len(), groups * G * m);
+    debug_assert_eq!(out_t.len(), groups * m * G);
     debug_assert_eq!(q.len() * 32, groups * nb * G * qb);
     debug_assert!(acts.scales.len() >= m * nb && acts.quants.len() >= m * nb);
-    debug_assert!(!Q4 || acts.neg.len() >= m * nb);
+    debug_assert!(acts.neg.len() >= m * nb);
     let qp = q.as_ptr() as *const u8;
     for g in 0..groups {
-        for r in 0..m {
-            // SAFETY: as the function's contract; rows r * nb.. are in acts.
-            let acc = unsafe {
-                row_group::<Q4>(
-                    nb,
-                    sc.as_ptr().add(g * nb * G),
-                    qp.add(g * nb * G * qb),
-                    &acts.scales[r * nb..],
-                    &acts.quants[r * nb..],
-                    if Q4 { &acts.neg[r * nb..] } else { &[] },
-                    r == 0,
-                )
-            };
-            for (i, a) in acc.iter().enumerate() {
-                out_t[(g * G + i) * m + r] = hsum8(*a);
+        let out = &mut out_t[g * m * G..(g + 1) * m * G];
+        let mut r0 = 0;
+        while r0 < m {
+            let rows = (m - r0).min(R);
+            // SAFETY: as the function's contract.
+            unsafe {
+                let gs = sc.as_ptr().add(g * nb * G);
+                let gq = qp.add(g * nb * G * qb);
+                match rows {
+                    4 => tile::<Q4, 4>(nb, gs, gq, acts, r0, out),
+                    3 => tile::<Q4, 3>(nb, gs, gq, acts, r0, out),
+                    2 => tile::<Q4, 2>(nb, gs, gq, acts, r0, out),
+                    _ => tile::<Q4, 1>(nb, gs, gq, acts, r0, out),
+                }
             }
+            r0 += rows;
         }
     }
 }
 
-/// One activation row against one group's eight weight rows: the eight lane accumulators.
+/// One group against activation rows `r0..r0 + RT`: writes `out[r * G + i]`.
 ///
 /// # Safety
-/// As [`groups`]: `gs`/`gq` point at one group's scales and quants, `ad`/`aq` (and for
-/// q4_0 `neg`) hold `nb` blocks.
+/// As [`groups`]; `gs`/`gq` point at the group's scales and quants.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn row_group<const Q4: bool>(
+unsafe fn tile<const Q4: bool, const RT: usize>(
     nb: usize,
     gs: *const u16,
     gq: *const u8,
-    ad: &[f32],
-    aq: &[Line],
-    neg: &[Line],
-    first: bool,
-) -> [__m256; G] {
+    acts: Acts<'_>,
+    r0: usize,
+    out: &mut [f32],
+) {
     let qb = if Q4 { 16 } else { 32 };
-    let mut acc = [_mm256_setzero_ps(); G];
-    let mut d = [0f32; G];
     let low = _mm256_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_ps(); 2]; RT];
     unsafe {
         for j in 0..nb {
-            let by = _mm256_load_si256(aq.as_ptr().add(j) as *const __m256i);
-            // The G scale products f32(w) * f32(a).
-            let s = _mm256_cvtph_ps(_mm_loadu_si128(gs.add(j * G) as *const __m128i));
-            _mm256_storeu_ps(
-                d.as_mut_ptr(),
-                _mm256_mul_ps(s, _mm256_set1_ps(*ad.get_unchecked(j))),
-            );
+            let sw =
+                [0, 1].map(|h| _mm256_cvtph_ps(_mm_loadu_si128(gs.add(j * G + 8 * h) as *const _)));
             let bq = gq.add(j * G * qb);
-            if first {
+            if r0 == 0 {
                 prefetch(bq.wrapping_add(PREFETCH), G * qb);
             }
-            if Q4 {
-                let n8 = _mm256_load_si256(neg.as_ptr().add(j) as *const __m256i);
-                for p in 0..G / 2 {
-                    let line = _mm256_load_si256(bq.add(p * 32) as *const __m256i);
-                    let u0 = _mm256_and_si256(line, low);
-                    let u1 = _mm256_and_si256(_mm256_srli_epi16::<4>(line), low);
-                    let (i0, i1) = (2 * p, 2 * p + 1);
-                    let l0 = q4_lanes(u0, by, n8);
-                    let l1 = q4_lanes(u1, by, n8);
-                    acc[i0] = _mm256_fmadd_ps(_mm256_broadcast_ss(&d[i0]), l0, acc[i0]);
-                    acc[i1] = _mm256_fmadd_ps(_mm256_broadcast_ss(&d[i1]), l1, acc[i1]);
-                }
-            } else {
-                for (i, a) in acc.iter_mut().enumerate() {
-                    let w = _mm256_load_si256(bq.add(i * qb) as *const __m256i);
-                    *a = _mm256_fmadd_ps(_mm256_broadcast_ss(&d[i]), q8_lanes(w, by), *a);
+            for (t, acc) in acc.iter_mut().enumerate() {
+                let at = (r0 + t) * nb + j;
+                let a = acts.quants.as_ptr().add(at) as *const i32;
+                let da = _mm256_set1_ps(*acts.scales.get_unchecked(at));
+                for (h, acc) in acc.iter_mut().enumerate() {
+                    let mut x = _mm256_set1_epi32(*acts.neg.get_unchecked(at));
+                    for step in 0..8 {
+                        let a4 = _mm256_set1_epi32(*a.add(step));
+                        let four = if Q4 {
+                            let v =
+                                _mm256_loadu_si256(bq.add((step / 2) * 64 + h * 32) as *const _);
+                            let u = if step % 2 == 0 {
+                                v
+                            } else {
+                                _mm256_srli_epi16::<4>(v)
+                            };
+                            _mm256_maddubs_epi16(_mm256_and_si256(u, low), a4)
+                        } else {
+                            let w = _mm256_loadu_si256(bq.add(step * 64 + h * 32) as *const _);
+                            _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a4, w))
+                        };
+                        x = _mm256_add_epi32(x, _mm256_madd_epi16(four, ones));
+                    }
+                    let d = _mm256_mul_ps(sw[h], da);
+                    *acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(x), *acc);
                 }
             }
         }
+        for (t, acc) in acc.iter().enumerate() {
+            for (h, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(out.as_mut_ptr().add((r0 + t) * G + 8 * h), *a);
+            }
+        }
     }
-    acc
 }

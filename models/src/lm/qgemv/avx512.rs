@@ -1,32 +1,16 @@
-//! The AVX-512 VNNI path: per group, tiles of up to four activation rows, each held against
-//! the group's eight weight rows in 16 registers; one 512-bit `vpdpbusd` computes the lanes
-//! of two weight rows. Weights are unsigned (q4_0 nibbles, q8_0 stored as `w + 128`) and the
-//! accumulator starts at `-bias * sum(a)` per lane, so each lane is the exact signed integer
-//! dot product the AVX2 path forms; the float arithmetic is the same per lane and per row.
+//! The AVX-512 VNNI path: lane `i` of a 512-bit register is weight row `i` of the group, so
+//! one `vpdpbusd` adds four products to each of the 16 rows; eight of them (two chains)
+//! give each row's exact block dot product. Weights are unsigned (q4_0 nibbles, q8_0 stored
+//! as `w + 128`) and the chain starts at `-bias * sum(a)`, which makes the sum the signed
+//! dot product. Up to eight activation rows share each block's weight registers.
 
-use super::super::cpu::{hsum8, prefetch};
+use super::super::cpu::prefetch;
 use super::{Acts, Line, G, PREFETCH};
 use core::arch::x86_64::*;
 
-/// Activation rows per register tile: 4 x 4 accumulators + 4 weight pairs + scales fit in
-/// the 32 vector registers.
-const R: usize = 4;
-
-/// The weight rows (low half, high half) each of the four 512-bit pair vectors holds. q8_0:
-/// 64 contiguous bytes are rows 2p and 2p + 1. q4_0: 64 bytes are two nibble lines (rows
-/// 4t, 4t + 1 and 4t + 2, 4t + 3); the low nibbles give rows (4t, 4t + 2), the high ones
-/// (4t + 1, 4t + 3).
-const fn pairs(q4: bool) -> [(usize, usize); 4] {
-    if q4 {
-        [(0, 2), (1, 3), (4, 6), (5, 7)]
-    } else {
-        [(0, 1), (2, 3), (4, 5), (6, 7)]
-    }
-}
-
 /// # Safety
 /// avx512f/bw/vl/vnni, avx2, fma and f16c present; `sc`/`q` hold whole groups of `acts.nb`
-/// blocks in the [`super::QGemv`] layout with unsigned q8_0, `out_t` holds `G * acts.m`
+/// blocks in the [`super::QGemv`] layout with unsigned q8_0, `out_t` holds `acts.m * G`
 /// entries per group; `acts` holds `m` rows of `nb` blocks with their offsets.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn groups<const Q4: bool>(
@@ -38,31 +22,29 @@ pub(super) unsafe fn groups<const Q4: bool>(
     let (m, nb) = (acts.m, acts.nb);
     let qb = if Q4 { 16 } else { 32 };
     let groups = sc.len() / (nb * G);
-    debug_assert_eq!(out_t.len(), groups * G * m);
+    debug_assert_eq!(out_t.len(), groups * m * G);
     debug_assert_eq!(q.len() * 32, groups * nb * G * qb);
     debug_assert!(acts.scales.len() >= m * nb && acts.quants.len() >= m * nb);
     debug_assert!(acts.neg.len() >= m * nb);
     let qp = q.as_ptr() as *const u8;
     for g in 0..groups {
-        let out = &mut out_t[g * G * m..(g + 1) * G * m];
+        let out = &mut out_t[g * m * G..(g + 1) * m * G];
         let mut r0 = 0;
         while r0 < m {
-            let rows = (m - r0).min(R);
+            let rows = [8, 4, 2, 1].into_iter().find(|&t| t <= m - r0).unwrap_or(1);
             // SAFETY: as the function's contract.
             unsafe {
-                let gs = sc.as_ptr().add(g * nb * G);
-                let gq = qp.add(g * nb * G * qb);
                 let t = Tile {
                     nb,
-                    gs,
-                    gq,
+                    gs: sc.as_ptr().add(g * nb * G),
+                    gq: qp.add(g * nb * G * qb),
                     acts,
                     r0,
                     first: r0 == 0,
                 };
                 match rows {
+                    8 => t.run::<Q4, 8>(out),
                     4 => t.run::<Q4, 4>(out),
-                    3 => t.run::<Q4, 3>(out),
                     2 => t.run::<Q4, 2>(out),
                     _ => t.run::<Q4, 1>(out),
                 }
@@ -84,7 +66,7 @@ struct Tile<'a> {
 }
 
 impl Tile<'_> {
-    /// Writes `out[row * m + r]` for the group's rows and the tile's activation rows.
+    /// Writes `out[r * G + i]` for the tile's activation rows `r` and the group's rows `i`.
     ///
     /// # Safety
     /// As [`groups`].
@@ -92,67 +74,54 @@ impl Tile<'_> {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn run<const Q4: bool, const RT: usize>(&self, out: &mut [f32]) {
         let qb = if Q4 { 16 } else { 32 };
-        let (nb, m) = (self.nb, self.acts.m);
-        let pr = pairs(Q4);
-        let idx = pr.map(|(a, b)| {
-            let (a, b) = (a as i32, b as i32);
-            _mm512_setr_epi32(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b)
-        });
+        let nb = self.nb;
         let low = _mm512_set1_epi8(0x0F);
-        let mut acc = [[_mm512_setzero_ps(); 4]; RT];
+        let mut acc = [_mm512_setzero_ps(); RT];
         unsafe {
             for j in 0..nb {
-                let s = _mm256_cvtph_ps(_mm_loadu_si128(self.gs.add(j * G) as *const __m128i));
-                let s = _mm512_castps256_ps512(s);
-                let sp = idx.map(|ix| _mm512_permutexvar_ps(ix, s));
+                let sw = _mm512_cvtph_ps(_mm256_loadu_si256(self.gs.add(j * G) as *const _));
                 let bq = self.gq.add(j * G * qb);
                 if self.first {
                     prefetch(bq.wrapping_add(PREFETCH), G * qb);
                 }
-                let w = if Q4 {
-                    let l0 = _mm512_loadu_si512(bq as *const _);
-                    let l1 = _mm512_loadu_si512(bq.add(64) as *const _);
-                    let hi = |l| _mm512_and_si512(_mm512_srli_epi16::<4>(l), low);
+                let load = |u: usize| _mm512_loadu_si512(bq.add(u * 64) as *const _);
+                let w: [__m512i; 8] = if Q4 {
+                    let v = [load(0), load(1), load(2), load(3)];
+                    let hi = |x| _mm512_and_si512(_mm512_srli_epi16::<4>(x), low);
+                    let lo = |x| _mm512_and_si512(x, low);
                     [
-                        _mm512_and_si512(l0, low),
-                        hi(l0),
-                        _mm512_and_si512(l1, low),
-                        hi(l1),
+                        lo(v[0]),
+                        hi(v[0]),
+                        lo(v[1]),
+                        hi(v[1]),
+                        lo(v[2]),
+                        hi(v[2]),
+                        lo(v[3]),
+                        hi(v[3]),
                     ]
                 } else {
-                    [0, 1, 2, 3].map(|p| _mm512_loadu_si512(bq.add(p * 64) as *const _))
+                    [0, 1, 2, 3, 4, 5, 6, 7].map(load)
                 };
                 for (t, acc) in acc.iter_mut().enumerate() {
                     let at = (self.r0 + t) * nb + j;
-                    let a = load_line(self.acts.quants.as_ptr().add(at));
-                    let neg = load_line(self.acts.neg.as_ptr().add(at));
-                    let da = _mm512_set1_ps(*self.acts.scales.get_unchecked(at));
-                    for p in 0..4 {
-                        let lanes = _mm512_dpbusd_epi32(neg, w[p], a);
-                        let d = _mm512_mul_ps(sp[p], da);
-                        acc[p] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(lanes), acc[p]);
+                    let a = self.acts.quants.as_ptr().add(at) as *const i32;
+                    // Two chains (even and odd steps) for latency; integer sums are exact.
+                    let mut x0 = _mm512_set1_epi32(*self.acts.neg.get_unchecked(at));
+                    let mut x1 = _mm512_setzero_si512();
+                    for u in 0..4 {
+                        let a0 = _mm512_set1_epi32(*a.add(2 * u));
+                        let a1 = _mm512_set1_epi32(*a.add(2 * u + 1));
+                        x0 = _mm512_dpbusd_epi32(x0, w[2 * u], a0);
+                        x1 = _mm512_dpbusd_epi32(x1, w[2 * u + 1], a1);
                     }
+                    let s = _mm512_cvtepi32_ps(_mm512_add_epi32(x0, x1));
+                    let d = _mm512_mul_ps(sw, _mm512_set1_ps(*self.acts.scales.get_unchecked(at)));
+                    *acc = _mm512_fmadd_ps(d, s, *acc);
                 }
             }
-        }
-        for (t, acc) in acc.iter().enumerate() {
-            let r = self.r0 + t;
-            for (p, &(ra, rb)) in pr.iter().enumerate() {
-                let lo = _mm512_castps512_ps256(acc[p]);
-                let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc[p])));
-                out[ra * m + r] = hsum8(lo);
-                out[rb * m + r] = hsum8(hi);
+            for (t, acc) in acc.iter().enumerate() {
+                _mm512_storeu_ps(out.as_mut_ptr().add((self.r0 + t) * G), *acc);
             }
         }
     }
-}
-
-/// One 32-byte line in both halves of a 512-bit vector.
-///
-/// # Safety
-/// `p` points at a readable line.
-#[inline]
-#[target_feature(enable = "avx512f,avx2")]
-unsafe fn load_line(p: *const Line) -> __m512i {
-    unsafe { _mm512_broadcast_i64x4(_mm256_load_si256(p as *const __m256i)) }
 }
