@@ -2,7 +2,7 @@
 //! quantizing safetensors checkpoints into them.
 
 use std::fs::File;
-use std::io::{BufWriter, Seek, Write};
+use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -179,7 +179,6 @@ fn write_body(
         w.write_all(&vec![0u8; pad as usize]).map_err(io)?;
     }
     w.flush().map_err(io)?;
-    w.get_mut().stream_position().map_err(io)?;
     Ok(())
 }
 
