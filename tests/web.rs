@@ -270,3 +270,66 @@ fn garbage_and_floods_leave_the_daemon_up() {
     d.signal(libc::SIGTERM);
     assert!(d.wait_exit(Duration::from_secs(5)).is_some());
 }
+
+/// One raw HTTP/1.1 request over plain TCP to 127.0.0.1:`port` (`head` is the request line
+/// and headers, without the blank line); the whole response.
+fn http_raw(port: u16, head: &str) -> String {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = format!("{head}\r\nConnection: close\r\n\r\n");
+    tcp.write_all(req.as_bytes()).unwrap();
+    let mut resp = String::new();
+    let _ = tcp.read_to_string(&mut resp);
+    resp
+}
+
+/// `POST /api/control?QUERY` from the device's own address, as curl or a script sends it.
+fn post_control(port: u16, query: &str) -> String {
+    http_raw(
+        port,
+        &format!(
+            "POST /api/control?{query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0"
+        ),
+    )
+}
+
+#[test]
+fn control_values_that_do_not_parse_answer_400_and_change_nothing() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _d = serve(dir.path(), &format!("127.0.0.1:{port}"), &["--no-tls"]);
+    let r = post_control(port, "mute=1&volume=40");
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(
+        r.contains("\"muted\":true") && r.contains("\"volume\":40"),
+        "{r}"
+    );
+    for bad in [
+        "mute=yes",
+        "mute=",
+        "mute=2",
+        "volume=999",
+        "volume=-1",
+        "mute=0&volume=x",
+    ] {
+        let r = post_control(port, bad);
+        let name = bad.rsplit('&').next().unwrap().split('=').next().unwrap();
+        assert!(r.starts_with("HTTP/1.1 400"), "{bad}: {r}");
+        assert!(
+            r.contains(name),
+            "{bad}: the answer names the parameter: {r}"
+        );
+    }
+    // Nothing of a refused request was applied, not even its valid part (mute=0 above).
+    let r = http_raw(
+        port,
+        &format!("GET /api/state HTTP/1.1\r\nHost: 127.0.0.1:{port}"),
+    );
+    assert!(
+        r.contains("\"muted\":true") && r.contains("\"volume\":40"),
+        "{r}"
+    );
+    let r = post_control(port, "mute=off");
+    assert!(r.contains("\"muted\":false"), "{r}");
+}

@@ -1,4 +1,7 @@
-//! `/api/chat` query parameters: per-session sampling (PROTOCOL.md, "Endpoint") and the token.
+//! Query parameters: `/api/chat`'s per-session sampling (PROTOCOL.md, "Endpoint"),
+//! `/api/control`'s controls, and the token.
+
+use super::backend::Control;
 
 /// Sampling settings a session asked for; None = the daemon's configured value.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -108,6 +111,34 @@ pub fn sampling(pairs: &[(String, String)]) -> Result<SessionSampling, BadParam>
     Ok(s)
 }
 
+/// `/api/control`'s parameters, every one checked before any is applied (a request that is
+/// half wrong changes nothing); unknown keys are ignored, as `/api/chat`'s are.
+pub fn controls(pairs: &[(String, String)]) -> Result<Vec<Control>, BadParam> {
+    let bad = |k: &str, v: &str, why| BadParam {
+        name: k.to_string(),
+        value: v.to_string(),
+        why,
+    };
+    let mut out = Vec::new();
+    for (k, v) in pairs {
+        out.push(match k.as_str() {
+            // The page sends 1/0; MQTT's ON/OFF and true/false are accepted too.
+            "mute" => match v.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "on" => Control::Mute(true),
+                "0" | "false" | "off" => Control::Mute(false),
+                _ => return Err(bad(k, v, "1 or 0 (also on/off, true/false)")),
+            },
+            "volume" => match v.trim().parse::<u8>() {
+                Ok(n) if n <= 100 => Control::Volume(n),
+                _ => return Err(bad(k, v, "a whole number 0-100")),
+            },
+            "voice" => Control::Voice(v.clone()),
+            _ => continue,
+        });
+    }
+    Ok(out)
+}
+
 /// The access token a request carries: `?token=`, `?worker_auth_id=` (what Kyutai's web UI
 /// forwards), or the `moshid_token` cookie the page sets.
 pub fn token(pairs: &[(String, String)], cookie: Option<&str>) -> Option<String> {
@@ -165,6 +196,33 @@ mod tests {
             sampling(&q("text_temperature=1")).unwrap().text_temperature,
             Some(1.0)
         );
+    }
+
+    #[test]
+    fn controls_parse_whole_or_not_at_all() {
+        assert_eq!(
+            controls(&q("mute=ON&volume=60&voice=moshika&x=1")).unwrap(),
+            [
+                Control::Mute(true),
+                Control::Volume(60),
+                Control::Voice("moshika".into())
+            ]
+        );
+        assert_eq!(controls(&q("mute=0")).unwrap(), [Control::Mute(false)]);
+        for bad in [
+            "mute=yes",
+            "mute=",
+            "mute",
+            "volume=101",
+            "volume=-1",
+            "mute=1&volume=x",
+        ] {
+            let e = controls(&q(bad)).unwrap_err();
+            assert!(
+                bad.rsplit('&').next().unwrap().starts_with(&e.name),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! page's device panel).
 
 use super::auth::{self, Net};
-use super::backend::{Backend, Control, DeviceState};
+use super::backend::{Backend, DeviceState};
 use super::config::{Busy, WebConfig};
 use super::params::{self, SessionSampling};
 use super::protocol::{self, BuildInfo, Metadata};
@@ -311,17 +311,14 @@ fn state(ctx: &Ctx) -> Response<Body> {
     }
 }
 
+/// `POST /api/control`: every parameter is checked first, so a bad value (`mute=yes`,
+/// `volume=999`) is a 400 naming it and nothing is applied.
 fn control(ctx: &Ctx, pairs: &[(String, String)]) -> Response<Body> {
-    for (k, v) in pairs {
-        let c = match k.as_str() {
-            "mute" => Control::Mute(matches!(v.as_str(), "1" | "true" | "on" | "ON")),
-            "volume" => match v.parse::<u8>() {
-                Ok(n) if n <= 100 => Control::Volume(n),
-                _ => return text(StatusCode::BAD_REQUEST, "volume: 0-100\n"),
-            },
-            "voice" => Control::Voice(v.clone()),
-            _ => continue,
-        };
+    let controls = match params::controls(pairs) {
+        Ok(c) => c,
+        Err(e) => return text(StatusCode::BAD_REQUEST, &format!("{e}\n")),
+    };
+    for c in controls {
         if let Err(e) = ctx.backend.control(c) {
             return text(StatusCode::BAD_REQUEST, &format!("{e}\n"));
         }
