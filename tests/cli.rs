@@ -404,13 +404,47 @@ fn demo_output_that_cannot_be_written_is_an_error() {
         !ok && text.contains("/nonexistent/out.wav") && !text.contains("wrote"),
         "{text}"
     );
-    // A full disk: every write fails with ENOSPC.
+    // A full disk: every write fails with ENOSPC, reported by the speaker's stream itself.
     let (ok, text) = demo_in(dir.path(), &["--output", "/dev/full"]);
     assert!(
-        !ok && text.contains("/dev/full") && text.contains("disk full"),
+        !ok && text.contains("/dev/full") && text.contains("No space left"),
         "{text}"
     );
     assert!(!text.contains("wrote /dev/full"), "{text}");
+}
+
+#[test]
+fn demo_streams_into_a_null_device() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    // It cannot be read back: success is every write accepted, not a re-read WAV.
+    let (ok, text) = demo_in(dir.path(), &["--output", "/dev/null"]);
+    assert!(ok && text.contains("wrote /dev/null"), "{text}");
+}
+
+#[test]
+fn passthrough_into_a_full_device_fails_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.wav");
+    write_voice_wav(&input, 2.0);
+    let o = moshid(&[
+        "audio",
+        "passthrough",
+        "--capture",
+        &format!("wav:{}", input.display()),
+        "--playback",
+        "wav:/dev/full",
+    ]);
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(!o.status.success(), "{out}\n{err}");
+    assert!(
+        err.contains("/dev/full") && err.contains("No space left"),
+        "{err}"
+    );
+    assert!(!out.contains("done"), "{out}");
 }
 
 #[test]
@@ -451,6 +485,8 @@ fn cli_numbers_get_the_same_range_checks_as_the_config() {
         &["demo", "--seconds", "1e12"][..],
         &["bench", "mimi", "--frames", "1000000000000"][..],
         &["audio", "aec", "--skip-seconds=-1"][..],
+        &["bench", "mimi", "--warmup", "10000000"][..],
+        &["bench", "mimi", "--num-codebooks", "100000"][..],
     ] {
         let o = moshid(args);
         let err = String::from_utf8_lossy(&o.stderr);
@@ -459,6 +495,55 @@ fn cli_numbers_get_the_same_range_checks_as_the_config() {
             "{args:?}: {err}"
         );
     }
+    // Numbers that once reached an allocation (exit 134): the config's ranges.
+    for (flag, v) in [
+        ("--playback-rate", "4294967295"),
+        ("--capture-rate", "0"),
+        ("--capture-channels", "100000000"),
+        ("--playback-channels", "0"),
+        ("--gain", "NaN"),
+        ("--mic-channels", "99"),
+    ] {
+        let o = moshid(&[
+            "audio",
+            "passthrough",
+            "--capture",
+            "a",
+            "--playback",
+            "b",
+            flag,
+            v,
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            o.status.code() == Some(2) && err.contains("invalid value") && err.contains(flag),
+            "{flag} {v}: {err}"
+        );
+    }
+}
+
+#[test]
+fn infer_trace_into_a_full_device_names_it() {
+    let lm = fixtures("lm/model_candle.safetensors");
+    let cfg = fixtures("lm/config.json");
+    let codes = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        codes.path(),
+        r#"{"num_codebooks":8,"codes":[[1,2,3,4,5,6,7,8]]}"#,
+    )
+    .unwrap();
+    let (lm, cfg, codes) = (
+        lm.to_str().unwrap(),
+        cfg.to_str().unwrap(),
+        codes.path().to_str().unwrap(),
+    );
+    let o = moshid(&infer_args(lm, cfg, codes, &["--trace", "/dev/full"]));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("--trace") && err.contains("/dev/full"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -486,6 +571,14 @@ fn check_config_catches_what_run_would_fail_on() {
         ),
         (format!("cache_dir = \"{}/a-file\"\n", d.display()), "is not a folder"),
         ("[model]\ndevice = \"cuda:99\"\n".into(), "cuda:99"),
+        (
+            format!("[web]\nstate_dir = \"{}/a-file\"\n", d.display()),
+            "`web.state_dir`",
+        ),
+        (
+            format!("[web]\ntoken_file = \"{}\"\n", d.display()),
+            "`web.token_file`",
+        ),
     ];
     for (toml, want) in cases {
         let p = d.join("c.toml");

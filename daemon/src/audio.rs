@@ -112,8 +112,7 @@ impl Sink for PlaybackStream {
     }
 
     fn finish(&mut self) -> Result<(), SoundError> {
-        self.close();
-        Ok(())
+        self.close().map_err(|e| SoundError::Device(e.to_string()))
     }
 }
 

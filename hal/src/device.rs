@@ -54,6 +54,10 @@ pub enum DeviceError {
     /// A file-backed capture reached its end.
     #[error("end of stream")]
     EndOfStream,
+    /// A failure reopening cannot cure (a WAV file that cannot be written: a full disk, a
+    /// device that refuses writes): the stream stops with this as its error.
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// A source of interleaved f32 audio at the device's rate and channel count.

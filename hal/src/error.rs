@@ -35,6 +35,9 @@ pub enum HalError {
         /// What was wrong and what to do.
         reason: String,
     },
+    /// A running stream stopped for good (its device or file failed); says why.
+    #[error("{0}")]
+    Stream(String),
     /// The echo canceller could not be built or failed.
     #[error("echo canceller: {0}")]
     Aec(String),

@@ -10,7 +10,9 @@ use crate::device::{
 use crate::resample::StreamResampler;
 use crate::wavfile::{WavCapture, WavPlayback};
 use crate::{HalError, FRAME_SAMPLES, MODEL_RATE};
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{
+    bounded, Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError,
+};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -521,6 +523,10 @@ impl CaptureWorker {
                     self.flush_last_frame();
                     break;
                 }
+                Err(DeviceError::Failed(e)) => {
+                    self.shared.set_error(e);
+                    return self.shared.set_state(StreamState::Error);
+                }
             }
         }
         self.shared.set_state(StreamState::Finished);
@@ -662,6 +668,7 @@ impl PlaybackStream {
             resampler,
             mono: vec![0.0; out_frames],
             inter: vec![0.0; out_frames * params.channels],
+            failed: false,
         };
         let thread = std::thread::Builder::new()
             .name("moshid-playback".into())
@@ -695,15 +702,34 @@ impl PlaybackStream {
         }
     }
 
-    /// Queues a frame, waiting for room.
+    /// Queues a frame, waiting for room; gives it back once the playback thread has ended
+    /// (its device failed for good), which would otherwise leave nobody to make room.
     pub fn send_blocking(&self, frame: Frame) -> Result<(), Frame> {
         if frame.samples.len() != FRAME_SAMPLES {
             return Err(frame);
         }
-        match &self.tx {
-            Some(tx) => tx.send(frame).map_err(|e| e.into_inner()),
-            None => Err(frame),
+        let Some(tx) = &self.tx else {
+            return Err(frame);
+        };
+        let mut frame = frame;
+        loop {
+            match tx.send_timeout(frame, FRAME_DURATION) {
+                Ok(()) => return Ok(()),
+                Err(SendTimeoutError::Disconnected(f)) => return Err(f),
+                Err(SendTimeoutError::Timeout(f)) => {
+                    if self.has_stopped() {
+                        return Err(f);
+                    }
+                    frame = f;
+                }
+            }
         }
+    }
+
+    /// True once the playback thread has ended: its device failed for good (see
+    /// [`Self::finish`] for why), or the stream was closed.
+    pub fn has_stopped(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
     }
 
     /// The far-end reference: each frame as handed to the device, stamped with that time.
@@ -740,16 +766,24 @@ impl PlaybackStream {
         self.shared.last_error.lock().ok().and_then(|g| g.clone())
     }
 
-    /// Plays everything queued, drains the device and stops.
-    pub fn finish(mut self) {
-        self.close();
+    /// Plays everything queued, drains the device and stops; an error when the device
+    /// failed for good on the way (a WAV file that could not be written completely).
+    pub fn finish(mut self) -> Result<(), HalError> {
+        self.close()
     }
 
     /// Like [`Self::finish`], for an owner that keeps the (now closed) stream.
-    pub fn close(&mut self) {
+    pub fn close(&mut self) -> Result<(), HalError> {
         self.tx = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+        match self.shared.state() {
+            StreamState::Error => Err(HalError::Stream(format!(
+                "playback failed: {}",
+                self.last_error().unwrap_or_else(|| "unknown error".into())
+            ))),
+            _ => Ok(()),
         }
     }
 
@@ -787,6 +821,8 @@ struct PlaybackWorker {
     resampler: StreamResampler,
     mono: Vec<f32>,
     inter: Vec<f32>,
+    /// The device failed for good ([`DeviceError::Failed`]).
+    failed: bool,
 }
 
 impl PlaybackWorker {
@@ -815,8 +851,20 @@ impl PlaybackWorker {
             }
             self.send_reference(frame.samples, handed, &mut spare);
         }
-        let _ = self.dev.finish();
-        self.shared.set_state(StreamState::Finished);
+        if let Err(e) = self.dev.finish() {
+            // The first failure is the one to report.
+            if !self.failed {
+                self.shared.set_error(e.to_string());
+            }
+            self.failed = true;
+        }
+        // A failed stream stays in Error: its owner reads why with `finish`/`last_error`.
+        let end = if self.failed {
+            StreamState::Error
+        } else {
+            StreamState::Finished
+        };
+        self.shared.set_state(end);
     }
 
     /// The next frame to play: queued, or silence when starved on a real-time device;
@@ -871,6 +919,11 @@ impl PlaybackWorker {
                     return self.reopen_device().then_some(handed);
                 }
                 Err(DeviceError::EndOfStream) => return None,
+                Err(DeviceError::Failed(e)) => {
+                    self.shared.set_error(e);
+                    self.failed = true;
+                    return None;
+                }
             }
         }
         Some(handed)

@@ -112,15 +112,21 @@ impl PlaybackDevice for WavPlayback {
         &self.params
     }
     fn write(&mut self, buf: &[f32]) -> Result<usize, DeviceError> {
-        let lost = |e: hound::Error| DeviceError::Lost(format!("{}: {e}", self.path.display()));
+        // Reopening would truncate what was written: a file's write error ends the stream.
+        let failed = |e: hound::Error| {
+            DeviceError::Failed(format!(
+                "{}: cannot write ({e}); check that there is room and the path is writable",
+                self.path.display()
+            ))
+        };
         let w = self
             .writer
             .as_mut()
-            .ok_or_else(|| DeviceError::Lost("file closed".into()))?;
+            .ok_or_else(|| DeviceError::Failed("file closed".into()))?;
         let ch = self.params.channels;
         let n = buf.len() / ch * ch;
         for &s in &buf[..n] {
-            w.write_sample(s).map_err(lost)?;
+            w.write_sample(s).map_err(failed)?;
         }
         if let Some((start, done)) = self.paced.as_mut() {
             *done += (n / ch) as u64;
@@ -133,8 +139,13 @@ impl PlaybackDevice for WavPlayback {
     }
     fn finish(&mut self) -> Result<(), DeviceError> {
         if let Some(w) = self.writer.take() {
-            w.finalize()
-                .map_err(|e| DeviceError::Lost(format!("{}: {e}", self.path.display())))?;
+            w.finalize().map_err(|e| {
+                DeviceError::Failed(format!(
+                    "{}: cannot complete the file ({e}); check that there is room and \
+                         that it is a file (a WAV header is rewritten at the end)",
+                    self.path.display()
+                ))
+            })?;
         }
         Ok(())
     }

@@ -154,7 +154,7 @@ fn array_4ch_16k_to_24k_frames_and_back_to_48k_stereo() {
         play.send_blocking(f).unwrap();
     }
     let st = play.stats();
-    play.finish();
+    play.finish().unwrap();
     assert_eq!(st.xruns, 0);
     let out = read_s16(&out_path);
     assert!(

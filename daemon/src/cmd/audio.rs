@@ -31,25 +31,25 @@ pub struct PassthroughArgs {
     #[arg(long)]
     pub playback: String,
     /// Capture rate in Hz.
-    #[arg(long, default_value_t = 48_000)]
+    #[arg(long, default_value_t = 48_000, value_parser = super::rate)]
     pub capture_rate: u32,
     /// Capture channel count (e.g. 6 for a microphone array).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = super::channels)]
     pub capture_channels: usize,
     /// Capture sample format: S16, S32 or F32.
     #[arg(long, default_value = "S16")]
     pub capture_format: SampleFormat,
     /// Channels averaged into the microphone signal, e.g. 0 or 1,2,3,4 (default: all).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = super::channel)]
     pub mic_channels: Vec<usize>,
     /// Linear gain after the channel mix.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = super::gain)]
     pub gain: f32,
     /// Playback rate in Hz.
-    #[arg(long, default_value_t = 48_000)]
+    #[arg(long, default_value_t = 48_000, value_parser = super::rate)]
     pub playback_rate: u32,
     /// Playback channel count.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = super::channels)]
     pub playback_channels: usize,
     /// Playback sample format: S16, S32 or F32.
     #[arg(long, default_value = "S16")]
@@ -204,13 +204,17 @@ fn passthrough(a: PassthroughArgs) -> anyhow::Result<()> {
             play.send_blocking(frame)
         };
         if res.is_err() {
+            if play.has_stopped() {
+                break; // failed for good: finish() says why
+            }
             play_full += 1;
         }
         passed += 1;
     }
     let c = cap.stats();
     cap.stop();
-    play.finish();
+    play.finish()
+        .with_context(|| format!("--playback {}", a.playback))?;
     println!(
         "done: {passed} frames ({:.2} s of audio) in {:.2} s; capture xruns={} reopens={} \
          dropped={}; playback queue full {play_full} times",

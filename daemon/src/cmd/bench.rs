@@ -41,10 +41,10 @@ pub struct MimiBenchArgs {
     /// Untimed frames first. Default: until the attention windows are full (125 frames for the
     /// released Mimi), so the figures are those of a long conversation, not of its first
     /// seconds, when attention reads fewer past steps.
-    #[arg(long, value_name = "FRAMES")]
+    #[arg(long, value_name = "FRAMES", value_parser = super::count_or_zero)]
     warmup: Option<usize>,
     /// Codebooks per frame.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = super::codebooks)]
     num_codebooks: usize,
 }
 

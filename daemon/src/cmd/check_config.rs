@@ -37,6 +37,7 @@ fn environment_problems(cfg: &Config) -> Vec<String> {
                 p.push(format!("`web.cert_file`: {e:#}"));
             }
         }
+        web_paths(&cfg.web, &mut p);
     }
     if cfg.mqtt.enabled {
         let topics = crate::mqtt::Topics::new(&cfg.mqtt.base_topic, &cfg.device_id());
@@ -45,6 +46,27 @@ fn environment_problems(cfg: &Config) -> Vec<String> {
         }
     }
     p
+}
+
+/// The endpoint's state folder must be a folder and its token file a file (or absent: both
+/// are made at first start); `run` could not start the endpoint otherwise.
+fn web_paths(w: &crate::web::config::WebConfig, p: &mut Vec<String>) {
+    let dir = w.state_dir();
+    if dir.exists() && !dir.is_dir() {
+        p.push(format!(
+            "`web.state_dir` = {}: exists and is not a folder (the certificate and token \
+             are kept there)",
+            dir.display()
+        ));
+    }
+    let token = w.token_path();
+    if token.exists() && !token.is_file() {
+        p.push(format!(
+            "`web.token_file` = {}: exists and is not a file (remove it, or name a file \
+             moshid may create)",
+            token.display()
+        ));
+    }
 }
 
 /// Exits non-zero with every problem named when the file is invalid, or when what it names

@@ -279,11 +279,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if random { ", random" } else { "" },
         text.trim()
     );
+    // The phase goes back to idle when the input ends; an error recorded on the way (the
+    // speaker's file could not be written) stays in `error`. An offline run has no
+    // reloads, so any error there failed it.
+    if let Some(e) = &st.error {
+        anyhow::bail!("the pipeline failed: {e}");
+    }
     if st.phase == crate::control::Phase::Error {
-        anyhow::bail!(
-            "the pipeline failed: {}",
-            st.error.clone().unwrap_or_default()
-        );
+        anyhow::bail!("the pipeline failed");
     }
     check_output(&args.output, steps)?;
     println!(
@@ -294,9 +297,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The playback file must be a WAV holding the audio of (nearly) every step: a write that
-/// failed on the way (a full disk) is an error, not "wrote".
+/// A regular output file must be a WAV holding the audio of (nearly) every step. A write
+/// that failed on the way (a full disk) already failed the run: the playback stream reports
+/// it. Anything else (`/dev/null`, a FIFO) cannot be read back, so only a file is checked.
 fn check_output(path: &Path, steps: u64) -> anyhow::Result<()> {
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        return Ok(());
+    }
     let (samples, channels, rate) = moshid_hal::wav::read_interleaved(path).with_context(|| {
         format!(
             "the output {} was not written completely (disk full?)",

@@ -122,6 +122,38 @@ struct TraceStep {
     audio: [u32; AUDIO_CODEBOOKS],
 }
 
+/// `--trace`: one [`TraceStep`] JSON line per step; every write error names the file.
+struct Trace {
+    path: PathBuf,
+    w: std::io::BufWriter<std::fs::File>,
+}
+
+impl Trace {
+    fn create(path: &Path) -> anyhow::Result<Trace> {
+        let f = std::fs::File::create(path)
+            .with_context(|| format!("--trace: cannot create {}", path.display()))?;
+        Ok(Trace {
+            path: path.to_path_buf(),
+            w: std::io::BufWriter::new(f),
+        })
+    }
+
+    fn write(&mut self, line: &TraceStep) -> anyhow::Result<()> {
+        writeln!(self.w, "{}", serde_json::to_string(line)?).with_context(|| self.failed())
+    }
+
+    fn finish(mut self) -> anyhow::Result<()> {
+        self.w.flush().with_context(|| self.failed())
+    }
+
+    fn failed(&self) -> String {
+        format!(
+            "--trace: cannot write {} (is there room?)",
+            self.path.display()
+        )
+    }
+}
+
 /// Runs `moshid infer`.
 pub fn run(a: Args) -> anyhow::Result<()> {
     let device = a.device.open()?;
@@ -218,12 +250,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     sampling.validate()?;
     let model = load_lm(&a.lm, &cfg, dtype, &device, context)?;
     let mut gen = LmGen::new(model, sampling, context)?;
-    let mut trace = match &a.trace {
-        Some(p) => Some(std::io::BufWriter::new(
-            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
-        )),
-        None => None,
-    };
+    let mut trace = a.trace.as_deref().map(Trace::create).transpose()?;
     let mut stream = tokenizer.as_ref().map(|t| t.stream());
     let mut words = String::new();
     let frame_n = mimi.as_ref().map(|m| m.frame_samples()).unwrap_or(0);
@@ -234,12 +261,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let out = gen.step(c).with_context(|| format!("step {t}"))?;
         let (text, audio) = gen.last_sampled();
         if let Some(w) = trace.as_mut() {
-            let line = TraceStep {
+            w.write(&TraceStep {
                 step: t,
                 text,
                 audio,
-            };
-            writeln!(w, "{}", serde_json::to_string(&line)?)?;
+            })?;
         }
         if let Some(o) = out {
             if let Some(s) = stream.as_mut() {
@@ -260,8 +286,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         user.len(),
         1000.0 * secs / user.len() as f64
     );
-    if let Some(mut w) = trace {
-        w.flush()?;
+    if let Some(w) = trace {
+        w.finish()?;
     }
     if let Some(p) = &a.transcript {
         std::fs::write(p, format!("{words}\n"))

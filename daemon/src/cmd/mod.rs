@@ -54,6 +54,55 @@ pub fn count(s: &str) -> Result<usize, String> {
     Ok(v)
 }
 
+/// A whole number in `lo..=hi`, else a message naming the range (clap prefixes the flag).
+fn whole(s: &str, lo: u64, hi: u64, unit: &str) -> Result<u64, String> {
+    let v: u64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a whole number"))?;
+    if !(lo..=hi).contains(&v) {
+        return Err(format!("{v}: use {lo}..={hi}{unit}"));
+    }
+    Ok(v)
+}
+
+/// Untimed warm-up frames: 0 to a million (each is a real encode and decode).
+pub fn count_or_zero(s: &str) -> Result<usize, String> {
+    whole(s, 0, 1_000_000, " frames").map(|v| v as usize)
+}
+
+/// A device's sample rate: `audio.rate`'s range, 8000 to 192000 Hz.
+pub fn rate(s: &str) -> Result<u32, String> {
+    whole(s, 8_000, 192_000, " Hz").map(|v| v as u32)
+}
+
+/// A device's channel count: `audio.*_channels`' range, 1 to 32.
+pub fn channels(s: &str) -> Result<usize, String> {
+    whole(s, 1, 32, " channels").map(|v| v as usize)
+}
+
+/// One of a device's channels (0-based), below the largest channel count.
+pub fn channel(s: &str) -> Result<usize, String> {
+    whole(s, 0, 31, "").map(|v| v as usize)
+}
+
+/// Codebooks per Mimi frame: 1 to 32 (the released Mimi has 32).
+pub fn codebooks(s: &str) -> Result<usize, String> {
+    whole(s, 1, 32, "").map(|v| v as usize)
+}
+
+/// A linear microphone gain: `audio.mic_gain`'s range, 0 to 100.
+pub fn gain(s: &str) -> Result<f32, String> {
+    let v: f32 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number"))?;
+    if !(v.is_finite() && (0.0..=100.0).contains(&v)) {
+        return Err(format!("{v}: use 0..=100"));
+    }
+    Ok(v)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -68,5 +117,11 @@ mod tests {
             assert!(super::count(bad).is_err(), "{bad}");
         }
         assert_eq!(super::count("50"), Ok(50));
+        assert!(super::count_or_zero("10000000").is_err());
+        assert_eq!(super::count_or_zero("0"), Ok(0));
+        assert!(super::rate("4294967295").is_err() && super::rate("0").is_err());
+        assert_eq!(super::rate("48000"), Ok(48_000));
+        assert!(super::channels("0").is_err() && super::channels("33").is_err());
+        assert!(super::gain("NaN").is_err() && super::gain("-1").is_err());
     }
 }
