@@ -333,3 +333,218 @@ fn control_values_that_do_not_parse_answer_400_and_change_nothing() {
     let r = post_control(port, "mute=off");
     assert!(r.contains("\"muted\":false"), "{r}");
 }
+
+/// A TCP connection to 127.0.0.1:`port` from the local address `src` (any 127.x.y.z: all
+/// of 127.0.0.0/8 is on lo), to be a client of another address than 127.0.0.1.
+fn connect_from(src: [u8; 4], port: u16) -> std::io::Result<TcpStream> {
+    use std::os::fd::FromRawFd;
+    let sin = |ip: [u8; 4], port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(ip),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let tcp = TcpStream::from_raw_fd(fd);
+        let (a, b) = (sin(src, 0), sin([127, 0, 0, 1], port));
+        if libc::bind(fd, &a as *const _ as *const libc::sockaddr, len) != 0
+            || libc::connect(fd, &b as *const _ as *const libc::sockaddr, len) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(tcp)
+    }
+}
+
+/// `head` (request line and headers, no blank line) on `tcp`; the response's status line.
+fn status_line(mut tcp: TcpStream, head: &str) -> String {
+    use std::io::BufRead;
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    if tcp.write_all(format!("{head}\r\n\r\n").as_bytes()).is_err() {
+        return String::new();
+    }
+    let mut line = String::new();
+    let _ = std::io::BufReader::new(tcp).read_line(&mut line);
+    line.trim_end().to_string()
+}
+
+/// A WebSocket upgrade of /api/chat`query` from 127.0.0.1 with `extra` header lines.
+fn upgrade(port: u16, query: &str, extra: &str) -> String {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    status_line(
+        tcp,
+        &format!(
+            "GET /api/chat{query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13{extra}"
+        ),
+    )
+}
+
+/// `/api/state` as the device's own page asks for it.
+fn page_state(port: u16) -> serde_json::Value {
+    let r = http_raw(
+        port,
+        &format!("GET /api/state HTTP/1.1\r\nHost: 127.0.0.1:{port}"),
+    );
+    let body = r.split("\r\n\r\n").nth(1).unwrap_or_default();
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {r}"))
+}
+
+#[test]
+fn cross_site_requests_and_foreign_hosts_are_refused() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // Loopback is trusted: this is the kiosk's browser, which needs no token.
+    let d = serve(dir.path(), &format!("127.0.0.1:{port}"), &["--no-tls"]);
+    let token = std::fs::read_to_string(dir.path().join("state/web-token")).unwrap();
+    let token = token.trim();
+    let post = |origin: &str, host: &str| {
+        let head = format!(
+            "POST /api/control?volume=3 HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0{origin}"
+        );
+        http_raw(port, &head)
+    };
+    let own_host = format!("127.0.0.1:{port}");
+    // A page of another site: fetch("/api/control?volume=3", {method: "POST", mode: "no-cors"}).
+    for origin in ["https://evil.example", "null", "http://127.0.0.1:1"] {
+        let r = post(&format!("\r\nOrigin: {origin}"), &own_host);
+        assert!(
+            r.starts_with("HTTP/1.1 403") && r.contains("Origin"),
+            "{origin}: {r}"
+        );
+    }
+    assert_ne!(
+        page_state(port)["volume"],
+        3,
+        "a foreign page changed the volume"
+    );
+    // The device's own page, and a client without Origin (curl, scripts) from a trusted address.
+    let r = post(&format!("\r\nOrigin: http://127.0.0.1:{port}"), &own_host);
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let r = post("", &format!("localhost:{port}"));
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    // DNS rebinding: a foreign name pointed at the device.
+    for path in ["/api/state", "/"] {
+        let r = http_raw(
+            port,
+            &format!("GET {path} HTTP/1.1\r\nHost: evil.example:{port}"),
+        );
+        assert!(
+            r.starts_with("HTTP/1.1 403") && r.contains("[web] hosts"),
+            "{r}"
+        );
+    }
+    let r = post("", &format!("evil.example:{port}"));
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    // WebSocket: new WebSocket("ws://DEVICE/api/chat") from another site gets nothing.
+    let evil = "\r\nOrigin: https://evil.example";
+    assert!(upgrade(port, "", evil).contains("403"), "{}", d.log());
+    assert!(!d.log().contains("conversation started"), "{}", d.log());
+    // Kyutai's web UI served elsewhere brings the token: it connects.
+    let with_token = format!("?worker_auth_id={token}");
+    assert!(
+        upgrade(port, &with_token, evil).contains("101"),
+        "{}",
+        d.log()
+    );
+    let own = format!("\r\nOrigin: http://127.0.0.1:{port}");
+    assert!(wait_for(Duration::from_secs(30), || upgrade(port, "", &own)
+        .contains("101")
+        .then_some(()))
+    .is_some());
+}
+
+#[test]
+fn one_untrusted_peer_cannot_lock_out_the_others() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // Only 127.0.0.3 is trusted: 127.0.0.1, .2, .4... need the token.
+    let d = serve(
+        dir.path(),
+        &format!("127.0.0.1:{port}"),
+        &["--no-tls", "--trusted", "127.0.0.3/32"],
+    );
+    let token = std::fs::read_to_string(dir.path().join("state/web-token")).unwrap();
+    let host = format!("Host: 127.0.0.1:{port}");
+    let state_from = |src: [u8; 4], query: &str| {
+        let head = format!("GET /api/state{query} HTTP/1.1\r\n{host}\r\nConnection: close");
+        connect_from(src, port)
+            .map(|t| status_line(t, &head))
+            .unwrap_or_default()
+    };
+    // A WebSocket session counts in web_connections as long as it is open (item 5).
+    let mut ws = connect_from([127, 0, 0, 3], port).unwrap();
+    let head = format!(
+        "GET /api/chat HTTP/1.1\r\n{host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    ws.write_all(head.as_bytes()).unwrap();
+    let counted = || {
+        let h = format!("GET /api/state HTTP/1.1\r\n{host}\r\nConnection: close");
+        let t = connect_from([127, 0, 0, 3], port).unwrap();
+        let _ = status_line(t.try_clone().unwrap(), &h);
+        let mut body = String::new();
+        let _ = (&t).read_to_string(&mut body);
+        body
+    };
+    let two = wait_for(Duration::from_secs(20), || {
+        let r = http_raw(
+            port,
+            &format!("GET /api/state?token={} HTTP/1.1\r\n{host}", token.trim()),
+        );
+        r.contains("\"web_connections\":2").then_some(r)
+    });
+    assert!(two.is_some(), "the session is not counted: {}", counted());
+    // 200 idle connections from one untrusted address: it keeps 8 of them, the rest close
+    // at once.
+    let mut held = Vec::new();
+    for _ in 0..200 {
+        if let Ok(t) = connect_from([127, 0, 0, 1], port) {
+            held.push(t);
+        }
+    }
+    // Four more untrusted addresses fill every connection with idle ones.
+    for last in 4..=7 {
+        for _ in 0..8 {
+            held.extend(connect_from([127, 0, 0, last], port));
+        }
+    }
+    let token_q = format!("?token={}", token.trim());
+    for _ in 0..3 {
+        // A trusted client, and one with the token from an untrusted address, still get in:
+        // the oldest connections that never authenticated make room.
+        assert!(
+            state_from([127, 0, 0, 3], "").contains("200"),
+            "{}",
+            d.log()
+        );
+        assert!(
+            state_from([127, 0, 0, 2], &token_q).contains("200"),
+            "{}",
+            d.log()
+        );
+        assert!(
+            state_from([127, 0, 0, 2], "").contains("401"),
+            "{}",
+            d.log()
+        );
+    }
+    // Hundreds of refusals, a few lines in the log (one per 10 s and kind, with a count).
+    let log = d.log();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("max_connections_per_address"))
+        .count();
+    assert!((1..=3).contains(&lines), "{lines} lines:\n{log}");
+    drop((held, ws));
+}

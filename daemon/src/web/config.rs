@@ -51,12 +51,20 @@ pub struct WebConfig {
     pub token_file: Option<PathBuf>,
     /// Networks whose clients need no token (CIDR). Default: loopback only.
     pub trusted: Vec<String>,
+    /// Names the device is reached by besides its addresses, `localhost` and its host name
+    /// (`NAME`, `NAME.local`): e.g. a name the router's DNS gives it. A request whose `Host`
+    /// names none of them is refused unless it brings the token (DNS rebinding).
+    pub hosts: Vec<String>,
     /// `wait` or `reject`.
     pub busy: Busy,
     /// Clients allowed to wait while one talks (`busy = "wait"`); more are rejected.
     pub queue: usize,
-    /// Concurrent connections (page, API and WebSocket together); more are closed at once.
+    /// Concurrent connections (page, API and WebSocket together). When all are taken, the
+    /// oldest one that has not authenticated is closed to make room; when every one has, a
+    /// newcomer is closed at once.
     pub max_connections: usize,
+    /// Connections one address outside `trusted` may hold (a browser opens several).
+    pub max_connections_per_address: usize,
     /// Largest WebSocket message accepted, bytes.
     pub max_message_bytes: usize,
     /// A session without any message from its client for this long is closed.
@@ -78,9 +86,11 @@ impl Default for WebConfig {
             state_dir: None,
             token_file: None,
             trusted: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            hosts: Vec::new(),
             busy: Busy::Wait,
             queue: 4,
             max_connections: 32,
+            max_connections_per_address: 8,
             max_message_bytes: 256 * 1024,
             idle_timeout_s: 20,
             input_queue_frames: 4,
@@ -123,6 +133,16 @@ impl WebConfig {
         if let Err(e) = self.trusted_nets() {
             p.push(format!("`web.trusted`: {e}"));
         }
+        if let Some(h) = self
+            .hosts
+            .iter()
+            .find(|h| !super::origin::valid_host_entry(h))
+        {
+            p.push(format!(
+                "`web.hosts`: {h:?} is not a host name or address (e.g. \"moshid.lan\"; no \
+                 scheme, port or path)"
+            ));
+        }
         if self.tls == TlsMode::Off && !self.listen.ip().is_loopback() {
             p.push(format!(
                 "`web.tls` = \"off\" is only allowed on a loopback `web.listen` address (not {}): \
@@ -140,6 +160,12 @@ impl WebConfig {
         }
         for (name, v, min, max) in [
             ("max_connections", self.max_connections, 1, 10_000),
+            (
+                "max_connections_per_address",
+                self.max_connections_per_address,
+                1,
+                10_000,
+            ),
             ("max_message_bytes", self.max_message_bytes, 4096, 16 << 20),
             ("queue", self.queue, 0, 1000),
             ("input_queue_frames", self.input_queue_frames, 1, 100),
@@ -176,6 +202,9 @@ mod tests {
         assert_eq!(c.busy, Busy::Reject);
         assert_eq!(c.problems().len(), 1);
         assert!(toml::from_str::<WebConfig>("bogus = 1").is_err());
+        let c: WebConfig = toml::from_str("hosts = [\"moshid.lan\", \"x:80\"]").unwrap();
+        assert_eq!(c.problems().len(), 1);
+        assert!(c.problems()[0].contains("`web.hosts`"));
         let c: WebConfig = toml::from_str("cert_file = \"/a\"").unwrap();
         assert!(c.problems()[0].contains("together"));
     }

@@ -6,6 +6,8 @@
 use super::auth::{self, Net};
 use super::backend::{Backend, DeviceState};
 use super::config::{Busy, WebConfig};
+use super::conns::{Admission, Conns, Throttled};
+use super::origin::Site;
 use super::params::{self, SessionSampling};
 use super::protocol::{self, BuildInfo, Metadata};
 use super::session::{self, Limits};
@@ -17,7 +19,7 @@ use hyper::body::Incoming;
 use hyper::{header, Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,11 +38,21 @@ struct Ctx {
     token: String,
     trusted: Vec<Net>,
     tls: bool,
+    /// The names the device answers to (Host and Origin checks).
+    site: Site,
     /// The one conversation.
     slot: Arc<Semaphore>,
     waiting: AtomicUsize,
-    connections: AtomicUsize,
+    /// Open connections, per address.
+    conns: Arc<Conns>,
+    /// Connections refused or closed for room: a peer can make these as fast as it loops.
+    refused_log: Throttled,
+    /// Requests refused (token, Host, Origin): as many as a peer sends.
+    denied_log: Throttled,
 }
+
+/// One line per this interval for lines a peer can repeat at will.
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A running server.
 pub struct WebServer {
@@ -71,6 +83,14 @@ impl WebServer {
         let addr = listener.local_addr()?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         let ctx = Arc::new(Ctx {
+            site: Site::new(&cfg.hosts, tls.is_some()),
+            conns: Conns::new(
+                cfg.max_connections,
+                cfg.max_connections_per_address,
+                trusted.clone(),
+            ),
+            refused_log: Throttled::new(LOG_INTERVAL),
+            denied_log: Throttled::new(LOG_INTERVAL),
             tls: tls.is_some(),
             cfg,
             backend,
@@ -78,7 +98,6 @@ impl WebServer {
             trusted,
             slot: Arc::new(Semaphore::new(1)),
             waiting: AtomicUsize::new(0),
-            connections: AtomicUsize::new(0),
         });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let thread = std::thread::Builder::new()
@@ -141,45 +160,79 @@ async fn accept_loop(
                 Ok(c) => c,
                 Err(e) => {
                     // Out of descriptors and the like: back off instead of spinning.
-                    log::warn!("web: accept: {e}");
+                    ctx.refused_log.log(log::Level::Warn, format_args!("web: accept: {e}"));
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
         };
-        if ctx.connections.fetch_add(1, Ordering::Relaxed) >= ctx.cfg.max_connections {
-            ctx.connections.fetch_sub(1, Ordering::Relaxed);
-            log::warn!(
-                "web: {peer}: over max_connections ({}); closed",
-                ctx.cfg.max_connections
-            );
-            continue;
+        let admission = match ctx.conns.admit(peer.ip()) {
+            Ok(a) => Arc::new(a),
+            Err(why) => {
+                let line = format_args!("web: {peer}: {why}; closed");
+                ctx.refused_log.log(log::Level::Warn, line);
+                continue;
+            }
+        };
+        if admission.evicted_another {
+            let line = format_args!("web: {peer}: all connections taken: closed the oldest one that had not authenticated");
+            ctx.refused_log.log(log::Level::Warn, line);
         }
         let _ = tcp.set_nodelay(true);
+        // The address the client reached: a Host naming it names the device.
+        let local = tcp.local_addr().map_or(ctx.cfg.listen.ip(), |a| a.ip());
         let (ctx, acceptor) = (ctx.clone(), acceptor.clone());
+        let peer = Peer { addr: peer, local };
         tokio::spawn(async move {
-            match acceptor {
-                None => serve(tcp, peer, ctx.clone()).await,
-                Some(a) => {
-                    match tokio::time::timeout(Duration::from_secs(10), a.accept(tcp)).await {
-                        Ok(Ok(s)) => serve(s, peer, ctx.clone()).await,
-                        Ok(Err(e)) => log::debug!("web: {peer}: TLS: {e}"),
-                        Err(_) => log::debug!("web: {peer}: TLS handshake timed out"),
-                    }
-                }
+            tokio::select! {
+                _ = connection(tcp, acceptor, peer, ctx, admission.clone()) => {}
+                _ = admission.evicted() => log::debug!("web: {peer}: closed to make room"),
             }
-            ctx.connections.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }
 
-async fn serve<I>(io: I, peer: SocketAddr, ctx: Arc<Ctx>)
+/// One accepted connection: TLS, then HTTP until it closes or upgrades (the WebSocket
+/// session then holds `admission`).
+async fn connection(
+    tcp: tokio::net::TcpStream,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    peer: Peer,
+    ctx: Arc<Ctx>,
+    admission: Arc<Admission>,
+) {
+    let Some(a) = acceptor else {
+        return serve(tcp, peer, ctx, admission).await;
+    };
+    match tokio::time::timeout(Duration::from_secs(10), a.accept(tcp)).await {
+        Ok(Ok(s)) => serve(s, peer, ctx, admission).await,
+        Ok(Err(e)) => log::debug!("web: {peer}: TLS: {e}"),
+        Err(_) => log::debug!("web: {peer}: TLS handshake timed out"),
+    }
+}
+
+/// Both ends of a connection.
+#[derive(Debug, Clone, Copy)]
+struct Peer {
+    /// The client.
+    addr: SocketAddr,
+    /// The device's address it connected to.
+    local: IpAddr,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.addr.fmt(f)
+    }
+}
+
+async fn serve<I>(io: I, peer: Peer, ctx: Arc<Ctx>, admission: Arc<Admission>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let svc = hyper::service::service_fn(move |req| {
-        let ctx = ctx.clone();
-        async move { Ok::<_, std::convert::Infallible>(route(req, peer, ctx)) }
+        let (ctx, adm) = (ctx.clone(), admission.clone());
+        async move { Ok::<_, std::convert::Infallible>(route(req, peer, ctx, adm)) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -208,6 +261,11 @@ fn text(status: StatusCode, body: &str) -> Response<Body> {
     respond(status, "text/plain; charset=utf-8", body.to_string())
 }
 
+/// True when the request's URL carries the right token (`?token=`, `?worker_auth_id=`).
+fn token_in_url(ctx: &Ctx, pairs: &[(String, String)]) -> bool {
+    params::token(pairs, None).is_some_and(|t| auth::token_matches(&t, &ctx.token))
+}
+
 /// True when the peer is trusted or brings the right token.
 fn authorized(
     ctx: &Ctx,
@@ -234,25 +292,66 @@ fn unauthorized() -> Response<Body> {
     )
 }
 
-fn route(req: Request<Incoming>, peer: SocketAddr, ctx: Arc<Ctx>) -> Response<Body> {
+/// The Host and Origin checks (see `origin.rs`): every request must name the device; those
+/// that change state (anything but GET/HEAD, and the WebSocket upgrade) must come from its
+/// own page, or bring the token in the URL.
+fn site_check(
+    req: &Request<Incoming>,
+    peer: Peer,
+    ctx: &Ctx,
+    pairs: &[(String, String)],
+) -> Result<(), super::origin::Refused> {
+    let h = req.headers();
+    let value = |name| {
+        h.get(name)
+            .and_then(|v: &header::HeaderValue| v.to_str().ok())
+    };
+    // HTTP/1.1 puts the authority in Host; an absolute request URI's wins (RFC 9112 3.2.2).
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or(value(header::HOST));
+    let guarded =
+        !matches!(*req.method(), Method::GET | Method::HEAD) || req.uri().path() == "/api/chat";
+    let with_token = token_in_url(ctx, pairs);
+    ctx.site
+        .check(host, value(header::ORIGIN), peer.local, guarded, with_token)
+}
+
+fn route(
+    req: Request<Incoming>,
+    peer: Peer,
+    ctx: Arc<Ctx>,
+    admission: Arc<Admission>,
+) -> Response<Body> {
     let pairs = params::pairs(req.uri().query());
     let path = req.uri().path().to_string();
-    if let Some(asset) = super::page::asset(&path) {
+    let asset = super::page::asset(&path);
+    let api = matches!(path.as_str(), "/api/chat" | "/api/state" | "/api/control");
+    if asset.is_none() && !api {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    }
+    if let Err(why) = site_check(&req, peer, &ctx, &pairs) {
+        let line = format_args!("web: {peer}: {} {path} refused: {why}", req.method());
+        ctx.denied_log.log(log::Level::Info, line);
+        return text(StatusCode::FORBIDDEN, &format!("moshid: {why}\n"));
+    }
+    let peer = peer.addr;
+    if let Some(asset) = asset {
         if path == "/" || path == "/index.html" {
-            return page(&req, peer, &ctx, &pairs, asset);
+            return page(&req, peer, &ctx, &pairs, asset, &admission);
         }
         return respond(StatusCode::OK, asset.0, asset.1);
     }
-    let known = matches!(path.as_str(), "/api/chat" | "/api/state" | "/api/control");
-    if !known {
-        return text(StatusCode::NOT_FOUND, "not found\n");
-    }
     if !authorized(&ctx, peer, &pairs, &req) {
-        log::info!("web: {peer}: {path} refused (no valid token)");
+        let line = format_args!("web: {peer}: {path} refused (no valid token)");
+        ctx.denied_log.log(log::Level::Info, line);
         return unauthorized();
     }
+    admission.authenticate();
     match (req.method(), path.as_str()) {
-        (&Method::GET, "/api/chat") => chat(req, peer, ctx, &pairs),
+        (&Method::GET, "/api/chat") => chat(req, peer, ctx, &pairs, admission),
         (&Method::GET, "/api/state") => state(&ctx),
         (&Method::POST, "/api/control") => control(&ctx, &pairs),
         _ => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
@@ -265,10 +364,12 @@ fn page(
     ctx: &Ctx,
     pairs: &[(String, String)],
     asset: (&'static str, &'static [u8]),
+    admission: &Admission,
 ) -> Response<Body> {
     if !authorized(ctx, peer, pairs, req) {
         return unauthorized();
     }
+    admission.authenticate();
     let mut r = respond(StatusCode::OK, asset.0, asset.1);
     // Opened with ?token=: remember it, so the page's WebSocket and API calls carry it.
     if let Some(t) = params::token(pairs, None).filter(|t| auth::token_matches(t, &ctx.token)) {
@@ -291,7 +392,7 @@ struct PageState {
     device: DeviceState,
     /// Clients waiting for the conversation.
     web_waiting: usize,
-    /// Open WebSocket connections.
+    /// Open connections: page, API and WebSocket sessions (what `max_connections` bounds).
     web_connections: usize,
 }
 
@@ -299,7 +400,7 @@ fn state(ctx: &Ctx) -> Response<Body> {
     let s = PageState {
         device: ctx.backend.state(),
         web_waiting: ctx.waiting.load(Ordering::Relaxed),
-        web_connections: ctx.connections.load(Ordering::Relaxed),
+        web_connections: ctx.conns.len(),
     };
     match serde_json::to_string(&s) {
         Ok(body) => respond(StatusCode::OK, "application/json", body),
@@ -331,6 +432,7 @@ fn chat(
     peer: SocketAddr,
     ctx: Arc<Ctx>,
     pairs: &[(String, String)],
+    admission: Arc<Admission>,
 ) -> Response<Body> {
     let sampling = match params::sampling(pairs) {
         Ok(s) => s,
@@ -360,6 +462,8 @@ fn chat(
                     WebSocketStream::from_raw_socket(TokioIo::new(up), Role::Server, Some(wsc))
                         .await;
                 run_chat(ws, peer, ctx, sampling).await;
+                // Counted in web_connections until the session's socket closes.
+                drop(admission);
             }
             Err(e) => log::debug!("web: {peer}: upgrade: {e}"),
         }
