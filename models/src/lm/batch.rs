@@ -122,6 +122,22 @@ impl LmBatch {
         })
     }
 
+    /// A new conversation in the first free slot that continues from a persona's prompted
+    /// state (made on this batch's model and context) instead of step 0: the state is
+    /// copied into the slot, so one prompt serves any number of conversations.
+    pub fn join_prompted(
+        &mut self,
+        state: &super::PromptedState,
+        sampling: Sampling,
+    ) -> Result<SlotId, LmError> {
+        let id = self.join(sampling)?;
+        if let Err(e) = self.slot_mut(id)?.restore(&state.snap) {
+            self.leave(id)?;
+            return Err(e);
+        }
+        Ok(id)
+    }
+
     /// Ends the conversation in `id`; its slot (and KV memory) goes to the next to join.
     pub fn leave(&mut self, id: SlotId) -> Result<(), LmError> {
         self.slot_mut(id)?;

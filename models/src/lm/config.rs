@@ -213,6 +213,23 @@ impl LmConfig {
         }
     }
 
+    /// NVIDIA's PersonaPlex 7B (`nvidia/personaplex-7b-v1`): Moshi 7B whose depth transformer
+    /// predicts all 16 audio streams (`dep_q = 16`: the agent's 8, then the user's 8), as
+    /// NVIDIA's loader `get_moshi_lm` forces.
+    pub fn personaplex_v1() -> Self {
+        Self {
+            dep_q: 16,
+            ..Self::v0_1()
+        }
+    }
+
+    /// Whether generation follows NVIDIA's PersonaPlex `LMGen` (depth transformer
+    /// teacher-forced by the tokens already known, user frames one step later) rather than
+    /// Kyutai's: the models whose depth transformer predicts the user's streams too.
+    pub fn is_personaplex(&self) -> bool {
+        self.dep_q > super::AUDIO_CODEBOOKS
+    }
+
     /// Reads a JSON of `lm_kwargs` and validates it.
     pub fn from_json_file(path: &std::path::Path) -> Result<Self, LmError> {
         let text = std::fs::read_to_string(path).map_err(|error| LmError::Io {
@@ -247,15 +264,22 @@ impl LmConfig {
     }
 
     /// The configuration for the checkpoint `weights`: `json` when given, else the one
-    /// stored in the file, else the released 7B ([`LmConfig::v0_1`]).
+    /// stored in the file, else the released 7B: PersonaPlex ([`LmConfig::personaplex_v1`])
+    /// when the file holds a ninth depth step, Moshi ([`LmConfig::v0_1`]) otherwise.
     pub fn for_checkpoint(
         json: Option<&std::path::Path>,
         weights: &std::path::Path,
     ) -> Result<Self, LmError> {
-        match json {
-            Some(p) => Self::from_json_file(p),
-            None => Ok(Self::stored_in(weights)?.unwrap_or_else(Self::v0_1)),
+        if let Some(p) = json {
+            return Self::from_json_file(p);
         }
+        if let Some(c) = Self::stored_in(weights)? {
+            return Ok(c);
+        }
+        if super::weights::has_depth_step(weights, 8)? {
+            return Ok(Self::personaplex_v1());
+        }
+        Ok(Self::v0_1())
     }
 
     /// Checks that this implementation supports the configuration.
@@ -269,9 +293,10 @@ impl LmConfig {
         if self.kv_repeat != 1 {
             return bad(format!("kv_repeat {} unsupported: only 1", self.kv_repeat));
         }
-        if self.dep_q != 8 || self.n_q != 16 {
+        if self.n_q != 16 || !(self.dep_q == 8 || self.dep_q == 16) {
             return bad(format!(
-                "n_q {} / dep_q {} unsupported: Moshi uses 16 input audio streams, 8 generated",
+                "n_q {} / dep_q {} unsupported: Moshi uses 16 input audio streams and generates 8 \
+                 (dep_q 8), PersonaPlex predicts all 16 (dep_q 16)",
                 self.n_q, self.dep_q
             ));
         }
@@ -401,5 +426,10 @@ mod tests {
         assert_eq!(c.hidden(), 11264);
         assert_eq!(c.depformer_hidden(), 2816);
         assert_eq!(c.max_delay(), 1);
+        let p = LmConfig::personaplex_v1();
+        p.validate().unwrap();
+        assert!(p.is_personaplex() && !c.is_personaplex());
+        let bad = LmConfig { dep_q: 12, ..c };
+        assert!(bad.validate().is_err());
     }
 }

@@ -7,7 +7,7 @@ use candle_core::{DType, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::model::{LmModel, RingKv};
+use super::model::{KvSnapshot, LmModel, RingKv};
 use super::LmConfig;
 use super::LmError;
 
@@ -95,6 +95,25 @@ pub struct StepTiming {
 
 const UNGENERATED: i64 = -2;
 
+/// Tokens a step is given instead of the ones it would use or sample: one frame of a
+/// persona's prompt (NVIDIA's `LMGen.step` with `moshi_tokens` / `text_token` /
+/// `input_tokens`, or `step_embeddings`). Each token lands where the user's codes of the same
+/// step land (the step's target position plus the stream's delay) and is marked as given, so
+/// the depth transformer is teacher-forced by it and it is never replaced by a sample.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ForcedFrame {
+    /// The text token (NVIDIA's prompt uses 3 during audio frames, the role's tokens after).
+    pub text: Option<u32>,
+    /// Moshi's own 8 audio codes (the voice prompt's frames, or the silence frame).
+    pub agent: Option<[u32; AUDIO_CODEBOOKS]>,
+    /// The user's 8 codes, replacing the step's `user_codes`; may be `card` (the initial
+    /// token, which a preset replay gives).
+    pub user: Option<[u32; AUDIO_CODEBOOKS]>,
+    /// The temporal transformer's summed input embedding (`dim` values), replacing the one
+    /// of the step's tokens: a preset's stored embeddings.
+    pub embedding: Option<Vec<f32>>,
+}
+
 /// One conversation's state on a shared model: KV caches, delay buffers, sampling settings
 /// and RNG, and its last logits. Used alone by [`LmGen`] and as a slot of
 /// [`super::LmBatch`]; both step it through [`step_many`].
@@ -108,6 +127,16 @@ pub(crate) struct Conversation {
     dep_cache: Vec<RingKv>,
     /// Token ring per stream, `max_delay + 2` wide, as in the reference.
     tokens: Vec<Vec<i64>>,
+    /// Per ring entry: the token was given (user codes, a prompt), not sampled; the depth
+    /// transformer is teacher-forced by given tokens (NVIDIA's `provided`).
+    given: Vec<Vec<bool>>,
+    /// PersonaPlex generation ([`LmConfig::is_personaplex`]): user frames one step later,
+    /// the initial token given at the first targets, teacher forcing.
+    nvidia: bool,
+    /// The next step's given tokens (a prompt frame).
+    forced: Option<ForcedFrame>,
+    /// This step's input embedding, when a prompt frame gives one.
+    embedding: Option<Vec<f32>>,
     offset: usize,
     input: Vec<u32>,
     text_logits: Vec<f32>,
@@ -115,7 +144,9 @@ pub(crate) struct Conversation {
     order: Vec<u32>,
     probs: Vec<f32>,
     last_text: u32,
-    last_audio: [u32; AUDIO_CODEBOOKS],
+    /// The depth transformer's samples of the last step, `dep_q` of them.
+    last_audio: Vec<u32>,
+    card: usize,
     timing: StepTiming,
 }
 
@@ -151,6 +182,10 @@ impl Conversation {
             main_cache,
             dep_cache,
             tokens: vec![vec![UNGENERATED; ct]; cfg.n_q + 1],
+            given: vec![vec![false; ct]; cfg.n_q + 1],
+            nvidia: cfg.is_personaplex(),
+            forced: None,
+            embedding: None,
             offset: 0,
             input: vec![0; cfg.n_q + 1],
             text_logits: vec![0.0; cfg.text_card],
@@ -158,7 +193,8 @@ impl Conversation {
             order: Vec::with_capacity(cfg.text_card.max(cfg.card)),
             probs: Vec::with_capacity(cfg.text_card.max(cfg.card)),
             last_text: 0,
-            last_audio: [0; AUDIO_CODEBOOKS],
+            last_audio: vec![0; cfg.dep_q],
+            card: cfg.card,
             timing: StepTiming::default(),
         })
     }
@@ -190,6 +226,10 @@ impl Conversation {
         for t in self.tokens.iter_mut() {
             t.fill(UNGENERATED);
         }
+        for g in self.given.iter_mut() {
+            g.fill(false);
+        }
+        self.forced = None;
         self.offset = 0;
         self.rng = ChaCha8Rng::seed_from_u64(self.sampling.seed);
     }
@@ -201,7 +241,72 @@ impl Conversation {
     }
 
     pub(crate) fn last_sampled(&self) -> (u32, [u32; AUDIO_CODEBOOKS]) {
-        (self.last_text, self.last_audio)
+        let mut a = [0; AUDIO_CODEBOOKS];
+        a.copy_from_slice(&self.last_audio[..AUDIO_CODEBOOKS]);
+        (self.last_text, a)
+    }
+
+    /// All `dep_q` tokens the depth transformer sampled at the last step.
+    pub(crate) fn last_sampled_all(&self) -> &[u32] {
+        &self.last_audio
+    }
+
+    /// Gives the next step's tokens (see [`ForcedFrame`]); refused on a Moshi model, whose
+    /// reference generation has no prompt phase.
+    pub(crate) fn force_next(&mut self, cfg: &LmConfig, frame: ForcedFrame) -> Result<(), LmError> {
+        if !self.nvidia {
+            return Err(LmError::Input(
+                "prompts need a PersonaPlex model (dep_q 16): this is a Moshi checkpoint".into(),
+            ));
+        }
+        let audio = frame.agent.iter().chain(frame.user.iter()).flatten();
+        if let Some(bad) = audio.copied().find(|&c| c as usize > cfg.card) {
+            return Err(LmError::Input(format!(
+                "prompt audio code {bad} out of range: this model's codebooks have {} entries",
+                cfg.card
+            )));
+        }
+        if let Some(t) = frame.text.filter(|&t| t as usize > cfg.text_card) {
+            return Err(LmError::Input(format!(
+                "prompt text token {t} out of range: the vocabulary has {} entries",
+                cfg.text_card
+            )));
+        }
+        if frame.embedding.as_ref().is_some_and(|e| e.len() != cfg.dim) {
+            return Err(LmError::Input(format!(
+                "prompt embedding has the wrong width: the model's is {}",
+                cfg.dim
+            )));
+        }
+        self.forced = Some(frame);
+        Ok(())
+    }
+
+    /// The token given for stream `s` at the step's target position, if any.
+    fn given_at_target(&self, s: usize) -> Option<u32> {
+        let at = (self.offset + 1) % self.tokens[0].len();
+        self.given[s][at].then(|| self.tokens[s][at] as u32)
+    }
+
+    /// Overwrites the token ring from a preset's `cache` (NVIDIA's ring `[streams, width]`
+    /// after its voice prompt, at NVIDIA offset `self.offset + 1`): the entries this
+    /// conversation will still read, the next input and the targets after it.
+    pub(crate) fn load_token_ring(&mut self, cache: &[i64], width: usize) -> Result<(), LmError> {
+        let streams = self.tokens.len();
+        if width == 0 || cache.len() != streams * width {
+            return Err(LmError::Input(format!(
+                "preset cache holds {} tokens, expected {streams} streams x {width}",
+                cache.len()
+            )));
+        }
+        let ct = self.tokens[0].len();
+        for pos in self.offset..self.offset + ct - 1 {
+            for s in 0..streams {
+                // NVIDIA's step count is one ahead of ours (its first step runs no model).
+                self.tokens[s][pos % ct] = cache[s * width + pos % width];
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn last_text_logits(&self) -> &[f32] {
@@ -218,28 +323,57 @@ impl Conversation {
 
     /// Checks the user's codes and sets `self.input` (the 17 delayed input tokens).
     fn prepare(&mut self, cfg: &LmConfig, user_codes: &[u32]) -> Result<(), LmError> {
-        if user_codes.len() < AUDIO_CODEBOOKS {
-            return Err(LmError::Input(format!(
-                "step needs {AUDIO_CODEBOOKS} user codes, got {}",
-                user_codes.len()
-            )));
-        }
-        if let Some(bad) = user_codes[..AUDIO_CODEBOOKS]
-            .iter()
-            .find(|&&c| c as usize >= cfg.card)
-        {
-            return Err(LmError::Input(format!(
-                "user code {bad} out of range: this model's codebooks have {} entries",
-                cfg.card
-            )));
+        let forced = self.forced.take().unwrap_or_default();
+        let given_user = forced.user;
+        let user_codes = given_user.as_ref().map_or(user_codes, |u| &u[..]);
+        if given_user.is_none() {
+            check_user_codes(cfg, user_codes)?;
         }
         let ct = self.tokens[0].len();
         let delays = &cfg.delays;
-        let user0 = cfg.dep_q + 1;
+        // NVIDIA's PersonaPlex step writes what it is given one position later than Kyutai's
+        // (its first step only stores the initial tokens), so a user frame reaches the
+        // temporal transformer one step later.
+        let lag = self.nvidia as usize;
+        let mut give = |s: usize, t: u32| {
+            let at = (self.offset + lag + delays[s]) % ct;
+            self.tokens[s][at] = t as i64;
+            self.given[s][at] = true;
+        };
+        let user0 = cfg.dep_q.min(AUDIO_CODEBOOKS) + 1;
         for (k, &c) in user_codes[..AUDIO_CODEBOOKS].iter().enumerate() {
-            let s = user0 + k;
-            self.tokens[s][(self.offset + delays[s]) % ct] = c as i64;
+            give(user0 + k, c);
         }
+        for (k, &c) in forced.agent.iter().flatten().enumerate() {
+            give(1 + k, c);
+        }
+        if let Some(t) = forced.text {
+            give(0, t);
+        }
+        if self.nvidia {
+            self.give_initial_targets(cfg);
+        }
+        self.embedding = forced.embedding;
+        self.read_input(cfg)
+    }
+
+    /// NVIDIA's first targets of a delayed stream are its initial token, given.
+    fn give_initial_targets(&mut self, cfg: &LmConfig) {
+        let ct = self.tokens[0].len();
+        let target = self.offset + 1;
+        for (s, &d) in cfg.delays.iter().enumerate() {
+            if target <= d {
+                let initial = if s == 0 { cfg.text_card } else { cfg.card };
+                self.tokens[s][target % ct] = initial as i64;
+                self.given[s][target % ct] = true;
+            }
+        }
+    }
+
+    /// Sets `self.input` (the 17 delayed input tokens) from the ring.
+    fn read_input(&mut self, cfg: &LmConfig) -> Result<(), LmError> {
+        let ct = self.tokens[0].len();
+        let delays = &cfg.delays;
         for (s, input) in self.input.iter_mut().enumerate() {
             let initial = if s == 0 { cfg.text_card } else { cfg.card } as u32;
             *input = if self.offset <= delays[s] {
@@ -257,7 +391,31 @@ impl Conversation {
         }
         Ok(())
     }
+}
 
+/// Checks a step's user codes: at least 8, each inside the codebook.
+fn check_user_codes(cfg: &LmConfig, user_codes: &[u32]) -> Result<(), LmError> {
+    {
+        if user_codes.len() < AUDIO_CODEBOOKS {
+            return Err(LmError::Input(format!(
+                "step needs {AUDIO_CODEBOOKS} user codes, got {}",
+                user_codes.len()
+            )));
+        }
+        if let Some(bad) = user_codes[..AUDIO_CODEBOOKS]
+            .iter()
+            .find(|&&c| c as usize >= cfg.card)
+        {
+            return Err(LmError::Input(format!(
+                "user code {bad} out of range: this model's codebooks have {} entries",
+                cfg.card
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl Conversation {
     /// Stores the step's sampled tokens and returns the re-aligned frame once the delays
     /// are filled.
     fn finish(&mut self, cfg: &LmConfig, timing: StepTiming) -> Option<StepOut> {
@@ -265,9 +423,15 @@ impl Conversation {
         let ct = self.tokens[0].len();
         self.offset += 1;
         let pos = self.offset % ct;
-        self.tokens[0][pos] = self.last_text as i64;
-        for k in 0..cfg.dep_q {
-            self.tokens[1 + k][pos] = self.last_audio[k] as i64;
+        let sampled = std::iter::once(self.last_text).chain(self.last_audio.iter().copied());
+        for (s, t) in sampled.enumerate() {
+            if !self.given[s][pos] {
+                self.tokens[s][pos] = t as i64;
+            }
+        }
+        // The step's input entry is done with: free for the writes of later steps.
+        for g in self.given.iter_mut() {
+            g[(self.offset - 1) % ct] = false;
         }
         let max_delay = cfg.max_delay();
         if self.offset <= max_delay {
@@ -283,6 +447,77 @@ impl Conversation {
             text: at(0) as u32,
             audio,
         })
+    }
+}
+
+/// A conversation's state apart from it (after a persona's prompt): the temporal KV entries
+/// written so far, the token rings and the position. The depth transformer's cache is not
+/// kept: every step starts it afresh.
+#[derive(Debug)]
+pub(crate) struct ConvSnapshot {
+    main: Vec<KvSnapshot>,
+    tokens: Vec<Vec<i64>>,
+    given: Vec<Vec<bool>>,
+    offset: usize,
+    context: usize,
+    last_text: u32,
+    last_audio: Vec<u32>,
+}
+
+impl ConvSnapshot {
+    /// Bytes of KV entries held.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.main.iter().map(KvSnapshot::bytes).sum()
+    }
+
+    /// Steps the conversation had run.
+    pub(crate) fn steps(&self) -> usize {
+        self.offset
+    }
+}
+
+impl Conversation {
+    /// The state to restore later (see [`ConvSnapshot`]).
+    pub(crate) fn snapshot(&self) -> Result<ConvSnapshot, LmError> {
+        let main = self.main_cache.iter().map(RingKv::snapshot);
+        Ok(ConvSnapshot {
+            main: main
+                .collect::<candle_core::Result<_>>()
+                .map_err(|e| LmError::Candle(e.to_string()))?,
+            tokens: self.tokens.clone(),
+            given: self.given.clone(),
+            offset: self.offset,
+            context: self.context,
+            last_text: self.last_text,
+            last_audio: self.last_audio.clone(),
+        })
+    }
+
+    /// Continues from `s` (same model and context) with this conversation's sampling, the RNG
+    /// back to its seed.
+    pub(crate) fn restore(&mut self, s: &ConvSnapshot) -> Result<(), LmError> {
+        if s.context != self.context || s.main.len() != self.main_cache.len() {
+            return Err(LmError::Config(format!(
+                "a prompted state made for a context of {} steps cannot start a conversation with context {}: prompt again with this context",
+                s.context, self.context
+            )));
+        }
+        for (ring, snap) in self.main_cache.iter_mut().zip(&s.main) {
+            ring.restore(snap)
+                .map_err(|e| LmError::Candle(e.to_string()))?;
+        }
+        for r in self.dep_cache.iter_mut() {
+            r.reset();
+        }
+        self.tokens.clone_from(&s.tokens);
+        self.given.clone_from(&s.given);
+        self.offset = s.offset;
+        self.last_text = s.last_text;
+        self.last_audio.clone_from(&s.last_audio);
+        self.forced = None;
+        self.embedding = None;
+        self.rng = ChaCha8Rng::seed_from_u64(self.sampling.seed);
+        Ok(())
     }
 }
 
@@ -340,19 +575,23 @@ fn step_rows(
         let inputs: Vec<u32> = rows.iter().flat_map(|c| c.input.iter().copied()).collect();
         let refs: Vec<&[u32]> = inputs.chunks_exact(cfg.n_q + 1).collect();
         let pos: Vec<usize> = rows.iter().map(|c| c.offset).collect();
+        let embeds: Vec<Option<Vec<f32>>> = rows.iter_mut().map(|c| c.embedding.take()).collect();
         let mut caches: Vec<&mut [RingKv]> = rows
             .iter_mut()
             .map(|c| c.main_cache.as_mut_slice())
             .collect();
         model
-            .temporal(&refs, &pos, &mut caches)
+            .temporal(&refs, &embeds, &pos, &mut caches)
             .map_err(|e| format!("temporal step {}: {e}", pos[0]))?
     };
     let card = cfg.card;
     copy_rows(&text_logits, rows, |c| &mut c.text_logits)?;
     let mut prev: Vec<u32> = rows.iter_mut().map(|c| c.sample(true, 0)).collect();
-    for (c, &t) in rows.iter_mut().zip(&prev) {
-        c.last_text = t;
+    for (c, p) in rows.iter_mut().zip(prev.iter_mut()) {
+        c.last_text = *p;
+        // Teacher forcing (PersonaPlex): the depth transformer continues from the given
+        // token, not the sampled one.
+        *p = c.given_at_target(0).unwrap_or(*p);
     }
     let t1 = Instant::now();
     for c in rows.iter_mut() {
@@ -374,8 +613,9 @@ fn step_rows(
             &mut c.audio_logits[k * card..(k + 1) * card]
         })?;
         for (c, p) in rows.iter_mut().zip(prev.iter_mut()) {
-            *p = c.sample(false, k);
-            c.last_audio[k] = *p;
+            let t = c.sample(false, k);
+            c.last_audio[k] = t;
+            *p = c.given_at_target(1 + k).unwrap_or(t);
         }
     }
     let timing = StepTiming {
@@ -506,11 +746,54 @@ impl LmGen {
     }
 }
 
+impl LmGen {
+    /// Runs a persona's prompt from step 0 (NVIDIA's `step_system_prompts`), calling `each`
+    /// after every step (parity tests read the logits there), and returns the state to start
+    /// conversations from. The RNG is back at its seed afterwards, so a conversation from
+    /// this state and one from [`LmGen::restore_prompted`] sample the same tokens.
+    pub fn run_prompt(
+        &mut self,
+        prompt: &super::PersonaPrompt,
+        mut each: impl FnMut(&Self),
+    ) -> Result<super::PromptedState, LmError> {
+        let steps = prompt.steps(self.model.config());
+        self.reset();
+        let ((), elapsed) = super::persona::timed(|| {
+            for step in steps {
+                self.conv.force_next(self.model.config(), step.frame)?;
+                self.step(&super::persona::SINE_TOKENS)?;
+                if let Some((cache, width)) = &step.then_ring {
+                    self.conv.load_token_ring(cache, *width)?;
+                }
+                each(self);
+            }
+            Ok(())
+        })?;
+        self.conv.rng = ChaCha8Rng::seed_from_u64(self.conv.sampling.seed);
+        Ok(super::PromptedState {
+            snap: self.conv.snapshot()?,
+            elapsed,
+        })
+    }
+
+    /// Continues from a persona's prompted state (made on this model with this context),
+    /// with this generator's sampling settings and its RNG at the seed.
+    pub fn restore_prompted(&mut self, state: &super::PromptedState) -> Result<(), LmError> {
+        self.conv.restore(&state.snap)
+    }
+
+    /// All `dep_q` audio tokens the depth transformer sampled at the last step (PersonaPlex:
+    /// Moshi's 8, then its guess of the user's 8), before teacher forcing.
+    pub fn last_sampled_all(&self) -> &[u32] {
+        self.conv.last_sampled_all()
+    }
+}
+
 impl Conversation {
     /// Samples from the text logits (`text`) or audio row `k`, as the reference's
     /// `sample_token`: argmax, or softmax(logits / temp) restricted to the top-k.
     fn sample(&mut self, text: bool, k: usize) -> u32 {
-        let card = self.audio_logits.len() / AUDIO_CODEBOOKS;
+        let card = self.card;
         let logits: &[f32] = if text {
             &self.text_logits
         } else {

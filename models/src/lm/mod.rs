@@ -9,6 +9,7 @@ mod gen;
 mod gguf;
 pub(crate) mod gguf_read;
 mod model;
+mod persona;
 mod qgemv;
 mod random;
 mod weights;
@@ -17,9 +18,15 @@ use std::path::PathBuf;
 
 pub use batch::{LmBatch, SlotId};
 pub use config::{DepformerPosEmb, Gating, LmConfig, Norm, PositionalEmbedding};
-pub use gen::{LmGen, Sampling, StepOut, StepTiming, AUDIO_CODEBOOKS, MAX_TEMPERATURE, MAX_TOP_K};
+pub use gen::{
+    ForcedFrame, LmGen, Sampling, StepOut, StepTiming, AUDIO_CODEBOOKS, MAX_TEMPERATURE, MAX_TOP_K,
+};
 pub use gguf::{quantize_file, QuantReport, QuantType};
 pub use model::{default_dtype, estimate_memory, LmModel, MemoryEstimate, CUDA_RUNTIME_BYTES};
+pub use persona::{
+    wrap_role, PersonaPrompt, PromptedState, VoicePreset, VoicePrompt, PROMPT_TEXT_PAD,
+    SILENCE_FRAMES, SILENCE_TOKENS, SINE_TOKENS,
+};
 pub use random::{
     checkpoint_tensors, write_random_checkpoint, write_random_gguf, write_random_safetensors,
 };

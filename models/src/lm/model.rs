@@ -143,6 +143,58 @@ impl RingKv {
     fn bytes(&self) -> u64 {
         2 * (self.k.elem_count() * self.k.dtype().size_in_bytes()) as u64
     }
+
+    /// A copy of the entries written so far, with its own memory (a `Tensor` clone would
+    /// share the buffers the ring writes in place). A prompt fills a few hundred of the 3000
+    /// entries: only those are kept.
+    pub(crate) fn snapshot(&self) -> candle_core::Result<KvSnapshot> {
+        let (k, v) = if self.len < self.cap {
+            // Not wrapped yet: the entries are the first `len` (and `next == len`).
+            let k = self.k.narrow(2, 0, self.len)?.contiguous()?.copy()?;
+            (k, self.v.narrow(2, 0, self.len)?.contiguous()?.copy()?)
+        } else {
+            (self.k.copy()?, self.v.copy()?)
+        };
+        Ok(KvSnapshot {
+            k,
+            v,
+            len: self.len,
+            next: self.next,
+        })
+    }
+
+    /// Takes a snapshot's entries and position into this ring's memory.
+    pub(crate) fn restore(&mut self, s: &KvSnapshot) -> candle_core::Result<()> {
+        let (_, h, rows, d) = s.k.dims4()?;
+        let (_, mh, cap, md) = self.k.dims4()?;
+        if (h, d) != (mh, md) || rows > cap || s.len > cap {
+            candle_core::bail!(
+                "a KV snapshot of {rows} x {h} x {d} does not fit a ring of {cap} x {mh} x {md}"
+            );
+        }
+        if rows > 0 {
+            self.k.slice_set(&s.k.to_dtype(self.k.dtype())?, 2, 0)?;
+            self.v.slice_set(&s.v.to_dtype(self.v.dtype())?, 2, 0)?;
+        }
+        self.len = s.len;
+        self.next = s.next % cap;
+        Ok(())
+    }
+}
+
+/// The written entries of a [`RingKv`], kept apart from it (a prompted persona's state).
+#[derive(Debug)]
+pub(crate) struct KvSnapshot {
+    k: Tensor,
+    v: Tensor,
+    len: usize,
+    next: usize,
+}
+
+impl KvSnapshot {
+    pub(crate) fn bytes(&self) -> u64 {
+        2 * (self.k.elem_count() * self.k.dtype().size_in_bytes()) as u64
+    }
 }
 
 /// What loading a model and its KV cache will take, from the file headers alone.
@@ -491,6 +543,7 @@ impl LmModel {
     pub(crate) fn temporal(
         &self,
         tokens: &[&[u32]],
+        embeds: &[Option<Vec<f32>>],
         pos: &[usize],
         caches: &mut [&mut [RingKv]],
     ) -> candle_core::Result<(Tensor, Tensor)> {
@@ -511,6 +564,9 @@ impl LmModel {
             Some(x) => (x + t)?,
             None => t,
         };
+        if embeds.iter().any(Option::is_some) {
+            x = self.replace_embeddings(&x, embeds)?;
+        }
         let c = &self.cfg;
         let (cos, sin) = rope_tables(c.dim / c.num_heads, c.max_period, pos, dev)?;
         for (l, layer) in self.layers.iter().enumerate() {
@@ -520,6 +576,24 @@ impl LmModel {
         let out = rms_norm(&x, &self.out_norm, c.norm_eps())?;
         let logits = self.text_linear.forward(&out)?;
         Ok((out, logits))
+    }
+
+    /// `x` ([B,1,dim]) with row `b` replaced by `embeds[b]` where given (a persona preset's
+    /// stored input embeddings, which stand for tokens the model never sees).
+    fn replace_embeddings(
+        &self,
+        x: &Tensor,
+        embeds: &[Option<Vec<f32>>],
+    ) -> candle_core::Result<Tensor> {
+        let rows = (0..x.dim(0)?)
+            .map(|b| match embeds.get(b) {
+                Some(Some(e)) => {
+                    Tensor::from_slice(e, (1, 1, e.len()), &self.device)?.to_dtype(x.dtype())
+                }
+                _ => x.narrow(0, b, 1),
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Tensor::cat(&rows, 0)
     }
 
     /// Depth step `k` of `B = prev_tokens.len()` conversations: row `b`'s input is its

@@ -249,21 +249,39 @@ impl Store {
         }
     }
 
-    /// Checks a request against the header and records it; `true` when it must be loaded.
-    /// The PyTorch layout shares tensors between depth steps, so a name may come again.
-    fn request(&mut self, name: &str, shape: &[usize]) -> Result<bool, LmError> {
+    /// Checks a request against the header and records it; the name to load it from when it
+    /// must be loaded (`None` for a dry store). The PyTorch layout shares tensors between
+    /// depth steps, so a name may come again. A depth step 8-15 the file lacks is taken from
+    /// step k-8 when that one has the shape asked for (see [`fill_name`]).
+    fn request(&mut self, name: &str, shape: &[usize]) -> Result<Option<String>, LmError> {
+        self.request_stored(name, shape, shape)
+    }
+
+    /// [`Store::request`] of a tensor recorded as `shape` that the file may hold as `stored`.
+    fn request_stored(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        stored: &[usize],
+    ) -> Result<Option<String>, LmError> {
+        let shape_recorded = shape;
+        let shape = stored;
         if self.seen.insert(name.to_string()) {
-            self.recorded.push((name.to_string(), shape.to_vec()));
+            self.recorded
+                .push((name.to_string(), shape_recorded.to_vec()));
         }
+        let mut from = name.to_string();
         if let Some(names) = &self.names {
-            match names.get(name) {
-                None => {
+            let filled = fill_name(name).filter(|f| names.get(f).map(Vec::as_slice) == Some(shape));
+            match (names.get(name), filled) {
+                (None, Some(f)) => from = f,
+                (None, None) => {
                     return Err(LmError::MissingTensor {
                         name: name.to_string(),
                         path: self.path.clone(),
                     })
                 }
-                Some(got) if got.as_slice() != shape => {
+                (Some(got), _) if got.as_slice() != shape => {
                     return Err(LmError::TensorShape {
                         name: name.to_string(),
                         expected: shape.to_vec(),
@@ -271,10 +289,10 @@ impl Store {
                         path: self.path.clone(),
                     })
                 }
-                Some(_) => {}
+                (Some(_), _) => {}
             }
         }
-        Ok(!self.dry)
+        Ok((!self.dry).then_some(from))
     }
 
     /// After building: refuses tensors in the file nobody asked for; returns every request
@@ -366,10 +384,10 @@ impl Store {
 
     /// A dense tensor in the compute dtype (norm gains, or a slice source).
     pub(crate) fn dense(&mut self, name: &str, shape: &[usize]) -> Result<Tensor, LmError> {
-        if !self.request(name, shape)? {
+        let Some(from) = self.request(name, shape)? else {
             return self.placeholder();
-        }
-        let t = match self.raw(name)? {
+        };
+        let t = match self.raw(&from)? {
             Raw::Dense(t) => t,
             Raw::Quant(q) => q
                 .dequantize(&self.device)
@@ -438,10 +456,10 @@ impl Store {
         out: usize,
         inp: usize,
     ) -> Result<AnyLinear, LmError> {
-        if !self.request(name, &[out, inp])? {
+        let Some(from) = self.request(name, &[out, inp])? else {
             return self.placeholder_linear();
-        }
-        let raw = self.raw(name)?;
+        };
+        let raw = self.raw(&from)?;
         self.any_linear(name, raw, out, inp)
     }
 
@@ -454,12 +472,19 @@ impl Store {
         out: usize,
         inp: usize,
     ) -> Result<Vec<AnyLinear>, LmError> {
-        if !self.request(name, &[steps * out, inp])? {
+        // A Moshi (8-step) weight asked for 16 steps: steps 8-15 reuse 0-7, as NVIDIA's loader
+        // concatenates the tensor with itself.
+        let stored = match self.names.as_ref().and_then(|n| n.get(name)) {
+            Some(s) if steps == 16 && s.as_slice() == [8 * out, inp] => 8,
+            _ => steps,
+        };
+        let Some(from) = self.request_stored(name, &[steps * out, inp], &[stored * out, inp])?
+        else {
             return (0..steps).map(|_| self.placeholder_linear()).collect();
-        }
-        let raw = self.raw(name)?;
+        };
+        let raw = self.raw(&from)?;
         let mut v = Vec::with_capacity(steps);
-        for step in 0..steps {
+        for step in (0..steps).map(|s| s % stored) {
             let part = match &raw {
                 Raw::Dense(t) => Raw::Dense(
                     t.narrow(0, step * out, out)
@@ -504,12 +529,12 @@ impl Store {
         rows: usize,
         dim: usize,
     ) -> Result<Embedding, LmError> {
-        if !self.request(name, &[rows, dim])? {
+        let Some(from) = self.request(name, &[rows, dim])? else {
             let w = QMatMul::Tensor(self.placeholder()?);
             let dtype = self.dtype;
             return Ok(Embedding { w, dtype });
-        }
-        let raw = self.raw(name)?;
+        };
+        let raw = self.raw(&from)?;
         let (w, _) = self.wrap_q(name, raw)?;
         Ok(Embedding {
             w,
@@ -538,6 +563,71 @@ impl Store {
 enum Raw {
     Dense(Tensor),
     Quant(QTensor),
+}
+
+/// Where NVIDIA's PersonaPlex loader takes a depth step 8-15 a checkpoint lacks from: step
+/// k-8 of the same group (`gating`, `linears`, `depformer_in`, `depformer_emb`; in the candle
+/// layout the whole `depformer.{k}` module). `None` for other names.
+fn fill_name(name: &str) -> Option<String> {
+    for group in [
+        "gating.",
+        "linears.",
+        "depformer_in.",
+        "depformer_emb.",
+        "depformer.",
+    ] {
+        let mut from = 0;
+        while let Some(at) = name[from..].find(group).map(|i| from + i) {
+            let rest = &name[at + group.len()..];
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            if let Ok(k @ 8..=15) = rest[..digits].parse::<usize>() {
+                if rest[digits..].starts_with('.') && (at == 0 || name[..at].ends_with('.')) {
+                    let head = &name[..at + group.len()];
+                    return Some(format!("{head}{}{}", k - 8, &rest[digits..]));
+                }
+            }
+            from = at + group.len();
+        }
+    }
+    None
+}
+
+/// Whether the checkpoint `path` holds depth step `k` (a PersonaPlex file has steps 8-15).
+pub(crate) fn has_depth_step(path: &Path, k: usize) -> Result<bool, LmError> {
+    let o = open_file(path)?;
+    Ok(o.names.contains_key(&format!("depformer_in.{k}.weight"))
+        || o.names
+            .contains_key(&format!("depformer.{k}.linear_in.weight")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fill_name;
+
+    #[test]
+    fn fills_steps_8_to_15_from_0_to_7() {
+        let f = |n: &str| fill_name(n);
+        assert_eq!(f("linears.9.weight").as_deref(), Some("linears.1.weight"));
+        assert_eq!(
+            f("depformer_in.15.weight").as_deref(),
+            Some("depformer_in.7.weight")
+        );
+        assert_eq!(
+            f("depformer_emb.8.weight").as_deref(),
+            Some("depformer_emb.0.weight")
+        );
+        assert_eq!(
+            f("depformer.layers.3.gating.12.linear_in.weight").as_deref(),
+            Some("depformer.layers.3.gating.4.linear_in.weight")
+        );
+        assert_eq!(
+            f("depformer.10.transformer.layers.0.norm1.alpha").as_deref(),
+            Some("depformer.2.transformer.layers.0.norm1.alpha")
+        );
+        assert_eq!(f("depformer_emb.7.weight"), None);
+        assert_eq!(f("linears.3.weight"), None);
+        assert_eq!(f("transformer.layers.9.gating.linear_in.weight"), None);
+    }
 }
 
 /// Bytes the weights of `path` will take once loaded at `dtype` (headers only).
