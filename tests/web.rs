@@ -548,3 +548,145 @@ fn one_untrusted_peer_cannot_lock_out_the_others() {
     assert!((1..=3).contains(&lines), "{lines} lines:\n{log}");
     drop((held, ws));
 }
+
+/// `seconds` of [`voice`] as an Ogg Opus stream (24 kHz mono, 20 ms packets, a page each),
+/// what a client sends after kind 1.
+fn ogg_opus_voice(seconds: f32) -> Vec<u8> {
+    use ogg::writing::{PacketWriteEndInfo as End, PacketWriter};
+    let mut head = b"OpusHead".to_vec();
+    head.extend_from_slice(&[1, 1]);
+    head.extend_from_slice(&312u16.to_le_bytes());
+    head.extend_from_slice(&24_000u32.to_le_bytes());
+    head.extend_from_slice(&[0, 0, 0]);
+    let mut tags = b"OpusTags".to_vec();
+    tags.extend_from_slice(&4u32.to_le_bytes());
+    tags.extend_from_slice(b"test");
+    tags.extend_from_slice(&0u32.to_le_bytes());
+    let mut enc =
+        opus::Encoder::new(24_000, opus::Channels::Mono, opus::Application::Voip).unwrap();
+    let mut buf = Vec::new();
+    let mut w = PacketWriter::new(&mut buf);
+    w.write_packet(head, 7, End::EndPage, 0).unwrap();
+    w.write_packet(tags, 7, End::EndPage, 0).unwrap();
+    let pcm = voice(seconds);
+    for (i, chunk) in pcm.chunks_exact(480).enumerate() {
+        let packet = enc.encode_vec(chunk, 4000).unwrap();
+        let granule = 312 + 960 * (i as u64 + 1); // 48 kHz units
+        w.write_packet(packet, 7, End::EndPage, granule).unwrap();
+    }
+    drop(w);
+    buf
+}
+
+/// A WebSocket to 127.0.0.1:`port` whose socket takes almost nothing in: a client that
+/// never reads fills it at once, then the server's send buffer.
+fn ws_with_tiny_receive_buffer(port: u16) -> tungstenite::WebSocket<TcpStream> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let tcp = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let size: libc::c_int = 2048;
+        let p = &size as *const libc::c_int as *const libc::c_void;
+        let n = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, p, n);
+        TcpStream::from_raw_fd(fd)
+    };
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::connect(
+            tcp.as_raw_fd(),
+            &sin as *const _ as *const libc::sockaddr,
+            len,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    // Sending stops (instead of hanging the test) once the server stops reading.
+    tcp.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    let url = format!("ws://127.0.0.1:{port}/api/chat");
+    tungstenite::client(url, tcp).expect("upgrade").0
+}
+
+#[test]
+fn a_client_that_never_reads_does_not_hold_the_conversation() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = dir.path().join("web.toml");
+    std::fs::write(
+        &cfg,
+        "[model]\nsource = \"demo\"\n[web]\nidle_timeout_s = 2\n",
+    )
+    .unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    let d = serve(
+        dir.path(),
+        &listen,
+        &["--no-tls", "--config", cfg.to_str().unwrap()],
+    );
+    // It sends 60 s of audio at about ten times real time (the model keeps up, so Moshi
+    // answers every frame), never reads, then goes silent holding the connection open.
+    let mut stuck = ws_with_tiny_receive_buffer(port);
+    let audio = ogg_opus_voice(60.0);
+    let chunks = audio.chunks(1000).count() as u32;
+    for chunk in audio.chunks(1000) {
+        let mut m = vec![1u8];
+        m.extend_from_slice(chunk);
+        if stuck.send(Message::Binary(m.into())).is_err() {
+            break; // the server stopped reading: fine, it is the server's turn
+        }
+        std::thread::sleep(Duration::from_secs(6) / chunks);
+    }
+    // Another client gets the conversation (busy = "wait": its handshake comes once the
+    // stuck session is closed by the idle or write timeout), while that TCP stays open.
+    let wav = voice_wav(dir.path());
+    let url = format!("ws://{listen}/api/chat");
+    let talked = (0..3).find_map(|_| {
+        let (ok, j, err) = client(&["--url", &url, "--input", &wav, "--seconds", "1"]);
+        (ok && j["audio_s"].as_f64().unwrap_or(0.0) > 0.5)
+            .then_some(())
+            .or_else(|| {
+                eprintln!("client: {err} {j}");
+                None
+            })
+    });
+    assert!(
+        talked.is_some(),
+        "the stuck client held the conversation:\n{}",
+        d.log()
+    );
+    // What it could not take was dropped and counted.
+    let st = page_state(port);
+    assert!(
+        st["web_dropped_output"].as_u64().unwrap() > 0,
+        "{st}\n{}",
+        d.log()
+    );
+    // And the server closed it: reading drains what was queued, then ends.
+    stuck
+        .get_mut()
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let closed = loop {
+        match stuck.read() {
+            Ok(_) => continue,
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break false
+            }
+            Err(_) => break true,
+        }
+    };
+    assert!(closed, "the stuck connection is still open:\n{}", d.log());
+}

@@ -69,7 +69,8 @@ pub fn run(cfg: &Config, a: &WebArgs) -> anyhow::Result<()> {
                 .clone()
                 .unwrap_or_else(|| cfg.cache_dir.join("web")),
         ),
-        ..WebConfig::default()
+        // With --config, its [web] limits and names apply (hosts, max_connections...).
+        ..cfg.web.clone()
     };
     if !a.trusted.is_empty() {
         web.trusted = a.trusted.clone();

@@ -1,24 +1,29 @@
 //! One `/api/chat` conversation after the handshake: the client's audio drives the model
 //! (one step per 80 ms received), Moshi's audio and text go back. The model runs on a thread
 //! of its own; it never waits on the network: the oldest input is dropped when it falls
-//! behind, and output a slow client cannot take is dropped (both counted).
+//! behind, and output a slow client cannot take is dropped (both counted). Reading and
+//! writing run side by side, so a client that stops reading never holds up the session's
+//! control path: the idle timeout and the device ending the session (`set/conversation
+//! OFF`) act at once, and a message that cannot be written within the idle timeout closes
+//! the connection.
 
 use super::backend::{Backend, Talk};
 use super::protocol::{self, Kind};
 use super::stream::{AudioIn, AudioOut};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use moshid_hal::FRAME_SAMPLES;
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
 /// Session limits from `[web]`.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Close after this long without a client message.
+    /// Close after this long without a client message, or with a message to the client
+    /// that could not be written.
     pub idle: Duration,
     /// Input frames waiting for the model before the oldest is dropped.
     pub input_queue: usize,
@@ -26,12 +31,9 @@ pub struct Limits {
     pub output_queue: usize,
 }
 
-/// What the model thread hands the network side.
-enum Out {
-    Message(Vec<u8>),
-    /// The device ended the session; the reason goes out as a kind-5 message.
-    End(String),
-}
+/// How long the last words (a kind-5 message, the close) may take to a client that is
+/// not reading: then the connection is simply dropped.
+const LAST_WORDS: Duration = Duration::from_secs(2);
 
 /// Input frames between the network and the model thread: bounded, dropping the oldest.
 struct InQueue {
@@ -86,46 +88,41 @@ impl Drop for CloseOnDrop {
     }
 }
 
-/// The model thread: steps, encodes, hands messages over without ever blocking on them.
+/// The model thread: steps, encodes, hands messages over without ever blocking on them
+/// (a full queue drops the message, counted); returns why the device ended the session.
 fn model_loop(
     mut talk: Box<dyn Talk>,
     queue: Arc<InQueue>,
-    out: tokio::sync::mpsc::Sender<Out>,
+    out: tokio::sync::mpsc::Sender<Vec<u8>>,
     backend: Arc<dyn Backend>,
-) {
+) -> Option<String> {
     let mut audio = match AudioOut::new() {
         Ok(a) => a,
-        Err(e) => {
-            let _ = out.try_send(Out::End(e.to_string()));
-            return;
-        }
+        Err(e) => return Some(e.to_string()),
     };
     let mut frame_out = vec![0.0f32; FRAME_SAMPLES];
     let mut text = String::new();
     loop {
         if let Some(why) = talk.ended() {
-            let _ = out.try_send(Out::End(why));
-            return;
+            return Some(why);
         }
         let frame = match queue.pop(Duration::from_millis(100)) {
             Ok(Some(f)) => f,
             Ok(None) => continue,
-            Err(()) => return,
+            Err(()) => return None,
         };
         text.clear();
         if let Err(e) = talk.step(&frame, &mut frame_out, &mut text) {
-            let _ = out.try_send(Out::End(e));
-            return;
+            return Some(e);
         }
         let mut msg = vec![Kind::Audio as u8];
         if let Err(e) = audio.frame(&frame_out, &mut msg) {
-            let _ = out.try_send(Out::End(e.to_string()));
-            return;
+            return Some(e.to_string());
         }
-        if out.try_send(Out::Message(msg)).is_err() {
+        if out.try_send(msg).is_err() {
             backend.count_dropped(0, 1);
         }
-        if !text.is_empty() && out.try_send(Out::Message(protocol::text(&text))).is_err() {
+        if !text.is_empty() && out.try_send(protocol::text(&text)).is_err() {
             backend.count_dropped(0, 1);
         }
     }
@@ -155,12 +152,19 @@ where
         ready: Condvar::new(),
         cap: limits.input_queue.max(1),
     });
-    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel(limits.output_queue.max(1));
+    let (out_tx, out_rx) = tokio::sync::mpsc::channel(limits.output_queue.max(1));
+    // The reason the device ended the session travels apart from the audio, so that a full
+    // output queue cannot lose it.
+    let (end_tx, end_rx) = tokio::sync::oneshot::channel();
     let worker = {
         let (q, b) = (queue.clone(), backend.clone());
         std::thread::Builder::new()
             .name("moshid-web-model".into())
-            .spawn(move || model_loop(talk, q, out_tx, b))
+            .spawn(move || {
+                if let Some(why) = model_loop(talk, q, out_tx, b) {
+                    let _ = end_tx.send(why);
+                }
+            })
     };
     let worker = match worker {
         Ok(w) => w,
@@ -169,7 +173,13 @@ where
     let closer = CloseOnDrop(queue.clone());
     let ended = match AudioIn::new() {
         Ok(mut input) => {
-            let e = pump(ws, &mut input, &queue, &mut out_rx, &backend, limits).await;
+            let (sink, stream) = ws.split();
+            let reader = read_loop(stream, &mut input, &queue, end_rx, &backend, limits.idle);
+            let writer = write_loop(sink, out_rx, limits.idle);
+            let e = tokio::select! {
+                e = reader => e,
+                e = writer => e,
+            };
             log::debug!("web: client audio: {:?}", input.ogg_stats());
             e
         }
@@ -178,59 +188,82 @@ where
     drop(closer);
     // The Talk is dropped on that thread: the room gets the conversation back once it ends.
     let _ = tokio::task::spawn_blocking(move || worker.join()).await;
-    if let Ended::Error(why) = &ended {
-        let _ = ws.send(Message::Binary(protocol::error(why).into())).await;
-    }
-    let _ = ws.close(None).await;
+    let last_words = async {
+        if let Ended::Error(why) = &ended {
+            let _ = ws.send(Message::Binary(protocol::error(why).into())).await;
+        }
+        let _ = ws.close(None).await;
+    };
+    // A client that does not read gets nothing more: its socket closes when dropped.
+    let _ = tokio::time::timeout(LAST_WORDS, last_words).await;
     ended
 }
 
-/// Moves messages both ways until the client leaves or something ends the session.
-async fn pump<S>(
-    ws: &mut WebSocketStream<S>,
-    input: &mut AudioIn,
-    queue: &InQueue,
-    out_rx: &mut tokio::sync::mpsc::Receiver<Out>,
-    backend: &Arc<dyn Backend>,
-    limits: Limits,
+/// Sends Moshi's messages as they come; ends the session when one cannot be written within
+/// `timeout` (a client that stopped reading, a dead peer).
+async fn write_loop<W>(
+    mut sink: W,
+    mut out: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    timeout: Duration,
 ) -> Ended
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    W: Sink<Message, Error = tungstenite::Error> + Unpin,
+{
+    while let Some(m) = out.recv().await {
+        match tokio::time::timeout(timeout, sink.send(Message::Binary(m.into()))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Ended::Error(format!("WebSocket: {e}")),
+            Err(_) => {
+                return Ended::Error(format!(
+                    "the client read nothing for {} s: closing",
+                    timeout.as_secs()
+                ))
+            }
+        }
+    }
+    // The model thread is gone; the reader learns why.
+    std::future::pending().await
+}
+
+/// Reads the client's audio into the model's queue until the client leaves, goes quiet for
+/// `idle`, or the device ends the session (`end`).
+async fn read_loop<R>(
+    mut stream: R,
+    input: &mut AudioIn,
+    queue: &InQueue,
+    mut end: tokio::sync::oneshot::Receiver<String>,
+    backend: &Arc<dyn Backend>,
+    idle: Duration,
+) -> Ended
+where
+    R: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
 {
     let mut frame = vec![0.0f32; FRAME_SAMPLES];
     loop {
-        tokio::select! {
-            m = tokio::time::timeout(limits.idle, ws.next()) => {
-                let payload = match m {
-                    Err(_) => return Ended::Error(format!(
-                        "no message for {} s: closing", limits.idle.as_secs())),
-                    Ok(None) | Ok(Some(Ok(Message::Close(_)))) => return Ended::Client,
-                    Ok(Some(Err(e))) => return Ended::Error(format!("WebSocket: {e}")),
-                    Ok(Some(Ok(Message::Binary(b)))) => b,
-                    // Text frames and pings are not part of the protocol's data: ignored.
-                    Ok(Some(Ok(_))) => continue,
-                };
-                if Kind::of(&payload) != Some(Kind::Audio) {
-                    continue; // control and unknown kinds: discarded, as the spec says
-                }
-                if let Err(e) = input.push(&payload[1..]) {
-                    return Ended::Error(format!("unusable audio: {e}"));
-                }
-                while input.next_frame(&mut frame) {
-                    if queue.push(frame.clone()) {
-                        backend.count_dropped(1, 0);
-                    }
-                }
+        let m = tokio::select! {
+            m = tokio::time::timeout(idle, stream.next()) => m,
+            why = &mut end => {
+                return Ended::Error(why.unwrap_or_else(|_| "the model stopped".into()))
             }
-            out = out_rx.recv() => match out {
-                Some(Out::Message(m)) => {
-                    if let Err(e) = ws.send(Message::Binary(m.into())).await {
-                        return Ended::Error(format!("WebSocket: {e}"));
-                    }
-                }
-                Some(Out::End(why)) => return Ended::Error(why),
-                None => return Ended::Error("the model stopped".into()),
-            },
+        };
+        let payload = match m {
+            Err(_) => return Ended::Error(format!("no message for {} s: closing", idle.as_secs())),
+            Ok(None) | Ok(Some(Ok(Message::Close(_)))) => return Ended::Client,
+            Ok(Some(Err(e))) => return Ended::Error(format!("WebSocket: {e}")),
+            Ok(Some(Ok(Message::Binary(b)))) => b,
+            // Text frames and pings are not part of the protocol's data: ignored.
+            Ok(Some(Ok(_))) => continue,
+        };
+        if Kind::of(&payload) != Some(Kind::Audio) {
+            continue; // control and unknown kinds: discarded, as the spec says
+        }
+        if let Err(e) = input.push(&payload[1..]) {
+            return Ended::Error(format!("unusable audio: {e}"));
+        }
+        while input.next_frame(&mut frame) {
+            if queue.push(frame.clone()) {
+                backend.count_dropped(1, 0);
+            }
         }
     }
 }
