@@ -243,3 +243,32 @@ fn cached_state_gives_the_same_tokens() {
     );
     check("codes", &cached);
 }
+
+#[test]
+fn batch_slots_join_from_one_prompted_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = std::sync::Arc::new(model(tmp.path()));
+    let p = prompt(VoicePrompt::Codes(frames(&expected()["voice_codes"])));
+    let mut g = LmGen::new(model.clone(), greedy(), 3000).unwrap();
+    let state = g.run_prompt(&p, |_| {}).unwrap();
+    let mut batch = moshid_models::lm::LmBatch::new(model, 2, 3000).unwrap();
+    let ids = [
+        batch.join_prompted(&state, greedy()).unwrap(),
+        batch.join_prompted(&state, greedy()).unwrap(),
+    ];
+    let exp = &expected()["runs"]["codes"]["outputs"];
+    for (t, u) in frames(&expected()["user_codes"]).iter().enumerate() {
+        let outs = batch.step(&[(ids[0], &u[..]), (ids[1], &u[..])]);
+        for out in outs {
+            let got = out
+                .unwrap()
+                .map(|o| std::iter::once(o.text).chain(o.audio).collect::<Vec<u32>>());
+            let want = (!exp[t].is_null()).then(|| u32s(&exp[t]));
+            assert_eq!(got, want, "step {t}");
+        }
+    }
+    eprintln!(
+        "a cached persona holds {} bytes of KV entries",
+        state.bytes()
+    );
+}
