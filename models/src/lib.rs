@@ -1,4 +1,5 @@
-//! Pure-compute model code for moshid: the Mimi codec and the Moshi language model.
+//! Pure-compute model code for moshid: the Mimi codec, the Moshi language model and the
+//! wake-word detector.
 //!
 //! Nothing here touches audio devices or the network; the only I/O is loading weights.
 
@@ -11,3 +12,4 @@ pub mod mimi;
 pub mod parity;
 mod replace;
 pub mod tokenizer;
+pub mod wake;
