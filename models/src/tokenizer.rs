@@ -39,6 +39,8 @@ enum Kind {
 #[derive(Debug, Clone)]
 pub struct TextTokenizer {
     pieces: Vec<(String, Kind)>,
+    /// Unigram log-probabilities (encoding only; 0 for a plain piece table).
+    scores: Vec<f32>,
 }
 
 /// Token ids Moshi's text stream uses for "no word here": end of padding (0) and padding (3).
@@ -60,12 +62,15 @@ impl TextTokenizer {
     /// Parses the bytes of a SentencePiece model (`ModelProto`).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
         let mut pieces = Vec::new();
+        let mut scores = Vec::new();
         let mut r = Reader { b: bytes, i: 0 };
         while !r.done() {
             let (field, wire) = r.key()?;
             if field == 1 && wire == 2 {
                 let msg = r.bytes()?;
-                pieces.push(parse_piece(msg)?);
+                let (piece, kind, score) = parse_piece(msg)?;
+                pieces.push((piece, kind));
+                scores.push(score);
             } else {
                 r.skip(wire)?;
             }
@@ -73,7 +78,7 @@ impl TextTokenizer {
         if pieces.is_empty() {
             return Err("no pieces".into());
         }
-        Ok(Self { pieces })
+        Ok(Self { pieces, scores })
     }
 
     /// Builds a vocabulary from a plain piece table (one piece per token id): `<0xNN>` is a
@@ -94,8 +99,9 @@ impl TextTokenizer {
                 };
                 (p, kind)
             })
-            .collect();
-        Self { pieces }
+            .collect::<Vec<_>>();
+        let scores = vec![0.0; pieces.len()];
+        Self { pieces, scores }
     }
 
     /// Number of pieces.
@@ -106,6 +112,81 @@ impl TextTokenizer {
     /// The raw piece of `id` (with `▁` for spaces), if it exists.
     pub fn piece(&self, id: u32) -> Option<&str> {
         self.pieces.get(id as usize).map(|(p, _)| p.as_str())
+    }
+
+    /// Encodes text as SentencePiece's unigram model does: whitespace runs become one `▁`, a
+    /// `▁` goes in front, then the segmentation with the highest total score; a character no
+    /// piece covers becomes its UTF-8 byte pieces (`<0xNN>`) when the model has them, else the
+    /// unknown piece. Unicode NFKC normalisation is not applied (text in NFKC form, such as
+    /// plain ASCII, encodes as SentencePiece encodes it).
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        let norm: String = std::iter::once("")
+            .chain(text.split_whitespace())
+            .collect::<Vec<_>>()
+            .join("\u{2581}");
+        if norm.is_empty() {
+            return Vec::new();
+        }
+        let index = self.piece_index();
+        let chars: Vec<(usize, char)> = norm.char_indices().collect();
+        let n = chars.len();
+        let at = |i: usize| chars.get(i).map_or(norm.len(), |c| c.0);
+        let longest = index.keys().map(|p| p.chars().count()).max().unwrap_or(1);
+        let unk_score = self.scores.iter().copied().fold(0f32, f32::min) - 10.0;
+        // best[i]: (score, start of the last piece, its id or None for an unknown char).
+        let mut best: Vec<(f32, usize, Option<u32>)> = vec![(f32::NEG_INFINITY, 0, None); n + 1];
+        best[0].0 = 0.0;
+        for end in 1..=n {
+            for len in 1..=longest.min(end) {
+                let start = end - len;
+                let (base, piece) = (best[start].0, &norm[at(start)..at(end)]);
+                let found = index
+                    .get(piece)
+                    .map(|&id| (self.scores[id as usize], Some(id)));
+                let Some((score, id)) = found.or((len == 1).then_some((unk_score, None))) else {
+                    continue;
+                };
+                if base + score > best[end].0 {
+                    best[end] = (base + score, start, id);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let mut end = n;
+        while end > 0 {
+            let (_, start, id) = best[end];
+            match id {
+                Some(id) => out.push(id),
+                None => out.extend(self.unknown_ids(&norm[at(start)..at(end)]).rev()),
+            }
+            end = start;
+        }
+        out.reverse();
+        out
+    }
+
+    /// Piece -> id for the pieces encoding may produce (normal and user-defined ones).
+    fn piece_index(&self) -> std::collections::HashMap<&str, u32> {
+        let normal = self.pieces.iter().enumerate();
+        normal
+            .filter(|(_, (_, k))| *k == Kind::Normal)
+            .map(|(i, (p, _))| (p.as_str(), i as u32))
+            .collect()
+    }
+
+    /// Ids for a character no piece covers: its byte pieces, or the unknown piece.
+    fn unknown_ids(&self, ch: &str) -> std::vec::IntoIter<u32> {
+        let byte_id = |b: u8| {
+            self.pieces
+                .iter()
+                .position(|(_, k)| *k == Kind::Byte(b))
+                .map(|i| i as u32)
+        };
+        let bytes: Option<Vec<u32>> = ch.bytes().map(byte_id).collect();
+        let unk = self.pieces.iter().position(|(_, k)| *k == Kind::Unknown);
+        bytes
+            .unwrap_or_else(|| vec![unk.unwrap_or(0) as u32])
+            .into_iter()
     }
 
     /// Decodes a whole sequence (padding and control tokens skipped).
@@ -227,14 +308,16 @@ impl StreamState {
     }
 }
 
-fn parse_piece(msg: &[u8]) -> Result<(String, Kind), String> {
+fn parse_piece(msg: &[u8]) -> Result<(String, Kind, f32), String> {
     let mut r = Reader { b: msg, i: 0 };
     let mut piece = String::new();
     let mut ty = 1u64;
+    let mut score = 0f32;
     while !r.done() {
         let (field, wire) = r.key()?;
         match (field, wire) {
             (1, 2) => piece = String::from_utf8_lossy(r.bytes()?).into_owned(),
+            (2, 5) => score = r.f32()?,
             (3, 0) => ty = r.varint()?,
             _ => r.skip(wire)?,
         }
@@ -254,7 +337,7 @@ fn parse_piece(msg: &[u8]) -> Result<(String, Kind), String> {
         }
         _ => Kind::Normal,
     };
-    Ok((piece, kind))
+    Ok((piece, kind, score))
 }
 
 struct Reader<'a> {
@@ -277,6 +360,12 @@ impl<'a> Reader<'a> {
             }
         }
         Err("varint too long".into())
+    }
+    fn f32(&mut self) -> Result<f32, String> {
+        let b = self.b.get(self.i..self.i + 4).ok_or("truncated float")?;
+        let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        self.i += 4;
+        Ok(v)
     }
     fn key(&mut self) -> Result<(u64, u64), String> {
         let k = self.varint()?;

@@ -272,3 +272,19 @@ fn batch_slots_join_from_one_prompted_state() {
         state.bytes()
     );
 }
+
+#[test]
+fn role_prompts_encode_as_sentencepiece_does() {
+    let spm = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lm/spm.model");
+    let tok = moshid_models::tokenizer::TextTokenizer::from_file(&spm).unwrap();
+    let text = std::fs::read_to_string(dir().join("spm_encode.json")).unwrap();
+    let cases: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for case in cases.as_array().unwrap() {
+        let t = case["text"].as_str().unwrap();
+        assert_eq!(tok.encode(t), u32s(&case["ids"]), "{t:?}");
+    }
+    assert_eq!(
+        moshid_models::lm::wrap_role(" Be brief. "),
+        "<system> Be brief. <system>"
+    );
+}
