@@ -288,3 +288,48 @@ fn role_prompts_encode_as_sentencepiece_does() {
         "<system> Be brief. <system>"
     );
 }
+
+/// The test signals of gen_persona.py's `signal`.
+fn signal(kind: u64, n: usize) -> Vec<f32> {
+    use std::f64::consts::PI;
+    (0..n)
+        .map(|i| {
+            let t = i as f64 / 24000.0;
+            let mut x =
+                0.3 * (2.0 * PI * 220.0 * t).sin() * (0.5 + 0.5 * (2.0 * PI * 1.5 * t).sin());
+            x += 0.05 * (2.0 * PI * 3000.0 * t).sin();
+            if kind == 1 && i < n / 2 {
+                x *= 0.001;
+            }
+            if kind == 2 {
+                x *= 3.0;
+            }
+            x as f32
+        })
+        .collect()
+}
+
+#[test]
+fn voice_loudness_is_pyloudnorms() {
+    use moshid_models::lm::{integrated_loudness, normalize_loudness, VOICE_PROMPT_LUFS};
+    let text = std::fs::read_to_string(dir().join("loudness.json")).unwrap();
+    let cases: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for case in cases.as_array().unwrap() {
+        let kind = case["kind"].as_u64().unwrap();
+        let x = signal(kind, case["samples"].as_u64().unwrap() as usize);
+        let ours = integrated_loudness(&x, 24000).unwrap();
+        let theirs = case["lufs"].as_f64().unwrap();
+        assert!(
+            (ours - theirs).abs() < 1e-4,
+            "signal {kind}: {ours} vs pyloudnorm {theirs}"
+        );
+        let y = normalize_loudness(&x, 24000, VOICE_PROMPT_LUFS);
+        let after = integrated_loudness(&y, 24000).unwrap();
+        assert!(
+            (after - VOICE_PROMPT_LUFS).abs() < 1e-3,
+            "normalised to {after}"
+        );
+    }
+    assert_eq!(integrated_loudness(&[0.0; 24000], 24000), None);
+    assert_eq!(integrated_loudness(&[0.1; 100], 24000), None);
+}

@@ -8,6 +8,7 @@ pub(crate) mod cpu;
 mod gen;
 mod gguf;
 pub(crate) mod gguf_read;
+mod loudness;
 mod model;
 mod persona;
 mod qgemv;
@@ -22,6 +23,7 @@ pub use gen::{
     ForcedFrame, LmGen, Sampling, StepOut, StepTiming, AUDIO_CODEBOOKS, MAX_TEMPERATURE, MAX_TOP_K,
 };
 pub use gguf::{quantize_file, QuantReport, QuantType};
+pub use loudness::{integrated_loudness, normalize_loudness, VOICE_PROMPT_LUFS};
 pub use model::{default_dtype, estimate_memory, LmModel, MemoryEstimate, CUDA_RUNTIME_BYTES};
 pub use persona::{
     wrap_role, PersonaPrompt, PromptedState, VoicePreset, VoicePrompt, PROMPT_TEXT_PAD,
