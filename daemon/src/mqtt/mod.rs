@@ -260,8 +260,12 @@ pub fn start(
 /// broker (availability, discovery, state: about ten messages) is published right after
 /// each ConnAck into an empty queue, and nothing else is queued while disconnected.
 const REQUEST_CAPACITY: usize = 64;
-/// Largest MQTT packet read (bigger ones still end the connection, in rumqttc).
-const MAX_INCOMING_PACKET: usize = 16 << 20;
+/// Largest MQTT packet read: the protocol's own limit (a 268,435,455-byte remaining length
+/// and a 5-byte fixed header), so no packet a broker sends can make rumqttc drop the
+/// connection (with 16 MB, a retained 17 MB message did so on every reconnect: 40
+/// disconnects in 10 s). MQTT 3.1.1 cannot ask the broker to drop big messages; the cost is
+/// holding one such message while it is read, and it is then ignored as a command.
+const MAX_INCOMING_PACKET: usize = 268_435_455 + 5;
 /// Largest command payload acted on: every command is a few bytes; anything bigger is
 /// ignored, logged and reported on `error`.
 const MAX_COMMAND_PAYLOAD: usize = 4096;
