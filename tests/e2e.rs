@@ -705,3 +705,69 @@ fn an_oversized_retained_command_is_ignored_without_a_reconnect_loop() {
     );
     daemon.terminate(Duration::from_secs(3));
 }
+
+#[test]
+fn a_retained_command_over_16_mb_costs_one_error_not_the_connection() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // mosquitto's default message_size_limit is the protocol's maximum: it takes 17 MB.
+    let broker = Broker::start(d);
+    let mut o = rumqttc::MqttOptions::new("huge", "127.0.0.1", broker.port);
+    o.set_max_packet_size(32 << 20, 32 << 20);
+    let (client, mut conn) = rumqttc::Client::new(o, 8);
+    let huge = vec![b'7'; 17 << 20];
+    client
+        .publish(topic("set/volume"), rumqttc::QoS::AtLeastOnce, true, huge)
+        .unwrap();
+    for ev in conn.iter() {
+        if let rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)) = ev.unwrap() {
+            break;
+        }
+    }
+    let obs = Observer::connect(broker.port, "obs2", &[&topic("error"), &topic("state")]);
+    let cfg = mqtt_only_config(d, broker.port, "host = \"127.0.0.1\"\n");
+    let mut daemon = spawn_with(d, &cfg);
+    let bytes = (17 << 20).to_string();
+    let seen = daemon.wait_log(
+        &format!("payload of {bytes} bytes ignored"),
+        Duration::from_secs(20),
+    );
+    assert!(seen, "{}", daemon.log());
+    // A command published after it still acts: the connection is the same one.
+    obs.publish(&topic("set/volume"), "55");
+    let acted = obs.wait_json(&topic("state"), Duration::from_secs(10), |v| {
+        v["volume"] == 55
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let log = daemon.log();
+    assert_eq!(log.matches("MQTT connected").count(), 1, "{log}");
+    assert!(acted.is_some(), "{log}");
+    let errors = obs.on(&topic("error"));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].payload.contains(&bytes), "{errors:?}");
+    daemon.terminate(Duration::from_secs(3));
+}
+
+#[test]
+fn ready_follows_a_microphone_that_appears_after_the_start() {
+    let rig = Rig::new();
+    let (dir, broker, notify) = (rig.path(), &rig.broker, &rig.notify);
+    let (cfg, alsa) = write_config(dir, broker.port, "");
+    // The microphone's file is missing at the start: opening it fails, the model loads.
+    let mic = dir.join("mic.raw");
+    let kept = dir.join("mic.later");
+    std::fs::rename(&mic, &kept).unwrap();
+    let d = start_daemon(dir, &cfg, &alsa, notify);
+    let failed = d.wait_log("cannot open audio", Duration::from_secs(120));
+    assert!(failed, "{}", d.log());
+    assert_eq!(notify.count("READY=1"), 0, "{}", d.log());
+    // It appears: the retry opens it and the service serves, so systemd must hear READY=1.
+    std::fs::rename(&kept, &mic).unwrap();
+    assert!(
+        notify.wait("READY=1", Duration::from_secs(90)),
+        "no READY=1 once the microphone works; notify: {:?}\n{}",
+        notify.lines(),
+        d.log()
+    );
+}

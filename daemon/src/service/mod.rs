@@ -325,6 +325,18 @@ impl Supervisor {
         Flow::Continue
     }
 
+    /// READY=1 the first time the service serves, however it got there: a model whose
+    /// audio opened only on a later retry (a microphone plugged in after the start) never
+    /// passed through `load_succeeded`, and systemd kept the unit "activating".
+    fn first_serve(&mut self) {
+        if self.load_s.is_none() && self.slot.has_pipeline() {
+            let load_s = self.started.elapsed().as_secs_f64();
+            self.load_s = Some(load_s);
+            log::info!(load_s = load_s; "serving: the audio devices opened");
+            self.ready();
+        }
+    }
+
     /// READY=1 at the first start and at the end of every reload, whatever happened.
     fn ready(&mut self) {
         if self.ready_due || self.load_s.is_some() {
@@ -347,6 +359,7 @@ impl Supervisor {
                 self.request_load(self.cfg.clone(), voice, true);
             }
         }
+        self.first_serve();
         if self.slot.pipeline_finished() {
             if self.one_shot {
                 return Flow::Exit(None);
