@@ -60,6 +60,8 @@ enum Command {
     Client(cmd::client::Args),
     /// Mimi and the LM on a device and dtype against the committed reference fixtures.
     Parity(cmd::parity::Args),
+    /// Listen for a wake word in a WAV file (built-in microWakeWord models); JSON lines.
+    Wake(cmd::wake::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -76,6 +78,7 @@ fn main() -> std::process::ExitCode {
         Command::Quantize(a) => cmd::quantize::run(a),
         Command::Client(a) => cmd::client::run(a),
         Command::Parity(a) => cmd::parity::run(a),
+        Command::Wake(a) => cmd::wake::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

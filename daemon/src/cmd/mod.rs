@@ -15,6 +15,7 @@ pub mod parity;
 pub mod procstat;
 pub mod quantize;
 pub mod run;
+pub mod wake;
 
 /// Longest duration a `--seconds`-like flag accepts: an hour (the demo holds its input).
 pub const MAX_SECONDS: f64 = 3_600.0;
