@@ -77,6 +77,16 @@ pub struct Args {
     /// Attention window in steps (KV cache size; default: the configuration's context).
     #[arg(long)]
     pub context: Option<usize>,
+    /// PersonaPlex voice: a preset name (looked up in --voice-dir), a `.pt` preset or a WAV
+    /// (normalised to -24 LUFS and Mimi-encoded; needs --mimi).
+    #[arg(long)]
+    pub voice_prompt: Option<String>,
+    /// PersonaPlex role, e.g. "You are the front desk of the Hotel Lumen." (needs --tokenizer).
+    #[arg(long)]
+    pub text_prompt: Option<String>,
+    /// Where --voice-prompt NAME is looked up (default: `voices/` beside --lm).
+    #[arg(long)]
+    pub voice_dir: Option<PathBuf>,
 }
 
 /// `--lm-config` when given, else the configuration stored in the checkpoint `weights`
@@ -152,6 +162,30 @@ impl Trace {
             self.path.display()
         )
     }
+}
+
+/// Runs the persona prompt of `--voice-prompt` / `--text-prompt` before the conversation.
+fn run_persona_prompt(
+    a: &Args,
+    cfg: &LmConfig,
+    gen: &mut LmGen,
+    tokenizer: Option<&TextTokenizer>,
+    mimi: Option<&mut Mimi>,
+) -> anyhow::Result<()> {
+    let beside = a.lm.parent().unwrap_or(Path::new(".")).join("voices");
+    let spec = super::persona::PersonaSpec {
+        voice: a.voice_prompt.as_deref(),
+        voice_dir: a.voice_dir.as_deref().unwrap_or(&beside),
+        role: a.text_prompt.as_deref(),
+    };
+    let p = super::persona::prompt(cfg, &spec, tokenizer, mimi)?;
+    let state = gen.run_prompt(&p, |_| {})?;
+    eprintln!(
+        "moshid: persona prompt: {} steps in {:.2} s",
+        state.steps(),
+        state.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// Runs `moshid infer`.
@@ -250,6 +284,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     sampling.validate()?;
     let model = load_lm(&a.lm, &cfg, dtype, &device, context)?;
     let mut gen = LmGen::new(model, sampling, context)?;
+    if a.voice_prompt.is_some() || a.text_prompt.is_some() {
+        run_persona_prompt(&a, &cfg, &mut gen, tokenizer.as_ref(), mimi.as_mut())?;
+    }
     let mut trace = a.trace.as_deref().map(Trace::create).transpose()?;
     let mut stream = tokenizer.as_ref().map(|t| t.stream());
     let mut words = String::new();

@@ -12,6 +12,7 @@ pub mod demo_web;
 pub mod fetch;
 pub mod infer;
 pub mod parity;
+pub mod persona;
 pub mod procstat;
 pub mod quantize;
 pub mod run;
