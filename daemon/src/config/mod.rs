@@ -70,6 +70,8 @@ pub struct Config {
     pub mqtt: MqttConfig,
     /// The web endpoint: the page, Kyutai's `/api/chat`, `/api/state`.
     pub web: WebConfig,
+    /// The wake word that starts the room's conversation.
+    pub wake: WakeConfig,
 }
 
 /// Where the model weights come from.
@@ -211,6 +213,22 @@ pub struct AecConfig {
     pub enabled: bool,
 }
 
+/// `[wake]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WakeConfig {
+    /// Listen for the wake word while the room is idle; a detection starts the conversation.
+    pub enabled: bool,
+    /// A built-in model (`okay_nabu`, `hey_jarvis`, `alexa`, `hey_mycroft`) or a `.tflite`
+    /// file (its `.json` beside it, or `json`).
+    pub model: String,
+    /// The model's JSON configuration, for a `.tflite` file elsewhere.
+    pub json: Option<PathBuf>,
+    /// Detection cutoff in (0, 1) instead of the model's `probability_cutoff` (lower fires
+    /// more easily).
+    pub sensitivity: Option<f64>,
+}
+
 /// `[mqtt]`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -273,6 +291,17 @@ impl Default for Config {
             aec: AecConfig::default(),
             mqtt: MqttConfig::default(),
             web: WebConfig::default(),
+            wake: WakeConfig::default(),
+        }
+    }
+}
+impl Default for WakeConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            model: "okay_nabu".into(),
+            json: None,
+            sensitivity: None,
         }
     }
 }
@@ -492,6 +521,7 @@ impl Config {
         audio_problems(&self.audio, &mut p);
         mqtt_problems(&self.mqtt, &mut p);
         p.extend(self.web.problems());
+        wake_problems(&self.wake, &mut p);
         p
     }
 
@@ -559,6 +589,27 @@ fn voice_problems(voices: &BTreeMap<String, VoicePreset>, p: &mut Vec<String>) {
 }
 
 /// The ranges of `moshid_models::lm::Sampling::validate` (which the CLI gets), per key.
+fn wake_problems(w: &WakeConfig, p: &mut Vec<String>) {
+    let is_file = w.model.ends_with(".tflite") || w.model.contains('/');
+    let builtin = moshid_models::wake::BUILTIN
+        .iter()
+        .any(|b| b.name == w.model);
+    if !is_file && !builtin {
+        p.push(format!(
+            "`wake.model` = {:?}: not a built-in model (okay_nabu, hey_jarvis, alexa, hey_mycroft) nor a .tflite file",
+            w.model
+        ));
+    }
+    if w.json.is_some() && !is_file {
+        p.push("`wake.json`: goes with a .tflite `wake.model`, not a built-in one".into());
+    }
+    if let Some(v) = w.sensitivity {
+        if !(v > 0.0 && v < 1.0) {
+            p.push(format!("`wake.sensitivity` = {v}: use a cutoff in (0, 1)"));
+        }
+    }
+}
+
 fn sampling_problems(s: &SamplingConfig, p: &mut Vec<String>) {
     use moshid_models::lm::{MAX_TEMPERATURE, MAX_TOP_K};
     for (name, t) in [("temp_text", s.temp_text), ("temp_audio", s.temp_audio)] {

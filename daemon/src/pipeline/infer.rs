@@ -72,6 +72,8 @@ struct InferLoop {
     in_conversation: Option<bool>,
     conv_start: Instant,
     last_voice: Instant,
+    /// The wake-word listener (`[wake] enabled`).
+    wake: Option<super::wake::Listener>,
 }
 
 /// Runs until stopped or the room's source ends; gives the model back.
@@ -85,6 +87,7 @@ pub(super) fn run(mut p: Parts, stop: &AtomicBool) -> Box<dyn Engine> {
             None
         }
     });
+    let wake = p.params.wake.as_ref().and_then(super::wake::Listener::new);
     let mut l = InferLoop {
         p,
         aec,
@@ -94,6 +97,7 @@ pub(super) fn run(mut p: Parts, stop: &AtomicBool) -> Box<dyn Engine> {
         in_conversation: None,
         conv_start: Instant::now(),
         last_voice: Instant::now(),
+        wake,
     };
     while !stop.load(Ordering::Relaxed) {
         l.apply_controls();
@@ -249,6 +253,7 @@ impl InferLoop {
             return true;
         }
         if !self.follow_conversation() {
+            self.listen(&mut frame.samples);
             return true;
         }
         self.condition_input(&mut frame.samples);
@@ -288,6 +293,9 @@ impl InferLoop {
         if Some(want) != self.in_conversation || s.reset_requested.swap(false, Ordering::Relaxed) {
             // Every conversation starts from a fresh model state.
             self.p.engine.reset();
+            if let Some(w) = self.wake.as_mut() {
+                w.reset();
+            }
             self.in_conversation = Some(want);
             self.conv_start = Instant::now();
             self.last_voice = Instant::now();
@@ -301,6 +309,21 @@ impl InferLoop {
             }
         }
         want
+    }
+
+    /// While the room is idle: the wake word, heard on the echo-cancelled microphone, starts
+    /// its conversation (as `set/conversation ON`).
+    fn listen(&mut self, input: &mut [f32]) {
+        if self.wake.is_none() || self.remote.is_some() {
+            return;
+        }
+        self.condition_input(input);
+        let heard = self.wake.as_mut().and_then(|w| w.hear(input));
+        if let Some(h) = heard {
+            log::info!(probability = h.probability; "wake word heard: starting the conversation");
+            self.p.shared.conversation.store(true, Ordering::Relaxed);
+            self.emit(Event::Wake(h));
+        }
     }
 
     /// Mute (the model hears silence) or echo cancellation, then the input level.

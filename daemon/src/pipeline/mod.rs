@@ -14,6 +14,9 @@
 
 mod infer;
 mod output;
+mod wake;
+
+pub use wake::{Heard, WakeParams};
 #[cfg(test)]
 mod tests;
 
@@ -39,6 +42,8 @@ pub enum Event {
     },
     /// The conversation ended because the user was silent for `idle_timeout`.
     IdleTimeout,
+    /// The wake word was heard while the room was idle: its conversation starts.
+    Wake(Heard),
     /// A remote endpoint's source ended: the room has the conversation again.
     EndpointEnded {
         /// The endpoint's name.
@@ -57,6 +62,8 @@ pub struct Params {
     pub queue_frames: usize,
     /// End a conversation after this much user silence (None = never).
     pub idle_timeout: Option<Duration>,
+    /// Listen for this wake word while the room is idle (None = off).
+    pub wake: Option<WakeParams>,
 }
 
 /// Where events go (each with try_send: a full queue drops the event and counts it).

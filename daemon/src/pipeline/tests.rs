@@ -112,6 +112,7 @@ fn start_room(
     let params = Params {
         queue_frames,
         idle_timeout: None,
+        wake: None,
     };
     Pipeline::start(
         engine,
@@ -175,6 +176,7 @@ fn silence_ends_the_conversation_after_the_idle_timeout() {
         Params {
             queue_frames: 30,
             idle_timeout: Some(Duration::from_millis(60)),
+            wake: None,
         },
     )
     .unwrap();
@@ -397,6 +399,7 @@ fn canceller_gets_what_the_device_got() {
         Params {
             queue_frames: 30,
             idle_timeout: None,
+            wake: None,
         },
     )
     .unwrap();

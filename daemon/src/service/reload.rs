@@ -64,7 +64,8 @@ impl Supervisor {
             || new.cache_dir != self.cfg.cache_dir;
         let audio_changed = new.audio != self.cfg.audio
             || new.aec != self.cfg.aec
-            || new.idle_timeout_s != self.cfg.idle_timeout_s;
+            || new.idle_timeout_s != self.cfg.idle_timeout_s
+            || new.wake != self.cfg.wake;
         self.cfg.autostart = new.autostart;
         if model_changed {
             // A voice switched over MQTT stays, unless the file names another one now.

@@ -153,6 +153,7 @@ impl Slot {
         let params = Params {
             queue_frames: cfg.audio.queue_frames,
             idle_timeout: (cfg.idle_timeout_s > 0).then(|| Duration::from_secs(cfg.idle_timeout_s)),
+            wake: self.wake_params(&cfg.wake),
         };
         let p = Pipeline::start(
             engine,
@@ -164,6 +165,29 @@ impl Slot {
         )?;
         self.pipeline = Some(p);
         Ok(())
+    }
+
+    /// `[wake]` with its model loaded; a model that does not load leaves the room without a
+    /// wake word, said in the log and the state's warning.
+    fn wake_params(&self, w: &crate::config::WakeConfig) -> Option<crate::pipeline::WakeParams> {
+        if !w.enabled {
+            return None;
+        }
+        match crate::cmd::wake::load_model(&w.model, w.json.as_deref()) {
+            Ok(m) => {
+                log::info!(model = m.name.as_str(); "listening for the wake word {:?}", m.config.wake_word);
+                Some(crate::pipeline::WakeParams {
+                    model: std::sync::Arc::new(m),
+                    cutoff: w.sensitivity,
+                })
+            }
+            Err(e) => {
+                let msg = format!("wake word off: {e:#}");
+                log::error!("{msg}");
+                self.shared.set_warning(&msg);
+                None
+            }
+        }
     }
 
     /// The running (or parked) model, out of its pipeline, for new devices.
