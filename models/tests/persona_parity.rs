@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use moshid_models::lm::{
-    write_random_checkpoint, Layout, LmConfig, LmGen, LmModel, PersonaPrompt, Sampling,
-    VoicePreset, VoicePrompt,
+    write_random_checkpoint, Layout, LmConfig, LmGen, LmModel, PersonaPrompt,
+    PromptedState as PromptedStateFile, Sampling, VoicePreset, VoicePrompt,
 };
 
 /// The checkpoint's seed (the fixtures were generated from the file this seed gives).
@@ -332,4 +332,40 @@ fn voice_loudness_is_pyloudnorms() {
     }
     assert_eq!(integrated_loudness(&[0.0; 24000], 24000), None);
     assert_eq!(integrated_loudness(&[0.1; 100], 24000), None);
+}
+
+#[test]
+fn a_saved_state_restores_to_the_same_tokens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = std::sync::Arc::new(model(tmp.path()));
+    let p = prompt(VoicePrompt::Codes(frames(&expected()["voice_codes"])));
+    let mut g = LmGen::new(model.clone(), greedy(), 3000).unwrap();
+    let state = g.run_prompt(&p, |_| {}).unwrap();
+    let file = tmp.path().join("persona.state");
+    let key = format!("weights-x/{}", p.fingerprint());
+    state.save(&file, &key).unwrap();
+    let other = PersonaPrompt {
+        role_tokens: vec![5],
+        ..p.clone()
+    };
+    assert_ne!(other.fingerprint(), p.fingerprint());
+    let stale = PromptedStateFile::load(&file, "weights-y", &Device::Cpu).unwrap();
+    assert!(stale.is_none(), "another key is not this state");
+    let loaded = PromptedStateFile::load(&file, &key, &Device::Cpu)
+        .unwrap()
+        .unwrap();
+    assert_eq!(loaded.steps(), state.steps());
+    let mut g = LmGen::new(model, greedy(), 3000).unwrap();
+    g.restore_prompted(&loaded).unwrap();
+    let exp = &expected()["runs"]["codes"]["outputs"];
+    for (t, u) in frames(&expected()["user_codes"]).iter().enumerate() {
+        let got = g
+            .step(u)
+            .unwrap()
+            .map(|o| std::iter::once(o.text).chain(o.audio).collect::<Vec<u32>>());
+        assert_eq!(got, (!exp[t].is_null()).then(|| u32s(&exp[t])), "step {t}");
+    }
+    std::fs::write(&file, b"garbage").unwrap();
+    let err = PromptedStateFile::load(&file, &key, &Device::Cpu).unwrap_err();
+    assert!(err.to_string().contains("delete it"), "{err}");
 }

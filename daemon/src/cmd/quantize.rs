@@ -71,7 +71,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .input
         .as_ref()
         .context("give --in FILE.safetensors (or --random-seed N)")?;
-    let cfg = lm_config(a.lm_config.as_deref())?;
+    // Without --lm-config: Moshi 7B, or PersonaPlex 7B when the file has a ninth depth step.
+    let cfg = LmConfig::for_checkpoint(a.lm_config.as_deref(), input)?;
     let r = quantize_file(input, &a.output, ty, &cfg)
         .with_context(|| format!("quantizing {} to {}", input.display(), a.output.display()))?;
     eprintln!(

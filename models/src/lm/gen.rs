@@ -1,5 +1,6 @@
 //! Streaming generation equal to the reference package's `LMGen`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -474,6 +475,71 @@ impl ConvSnapshot {
     pub(crate) fn steps(&self) -> usize {
         self.offset
     }
+
+    /// Its tensors for a file (see [`super::PromptedState::save`]).
+    pub(crate) fn to_tensors(&self) -> candle_core::Result<HashMap<String, Tensor>> {
+        let dev = &candle_core::Device::Cpu;
+        let mut out = HashMap::new();
+        for (l, m) in self.main.iter().enumerate() {
+            m.to_tensors(&format!("kv.{l}."), &mut out)?;
+        }
+        let (streams, ct) = (self.tokens.len(), self.tokens[0].len());
+        let tokens: Vec<i64> = self.tokens.concat();
+        let given: Vec<u8> = self.given.iter().flatten().map(|&g| g as u8).collect();
+        let audio: Vec<i64> = self.last_audio.iter().map(|&a| a as i64).collect();
+        let state = [
+            self.offset,
+            self.context,
+            self.last_text as usize,
+            self.main.len(),
+        ];
+        let state: Vec<i64> = state.iter().map(|&v| v as i64).collect();
+        out.insert(
+            "tokens".into(),
+            Tensor::from_vec(tokens, (streams, ct), dev)?,
+        );
+        out.insert("given".into(), Tensor::from_vec(given, (streams, ct), dev)?);
+        out.insert("last_audio".into(), Tensor::new(audio, dev)?);
+        out.insert("state".into(), Tensor::new(state, dev)?);
+        Ok(out)
+    }
+
+    /// Reads what [`ConvSnapshot::to_tensors`] wrote, onto `device`.
+    pub(crate) fn from_tensors(
+        t: &HashMap<String, Tensor>,
+        device: &candle_core::Device,
+    ) -> candle_core::Result<Self> {
+        let get = |n: &str| {
+            t.get(n)
+                .ok_or_else(|| candle_core::Error::Msg(format!("no tensor `{n}`")))
+        };
+        let state = get("state")?.to_vec1::<i64>()?;
+        let [offset, context, last_text, layers] = state[..] else {
+            candle_core::bail!("`state` has {} entries, expected 4", state.len());
+        };
+        if [offset, context, last_text, layers].iter().any(|&v| v < 0) {
+            candle_core::bail!("negative entries in `state`");
+        }
+        let main = (0..layers as usize)
+            .map(|l| KvSnapshot::from_tensors(&format!("kv.{l}."), t, device))
+            .collect::<candle_core::Result<_>>()?;
+        let tokens = get("tokens")?.to_vec2::<i64>()?;
+        let given = get("given")?.to_vec2::<u8>()?;
+        let given = given
+            .into_iter()
+            .map(|r| r.into_iter().map(|g| g != 0).collect())
+            .collect();
+        let last_audio = get("last_audio")?.to_vec1::<i64>()?;
+        Ok(Self {
+            main,
+            tokens,
+            given,
+            offset: offset as usize,
+            context: context as usize,
+            last_text: last_text as u32,
+            last_audio: last_audio.into_iter().map(|a| a as u32).collect(),
+        })
+    }
 }
 
 impl Conversation {
@@ -496,6 +562,20 @@ impl Conversation {
     /// Continues from `s` (same model and context) with this conversation's sampling, the RNG
     /// back to its seed.
     pub(crate) fn restore(&mut self, s: &ConvSnapshot) -> Result<(), LmError> {
+        let shape_ok = s.tokens.len() == self.tokens.len()
+            && s.tokens
+                .iter()
+                .chain(&self.tokens)
+                .all(|t| t.len() == self.tokens[0].len())
+            && s.given.len() == self.given.len()
+            && s.given.iter().all(|g| g.len() == self.tokens[0].len())
+            && s.last_audio.len() == self.last_audio.len();
+        if !shape_ok {
+            return Err(LmError::Config(
+                "a prompted state made for another model shape: prompt again with this model"
+                    .into(),
+            ));
+        }
         if s.context != self.context || s.main.len() != self.main_cache.len() {
             return Err(LmError::Config(format!(
                 "a prompted state made for a context of {} steps cannot start a conversation with context {}: prompt again with this context",

@@ -195,6 +195,42 @@ impl KvSnapshot {
     pub(crate) fn bytes(&self) -> u64 {
         2 * (self.k.elem_count() * self.k.dtype().size_in_bytes()) as u64
     }
+
+    /// Its tensors under `prefix` (`k`, `v`, `pos` = [len, next]) for a file.
+    pub(crate) fn to_tensors(
+        &self,
+        prefix: &str,
+        out: &mut std::collections::HashMap<String, Tensor>,
+    ) -> candle_core::Result<()> {
+        let pos = Tensor::new(&[self.len as i64, self.next as i64], &Device::Cpu)?;
+        out.insert(format!("{prefix}k"), self.k.to_device(&Device::Cpu)?);
+        out.insert(format!("{prefix}v"), self.v.to_device(&Device::Cpu)?);
+        out.insert(format!("{prefix}pos"), pos);
+        Ok(())
+    }
+
+    /// Reads what [`KvSnapshot::to_tensors`] wrote, onto `device`.
+    pub(crate) fn from_tensors(
+        prefix: &str,
+        t: &std::collections::HashMap<String, Tensor>,
+        device: &Device,
+    ) -> candle_core::Result<Self> {
+        let get = |n: &str| {
+            t.get(&format!("{prefix}{n}"))
+                .ok_or_else(|| candle_core::Error::Msg(format!("no tensor {prefix}{n}")))
+        };
+        let pos = get("pos")?.to_vec1::<i64>()?;
+        let (k, v) = (get("k")?.to_device(device)?, get("v")?.to_device(device)?);
+        if pos.len() != 2 || pos.iter().any(|&p| p < 0) || k.shape() != v.shape() || k.rank() != 4 {
+            candle_core::bail!("{prefix}: not a KV snapshot");
+        }
+        Ok(Self {
+            k,
+            v,
+            len: pos[0] as usize,
+            next: pos[1] as usize,
+        })
+    }
 }
 
 /// What loading a model and its KV cache will take, from the file headers alone.

@@ -213,6 +213,84 @@ impl PromptedState {
     }
 }
 
+impl PromptedState {
+    /// Writes the state to `path` (safetensors, replaced atomically) under `key`: the caller's
+    /// identity of the weights and the prompt (see [`PersonaPrompt::fingerprint`]), which
+    /// [`PromptedState::load`] checks.
+    pub fn save(&self, path: &std::path::Path, key: &str) -> Result<(), LmError> {
+        let e = |e: candle_core::Error| LmError::Candle(format!("saving a persona state: {e}"));
+        let mut t = self.snap.to_tensors().map_err(e)?;
+        let dev = &candle_core::Device::Cpu;
+        let key = candle_core::Tensor::new(key.as_bytes(), dev).map_err(e)?;
+        t.insert("key".into(), key);
+        let save = |tmp: &std::path::Path| {
+            candle_core::safetensors::save(&t, tmp).map_err(|er| LmError::Format {
+                path: path.to_path_buf(),
+                what: format!("cannot write a persona state: {er}"),
+            })
+        };
+        crate::replace::replace_file(path, save, |p, error| LmError::Io {
+            path: p.to_path_buf(),
+            error,
+        })
+    }
+
+    /// Reads a state [`PromptedState::save`] wrote, onto `device`; `Ok(None)` when the file
+    /// was made under another `key` (other weights or another prompt: prompt again).
+    pub fn load(
+        path: &std::path::Path,
+        key: &str,
+        device: &candle_core::Device,
+    ) -> Result<Option<Self>, LmError> {
+        let bad = |what: String| LmError::Format {
+            path: path.to_path_buf(),
+            what: format!("not a persona state ({what}): delete it, it is rebuilt by prompting"),
+        };
+        let t = candle_core::safetensors::load(path, &candle_core::Device::Cpu)
+            .map_err(|e| bad(e.to_string()))?;
+        let stored = t.get("key").ok_or_else(|| bad("no key".into()))?;
+        let stored = stored.to_vec1::<u8>().map_err(|e| bad(e.to_string()))?;
+        if stored != key.as_bytes() {
+            return Ok(None);
+        }
+        let snap = ConvSnapshot::from_tensors(&t, device).map_err(|e| bad(e.to_string()))?;
+        Ok(Some(Self {
+            snap,
+            elapsed: Duration::ZERO,
+        }))
+    }
+}
+
+impl PersonaPrompt {
+    /// A 64-bit FNV-1a hash of everything the prompt feeds the model (hex), for cache keys.
+    pub fn fingerprint(&self) -> String {
+        let mut h = 0xcbf2_9ce4_8422_2325u64;
+        let mut eat = |bytes: &[u8]| {
+            for &b in bytes {
+                h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+            }
+        };
+        match &self.voice {
+            Some(VoicePrompt::Codes(f)) => {
+                eat(b"codes");
+                f.iter().flatten().for_each(|c| eat(&c.to_le_bytes()));
+            }
+            Some(VoicePrompt::Preset(p)) => {
+                eat(b"preset");
+                p.embeddings
+                    .iter()
+                    .flatten()
+                    .for_each(|v| eat(&v.to_le_bytes()));
+                p.cache.iter().for_each(|v| eat(&v.to_le_bytes()));
+            }
+            None => eat(b"none"),
+        }
+        eat(b"role");
+        self.role_tokens.iter().for_each(|t| eat(&t.to_le_bytes()));
+        format!("{h:016x}")
+    }
+}
+
 /// Times a prompt run.
 pub(crate) fn timed<T>(f: impl FnOnce() -> Result<T, LmError>) -> Result<(T, Duration), LmError> {
     let t0 = Instant::now();
