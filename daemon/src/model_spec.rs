@@ -27,10 +27,10 @@ impl ModelSpec {
     /// Checks that the codes Mimi makes are the codes the LM reads: codebook size and count.
     pub fn check_compatible(&self) -> Result<(), String> {
         let (m, l) = (&self.mimi_config.quantizer, &self.lm_config);
-        if m.bins != l.card || m.n_q < l.dep_q {
+        if m.bins != l.card || m.n_q < l.mimi_codebooks() {
             return Err(format!(
                 "the LM expects {} codebooks of {} entries but Mimi has {} of {}: use a Mimi and an LM made for each other (model.local.mimi_config / lm_config)",
-                l.dep_q, l.card, m.n_q, m.bins
+                l.mimi_codebooks(), l.card, m.n_q, m.bins
             ));
         }
         Ok(())

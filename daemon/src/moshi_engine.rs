@@ -4,11 +4,12 @@ use crate::config::Config;
 use crate::engine::{Engine, EngineError};
 use crate::model_spec::ModelSpec;
 use anyhow::Context;
-use moshid_models::lm::{LmGen, LmModel, Sampling, StepOut};
+use moshid_models::lm::{LmGen, LmModel, PromptedState, Sampling, StepOut};
 use moshid_models::mimi::Mimi;
 use moshid_models::tokenizer::{StreamState, TextTokenizer};
 
 mod overlap;
+mod persona;
 
 /// Reads the text tokenizer: a SentencePiece `.model`, or a `.txt` piece table (one piece
 /// per line, as the offline demo writes).
@@ -37,6 +38,8 @@ pub struct MoshiEngine {
     overlap: bool,
     /// With `overlap`, the LM's last frame, decoded during the next step.
     pending: Option<StepOut>,
+    /// `model.persona`'s prompted state: every conversation starts from a copy of it.
+    prompted: Option<PromptedState>,
 }
 
 /// Loads `spec` with the config's device, dtype, context and sampling.
@@ -49,7 +52,7 @@ pub fn load(spec: &ModelSpec, cfg: &Config) -> anyhow::Result<Box<dyn Engine>> {
     let mimi = Mimi::load_with(
         &spec.mimi,
         &spec.mimi_config,
-        spec.lm_config.dep_q,
+        spec.lm_config.mimi_codebooks(),
         &mimi_device,
         cfg.model.mimi_dtype.mimi_weights()?,
     )
@@ -67,8 +70,14 @@ pub fn load(spec: &ModelSpec, cfg: &Config) -> anyhow::Result<Box<dyn Engine>> {
         mimi_note(cfg, &mimi_device, &device)
     );
     let sampling = cfg.sampling.sampling();
-    let gen = LmGen::new(lm, sampling, cfg.model.context)?;
+    let mut gen = LmGen::new(lm, sampling, cfg.model.context)?;
     let tokenizer = load_tokenizer(&spec.tokenizer)?;
+    let mut mimi = mimi;
+    let prompted = persona::prompted(spec, cfg, &mut gen, &tokenizer, &mut mimi)?;
+    let what = match (&prompted, &cfg.model.persona) {
+        (Some(_), Some(name)) => format!("{what}; persona {name}"),
+        _ => what,
+    };
     Ok(Box::new(MoshiEngine {
         codes: vec![0; mimi.num_codebooks()],
         mimi,
@@ -79,6 +88,7 @@ pub fn load(spec: &ModelSpec, cfg: &Config) -> anyhow::Result<Box<dyn Engine>> {
         sampling,
         overlap: cfg.model.mimi_overlap,
         pending: None,
+        prompted,
     }))
 }
 
@@ -155,7 +165,16 @@ impl Engine for MoshiEngine {
     fn reset(&mut self) {
         self.pending = None;
         self.mimi.reset();
-        self.gen.reset();
+        match &self.prompted {
+            // The persona's state was made by this generator's model with its context.
+            Some(p) => {
+                if let Err(e) = self.gen.restore_prompted(p) {
+                    log::warn!("persona state not restored ({e}): starting without it");
+                    self.gen.reset();
+                }
+            }
+            None => self.gen.reset(),
+        }
         self.text_state = StreamState::default();
     }
 
@@ -179,6 +198,74 @@ impl Engine for MoshiEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The demo model with a PersonaPlex LM (dep_q 16) in `dir`, and a config whose
+    /// `model.persona` has the Mimi fixture's speech as voice and a role.
+    fn persona_rig(dir: &std::path::Path) -> (ModelSpec, Config) {
+        use moshid_models::lm::{write_random_checkpoint, Layout, LmConfig};
+        let mut spec = crate::demo_model::ensure(dir, "moshiko").unwrap();
+        let lm_config = LmConfig {
+            dep_q: 16,
+            ..crate::demo_model::lm_config()
+        };
+        spec.lm = dir.join("personaplex.safetensors");
+        write_random_checkpoint(&lm_config, 5, &spec.lm, Layout::Candle).unwrap();
+        spec.lm_config = lm_config;
+        let wav = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../models/tests/fixtures/mimi/speech_24k.wav");
+        let toml = format!(
+            "cache_dir = {:?}\n[model]\ncontext = 64\npersona = \"desk\"\n[personas.desk]\nvoice_prompt = {:?}\nrole = \"hello kitchen lights\"\n",
+            dir.display().to_string(),
+            wav.display().to_string()
+        );
+        let cfg = Config::from_toml(&toml, std::path::Path::new("test.toml")).unwrap();
+        (spec, cfg)
+    }
+
+    fn talk(e: &mut dyn Engine) -> Vec<f32> {
+        let mut out = Vec::new();
+        let mut frame = vec![0f32; 1920];
+        let mut text = String::new();
+        for t in 0..6 {
+            let input: Vec<f32> = (0..1920)
+                .map(|i| ((i + t * 7) as f32 * 0.01).sin() * 0.1)
+                .collect();
+            e.step(&input, &mut frame, &mut text).unwrap();
+            out.extend_from_slice(&frame);
+        }
+        out
+    }
+
+    #[test]
+    fn a_persona_prompts_once_and_every_conversation_starts_from_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spec, cfg) = persona_rig(dir.path());
+        let mut e = load(&spec, &cfg).unwrap();
+        assert!(e.describe().contains("persona desk"), "{}", e.describe());
+        let state = dir.path().join("personas/desk.state");
+        assert!(state.exists(), "the prompted state is kept on disk");
+        e.reset();
+        let first = talk(e.as_mut());
+        e.reset();
+        assert_eq!(
+            talk(e.as_mut()),
+            first,
+            "a reset starts from the same prompted state"
+        );
+        // A second start reads the state back instead of prompting: the same conversation.
+        let modified = std::fs::metadata(&state).unwrap().modified().unwrap();
+        let mut again = load(&spec, &cfg).unwrap();
+        again.reset();
+        assert_eq!(talk(again.as_mut()), first);
+        assert_eq!(
+            std::fs::metadata(&state).unwrap().modified().unwrap(),
+            modified
+        );
+        // A Moshi model refuses a persona with a message that says why.
+        let moshi = crate::demo_model::ensure(dir.path(), "moshiko").unwrap();
+        let err = load(&moshi, &cfg).err().unwrap();
+        assert!(format!("{err:#}").contains("PersonaPlex"), "{err:#}");
+    }
 
     #[test]
     fn piece_tables_decode_words_bytes_and_skip_specials() {

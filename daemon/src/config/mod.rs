@@ -62,6 +62,8 @@ pub struct Config {
     pub sampling: SamplingConfig,
     /// Voice presets by name (merged over the built-in `moshiko` and `moshika`).
     pub voices: BTreeMap<String, VoicePreset>,
+    /// PersonaPlex personas by name: a voice prompt and a role (`model.persona` picks one).
+    pub personas: BTreeMap<String, PersonaConfig>,
     /// Audio devices.
     pub audio: AudioConfig,
     /// Echo cancellation.
@@ -119,6 +121,9 @@ pub struct ModelConfig {
     pub offline: bool,
     /// Files for `source = "local"`.
     pub local: Option<LocalFiles>,
+    /// The persona (a key of `[personas]`) every conversation starts with; needs a
+    /// PersonaPlex model. None: no prompt.
+    pub persona: Option<String>,
 }
 
 /// `[model.local]`: the three files on disk.
@@ -137,6 +142,22 @@ pub struct LocalFiles {
     /// Mimi configuration JSON; default: the released Mimi.
     #[serde(default)]
     pub mimi_config: Option<PathBuf>,
+}
+
+/// `[personas.NAME]`: what a PersonaPlex conversation is prompted with before it starts.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersonaConfig {
+    /// The `[voices]` model this persona is for (checked against `model.voice`); None: any
+    /// PersonaPlex model.
+    #[serde(default)]
+    pub voice: Option<String>,
+    /// NVIDIA's preset name (`voices/NAME.pt` beside the LM), or a `.pt` / `.wav` path.
+    #[serde(default)]
+    pub voice_prompt: Option<String>,
+    /// The role, e.g. "You are the front desk of the Hotel Lumen." (wrapped in `<system>`).
+    #[serde(default)]
+    pub role: String,
 }
 
 /// A named voice: a Hugging Face repo and the files in it (`repo` is required, the rest
@@ -287,6 +308,7 @@ impl Default for Config {
             model: ModelConfig::default(),
             sampling: SamplingConfig::default(),
             voices: builtin_voices(),
+            personas: BTreeMap::new(),
             audio: AudioConfig::default(),
             aec: AecConfig::default(),
             mqtt: MqttConfig::default(),
@@ -318,6 +340,7 @@ impl Default for ModelConfig {
             context: 3000,
             offline: false,
             local: None,
+            persona: None,
         }
     }
 }
@@ -517,12 +540,54 @@ impl Config {
         }
         self.model_problems(&mut p);
         voice_problems(&self.voices, &mut p);
+        self.persona_problems(&mut p);
         sampling_problems(&self.sampling, &mut p);
         audio_problems(&self.audio, &mut p);
         mqtt_problems(&self.mqtt, &mut p);
         p.extend(self.web.problems());
         wake_problems(&self.wake, &mut p);
         p
+    }
+
+    fn persona_problems(&self, p: &mut Vec<String>) {
+        for (name, persona) in &self.personas {
+            if !is_valid_id(name) {
+                p.push(format!(
+                    "`personas.{name}`: persona names use [a-zA-Z0-9_-] (they are MQTT payloads)"
+                ));
+            }
+            if persona.voice_prompt.is_none() && persona.role.trim().is_empty() {
+                p.push(format!(
+                    "`personas.{name}`: give a voice_prompt, a role, or both"
+                ));
+            }
+            if let Some(v) = persona
+                .voice
+                .as_ref()
+                .filter(|v| !self.voices.contains_key(*v))
+            {
+                p.push(format!(
+                    "`personas.{name}.voice` = {v:?}: no such [voices] entry"
+                ));
+            }
+        }
+        let Some(name) = &self.model.persona else {
+            return;
+        };
+        match self.personas.get(name) {
+            None => p.push(format!(
+                "`model.persona` = {name:?}: no such [personas] entry; known: {}",
+                self.personas.keys().cloned().collect::<Vec<_>>().join(", ")
+            )),
+            Some(persona) => {
+                if let Some(v) = persona.voice.as_ref().filter(|v| **v != self.model.voice) {
+                    p.push(format!(
+                        "`model.persona` = {name:?} is for voice {v:?} but `model.voice` is {:?}: set model.voice = {v:?}",
+                        self.model.voice
+                    ));
+                }
+            }
+        }
     }
 
     fn model_problems(&self, p: &mut Vec<String>) {
@@ -715,6 +780,30 @@ mod tests {
 
     fn parse(s: &str) -> Result<Config, ConfigError> {
         Config::from_toml(s, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn personas_parse_and_are_checked() {
+        let ok = "[model]\npersona = \"desk\"\n[personas.desk]\nvoice_prompt = \"NATF2\"\nrole = \"You are the front desk.\"\n";
+        let c = parse(ok).unwrap();
+        assert_eq!(c.personas["desk"].voice_prompt.as_deref(), Some("NATF2"));
+        assert_eq!(c.model.persona.as_deref(), Some("desk"));
+        for (toml, says) in [
+            ("[model]\npersona = \"nobody\"\n", "`model.persona`"),
+            ("[personas.\"a b\"]\nrole = \"x\"\n", "persona names"),
+            ("[personas.p]\nrole = \" \"\n", "voice_prompt, a role"),
+            (
+                "[personas.p]\nrole = \"x\"\nvoice = \"nope\"\n",
+                "`personas.p.voice`",
+            ),
+            (
+                "[model]\npersona = \"p\"\n[personas.p]\nrole = \"x\"\nvoice = \"moshika\"\n",
+                "set model.voice",
+            ),
+        ] {
+            let err = parse(toml).unwrap_err().to_string();
+            assert!(err.contains(says), "{toml}: {err}");
+        }
     }
 
     #[test]

@@ -223,6 +223,12 @@ impl LmConfig {
         }
     }
 
+    /// Codebooks Mimi encodes and decodes for this LM: one speaker's audio streams (8 for
+    /// Moshi and PersonaPlex alike; PersonaPlex's `dep_q` 16 also counts the user's).
+    pub fn mimi_codebooks(&self) -> usize {
+        self.n_q / 2
+    }
+
     /// Whether generation follows NVIDIA's PersonaPlex `LMGen` (depth transformer
     /// teacher-forced by the tokens already known, user frames one step later) rather than
     /// Kyutai's: the models whose depth transformer predicts the user's streams too.
