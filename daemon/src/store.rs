@@ -90,6 +90,14 @@ pub enum StoreError {
     /// Building the demo model failed.
     #[error(transparent)]
     Demo(#[from] crate::demo_model::DemoError),
+    /// A downloaded LM whose header cannot be read.
+    #[error("{path}: {message} (delete it from the model cache to download it again)")]
+    HubModel {
+        /// The downloaded LM file.
+        path: PathBuf,
+        /// What was wrong.
+        message: String,
+    },
     /// A configuration JSON next to the weights is unreadable or invalid.
     #[error("{path}: {message} (check [model.local] lm_config / mimi_config)")]
     Config {
@@ -180,10 +188,22 @@ pub fn resolve(
             let client = Hub::from_env(Policy::from_env());
             let mut get =
                 |f: &str| fetch_file(&hub, &client, preset, f, cfg.model.offline, progress);
+            let lm = get(&preset.lm_file)?;
+            // Moshi, or PersonaPlex (a ninth depth step, or dep_q 16 in a GGUF's metadata).
+            let lm_config =
+                LmConfig::for_checkpoint(None, &lm).map_err(|e| StoreError::HubModel {
+                    path: lm.clone(),
+                    message: e.to_string(),
+                })?;
+            let label = if lm_config.is_personaplex() {
+                "PersonaPlex"
+            } else {
+                "Moshi"
+            };
             Ok(ModelSpec {
-                label: "Moshi".into(),
-                lm: get(&preset.lm_file)?,
-                lm_config: LmConfig::v0_1(),
+                label: label.into(),
+                lm,
+                lm_config,
                 mimi: get(&preset.mimi_file)?,
                 mimi_config: MimiConfig::v0_1(),
                 tokenizer: get(&preset.tokenizer_file)?,
