@@ -102,7 +102,7 @@ impl EchoCanceller {
     /// `near`) from `near` (the microphone) in place. Lengths must be equal multiples of 240
     /// samples (10 ms); an 80 ms frame is fine.
     pub fn process(&mut self, far: &[f32], near: &mut [f32]) -> Result<(), HalError> {
-        if far.len() != near.len() || near.len() % BLOCK != 0 {
+        if far.len() != near.len() || !near.len().is_multiple_of(BLOCK) {
             return Err(HalError::Aec(format!(
                 "far ({}) and near ({}) must have the same length, a multiple of {BLOCK} \
                  samples (10 ms at 24 kHz)",

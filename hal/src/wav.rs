@@ -130,7 +130,7 @@ pub fn read_interleaved_from(
         }
     };
     let channels = spec.channels as usize;
-    if samples.len() % channels != 0 {
+    if !samples.len().is_multiple_of(channels) {
         return Err(HalError::Wav {
             path: path.to_path_buf(),
             reason: "truncated WAV: the last frame is incomplete; re-record or re-export it"

@@ -84,6 +84,9 @@ fn millis(threads: usize, mut f: impl FnMut() + Send) -> f64 {
     times[times.len() / 2]
 }
 
+/// One implementation of a quantized product, as the bench calls it.
+type Product = Box<dyn Fn(&Tensor) -> Tensor + Send + Sync>;
+
 /// q8_0 / q4_0 products at M = 1, 4, 8 rows of activations, all threads: moshid's kernel on
 /// each path this CPU has and candle's `QMatMul`, side by side, with the ratio to M = 1.
 fn batched() {
@@ -106,13 +109,19 @@ fn batched() {
         let blocks = q.data().expect("blocks").to_vec();
         let mm = QMatMul::from_qtensor(q).expect("qmatmul");
         let mb = blocks.len() as f64 / 1e6;
-        let mut impls: Vec<(String, Box<dyn Fn(&Tensor) -> Tensor + Send + Sync>)> = vec![];
+        let mut impls: Vec<(String, Product)> = vec![];
         for isa in ["avx512-vnni", "avx2"] {
             if let Some(g) = moshid_models::lm::bench_q_gemm(dt, n, k, &blocks, isa) {
-                impls.push((format!("moshid {isa}"), Box::new(move |x| g(x).expect("gemm"))));
+                impls.push((
+                    format!("moshid {isa}"),
+                    Box::new(move |x| g(x).expect("gemm")),
+                ));
             }
         }
-        impls.push(("candle QMatMul".into(), Box::new(move |x| mm.forward(x).expect("mm"))));
+        impls.push((
+            "candle QMatMul".into(),
+            Box::new(move |x| mm.forward(x).expect("mm")),
+        ));
         for (name, f) in &impls {
             let mut line = format!("{dt:?} [{n} x {k}] ({mb:.0} MB) {name}:");
             let mut base = 0.0;

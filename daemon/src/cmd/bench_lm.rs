@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
-use moshid_models::lm::{LmGen, Sampling};
+use moshid_models::lm::{LmBatch, LmError, LmGen, LmModel, Sampling, SlotId, StepTiming};
 use serde::Serialize;
 
 use super::infer::{lm_config, load_lm};
@@ -42,6 +42,86 @@ pub struct Args {
     /// STREAM copy figure instead, which counts writes too.
     #[arg(long)]
     pub bandwidth: bool,
+    /// Conversations stepped together over one read of the weights (the daemon's batched
+    /// step); `step_ms_median` is then the whole batch's step.
+    #[arg(long, default_value_t = 1, value_parser = batch_size)]
+    pub batch: usize,
+    /// With --batch B: time B separate batch-1 conversations over the same weights, one
+    /// after another (what a server without batching does), for comparison.
+    #[arg(long)]
+    pub independent: bool,
+}
+
+/// The largest `--batch` the bench takes (a house's worth of conversations).
+const MAX_BATCH: usize = 64;
+
+fn batch_size(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(b) if (1..=MAX_BATCH).contains(&b) => Ok(b),
+        _ => Err(format!(
+            "`{s}`: use a number of conversations in 1..={MAX_BATCH}"
+        )),
+    }
+}
+
+/// The conversations a bench steps: one batch, or B batch-1 generators.
+enum Stepper {
+    Batch(LmBatch, Vec<SlotId>),
+    Independent(Vec<LmGen>),
+}
+
+impl Stepper {
+    fn new(model: LmModel, context: usize, b: usize, independent: bool) -> Result<Self, LmError> {
+        let model = std::sync::Arc::new(model);
+        if independent {
+            let gens = (0..b)
+                .map(|_| LmGen::new(model.clone(), Sampling::default(), context))
+                .collect::<Result<_, _>>()?;
+            return Ok(Stepper::Independent(gens));
+        }
+        let mut batch = LmBatch::new(model, b, context)?;
+        let ids = (0..b)
+            .map(|_| batch.join(Sampling::default()))
+            .collect::<Result<_, _>>()?;
+        Ok(Stepper::Batch(batch, ids))
+    }
+
+    fn fill_context(&mut self) -> Result<(), LmError> {
+        match self {
+            Stepper::Batch(b, _) => b.fill_context_for_bench(),
+            Stepper::Independent(g) => g.iter_mut().try_for_each(|g| g.fill_context_for_bench()),
+        }
+    }
+
+    /// One step of every conversation with the same codes; the step's timing (summed over
+    /// the generators when independent).
+    fn step(&mut self, codes: &[u32]) -> Result<StepTiming, LmError> {
+        match self {
+            Stepper::Batch(b, ids) => {
+                let frames: Vec<(SlotId, &[u32])> = ids.iter().map(|&id| (id, codes)).collect();
+                for r in b.step(&frames) {
+                    r?;
+                }
+                b.last_timing(ids[0])
+            }
+            Stepper::Independent(gens) => {
+                let mut sum = StepTiming::default();
+                for g in gens.iter_mut() {
+                    g.step(codes)?;
+                    sum.temporal += g.last_timing().temporal;
+                    sum.depth += g.last_timing().depth;
+                }
+                Ok(sum)
+            }
+        }
+    }
+
+    fn cache_bytes(&self) -> u64 {
+        match self {
+            Stepper::Batch(b, _) => b.cache_bytes(),
+            Stepper::Independent(g) => g.iter().map(LmGen::cache_bytes).sum(),
+        }
+    }
 }
 
 /// Best-of-7 memory bandwidth over 1 GiB, one thread per core on disjoint parts:
@@ -175,9 +255,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let load_s = t0.elapsed().as_secs_f64();
     let weights = model.weight_bytes();
     let dtype = model.dtype();
-    let mut gen = LmGen::new(model, Sampling::default(), context)?;
+    let mut gen = Stepper::new(model, context, a.batch, a.independent)?;
     if a.full_context {
-        gen.fill_context_for_bench()?;
+        gen.fill_context()?;
     }
     // Deterministic pseudo-speech codes: what the user streams does not change the cost.
     let mut x = 12345u32;
@@ -193,10 +273,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             *c = (x >> 8) % cfg.card as u32;
         }
         let s = std::time::Instant::now();
-        gen.step(&codes)?;
+        let t = gen.step(&codes)?;
         let el = s.elapsed().as_secs_f64() * 1000.0;
         if i >= 2 {
-            let t = gen.last_timing();
             total.push(el);
             temporal.push(t.temporal.as_secs_f64() * 1000.0);
             depth.push(t.depth.as_secs_f64() * 1000.0);
@@ -216,10 +295,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         device: a.device.to_string(),
         dtype: format!("{dtype:?}").to_lowercase(),
         steps: a.steps,
+        batch: a.batch,
+        independent: a.independent,
         context,
         full_context: a.full_context,
         step_ms_median: step,
         step_ms_max: total.iter().cloned().fold(0.0, f64::max),
+        step_ms_per_conversation: step / a.batch as f64,
         temporal_ms_median: median(&mut temporal),
         depth_ms_median: median(&mut depth),
         rtf: step / 80.0,
@@ -254,6 +336,10 @@ struct LmReport {
     dtype: String,
     /// Timed steps (warm-up excluded).
     steps: usize,
+    /// Conversations per step.
+    batch: usize,
+    /// Whether they ran as separate batch-1 generators (`--independent`).
+    independent: bool,
     /// Attention window in steps.
     context: usize,
     /// Whether the KV cache was filled to the window before timing (the worst case).
@@ -262,6 +348,8 @@ struct LmReport {
     step_ms_median: f64,
     /// Slowest step.
     step_ms_max: f64,
+    /// The median step over the conversations it served.
+    step_ms_per_conversation: f64,
     /// Median of the temporal transformer's part of a step.
     temporal_ms_median: f64,
     /// Median of the depth transformer's part (the codebooks).
@@ -276,7 +364,7 @@ struct LmReport {
     load_s: f64,
     /// Bytes of weights the model holds.
     weights_bytes: u64,
-    /// Bytes of the KV cache for the window.
+    /// Bytes of the KV caches for the window (all conversations).
     kv_cache_bytes: u64,
     /// Peak resident memory before the bandwidth buffers exist (None off Linux).
     peak_rss_bytes: Option<u64>,

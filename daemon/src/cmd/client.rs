@@ -183,7 +183,7 @@ where
             _ = tokio::time::sleep_until(sending.unwrap_or(deadline)), if sending.is_some() => {
                 ws.send(Message::Binary(messages[next].clone().into())).await?;
                 next += 1;
-                if next % per_frame == 0 {
+                if next.is_multiple_of(per_frame) {
                     run.frame_sent.push(Instant::now());
                 }
                 if next == messages.len() {

@@ -39,7 +39,7 @@ impl Engine for Scripted {
             *o = i * 0.5;
         }
         self.n += 1;
-        if self.n % 5 == 0 {
+        if self.n.is_multiple_of(5) {
             t.push_str(&format!(" w{}", self.n));
         }
         Ok(())

@@ -69,7 +69,7 @@ impl Site {
         {
             return ip.to_canonical() == local.to_canonical();
         }
-        self.names.iter().any(|n| *n == name)
+        self.names.contains(&name)
     }
 
     /// Checks a request's `Host` and, when it changes state (`guarded`), its `Origin`.

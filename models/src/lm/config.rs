@@ -364,7 +364,7 @@ impl LmConfig {
         if self.hidden() == 0 || self.depformer_hidden() == 0 {
             return bad("hidden_scale gives an empty feed-forward layer".into());
         }
-        if self.dim % self.num_heads != 0 || (self.dim / self.num_heads) % 2 != 0 {
+        if !self.dim.is_multiple_of(self.num_heads) || !(self.dim / self.num_heads).is_multiple_of(2) {
             return bad(format!(
                 "dim {} must split into an even head size over {} heads",
                 self.dim, self.num_heads
@@ -376,7 +376,7 @@ impl LmConfig {
                 self.dim / self.num_heads
             ));
         }
-        if self.depformer_dim % self.depformer_num_heads != 0 {
+        if !self.depformer_dim.is_multiple_of(self.depformer_num_heads) {
             return bad(format!(
                 "depformer_dim {} must be a multiple of depformer_num_heads {}",
                 self.depformer_dim, self.depformer_num_heads

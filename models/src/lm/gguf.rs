@@ -59,7 +59,7 @@ impl QuantType {
         }
         let cols = shape[1];
         let want = self.ggml();
-        if cols % want.block_size() == 0 {
+        if cols.is_multiple_of(want.block_size()) {
             return want;
         }
         let fallback = if self == Self::Q8_0 {
@@ -67,7 +67,7 @@ impl QuantType {
         } else {
             GgmlDType::Q4_0
         };
-        if cols % fallback.block_size() == 0 {
+        if cols.is_multiple_of(fallback.block_size()) {
             fallback
         } else {
             GgmlDType::F32

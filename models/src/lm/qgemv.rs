@@ -228,7 +228,7 @@ impl QGemv {
             GgmlDType::Q4_0 => Kind::Q4_0,
             _ => return None,
         };
-        if k == 0 || k % QK != 0 || data.len() != n * (k / QK) * kind.block_bytes() {
+        if k == 0 || !k.is_multiple_of(QK) || data.len() != n * (k / QK) * kind.block_bytes() {
             return None;
         }
         let nb = k / QK;

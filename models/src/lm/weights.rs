@@ -600,36 +600,6 @@ pub(crate) fn has_depth_step(path: &Path, k: usize) -> Result<bool, LmError> {
             .contains_key(&format!("depformer.{k}.linear_in.weight")))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::fill_name;
-
-    #[test]
-    fn fills_steps_8_to_15_from_0_to_7() {
-        let f = |n: &str| fill_name(n);
-        assert_eq!(f("linears.9.weight").as_deref(), Some("linears.1.weight"));
-        assert_eq!(
-            f("depformer_in.15.weight").as_deref(),
-            Some("depformer_in.7.weight")
-        );
-        assert_eq!(
-            f("depformer_emb.8.weight").as_deref(),
-            Some("depformer_emb.0.weight")
-        );
-        assert_eq!(
-            f("depformer.layers.3.gating.12.linear_in.weight").as_deref(),
-            Some("depformer.layers.3.gating.4.linear_in.weight")
-        );
-        assert_eq!(
-            f("depformer.10.transformer.layers.0.norm1.alpha").as_deref(),
-            Some("depformer.2.transformer.layers.0.norm1.alpha")
-        );
-        assert_eq!(f("depformer_emb.7.weight"), None);
-        assert_eq!(f("linears.3.weight"), None);
-        assert_eq!(f("transformer.layers.9.gating.linear_in.weight"), None);
-    }
-}
-
 /// Bytes the weights of `path` will take once loaded at `dtype` (headers only).
 pub(crate) fn stored_weight_bytes(path: &Path, dtype: DType) -> Result<u64, LmError> {
     use candle_core::quantized::GgmlDType;
@@ -667,4 +637,34 @@ pub(crate) fn stored_config(path: &Path) -> Result<Option<String>, LmError> {
         what: format!("not a usable GGUF file: {e}"),
     })?;
     Ok(g.header.strings.get(CONFIG_KEY).cloned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fill_name;
+
+    #[test]
+    fn fills_steps_8_to_15_from_0_to_7() {
+        let f = |n: &str| fill_name(n);
+        assert_eq!(f("linears.9.weight").as_deref(), Some("linears.1.weight"));
+        assert_eq!(
+            f("depformer_in.15.weight").as_deref(),
+            Some("depformer_in.7.weight")
+        );
+        assert_eq!(
+            f("depformer_emb.8.weight").as_deref(),
+            Some("depformer_emb.0.weight")
+        );
+        assert_eq!(
+            f("depformer.layers.3.gating.12.linear_in.weight").as_deref(),
+            Some("depformer.layers.3.gating.4.linear_in.weight")
+        );
+        assert_eq!(
+            f("depformer.10.transformer.layers.0.norm1.alpha").as_deref(),
+            Some("depformer.2.transformer.layers.0.norm1.alpha")
+        );
+        assert_eq!(f("depformer_emb.7.weight"), None);
+        assert_eq!(f("linears.3.weight"), None);
+        assert_eq!(f("transformer.layers.9.gating.linear_in.weight"), None);
+    }
 }

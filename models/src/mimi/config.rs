@@ -173,13 +173,13 @@ impl MimiConfig {
         if (fs as f64 - self.sample_rate as f64 / self.frame_rate).abs() > 1e-9 {
             return bad("sample_rate / frame_rate must be an integer".into());
         }
-        if fs % self.hop_length() != 0 || self.downsample_stride() < 1 {
+        if !fs.is_multiple_of(self.hop_length()) || self.downsample_stride() < 1 {
             return bad(format!(
                 "frame size {fs} must be a multiple of the SEANet hop {}",
                 self.hop_length()
             ));
         }
-        if s.compress == 0 || s.n_filters % s.compress != 0 || s.n_filters == 0 {
+        if s.compress == 0 || !s.n_filters.is_multiple_of(s.compress) || s.n_filters == 0 {
             return bad("seanet.n_filters must be a positive multiple of seanet.compress".into());
         }
         if t.d_model != s.dimension {
@@ -188,7 +188,7 @@ impl MimiConfig {
                 t.d_model, s.dimension
             ));
         }
-        if t.num_heads == 0 || t.d_model % t.num_heads != 0 || (t.d_model / t.num_heads) % 2 != 0 {
+        if t.num_heads == 0 || !t.d_model.is_multiple_of(t.num_heads) || !(t.d_model / t.num_heads).is_multiple_of(2) {
             return bad("transformer.d_model must split into an even head size".into());
         }
         if t.context == 0 {

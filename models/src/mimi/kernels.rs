@@ -172,7 +172,7 @@ impl CustomOp2 for PackedMm {
 fn packed_mm_t(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, yt: &mut [f32]) {
     // The 4-row kernel streams weights far better than the 2- and 3-row ones; pad the rows to
     // a multiple of 4 (zeros) and drop the extra outputs.
-    if m > 1 && m % 4 != 0 {
+    if m > 1 && !m.is_multiple_of(4) {
         let m4 = m.div_ceil(4) * 4;
         let mut xp = vec![0f32; m4 * k];
         xp[..m * k].copy_from_slice(&x[..m * k]);

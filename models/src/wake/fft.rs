@@ -59,7 +59,7 @@ impl RealFft16 {
     /// Tables for `nfft` real points (`nfft / 2` must be a power of 4).
     pub fn new(nfft: usize) -> RealFft16 {
         let ncfft = nfft / 2;
-        assert!(ncfft.is_power_of_two() && ncfft.trailing_zeros() % 2 == 0);
+        assert!(ncfft.is_power_of_two() && ncfft.trailing_zeros().is_multiple_of(2));
         let pi = std::f64::consts::PI;
         let twiddles = (0..ncfft)
             .map(|i| cexp(-2.0 * pi * i as f64 / ncfft as f64))
