@@ -178,6 +178,7 @@ impl Histogram {
 #[derive(Debug, Default)]
 struct SharedText {
     voice: String,
+    persona: Option<String>,
     endpoint: String,
     web_error: Option<String>,
     status: String,
@@ -196,6 +197,9 @@ pub struct StateSnapshot {
     pub volume: u8,
     /// Voice preset.
     pub voice: String,
+    /// PersonaPlex persona every conversation starts with (absent without one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persona: Option<String>,
     /// Who holds the conversation: `room`, or a remote endpoint's kind (`web`).
     pub endpoint: String,
     /// The remote endpoint's client address while one holds the conversation.
@@ -357,6 +361,12 @@ impl Shared {
         self.bump();
     }
 
+    /// Sets the persona name (None: no persona).
+    pub fn set_persona(&self, p: Option<&str>) {
+        self.text().persona = p.map(str::to_string);
+        self.bump();
+    }
+
     /// Records the end-to-end latency of one played frame.
     pub fn record_latency(&self, ms: f32) {
         self.latency_ms.store(ms.to_bits(), Ordering::Relaxed);
@@ -436,6 +446,7 @@ impl Shared {
             muted: self.muted.load(Ordering::Relaxed),
             volume: self.volume.load(Ordering::Relaxed),
             voice: t.voice.clone(),
+            persona: t.persona.clone(),
             endpoint,
             client,
             latency_ms: (self.latency_ms() as f64 * 10.0).round() / 10.0,
@@ -467,10 +478,19 @@ pub enum Command {
     Voice(String),
     /// Forget the conversation so far.
     Reset,
+    /// Start conversations as this `[personas]` entry (reloads the model, like a voice).
+    Persona(String),
 }
 
 /// The command names, as in `set/<name>` topics.
-pub const COMMANDS: [&str; 5] = ["conversation", "mute", "volume", "voice", "reset"];
+pub const COMMANDS: [&str; 6] = [
+    "conversation",
+    "mute",
+    "volume",
+    "voice",
+    "reset",
+    "persona",
+];
 
 fn on_off(payload: &str) -> Result<bool, String> {
     match payload.trim().to_ascii_uppercase().as_str() {
@@ -486,6 +506,32 @@ fn clip(s: &str) -> String {
 
 /// Parses and validates a command; `Err` says why it was rejected.
 pub fn parse_command(name: &str, payload: &[u8], voices: &[String]) -> Result<Command, String> {
+    parse_command_with(name, payload, voices, &[])
+}
+
+/// [`parse_command`] knowing the configured personas (`set/persona`).
+pub fn parse_command_with(
+    name: &str,
+    payload: &[u8],
+    voices: &[String],
+    personas: &[String],
+) -> Result<Command, String> {
+    if name == "persona" {
+        let p = std::str::from_utf8(payload).map_err(|_| "payload is not UTF-8".to_string())?;
+        let p = p.trim();
+        if personas.iter().any(|x| x == p) {
+            return Ok(Command::Persona(p.to_string()));
+        }
+        return Err(if personas.is_empty() {
+            "no personas are configured: add [personas.NAME] entries to the config".to_string()
+        } else {
+            format!(
+                "unknown persona {:?}; known: {}",
+                clip(p),
+                personas.join(", ")
+            )
+        });
+    }
     let payload = std::str::from_utf8(payload).map_err(|_| "payload is not UTF-8".to_string())?;
     match name {
         "conversation" => on_off(payload).map(Command::Conversation),
@@ -550,6 +596,25 @@ mod tests {
             Ok(Command::Voice("moshika".into()))
         );
         assert!(parse_command("explode", b"", &voices).is_err());
+    }
+
+    #[test]
+    fn persona_commands_name_the_configured_personas() {
+        let voices = vec!["moshiko".to_string()];
+        let personas = vec!["desk".to_string(), "guide".to_string()];
+        assert_eq!(
+            parse_command_with("persona", b" guide\n", &voices, &personas),
+            Ok(Command::Persona("guide".into()))
+        );
+        let e = parse_command_with("persona", b"chef", &voices, &personas).unwrap_err();
+        assert!(e.contains("desk, guide"), "{e}");
+        let e = parse_command("persona", b"desk", &voices).unwrap_err();
+        assert!(e.contains("[personas.NAME]"), "{e}");
+        let s = Shared::new("moshiko", 50, false);
+        let state = serde_json::to_value(s.snapshot()).unwrap();
+        assert!(state.get("persona").is_none(), "no key without a persona");
+        s.set_persona(Some("desk"));
+        assert_eq!(s.snapshot().persona.as_deref(), Some("desk"));
     }
 
     #[test]

@@ -151,10 +151,29 @@ pub fn entities(
     discovery_prefix: &str,
     voices: &[String],
 ) -> Vec<(String, EntityConfig)> {
+    entities_with(t, discovery_prefix, voices, &[])
+}
+
+/// [`entities`] with a persona select when `personas` is not empty.
+pub fn entities_with(
+    t: &Topics,
+    discovery_prefix: &str,
+    voices: &[String],
+    personas: &[String],
+) -> Vec<(String, EntityConfig)> {
     let id = &t.device_id;
     let device = Device::new(id);
+    let persona = (!personas.is_empty()).then(|| {
+        let select = Component::Select {
+            command_topic: t.command("persona"),
+            value_template: "{{ value_json.persona }}",
+            options: personas.to_vec(),
+        };
+        ("persona", "Persona", select)
+    });
     controls(t, voices)
         .into_iter()
+        .chain(persona)
         .chain(sensors(t))
         .map(|(object, name, component)| {
             let topic = format!(

@@ -13,7 +13,7 @@ pub mod discovery;
 pub mod messages;
 
 use crate::config::MqttConfig;
-use crate::control::{parse_command, Command, Shared};
+use crate::control::{parse_command_with, Command, Shared};
 use crate::pipeline::Event;
 use messages::{Failure, Rejected, TranscriptPiece};
 use rumqttc::{
@@ -217,6 +217,7 @@ pub fn start(
     cfg: &MqttConfig,
     device_id: &str,
     voices: Vec<String>,
+    personas: Vec<String>,
     shared: Arc<Shared>,
     on_command: CommandFn,
 ) -> Result<Mqtt, MqttError> {
@@ -228,6 +229,7 @@ pub fn start(
         topics,
         discovery: cfg.discovery.then(|| cfg.discovery_prefix.clone()),
         voices,
+        personas,
         shared,
         on_command,
         broker: format!("{}:{}", cfg.host, cfg.port),
@@ -276,6 +278,8 @@ struct Ctx {
     topics: Topics,
     discovery: Option<String>,
     voices: Vec<String>,
+    /// `[personas]` names (`set/persona`, the Home Assistant select when any).
+    personas: Vec<String>,
     shared: Arc<Shared>,
     on_command: CommandFn,
     broker: String,
@@ -314,7 +318,9 @@ impl Ctx {
 
     fn publish_discovery(&self, c: &AsyncClient) {
         if let Some(prefix) = &self.discovery {
-            for (topic, payload) in discovery::entities(&self.topics, prefix, &self.voices) {
+            for (topic, payload) in
+                discovery::entities_with(&self.topics, prefix, &self.voices, &self.personas)
+            {
                 self.publish(c, &topic, true, json_bytes(&payload));
             }
         }
@@ -362,7 +368,7 @@ impl Ctx {
             self.report(c, topic, &payload[..64], &reason);
             return;
         }
-        match parse_command(name, payload, &self.voices) {
+        match parse_command_with(name, payload, &self.voices, &self.personas) {
             Ok(cmd) => {
                 log::info!(command = name; "command {cmd:?}");
                 // Applied by the supervisor; the state follows on the next tick.
@@ -634,6 +640,16 @@ mod tests {
         assert_eq!(voice["options"][1], "moshika");
         assert_eq!(voice["availability_topic"], "moshid/kitchen/availability");
         assert_eq!(voice["command_topic"], "moshid/kitchen/set/voice");
+        // A persona select only where personas are configured.
+        assert!(!topics.iter().any(|t| t.contains("persona")));
+        let personas = vec!["desk".to_string(), "guide".to_string()];
+        let e = discovery::entities_with(&t, "homeassistant", &voices, &personas);
+        let (topic, persona) = e.iter().find(|(t, _)| t.contains("persona")).unwrap();
+        assert_eq!(topic, "homeassistant/select/kitchen/persona/config");
+        let persona = serde_json::to_value(persona).unwrap();
+        assert_eq!(persona["options"][1], "guide");
+        assert_eq!(persona["command_topic"], "moshid/kitchen/set/persona");
+        assert_eq!(persona["value_template"], "{{ value_json.persona }}");
     }
 
     #[test]

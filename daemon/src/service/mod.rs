@@ -200,6 +200,26 @@ impl Supervisor {
         self.loader.request(req, self.slot.running());
     }
 
+    /// `set/persona`: reloads with `model.persona` = `p` (and the persona's voice, when it
+    /// names one), so that the next conversations start from its prompted state.
+    fn switch_persona(&mut self, p: String) {
+        if !self.loader.busy() && self.cfg.model.persona.as_deref() == Some(p.as_str()) {
+            return;
+        }
+        let mut cfg = self.cfg.clone();
+        let voice = cfg
+            .personas
+            .get(&p)
+            .and_then(|x| x.voice.clone())
+            .or_else(|| self.slot.voice().map(str::to_string))
+            .unwrap_or_else(|| cfg.model.voice.clone());
+        log::info!(persona = p.as_str(); "switching persona");
+        cfg.model.voice = voice.clone();
+        cfg.model.persona = Some(p.clone());
+        self.shared.set_persona(Some(&p));
+        self.request_load(cfg, voice, false);
+    }
+
     fn on_command(&mut self, c: Command) -> Flow {
         let s = self.shared.clone();
         match c {
@@ -213,6 +233,7 @@ impl Supervisor {
             Command::Mute(on) => s.muted.store(on, Ordering::Relaxed),
             Command::Volume(v) => s.volume.store(v, Ordering::Relaxed),
             Command::Reset => s.reset_requested.store(true, Ordering::Relaxed),
+            Command::Persona(p) => self.switch_persona(p),
             Command::Voice(v) => {
                 if self.loader.busy() || self.slot.voice() != Some(v.as_str()) {
                     log::info!(voice = v.as_str(); "switching voice");
@@ -456,10 +477,12 @@ fn start_mqtt(
         }
     });
     let voices: Vec<String> = cfg.voices.keys().cloned().collect();
+    let personas: Vec<String> = cfg.personas.keys().cloned().collect();
     let m = mqtt::start(
         &cfg.mqtt,
         &cfg.device_id(),
         voices,
+        personas,
         shared.clone(),
         on_command,
     )
