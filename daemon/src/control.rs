@@ -66,6 +66,9 @@ pub struct Shared {
     pub volume: AtomicU8,
     /// Ask the inference thread to reset the model state (set/reset).
     pub reset_requested: AtomicBool,
+    /// The wake-word switch (`set/wake`): off, the room does not listen for its wake word
+    /// even with `[wake] enabled`. On at start.
+    pub wake_on: AtomicBool,
     /// Input frames skipped because inference fell behind.
     pub dropped_frames: AtomicU64,
     /// Output frames lost because the playback queue was full.
@@ -184,6 +187,7 @@ struct SharedText {
     status: String,
     error: Option<String>,
     download: Option<f32>,
+    wake_word: Option<String>,
 }
 
 /// A JSON snapshot of [`Shared`] (the retained `state` topic).
@@ -221,6 +225,9 @@ pub struct StateSnapshot {
     pub steps: u64,
     /// Level of what the model last heard (after mute and echo cancellation), dBFS.
     pub input_dbfs: f64,
+    /// The wake word the room listens for (its model's name), null when it does not listen
+    /// (`[wake]` off, its model did not load, or `set/wake OFF`).
+    pub wake_word: Option<String>,
     /// Human-readable status line.
     pub status: String,
     /// Download progress 0-100 while fetching models.
@@ -244,6 +251,7 @@ impl Shared {
             muted: AtomicBool::new(false),
             volume: AtomicU8::new(volume.min(100)),
             reset_requested: AtomicBool::new(false),
+            wake_on: AtomicBool::new(true),
             dropped_frames: AtomicU64::new(0),
             dropped_output: AtomicU64::new(0),
             dropped_events: AtomicU64::new(0),
@@ -367,6 +375,12 @@ impl Shared {
         self.bump();
     }
 
+    /// Sets the wake word the running pipeline listens for (None: it does not listen).
+    pub fn set_wake_word(&self, name: Option<&str>) {
+        self.text().wake_word = name.map(str::to_string);
+        self.bump();
+    }
+
     /// Records the end-to-end latency of one played frame.
     pub fn record_latency(&self, ms: f32) {
         self.latency_ms.store(ms.to_bits(), Ordering::Relaxed);
@@ -457,6 +471,10 @@ impl Shared {
             web_dropped_output: self.web_dropped_output.load(Ordering::Relaxed),
             steps: self.steps.load(Ordering::Relaxed),
             input_dbfs: (self.input_dbfs() as f64 * 10.0).round() / 10.0,
+            wake_word: t
+                .wake_word
+                .clone()
+                .filter(|_| self.wake_on.load(Ordering::Relaxed)),
             status: t.status.clone(),
             download_percent: t.download,
             error: t.error.clone(),
@@ -478,18 +496,21 @@ pub enum Command {
     Voice(String),
     /// Forget the conversation so far.
     Reset,
+    /// Turn the wake word on or off (`set/wake`).
+    Wake(bool),
     /// Start conversations as this `[personas]` entry (reloads the model, like a voice).
     Persona(String),
 }
 
 /// The command names, as in `set/<name>` topics.
-pub const COMMANDS: [&str; 6] = [
+pub const COMMANDS: [&str; 7] = [
     "conversation",
     "mute",
     "volume",
     "voice",
     "reset",
     "persona",
+    "wake",
 ];
 
 fn on_off(payload: &str) -> Result<bool, String> {
@@ -559,6 +580,7 @@ pub fn parse_command_with(
             }
         }
         "reset" => Ok(Command::Reset),
+        "wake" => on_off(payload).map(Command::Wake),
         other => Err(format!(
             "unknown command {:?}; known: {}",
             clip(other),
@@ -615,6 +637,24 @@ mod tests {
         assert!(state.get("persona").is_none(), "no key without a persona");
         s.set_persona(Some("desk"));
         assert_eq!(s.snapshot().persona.as_deref(), Some("desk"));
+    }
+
+    #[test]
+    fn the_wake_switch_hides_the_wake_word() {
+        let voices = vec!["moshiko".to_string()];
+        assert_eq!(
+            parse_command("wake", b"off", &voices),
+            Ok(Command::Wake(false))
+        );
+        assert!(parse_command("wake", b"okay_nabu", &voices).is_err());
+        let s = Shared::new("moshiko", 50, false);
+        let state = serde_json::to_value(s.snapshot()).unwrap();
+        // Null, not absent: the key says the appliance knows about wake words.
+        assert_eq!(state["wake_word"], serde_json::Value::Null);
+        s.set_wake_word(Some("okay_nabu"));
+        assert_eq!(s.snapshot().wake_word.as_deref(), Some("okay_nabu"));
+        s.wake_on.store(false, Ordering::Relaxed);
+        assert_eq!(s.snapshot().wake_word, None);
     }
 
     #[test]

@@ -248,6 +248,9 @@ pub struct WakeConfig {
     /// Detection cutoff in (0, 1) instead of the model's `probability_cutoff` (lower fires
     /// more easily).
     pub sensitivity: Option<f64>,
+    /// Chimes on the room's speaker when the wake word is heard, when a conversation ends
+    /// and on error (only with `enabled`).
+    pub sounds: bool,
 }
 
 /// `[mqtt]`.
@@ -324,6 +327,7 @@ impl Default for WakeConfig {
             model: "okay_nabu".into(),
             json: None,
             sensitivity: None,
+            sounds: true,
         }
     }
 }

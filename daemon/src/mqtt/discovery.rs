@@ -127,6 +127,17 @@ pub enum Component {
         #[serde(skip_serializing_if = "Option::is_none")]
         icon: Option<&'static str>,
     },
+    /// Something that happens (not a value): each message on `topic` is one event, its
+    /// JSON's `event_type` one of `event_types`.
+    Event {
+        /// Where the events are published; it becomes the config's `state_topic`.
+        #[serde(skip)]
+        topic: String,
+        /// The event types the entity shows.
+        event_types: Vec<&'static str>,
+        /// Material Design icon.
+        icon: &'static str,
+    },
 }
 
 impl Component {
@@ -138,6 +149,15 @@ impl Component {
             Component::Select { .. } => "select",
             Component::Button { .. } => "button",
             Component::Sensor { .. } => "sensor",
+            Component::Event { .. } => "event",
+        }
+    }
+
+    /// Where the entity reads from: the retained state, or an event entity's own topic.
+    fn state_topic(&self, t: &Topics) -> String {
+        match self {
+            Component::Event { topic, .. } => topic.clone(),
+            _ => t.state.clone(),
         }
     }
 }
@@ -175,6 +195,7 @@ pub fn entities_with(
         .into_iter()
         .chain(persona)
         .chain(sensors(t))
+        .chain(wake(t))
         .map(|(object, name, component)| {
             let topic = format!(
                 "{discovery_prefix}/{}/{id}/{object}/config",
@@ -187,7 +208,7 @@ pub fn entities_with(
                 availability_topic: t.availability.clone(),
                 payload_available: "online",
                 payload_not_available: "offline",
-                state_topic: t.state.clone(),
+                state_topic: component.state_topic(t),
                 device: device.clone(),
                 component,
             };
@@ -297,20 +318,86 @@ fn sensors(t: &Topics) -> Vec<Entity> {
     ]
 }
 
+/// The wake word's entities: its switch (on while a wake word listens) and its detections.
+fn wake(t: &Topics) -> Vec<Entity> {
+    vec![
+        (
+            "wake",
+            "Wake word",
+            Component::Switch {
+                command_topic: t.command("wake"),
+                value_template: "{{ 'ON' if value_json.wake_word else 'OFF' }}",
+                icon: "mdi:ear-hearing",
+            },
+        ),
+        (
+            "wake_event",
+            "Wake word heard",
+            Component::Event {
+                topic: t.wake.clone(),
+                event_types: vec!["wake"],
+                icon: "mdi:account-voice",
+            },
+        ),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::Value;
 
+    /// The wake word's entities as Home Assistant's MQTT switch and event documentation
+    /// describe them, written by hand for these topics.
+    const WAKE: &str = include_str!("testdata/discovery_kitchen_wake.json");
+
+    /// The configs for `kitchen` with `moshiko` and `moshika`, the version as in the files.
+    fn kitchen() -> Vec<Value> {
+        let t = Topics::new("moshid", "kitchen");
+        let voices = vec!["moshiko".to_string(), "moshika".to_string()];
+        let mut got = serde_json::to_value(entities(&t, "homeassistant", &voices)).unwrap();
+        for pair in got.as_array_mut().unwrap() {
+            pair[1]["device"]["sw_version"] = "0.1.0".into();
+        }
+        got.as_array().unwrap().clone()
+    }
+
+    #[test]
+    fn wake_entities_are_the_documented_ones() {
+        let want: Vec<Value> = serde_json::from_str(WAKE).unwrap();
+        let got = kitchen();
+        for w in &want {
+            let g = got.iter().find(|g| g[0] == w[0]);
+            assert_eq!(g, Some(w), "config on {} differs", w[0]);
+        }
+        // The event entity's topic is the wake topic, not the retained state.
+        assert_eq!(want[1][1]["state_topic"], "moshid/kitchen/wake");
+    }
+
     /// What the hand-merged `json!` code published before the configs were typed, captured
     /// from it for these topics and voices: the typed configs must say exactly the same.
     const BEFORE: &str = include_str!("testdata/discovery_kitchen.json");
+
+    fn is_wake(pair: &Value) -> bool {
+        pair[0]
+            .as_str()
+            .is_some_and(|t| t.contains("/kitchen/wake"))
+    }
 
     #[test]
     fn configs_are_unchanged() {
         let t = Topics::new("moshid", "kitchen");
         let voices = vec!["moshiko".to_string(), "moshika".to_string()];
         let got = serde_json::to_value(entities(&t, "homeassistant", &voices)).unwrap();
+        // The wake word's entities came later: `wake_entities_are_the_documented_ones`.
+        let got: Vec<Value> = got
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| !is_wake(p))
+            .cloned()
+            .collect();
+        let got = Value::Array(got);
         let mut want: Value = serde_json::from_str(BEFORE).unwrap();
         // The fixture was captured at 0.1.0; the version is the one field meant to move.
         for pair in want.as_array_mut().unwrap() {

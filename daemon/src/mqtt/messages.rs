@@ -56,6 +56,29 @@ impl<'a> TranscriptPiece<'a> {
     }
 }
 
+/// The wake word was heard, on the `wake` topic: Home Assistant's MQTT `event` entity reads
+/// `event_type` (one of its `event_types`) and keeps the other keys as attributes.
+#[derive(Debug, Serialize)]
+pub struct WakeEvent<'a> {
+    /// Always `wake`.
+    pub event_type: &'static str,
+    /// The wake word's model (`okay_nabu`, ...).
+    pub wake_word: &'a str,
+    /// The detector's window mean that crossed the cutoff, to 0.001.
+    pub probability: f64,
+}
+
+impl<'a> WakeEvent<'a> {
+    /// The event for a detection of `wake_word` at `probability`.
+    pub fn new(wake_word: &'a str, probability: f64) -> Self {
+        WakeEvent {
+            event_type: "wake",
+            wake_word,
+            probability: (probability * 1000.0).round() / 1000.0,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,6 +95,11 @@ mod tests {
         assert_eq!(
             TranscriptPiece::new("hi", 1.23456).to_json(),
             r#"{"text":"hi","time":1.235}"#
+        );
+        let w = serde_json::to_string(&WakeEvent::new("okay_nabu", 0.96875)).unwrap();
+        assert_eq!(
+            w,
+            r#"{"event_type":"wake","wake_word":"okay_nabu","probability":0.969}"#
         );
     }
 }

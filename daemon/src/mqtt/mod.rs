@@ -15,7 +15,7 @@ pub mod messages;
 use crate::config::MqttConfig;
 use crate::control::{parse_command_with, Command, Shared};
 use crate::pipeline::Event;
-use messages::{Failure, Rejected, TranscriptPiece};
+use messages::{Failure, Rejected, TranscriptPiece, WakeEvent};
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, EventLoop, LastWill, MqttOptions, Packet, QoS,
 };
@@ -62,6 +62,8 @@ pub struct Topics {
     pub transcript: String,
     /// Rejected-command reports.
     pub error: String,
+    /// Wake-word detections (the Home Assistant `event` entity's topic).
+    pub wake: String,
 }
 
 impl Topics {
@@ -74,6 +76,7 @@ impl Topics {
             state: format!("{base}/state"),
             transcript: format!("{base}/transcript"),
             error: format!("{base}/error"),
+            wake: format!("{base}/wake"),
             base,
         }
     }
@@ -394,6 +397,12 @@ impl Ctx {
             Event::Error(e) if connected => {
                 let msg = Failure { error: &e };
                 self.publish(c, &self.topics.error, false, json_bytes(&msg));
+                return;
+            }
+            // Not queued while disconnected: a detection is news only when it happens.
+            Event::Wake(h) if connected => {
+                let msg = WakeEvent::new(&h.wake_word, h.probability);
+                self.publish(c, &self.topics.wake, false, json_bytes(&msg));
                 return;
             }
             _ => return,

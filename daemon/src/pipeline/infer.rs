@@ -9,6 +9,7 @@ use crate::engine::{Engine, EngineError, SamplingOverride};
 use crate::sound::{EchoCancel, EchoCancelFactory, EchoReference, InFrame, SoundError, Source};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use moshid_hal::FRAME_SAMPLES;
+use moshid_models::wake::chime::Chime;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -74,6 +75,10 @@ struct InferLoop {
     last_voice: Instant,
     /// The wake-word listener (`[wake] enabled`).
     wake: Option<super::wake::Listener>,
+    /// `set/wake OFF` paused the listener (it forgets what it heard once, when paused).
+    wake_paused: bool,
+    /// The chimes (`[wake] sounds`).
+    sounds: Option<super::sounds::Sounds>,
 }
 
 /// Runs until stopped or the room's source ends; gives the model back.
@@ -88,6 +93,7 @@ pub(super) fn run(mut p: Parts, stop: &AtomicBool) -> Box<dyn Engine> {
         }
     });
     let wake = p.params.wake.as_ref().and_then(super::wake::Listener::new);
+    let sounds = p.params.sounds.then(super::sounds::Sounds::new);
     let mut l = InferLoop {
         p,
         aec,
@@ -98,6 +104,8 @@ pub(super) fn run(mut p: Parts, stop: &AtomicBool) -> Box<dyn Engine> {
         conv_start: Instant::now(),
         last_voice: Instant::now(),
         wake,
+        wake_paused: false,
+        sounds,
     };
     while !stop.load(Ordering::Relaxed) {
         l.apply_controls();
@@ -145,6 +153,7 @@ impl InferLoop {
                 Control::TakeOver(ep) => self.take_over(ep),
                 Control::GiveBack => self.give_back(),
                 Control::Events(e) => self.p.events = e,
+                Control::Chime(c) => self.chime(c),
             }
         }
     }
@@ -254,7 +263,7 @@ impl InferLoop {
         }
         if !self.follow_conversation() {
             self.listen(&mut frame.samples);
-            return true;
+            return self.play_sound_alone(frame.captured_at);
         }
         self.condition_input(&mut frame.samples);
         let mut out = match self.out_buffer() {
@@ -290,6 +299,9 @@ impl InferLoop {
     fn follow_conversation(&mut self) -> bool {
         let s = &self.p.shared;
         let want = s.conversation.load(Ordering::Relaxed) || self.remote.is_some();
+        // The room's own conversation ends (idle timeout, set/conversation OFF); not a
+        // remote session's, nor a fresh start after a model swap.
+        let ended = self.in_conversation == Some(true) && !want;
         if Some(want) != self.in_conversation || s.reset_requested.swap(false, Ordering::Relaxed) {
             // Every conversation starts from a fresh model state.
             self.p.engine.reset();
@@ -308,6 +320,9 @@ impl InferLoop {
                 });
             }
         }
+        if ended {
+            self.chime(Chime::End);
+        }
         want
     }
 
@@ -317,12 +332,92 @@ impl InferLoop {
         if self.wake.is_none() || self.remote.is_some() {
             return;
         }
+        if !self.p.shared.wake_on.load(Ordering::Relaxed) {
+            // Switched off: what it heard before must not fire once it is back on.
+            if !std::mem::replace(&mut self.wake_paused, true) {
+                if let Some(w) = self.wake.as_mut() {
+                    w.reset();
+                }
+            }
+            return;
+        }
+        self.wake_paused = false;
         self.condition_input(input);
         let heard = self.wake.as_mut().and_then(|w| w.hear(input));
         if let Some(h) = heard {
             log::info!(probability = h.probability; "wake word heard: starting the conversation");
             self.p.shared.conversation.store(true, Ordering::Relaxed);
             self.emit(Event::Wake(h));
+            self.chime(Chime::Wake);
+        }
+    }
+
+    /// Starts a sound, when `[wake] sounds` is on.
+    fn chime(&mut self, c: Chime) {
+        if let Some(s) = self.sounds.as_mut() {
+            log::debug!(sound = c.name(); "playing a sound");
+            s.start(c);
+        }
+    }
+
+    /// The room's volume as a gain.
+    fn gain(&self) -> f32 {
+        self.p.shared.volume.load(Ordering::Relaxed) as f32 / 100.0
+    }
+
+    /// While idle nothing else goes to the speaker: a sound that plays goes out alone (the
+    /// speaker fills the gaps between with silence). False stops the loop.
+    fn play_sound_alone(&mut self, captured_at: Instant) -> bool {
+        if self.p.far_ref.is_none() {
+            // Without the device's reference, the far end is what was queued: nothing.
+            self.far.fill(0.0);
+        }
+        if !self
+            .sounds
+            .as_ref()
+            .is_some_and(super::sounds::Sounds::is_playing)
+        {
+            return true;
+        }
+        let mut out = match self.out_buffer() {
+            Ok(Some(b)) => b,
+            // The speaker is behind: the sound goes on with the next frame.
+            Ok(None) => return true,
+            Err(()) => return false,
+        };
+        out.fill(0.0);
+        let gain = self.gain();
+        if let Some(s) = self.sounds.as_mut() {
+            s.mix(&mut out, gain);
+        }
+        if self.p.far_ref.is_none() {
+            self.far.copy_from_slice(&out);
+        }
+        let frame = OutFrame {
+            samples: out,
+            captured_at,
+        };
+        self.p.out.send(OutMsg::Frame(frame)).is_ok()
+    }
+
+    /// The model failed and the loop stops: the error sound still goes out whole (its
+    /// frames wait for free buffers, at most 200 ms each), so the room hears that it did.
+    fn play_out_error(&mut self) {
+        self.chime(Chime::Error);
+        let gain = self.gain();
+        while let Some(s) = self.sounds.as_mut().filter(|s| s.is_playing()) {
+            let Ok(mut out) = self.p.free.recv_timeout(Duration::from_millis(200)) else {
+                return;
+            };
+            out.fill(0.0);
+            s.mix(&mut out, gain);
+            let frame = OutFrame {
+                samples: out,
+                captured_at: Instant::now(),
+            };
+            if self.p.out.send(OutMsg::Frame(frame)).is_err() {
+                return;
+            }
         }
     }
 
@@ -353,12 +448,16 @@ impl InferLoop {
         if let Err(e) = self.p.engine.step(input, out, &mut self.text) {
             log::error!("{e}");
             self.p.shared.set_error(&e.to_string());
+            self.play_out_error();
             return false;
         }
         self.p.shared.record_step(t0.elapsed().as_secs_f32());
-        let gain = self.p.shared.volume.load(Ordering::Relaxed) as f32 / 100.0;
+        let gain = self.gain();
         for s in out.iter_mut() {
             *s = (*s * gain).clamp(-1.0, 1.0);
+        }
+        if let Some(s) = self.sounds.as_mut() {
+            s.mix(out, gain);
         }
         if self.p.far_ref.is_none() {
             // Without the device's own reference, the far end is what was queued.

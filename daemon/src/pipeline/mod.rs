@@ -14,6 +14,7 @@
 
 mod infer;
 mod output;
+mod sounds;
 mod wake;
 
 pub use wake::{Heard, WakeParams};
@@ -64,6 +65,8 @@ pub struct Params {
     pub idle_timeout: Option<Duration>,
     /// Listen for this wake word while the room is idle (None = off).
     pub wake: Option<WakeParams>,
+    /// Play the wake, end-of-conversation and error chimes (`[wake] sounds`).
+    pub sounds: bool,
 }
 
 /// Where events go (each with try_send: a full queue drops the event and counts it).
@@ -81,6 +84,8 @@ pub(crate) enum Control {
     GiveBack,
     /// Events go to these receivers from now on (MQTT was reconnected elsewhere).
     Events(Vec<EventTx>),
+    /// Play this sound (when `Params::sounds`).
+    Chime(moshid_models::wake::chime::Chime),
 }
 
 /// An engine to drop, and who waits for the memory to be free.
@@ -187,6 +192,12 @@ impl Pipeline {
     /// The room takes the conversation back from a remote endpoint.
     pub fn give_back(&self) {
         let _ = self.control.send(Control::GiveBack);
+    }
+
+    /// Plays a sound on the room's speaker, mixed into what plays (nothing when
+    /// `Params::sounds` is off).
+    pub fn chime(&self, c: moshid_models::wake::chime::Chime) {
+        let _ = self.control.send(Control::Chime(c));
     }
 
     /// Sends events to these receivers from the next frame on.

@@ -113,6 +113,7 @@ fn start_room(
         queue_frames,
         idle_timeout: None,
         wake: None,
+        sounds: false,
     };
     Pipeline::start(
         engine,
@@ -177,6 +178,7 @@ fn silence_ends_the_conversation_after_the_idle_timeout() {
             queue_frames: 30,
             idle_timeout: Some(Duration::from_millis(60)),
             wake: None,
+            sounds: false,
         },
     )
     .unwrap();
@@ -400,6 +402,7 @@ fn canceller_gets_what_the_device_got() {
             queue_frames: 30,
             idle_timeout: None,
             wake: None,
+            sounds: false,
         },
     )
     .unwrap();
@@ -616,4 +619,106 @@ fn a_remote_converses_with_its_sampling_while_the_room_is_off() {
         vec![mine, SamplingOverride::default()]
     );
     assert_eq!(shared.phase(), Phase::Idle);
+}
+
+/// A pipeline on `frames` constant frames 5 ms apart into a collecting sink, with sounds on
+/// or off and an optional idle timeout; returns the handle and what the speaker got.
+fn with_sounds(
+    engine: Box<dyn Engine>,
+    shared: Arc<Shared>,
+    frames: usize,
+    sounds: bool,
+    idle_timeout: Option<Duration>,
+) -> (Pipeline, Arc<Mutex<Vec<f32>>>) {
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let p = Pipeline::start(
+        engine,
+        Endpoint::room(
+            Box::new(Frames::synth(frames, Duration::from_millis(5), 0.0)),
+            Box::new(Collect(out.clone())),
+        ),
+        None,
+        shared,
+        Vec::new(),
+        Params {
+            queue_frames: 30,
+            idle_timeout,
+            wake: None,
+            sounds,
+        },
+    )
+    .unwrap();
+    (p, out)
+}
+
+/// `got` from its first frame that is not silent.
+fn from_first_sound(got: &[f32]) -> Vec<f32> {
+    let k = got
+        .chunks(FRAME_SAMPLES)
+        .position(|f| f.iter().any(|&x| x != 0.0))
+        .expect("a sound was played");
+    got[k * FRAME_SAMPLES..].to_vec()
+}
+
+use moshid_models::wake::chime::{render, Chime};
+
+#[test]
+fn a_sound_plays_alone_while_idle_at_the_rooms_volume() {
+    let shared = ready(50, false);
+    let (p, out) = with_sounds(Box::new(scripted()), shared, 20, true, None);
+    p.chime(Chime::Error);
+    p.wait();
+    let got = out.lock().unwrap().clone();
+    let want = render(Chime::Error, 24_000);
+    assert_eq!(
+        got.len(),
+        want.len().div_ceil(FRAME_SAMPLES) * FRAME_SAMPLES
+    );
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(*g, w * 0.5);
+    }
+}
+
+#[test]
+fn the_end_of_a_conversation_chimes_unless_sounds_are_off() {
+    for sounds in [true, false] {
+        let shared = ready(100, true);
+        // Silence: the scripted model answers zeros; the 60 ms idle timeout ends it.
+        let timeout = Some(Duration::from_millis(60));
+        let (p, out) = with_sounds(Box::new(scripted()), shared.clone(), 40, sounds, timeout);
+        p.wait();
+        assert_eq!(shared.phase(), Phase::Idle);
+        let got = out.lock().unwrap().clone();
+        if !sounds {
+            assert!(got.iter().all(|&x| x == 0.0), "a sound with sounds off");
+            continue;
+        }
+        let want = render(Chime::End, 24_000);
+        let got = from_first_sound(&got);
+        assert!(got.len() >= want.len(), "the end chime was cut");
+        assert_eq!(&got[..want.len()], &want[..]);
+    }
+}
+
+/// Fails at its first step.
+struct Failing;
+impl Engine for Failing {
+    fn step(&mut self, _: &[f32], _: &mut [f32], _: &mut String) -> Result<(), EngineError> {
+        Err(EngineError("the model broke".into()))
+    }
+    fn reset(&mut self) {}
+    fn describe(&self) -> String {
+        "failing".into()
+    }
+}
+
+#[test]
+fn a_failing_model_plays_the_error_sound_before_the_loop_stops() {
+    let shared = ready(100, true);
+    let (p, out) = with_sounds(Box::new(Failing), shared.clone(), 20, true, None);
+    p.wait();
+    assert_eq!(shared.phase(), Phase::Error);
+    let want = render(Chime::Error, 24_000);
+    let got = out.lock().unwrap().clone();
+    assert_eq!(&got[..want.len()], &want[..]);
 }

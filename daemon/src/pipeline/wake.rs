@@ -18,14 +18,17 @@ pub struct WakeParams {
 }
 
 /// A detection.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Heard {
+    /// The wake word's model (`okay_nabu`, or a model file's name).
+    pub wake_word: Arc<str>,
     /// The window mean that crossed the cutoff.
     pub probability: f64,
 }
 
 /// Detector + resampler, with buffers allocated once.
 pub(super) struct Listener {
+    name: Arc<str>,
     det: Detector,
     rs: StreamResampler,
     block: Vec<f32>,
@@ -49,6 +52,7 @@ impl Listener {
             });
         match made {
             Ok((det, rs)) => Some(Listener {
+                name: Arc::from(p.model.name.as_str()),
                 det,
                 rs,
                 block: vec![0.0; BLOCK],
@@ -81,6 +85,7 @@ impl Listener {
             let r = self.det.push_samples(&self.pcm, |i| {
                 if i.detection && heard.is_none() {
                     heard = Some(Heard {
+                        wake_word: self.name.clone(),
                         probability: i.mean,
                     });
                 }

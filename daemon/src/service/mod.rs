@@ -220,6 +220,18 @@ impl Supervisor {
         self.request_load(cfg, voice, false);
     }
 
+    /// `set/wake`: the switch the pipeline reads before listening. ON cannot start a wake
+    /// word the configuration leaves off: that is said on `error`.
+    fn switch_wake(&mut self, on: bool) {
+        if on && !self.cfg.wake.enabled {
+            let msg = "set/wake ON: the wake word is off in the configuration; \
+                       set `[wake] enabled = true` and reload";
+            log::warn!("{msg}");
+            self.publish_error(msg);
+        }
+        self.shared.wake_on.store(on, Ordering::Relaxed);
+    }
+
     fn on_command(&mut self, c: Command) -> Flow {
         let s = self.shared.clone();
         match c {
@@ -234,6 +246,7 @@ impl Supervisor {
             Command::Volume(v) => s.volume.store(v, Ordering::Relaxed),
             Command::Reset => s.reset_requested.store(true, Ordering::Relaxed),
             Command::Persona(p) => self.switch_persona(p),
+            Command::Wake(on) => self.switch_wake(on),
             Command::Voice(v) => {
                 if self.loader.busy() || self.slot.voice() != Some(v.as_str()) {
                     log::info!(voice = v.as_str(); "switching voice");
@@ -368,6 +381,8 @@ impl Supervisor {
 
     /// The `error` topic (and the log); the state carries it too.
     fn publish_error(&self, msg: &str) {
+        // The room hears it too (`[wake] sounds`), where a pipeline runs to play it.
+        self.slot.chime(moshid_models::wake::chime::Chime::Error);
         if let Some(m) = &self.mqtt {
             m.report_error(msg);
         }

@@ -48,6 +48,13 @@ impl Slot {
         self.pipeline.is_some()
     }
 
+    /// Plays `c` on the room's speaker, where a pipeline runs (it knows `[wake] sounds`).
+    pub fn chime(&self, c: moshid_models::wake::chime::Chime) {
+        if let Some(p) = &self.pipeline {
+            p.chime(c);
+        }
+    }
+
     /// A model is loaded (running or parked).
     pub fn has_model(&self) -> bool {
         self.footprint.is_some()
@@ -154,7 +161,9 @@ impl Slot {
             queue_frames: cfg.audio.queue_frames,
             idle_timeout: (cfg.idle_timeout_s > 0).then(|| Duration::from_secs(cfg.idle_timeout_s)),
             wake: self.wake_params(&cfg.wake),
+            sounds: cfg.wake.enabled && cfg.wake.sounds,
         };
+        let wake_word = params.wake.as_ref().map(|w| w.model.name.clone());
         let p = Pipeline::start(
             engine,
             room,
@@ -164,6 +173,7 @@ impl Slot {
             params,
         )?;
         self.pipeline = Some(p);
+        self.shared.set_wake_word(wake_word.as_deref());
         Ok(())
     }
 

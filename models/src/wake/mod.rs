@@ -5,10 +5,12 @@
 //!   equal to PyPI `pymicro-features`);
 //! - [`tflite`] and [`interp`]: the `.tflite` flatbuffer and a small interpreter for the
 //!   operators these models use (probabilities equal to `pymicro-wakeword`'s TFLite run);
-//! - [`detector`]: features to probabilities, a sliding-window mean and the cutoff.
+//! - [`detector`]: features to probabilities, a sliding-window mean and the cutoff;
+//! - [`chime`]: the appliance's sounds (wake, end of conversation, error), made in code.
 //!
 //! The four models `pymicro-wakeword` 2.5.0 ships (Apache-2.0, [`LICENSE`]) are built in.
 
+pub mod chime;
 pub mod detector;
 mod fft;
 pub mod frontend;
