@@ -157,31 +157,77 @@ fn untrusted_addresses_need_the_token() {
     assert!(ok, "worker_auth_id: {err}");
 }
 
+/// A client's run checked for a real conversation: handshake, text, audio that is not silence.
+fn assert_talked(who: &str, ok: bool, j: &serde_json::Value, err: &str) {
+    assert!(ok, "{who}: {err} {j}");
+    assert!(j["handshake_ms"].as_f64().is_some(), "{who}: {j}");
+    assert!(
+        !j["text"].as_str().unwrap_or("").is_empty(),
+        "{who}: no text: {j}"
+    );
+    assert!(
+        j["audio_rms_dbfs"].as_f64().unwrap() > -40.0,
+        "{who}: silent: {j}"
+    );
+}
+
+/// Runs `n` clients at once for `seconds`; their results.
+fn clients_at_once(
+    url: &str,
+    wav: &str,
+    n: usize,
+    seconds: &str,
+) -> Vec<(bool, serde_json::Value, String)> {
+    let threads: Vec<_> = (0..n)
+        .map(|_| {
+            let (url, wav, seconds) = (url.to_string(), wav.to_string(), seconds.to_string());
+            std::thread::spawn(move || client_insecure(&url, &[], &wav, &seconds))
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
 #[test]
-fn a_second_client_waits_or_is_rejected() {
+fn clients_share_the_model_and_one_beyond_capacity_waits_or_is_rejected() {
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let wav = voice_wav(dir.path());
     for busy in ["reject", "wait"] {
         let port = free_port().to_string();
-        let _d = serve(dir.path(), &format!("127.0.0.1:{port}"), &["--busy", busy]);
-        let url = format!("wss://127.0.0.1:{port}/api/chat");
-        let first = {
-            let url = url.clone();
-            let wav = wav.clone();
-            std::thread::spawn(move || client_insecure(&url, &[], &wav, "3"))
+        let listen = format!("127.0.0.1:{port}");
+        let d = serve(
+            dir.path(),
+            &listen,
+            &["--busy", busy, "--max-conversations", "3"],
+        );
+        let url = format!("wss://{listen}/api/chat");
+        let talking = {
+            let (url, wav) = (url.clone(), wav.clone());
+            std::thread::spawn(move || clients_at_once(&url, &wav, 3, "3"))
         };
         std::thread::sleep(Duration::from_millis(1200));
+        // A fourth while the three talk.
         let (ok, j, err) = client_insecure(&url, &[], &wav, "1");
-        let (ok1, j1, _) = first.join().unwrap();
-        assert!(ok1, "first client: {j1}");
+        for (i, (ok, j, err)) in talking.join().unwrap().iter().enumerate() {
+            assert_talked(&format!("{busy}: client {i}"), *ok, j, err);
+            // All three were served at once: none waited for another's conversation.
+            assert!(
+                j["handshake_ms"].as_f64().unwrap() < 1000.0,
+                "{busy} {i}: {j}"
+            );
+        }
         if busy == "reject" {
             assert!(!ok && err.contains("busy"), "{busy}: {err} {j}");
         } else {
-            assert!(ok, "{busy}: {err} {j}");
-            // No handshake until the first conversation (3 s, started 1.2 s earlier) ended.
+            assert_talked("the fourth", ok, &j, &err);
+            // No handshake until a conversation (3 s, started 1.2 s earlier) ended.
             assert!(j["handshake_ms"].as_f64().unwrap() > 1000.0, "{j}");
         }
+        assert!(
+            d.log().matches("conversation started").count() >= 3,
+            "{}",
+            d.log()
+        );
     }
 }
 

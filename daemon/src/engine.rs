@@ -42,3 +42,37 @@ pub trait Engine: Send {
     /// A one-line description for logs and STATUS.
     fn describe(&self) -> String;
 }
+
+/// One conversation's frame in a [`BatchModel`] step.
+pub struct BatchFrame<'a> {
+    /// The conversation's slot (from [`BatchModel::join`]).
+    pub slot: usize,
+    /// 80 ms of user audio.
+    pub input: &'a [f32],
+    /// Where the model's 80 ms go (silence when the model has none yet or the frame failed).
+    pub output: &'a mut [f32],
+    /// Text the model produced is appended here.
+    pub text: &'a mut String,
+    /// This frame's outcome: a failure costs this conversation's frame only.
+    pub result: Result<(), EngineError>,
+}
+
+/// A model serving several conversations in one step: each conversation holds a slot with
+/// its own streaming state; the weights are read once per step for all of them.
+pub trait BatchModel: Send {
+    /// Slots in all.
+    fn capacity(&self) -> usize;
+    /// Starts a conversation in a free slot with this sampling; its slot number.
+    fn join(&mut self, s: &SamplingOverride) -> Result<usize, EngineError>;
+    /// Ends the conversation in `slot` (the slot becomes free).
+    fn leave(&mut self, slot: usize);
+    /// Restarts the conversation in `slot`.
+    fn reset(&mut self, slot: usize) -> Result<(), EngineError>;
+    /// Samples `slot`'s tokens with these settings from now on.
+    fn set_sampling(&mut self, slot: usize, s: &SamplingOverride) -> Result<(), EngineError>;
+    /// One step of the conversations in `frames` (each slot at most once); the other slots
+    /// do not move.
+    fn step(&mut self, frames: &mut [BatchFrame<'_>]);
+    /// A one-line description for logs and STATUS.
+    fn describe(&self) -> String;
+}

@@ -10,6 +10,7 @@ mod endpoint;
 mod engine;
 #[cfg(test)]
 mod fuzz;
+mod hub;
 mod logging;
 mod memory;
 mod model_spec;

@@ -1,15 +1,18 @@
 //! The real engine: Mimi encode -> Moshi LM step -> Mimi decode, plus text pieces.
 
 use crate::config::Config;
-use crate::engine::{Engine, EngineError};
+use crate::engine::{BatchFrame, BatchModel, Engine, EngineError, SamplingOverride};
 use crate::model_spec::ModelSpec;
 use anyhow::Context;
-use moshid_models::lm::{LmGen, LmModel, PromptedState, Sampling, StepOut};
+use moshid_models::lm::{LmBatch, LmGen, LmModel, StepOut};
 use moshid_models::mimi::Mimi;
-use moshid_models::tokenizer::{StreamState, TextTokenizer};
+use moshid_models::tokenizer::TextTokenizer;
 
+mod batch;
 mod overlap;
 mod persona;
+
+pub use batch::MoshiBatch;
 
 /// Reads the text tokenizer: a SentencePiece `.model`, or a `.txt` piece table (one piece
 /// per line, as the offline demo writes).
@@ -24,32 +27,28 @@ fn load_tokenizer(path: &std::path::Path) -> anyhow::Result<TextTokenizer> {
     Ok(TextTokenizer::from_file(path)?)
 }
 
-/// Mimi + Moshi.
+/// Mimi + Moshi for one conversation: a [`MoshiBatch`] of one slot, so that one code path
+/// steps a conversation whether it is alone or shares the model.
 pub struct MoshiEngine {
-    mimi: Mimi,
-    gen: LmGen,
-    tokenizer: TextTokenizer,
-    text_state: StreamState,
-    codes: Vec<u32>,
-    what: String,
-    /// The configured sampling, which a conversation's override starts from.
-    sampling: Sampling,
-    /// `[model] mimi_overlap`: decode frame t during the LM's step t+1.
-    overlap: bool,
-    /// With `overlap`, the LM's last frame, decoded during the next step.
-    pending: Option<StepOut>,
-    /// `model.persona`'s prompted state: every conversation starts from a copy of it.
-    prompted: Option<PromptedState>,
+    batch: MoshiBatch,
+    slot: usize,
 }
 
-/// Loads `spec` with the config's device, dtype, context and sampling.
+/// Loads `spec` with the config's device, dtype, context and sampling, for one conversation.
 pub fn load(spec: &ModelSpec, cfg: &Config) -> anyhow::Result<Box<dyn Engine>> {
+    let mut batch = load_batch(spec, cfg, 1)?;
+    let slot = batch.join(&SamplingOverride::default())?;
+    Ok(Box::new(MoshiEngine { batch, slot }))
+}
+
+/// Loads `spec` for up to `capacity` conversations over one copy of the weights.
+pub fn load_batch(spec: &ModelSpec, cfg: &Config, capacity: usize) -> anyhow::Result<MoshiBatch> {
     // `auto` resolves here; the description (which device, and why) goes into `what`, which
     // the log and STATUS show.
     let (device, where_) = cfg.model.device.open_described()?;
     spec.check_compatible().map_err(anyhow::Error::msg)?;
     let mimi_device = cfg.model.mimi_device.resolve(&device);
-    let mimi = Mimi::load_with(
+    let mut mimi = Mimi::load_with(
         &spec.mimi,
         &spec.mimi_config,
         spec.lm_config.mimi_codebooks(),
@@ -70,24 +69,30 @@ pub fn load(spec: &ModelSpec, cfg: &Config) -> anyhow::Result<Box<dyn Engine>> {
         mimi_note(cfg, &mimi_device, &device)
     );
     let sampling = cfg.sampling.sampling();
-    let mut gen = LmGen::new(lm, sampling, cfg.model.context)?;
+    let lm = std::sync::Arc::new(lm);
     let tokenizer = load_tokenizer(&spec.tokenizer)?;
-    let mut mimi = mimi;
-    let prompted = persona::prompted(spec, cfg, &mut gen, &tokenizer, &mut mimi)?;
+    // The persona's prompt runs once, on a generator of its own; slots copy its state.
+    let prompted = {
+        let mut gen = LmGen::new(lm.clone(), sampling, cfg.model.context)?;
+        persona::prompted(spec, cfg, &mut gen, &tokenizer, &mut mimi)?
+    };
+    mimi.reset();
     let what = match (&prompted, &cfg.model.persona) {
         (Some(_), Some(name)) => format!("{what}; persona {name}"),
         _ => what,
     };
-    Ok(Box::new(MoshiEngine {
-        codes: vec![0; mimi.num_codebooks()],
+    let what = if capacity > 1 {
+        format!("{what}; up to {capacity} conversations in one step")
+    } else {
+        what
+    };
+    Ok(MoshiBatch::new(batch::Parts {
+        lm: LmBatch::new(lm, capacity, cfg.model.context)?,
         mimi,
-        gen,
         tokenizer,
-        text_state: StreamState::default(),
         what,
         sampling,
         overlap: cfg.model.mimi_overlap,
-        pending: None,
         prompted,
     }))
 }
@@ -105,12 +110,6 @@ fn mimi_note(cfg: &Config, mimi: &candle_core::Device, lm: &candle_core::Device)
         ""
     };
     format!("{place}{overlap}")
-}
-
-/// The LM's step on this frame's codes.
-fn lm_step(gen: &mut LmGen, codes: &[u32]) -> Result<Option<StepOut>, EngineError> {
-    gen.step(codes)
-        .map_err(|e| EngineError(format!("LM step: {e}")))
 }
 
 /// Mimi's decode of `frame` into `output`; silence when there is none (the LM's acoustic
@@ -134,70 +133,39 @@ impl Engine for MoshiEngine {
         output: &mut [f32],
         text: &mut String,
     ) -> Result<(), EngineError> {
-        self.mimi
-            .encode_step(input, &mut self.codes)
-            .map_err(|e| EngineError(format!("Mimi encode: {e}")))?;
-        let out = if self.overlap {
-            // Decode of the previous frame beside this step: the same calls on each model
-            // in the same order as below, so the same audio, one frame later.
-            let previous = self.pending.take();
-            let out = overlap::lm_step_while_decoding(
-                &mut self.gen,
-                &self.codes,
-                &mut self.mimi,
-                previous.as_ref(),
-                output,
-            )?;
-            self.pending = out;
-            out
-        } else {
-            let out = lm_step(&mut self.gen, &self.codes)?;
-            decode(&mut self.mimi, out.as_ref(), output)?;
-            out
-        };
-        // Text is not delayed: the token is the LM's, sampled at this step either way.
-        if let Some(out) = out {
-            self.tokenizer.push(&mut self.text_state, out.text, text);
-        }
-        Ok(())
+        let mut frame = [BatchFrame {
+            slot: self.slot,
+            input,
+            output,
+            text,
+            result: Ok(()),
+        }];
+        self.batch.step(&mut frame);
+        let [f] = frame;
+        f.result
     }
 
     fn reset(&mut self) {
-        self.pending = None;
-        self.mimi.reset();
-        match &self.prompted {
-            // The persona's state was made by this generator's model with its context.
-            Some(p) => {
-                if let Err(e) = self.gen.restore_prompted(p) {
-                    log::warn!("persona state not restored ({e}): starting without it");
-                    self.gen.reset();
-                }
-            }
-            None => self.gen.reset(),
+        if let Err(e) = self.batch.reset(self.slot) {
+            log::warn!("reset: {e}");
         }
-        self.text_state = StreamState::default();
     }
 
-    fn set_sampling(&mut self, o: &crate::engine::SamplingOverride) {
-        let b = self.sampling;
-        let s = Sampling {
-            temp_text: o.temp_text.unwrap_or(b.temp_text),
-            temp_audio: o.temp_audio.unwrap_or(b.temp_audio),
-            top_k: o.top_k_text.unwrap_or(b.top_k),
-            greedy: b.greedy,
-            seed: o.seed.unwrap_or(b.seed),
-        };
-        self.gen.set_sampling(s, o.top_k_audio);
+    fn set_sampling(&mut self, o: &SamplingOverride) {
+        if let Err(e) = self.batch.set_sampling(self.slot, o) {
+            log::warn!("{e}");
+        }
     }
 
     fn describe(&self) -> String {
-        self.what.clone()
+        self.batch.describe()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use moshid_models::tokenizer::StreamState;
 
     /// The demo model with a PersonaPlex LM (dep_q 16) in `dir`, and a config whose
     /// `model.persona` has the Mimi fixture's speech as voice and a role.

@@ -30,9 +30,13 @@ pub struct WebArgs {
     /// Networks that need no token (CIDR, repeatable; default loopback).
     #[arg(long)]
     pub trusted: Vec<String>,
-    /// What a second client gets: wait or reject.
+    /// What a client beyond --max-conversations gets: wait or reject.
     #[arg(long, default_value = "wait")]
     pub busy: String,
+    /// Web sessions served at once, sharing the model's steps (default: `[web]
+    /// max_conversations`, 4).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub max_conversations: Option<u16>,
 }
 
 fn name(p: &std::path::Path) -> String {
@@ -46,7 +50,13 @@ pub fn run(cfg: &Config, a: &WebArgs) -> anyhow::Result<()> {
     let voice = cfg.model.voice.clone();
     println!("moshid demo --web: loading the model (voice {voice})");
     let files = crate::store::resolve(cfg, &voice, &mut |_| {})?;
-    let engine = crate::moshi_engine::load(&files, cfg)?;
+    let capacity = a
+        .max_conversations
+        .map_or(cfg.web.max_conversations, usize::from);
+    let batch = crate::moshi_engine::load_batch(&files, cfg, capacity)?;
+    let hub = crate::hub::Hub::start(Box::new(batch), crate::hub::Timing::realtime())
+        .context("cannot start the conversation scheduler")?;
+    println!("moshid demo --web: up to {capacity} conversations at once");
     let s = &cfg.sampling;
     let info = ModelInfo {
         lm_file: name(&files.lm),
@@ -56,7 +66,7 @@ pub fn run(cfg: &Config, a: &WebArgs) -> anyhow::Result<()> {
         audio_temperature: s.temp_audio,
         audio_topk: s.top_k,
     };
-    let backend = Arc::new(LocalBackend::new(engine, info, &voice, cfg.audio.volume));
+    let backend = Arc::new(LocalBackend::new(hub, info, &voice, cfg.audio.volume));
     let mut web = WebConfig {
         listen: a.listen,
         tls: if a.no_tls {
@@ -69,6 +79,7 @@ pub fn run(cfg: &Config, a: &WebArgs) -> anyhow::Result<()> {
                 .clone()
                 .unwrap_or_else(|| cfg.cache_dir.join("web")),
         ),
+        max_conversations: capacity,
         // With --config, its [web] limits and names apply (hosts, max_connections...).
         ..cfg.web.clone()
     };

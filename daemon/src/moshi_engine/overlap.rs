@@ -1,36 +1,64 @@
 //! `[model] mimi_overlap`: Mimi's decode of frame t runs on a second thread while the LM
-//! computes frame t+1. The LM's step t+1 needs only the user's codes (encoded first) and its
+//! computes frame t+1 (for every conversation of the step). The LM's step t+1 needs only the user's codes (encoded first) and its
 //! own state, never Mimi's output, and the decoder's state only moves with its own calls, so
 //! the two are independent; each model still sees the same calls in the same order as in the
 //! sequential step, which the test below checks bit for bit.
 
-use super::{decode, lm_step};
-use crate::engine::EngineError;
-use moshid_models::lm::{LmGen, StepOut};
-use moshid_models::mimi::Mimi;
+use super::batch::SlotState;
+use super::decode;
+use crate::engine::{BatchFrame, EngineError};
+use moshid_models::lm::{LmBatch, LmError, SlotId, StepOut};
 
-/// The LM's step on `codes` while `mimi` decodes `previous` (the last step's frame) into
-/// `output` on a scoped thread; returns the LM's frame, to decode during the next step.
-/// A thread per step costs tens of microseconds against a step of tens of milliseconds, and
-/// joins before the step returns, so nothing outlives a conversation's reset.
+/// The LM's step on `inputs` while each frame's slot decodes its pending frame (the last
+/// step's) into the frame's output on a scoped thread; returns the LM's results, whose
+/// frames the next step decodes. Frames already failed are left alone. A thread per step
+/// costs tens of microseconds against a step of tens of milliseconds, and joins before the
+/// step returns, so nothing outlives a conversation's reset.
 pub(super) fn lm_step_while_decoding(
-    gen: &mut LmGen,
-    codes: &[u32],
-    mimi: &mut Mimi,
-    previous: Option<&StepOut>,
-    output: &mut [f32],
-) -> Result<Option<StepOut>, EngineError> {
+    lm: &mut LmBatch,
+    inputs: &[(SlotId, &[u32])],
+    slots: &mut [Option<SlotState>],
+    frames: &mut [BatchFrame<'_>],
+) -> Vec<Result<Option<StepOut>, LmError>> {
     std::thread::scope(|s| {
-        let decoding = std::thread::Builder::new()
+        let work = move || decode_pending(slots, frames);
+        match std::thread::Builder::new()
             .name("mimi-decode".into())
-            .spawn_scoped(s, move || decode(mimi, previous, output))
-            .map_err(|e| EngineError(format!("cannot start the Mimi decode thread: {e}")))?;
-        let out = lm_step(gen, codes);
-        decoding
-            .join()
-            .map_err(|_| EngineError("Mimi decode panicked".into()))??;
-        out
+            .spawn_scoped(s, work)
+        {
+            Ok(decoding) => {
+                let out = lm.step(inputs);
+                if decoding.join().is_err() {
+                    let e = "Mimi decode panicked";
+                    return out
+                        .into_iter()
+                        .map(|_| Err(LmError::Input(e.into())))
+                        .collect();
+                }
+                out
+            }
+            Err(e) => {
+                let e = format!("cannot start the Mimi decode thread: {e}");
+                inputs
+                    .iter()
+                    .map(|_| Err(LmError::Input(e.clone())))
+                    .collect()
+            }
+        }
     })
+}
+
+/// Decodes each healthy frame's pending frame (silence when none) into its output.
+fn decode_pending(slots: &mut [Option<SlotState>], frames: &mut [BatchFrame<'_>]) {
+    for f in frames.iter_mut().filter(|f| f.result.is_ok()) {
+        let Some(Some(st)) = slots.get_mut(f.slot) else {
+            continue;
+        };
+        let pending = st.pending.take();
+        if let Err(e) = decode(&mut st.mimi, pending.as_ref(), f.output) {
+            f.result = Err(EngineError(e.0));
+        }
+    }
 }
 
 #[cfg(test)]

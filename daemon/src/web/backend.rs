@@ -57,6 +57,10 @@ pub enum DeviceState {
 /// The offline demo's state (the appliance's field names, for the same page).
 #[derive(Debug, Clone, Serialize)]
 pub struct DemoState {
+    /// Conversations in progress (web sessions sharing the model's steps).
+    pub conversations: usize,
+    /// Their clients' addresses.
+    pub clients: Vec<String>,
     /// `conversation` while a web client talks, else `idle`.
     pub phase: &'static str,
     /// `web` during a conversation, else null.
@@ -85,8 +89,12 @@ pub struct DemoState {
 pub trait Backend: Send + Sync + 'static {
     /// What the metadata reports.
     fn model_info(&self) -> ModelInfo;
-    /// Takes the conversation for a web session from `peer` (the caller guarantees one
-    /// session at a time). Dropping the [`Talk`] gives it back to the room.
+    /// Web sessions served at once (each holds a conversation of the shared model).
+    fn max_conversations(&self) -> usize {
+        1
+    }
+    /// Takes a conversation for a web session from `peer` (the caller holds at most
+    /// [`Backend::max_conversations`] at once). Dropping the [`Talk`] gives it back.
     fn open(&self, peer: SocketAddr, sampling: SessionSampling) -> Result<Box<dyn Talk>, String>;
     /// The device's state for the page.
     fn state(&self) -> DeviceState;

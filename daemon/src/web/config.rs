@@ -55,7 +55,10 @@ pub struct WebConfig {
     /// (`NAME`, `NAME.local`): e.g. a name the router's DNS gives it. A request whose `Host`
     /// names none of them is refused unless it brings the token (DNS rebinding).
     pub hosts: Vec<String>,
-    /// `wait` or `reject`.
+    /// Web sessions served at once, each a conversation on the shared model (`moshid demo
+    /// --web`; the appliance serves one web session at a time beside the room).
+    pub max_conversations: usize,
+    /// `wait` or `reject`: what a session beyond `max_conversations` gets.
     pub busy: Busy,
     /// Clients allowed to wait while one talks (`busy = "wait"`); more are rejected.
     pub queue: usize,
@@ -87,6 +90,7 @@ impl Default for WebConfig {
             token_file: None,
             trusted: vec!["127.0.0.0/8".into(), "::1/128".into()],
             hosts: Vec::new(),
+            max_conversations: 4,
             busy: Busy::Wait,
             queue: 4,
             max_connections: 32,
@@ -168,6 +172,7 @@ impl WebConfig {
             ),
             ("max_message_bytes", self.max_message_bytes, 4096, 16 << 20),
             ("queue", self.queue, 0, 1000),
+            ("max_conversations", self.max_conversations, 1, 64),
             ("input_queue_frames", self.input_queue_frames, 1, 100),
             ("output_queue_frames", self.output_queue_frames, 1, 1000),
         ] {

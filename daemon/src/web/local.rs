@@ -1,9 +1,11 @@
 //! A [`Backend`] that owns a model outright: what `moshid demo --web` serves (no room, no
-//! MQTT), and what the server's tests run against.
+//! MQTT), and what the server's tests run against. Each web session holds a conversation
+//! slot of one [`Hub`]: several sessions share the model's steps.
 
 use super::backend::{Backend, Control, DemoState, DeviceState, ModelInfo, Talk};
 use super::params::SessionSampling;
 use crate::engine::{Engine, SamplingOverride};
+use crate::hub::{Hub, HubConversation};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,8 +13,8 @@ use std::sync::{Arc, Mutex};
 /// The state the page shows.
 #[derive(Default)]
 struct Inner {
-    engine: Mutex<Option<Box<dyn Engine>>>,
-    client: Mutex<Option<SocketAddr>>,
+    /// The clients in a conversation, in the order they came.
+    clients: Mutex<Vec<SocketAddr>>,
     muted: AtomicBool,
     volume: AtomicU8,
     /// Last step time, ms, f32 bits.
@@ -22,22 +24,23 @@ struct Inner {
     dropped_output: AtomicU64,
 }
 
-/// A model served to one web session at a time.
+/// A model served to up to its hub's capacity of web sessions at once.
 pub struct LocalBackend {
+    hub: Hub,
     inner: Arc<Inner>,
     info: ModelInfo,
     voice: String,
 }
 
 impl LocalBackend {
-    /// Serves `engine`; `info` goes into the metadata.
-    pub fn new(engine: Box<dyn Engine>, info: ModelInfo, voice: &str, volume: u8) -> LocalBackend {
+    /// Serves `hub`'s model; `info` goes into the metadata.
+    pub fn new(hub: Hub, info: ModelInfo, voice: &str, volume: u8) -> LocalBackend {
         let inner = Inner {
-            engine: Mutex::new(Some(engine)),
             volume: AtomicU8::new(volume.min(100)),
             ..Inner::default()
         };
         LocalBackend {
+            hub,
             inner: Arc::new(inner),
             info,
             voice: voice.to_string(),
@@ -63,30 +66,33 @@ impl Backend for LocalBackend {
         self.info.clone()
     }
 
+    fn max_conversations(&self) -> usize {
+        self.hub.capacity()
+    }
+
     fn open(&self, peer: SocketAddr, s: SessionSampling) -> Result<Box<dyn Talk>, String> {
-        let mut engine = self
-            .inner
-            .engine
-            .lock()
-            .map_err(|_| "the model is unavailable".to_string())?
-            .take()
-            .ok_or_else(|| "busy: the model is in use".to_string())?;
-        engine.set_sampling(&sampling_override(&s));
-        engine.reset();
-        if let Ok(mut c) = self.inner.client.lock() {
-            *c = Some(peer);
+        let conv = self
+            .hub
+            .join(sampling_override(&s))
+            .map_err(|e| format!("busy: {}", e.0))?;
+        if let Ok(mut c) = self.inner.clients.lock() {
+            c.push(peer);
         }
         Ok(Box::new(LocalTalk {
-            engine: Some(engine),
+            conv,
             inner: self.inner.clone(),
+            peer,
         }))
     }
 
     fn state(&self) -> DeviceState {
         let i = &self.inner;
-        let client = i.client.lock().ok().and_then(|c| *c);
+        let clients = i.clients.lock().map(|c| c.clone()).unwrap_or_default();
+        let client = clients.first().copied();
         let step_ms = f32::from_bits(i.step_ms.load(Ordering::Relaxed)) as f64;
         DeviceState::Demo(DemoState {
+            conversations: clients.len(),
+            clients: clients.iter().map(|c| c.to_string()).collect(),
             phase: if client.is_some() {
                 "conversation"
             } else {
@@ -129,13 +135,13 @@ impl Backend for LocalBackend {
 }
 
 struct LocalTalk {
-    engine: Option<Box<dyn Engine>>,
+    conv: HubConversation,
     inner: Arc<Inner>,
+    peer: SocketAddr,
 }
 
 impl Talk for LocalTalk {
     fn step(&mut self, input: &[f32], output: &mut [f32], text: &mut String) -> Result<(), String> {
-        let engine = self.engine.as_mut().ok_or("no model")?;
         let silence;
         let heard = if self.inner.muted.load(Ordering::Relaxed) {
             silence = vec![0.0; input.len()];
@@ -144,7 +150,7 @@ impl Talk for LocalTalk {
             input
         };
         let t0 = std::time::Instant::now();
-        engine
+        self.conv
             .step(heard, output, text)
             .map_err(|e| e.to_string())?;
         let ms = t0.elapsed().as_secs_f32() * 1000.0;
@@ -164,11 +170,8 @@ impl Talk for LocalTalk {
 
 impl Drop for LocalTalk {
     fn drop(&mut self) {
-        if let Ok(mut e) = self.inner.engine.lock() {
-            *e = self.engine.take();
-        }
-        if let Ok(mut c) = self.inner.client.lock() {
-            *c = None;
+        if let Ok(mut c) = self.inner.clients.lock() {
+            c.retain(|p| *p != self.peer);
         }
     }
 }

@@ -82,6 +82,8 @@ impl WebServer {
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let scheme = if tls.is_some() { "https" } else { "http" };
+        // One permit per conversation the backend can hold at once.
+        let conversations = backend.max_conversations().max(1);
         let ctx = Arc::new(Ctx {
             site: Site::new(&cfg.hosts, tls.is_some()),
             conns: Conns::new(
@@ -96,7 +98,7 @@ impl WebServer {
             backend,
             token,
             trusted,
-            slot: Arc::new(Semaphore::new(1)),
+            slot: Arc::new(Semaphore::new(conversations)),
             waiting: AtomicUsize::new(0),
         });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
@@ -585,6 +587,8 @@ mod tests {
     fn the_demo_page_state_is_one_flat_object_with_the_page_keys() {
         let s = PageState {
             device: DeviceState::Demo(DemoState {
+                conversations: 0,
+                clients: vec![],
                 phase: "idle",
                 endpoint: None,
                 client: None,
@@ -602,6 +606,7 @@ mod tests {
         };
         let v = serde_json::to_value(&s).unwrap();
         let want = serde_json::json!({
+            "conversations": 0, "clients": [],
             "phase": "idle", "endpoint": null, "client": null, "voice": "moshiko",
             "muted": false, "volume": 70, "step_ms": 12.3, "rtf": 0.154, "steps": 9,
             "web_dropped_input": 1, "web_dropped_output": 2,

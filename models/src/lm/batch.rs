@@ -138,6 +138,16 @@ impl LmBatch {
         Ok(id)
     }
 
+    /// Restarts `id`'s conversation from a persona's prompted state (made on this batch's
+    /// model and context), with its sampling and RNG at the seed.
+    pub fn restore_prompted(
+        &mut self,
+        id: SlotId,
+        state: &super::PromptedState,
+    ) -> Result<(), LmError> {
+        self.slot_mut(id)?.restore(&state.snap)
+    }
+
     /// Ends the conversation in `id`; its slot (and KV memory) goes to the next to join.
     pub fn leave(&mut self, id: SlotId) -> Result<(), LmError> {
         self.slot_mut(id)?;
