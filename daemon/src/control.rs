@@ -99,6 +99,8 @@ pub struct Shared {
     pub step_stats: Histogram,
     epoch: std::time::Instant,
     text: Mutex<SharedText>,
+    /// The room's conversation as the kiosk screen shows it.
+    pub room: crate::room::RoomLog,
 }
 
 /// An allocation-free histogram of milliseconds (5 ms buckets up to 2.56 s).
@@ -267,6 +269,7 @@ impl Shared {
             latency_stats: Histogram::default(),
             step_stats: Histogram::default(),
             epoch: std::time::Instant::now(),
+            room: crate::room::RoomLog::default(),
             text: Mutex::new(SharedText {
                 voice: voice.to_string(),
                 endpoint: "room".into(),

@@ -18,6 +18,7 @@ mod moshi_engine;
 mod mqtt;
 mod notify;
 mod pipeline;
+mod room;
 mod service;
 mod sound;
 mod store;

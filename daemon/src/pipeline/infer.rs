@@ -360,6 +360,12 @@ impl InferLoop {
         }
     }
 
+    /// The level of what goes to the speaker, for the kiosk's speaking indicator.
+    fn record_output(&self, out: &[f32]) {
+        let rms = (out.iter().map(|x| x * x).sum::<f32>() / out.len().max(1) as f32).sqrt();
+        self.p.shared.room.record_output_rms(rms);
+    }
+
     /// The room's volume as a gain.
     fn gain(&self) -> f32 {
         self.p.shared.volume.load(Ordering::Relaxed) as f32 / 100.0
@@ -377,6 +383,7 @@ impl InferLoop {
             .as_ref()
             .is_some_and(super::sounds::Sounds::is_playing)
         {
+            self.p.shared.room.record_output_rms(0.0);
             return true;
         }
         let mut out = match self.out_buffer() {
@@ -390,6 +397,7 @@ impl InferLoop {
         if let Some(s) = self.sounds.as_mut() {
             s.mix(&mut out, gain);
         }
+        self.record_output(&out);
         if self.p.far_ref.is_none() {
             self.far.copy_from_slice(&out);
         }
@@ -459,6 +467,7 @@ impl InferLoop {
         if let Some(s) = self.sounds.as_mut() {
             s.mix(out, gain);
         }
+        self.record_output(out);
         if self.p.far_ref.is_none() {
             // Without the device's own reference, the far end is what was queued.
             self.far.copy_from_slice(out);

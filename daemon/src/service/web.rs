@@ -20,6 +20,8 @@ use std::time::Duration;
 pub(super) struct Web {
     server: Option<WebServer>,
     events: Option<EventTx>,
+    /// The room's transcript and wake count for the kiosk screen (`/api/room`).
+    room_events: Option<EventTx>,
     /// What the metadata message reports (the loaded model's files, the sampling).
     info: Arc<Mutex<ModelInfo>>,
 }
@@ -30,6 +32,7 @@ impl Web {
         let mut web = Web {
             server: None,
             events: None,
+            room_events: None,
             info: Arc::new(Mutex::new(ModelInfo::default())),
         };
         if !cfg.web.enabled {
@@ -47,6 +50,9 @@ impl Web {
             Ok((server, events)) => {
                 web.server = Some(server);
                 web.events = Some(events);
+                web.room_events = crate::room::spawn_recorder(shared.clone())
+                    .map_err(|e| log::error!("kiosk screen without transcript: {e}"))
+                    .ok();
                 shared.set_web_error(None);
             }
             Err(e) => {
@@ -58,9 +64,14 @@ impl Web {
         web
     }
 
-    /// Where the pipeline sends the web session's text and end.
-    pub fn events(&self) -> Option<EventTx> {
-        self.events.clone()
+    /// Where the pipeline sends the web session's text and end, and the room's for the
+    /// kiosk screen.
+    pub fn events(&self) -> Vec<EventTx> {
+        self.events
+            .iter()
+            .chain(&self.room_events)
+            .cloned()
+            .collect()
     }
 
     fn set_sampling(&self, cfg: &Config) {

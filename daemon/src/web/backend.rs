@@ -103,6 +103,15 @@ pub trait Backend: Send + Sync + 'static {
     /// Counts frames the web path dropped (oldest input when the model is behind, output a
     /// slow client could not take), for the state.
     fn count_dropped(&self, input: u64, output: u64);
+    /// The room's conversation for the kiosk screen from transcript piece `since` on
+    /// (None: this server has no room, as the offline demo).
+    fn room(&self, _since: u64) -> Option<crate::room::RoomView> {
+        None
+    }
+    /// Starts or stops the room's conversation (as `set/conversation`).
+    fn room_conversation(&self, _on: bool) -> Result<(), String> {
+        Err("this server has no room (the offline demo): use Talk for a browser session".into())
+    }
 }
 
 /// One session's hold on the model, used from that session's model thread.

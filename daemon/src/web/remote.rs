@@ -165,6 +165,14 @@ impl Backend for SupervisorBackend {
         self.send(Event::Command(cmd))
     }
 
+    fn room(&self, since: u64) -> Option<crate::room::RoomView> {
+        Some(self.shared.room.view(since))
+    }
+
+    fn room_conversation(&self, on: bool) -> Result<(), String> {
+        self.send(Event::Command(Command::Conversation(on)))
+    }
+
     fn count_dropped(&self, input: u64, output: u64) {
         let s = &self.shared;
         s.web_dropped_input.fetch_add(input, Ordering::Relaxed);

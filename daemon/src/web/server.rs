@@ -330,7 +330,10 @@ fn route(
     let pairs = params::pairs(req.uri().query());
     let path = req.uri().path().to_string();
     let asset = super::page::asset(&path);
-    let api = matches!(path.as_str(), "/api/chat" | "/api/state" | "/api/control");
+    let api = matches!(
+        path.as_str(),
+        "/api/chat" | "/api/state" | "/api/control" | "/api/room"
+    );
     if asset.is_none() && !api {
         return text(StatusCode::NOT_FOUND, "not found\n");
     }
@@ -356,6 +359,8 @@ fn route(
         (&Method::GET, "/api/chat") => chat(req, peer, ctx, &pairs, admission),
         (&Method::GET, "/api/state") => state(&ctx),
         (&Method::POST, "/api/control") => control(&ctx, &pairs),
+        (&Method::GET, "/api/room") => room(&ctx, &pairs),
+        (&Method::POST, "/api/room") => room_control(&ctx, &pairs),
         _ => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
     }
 }
@@ -411,6 +416,45 @@ fn state(ctx: &Ctx) -> Response<Body> {
             "text/plain",
             format!("state: {e}"),
         ),
+    }
+}
+
+/// `GET /api/room?since=N`: the room's conversation for the kiosk screen.
+fn room(ctx: &Ctx, pairs: &[(String, String)]) -> Response<Body> {
+    let since = pairs
+        .iter()
+        .find(|(k, _)| k == "since")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let Some(view) = ctx.backend.room(since) else {
+        let why = "no room here (the offline demo serves browser sessions only)\n";
+        return text(StatusCode::NOT_FOUND, why);
+    };
+    match serde_json::to_string(&view) {
+        Ok(body) => respond(StatusCode::OK, "application/json", body),
+        Err(e) => respond(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("room: {e}"),
+        ),
+    }
+}
+
+/// `POST /api/room?conversation=1|0`: starts or stops the room's conversation (the kiosk's
+/// Talk and Stop).
+fn room_control(ctx: &Ctx, pairs: &[(String, String)]) -> Response<Body> {
+    let want = pairs.iter().find(|(k, _)| k == "conversation");
+    let on = match want.map(|(_, v)| v.trim().to_ascii_lowercase()).as_deref() {
+        Some("1" | "on" | "true") => true,
+        Some("0" | "off" | "false") => false,
+        _ => {
+            let why = "POST /api/room needs conversation=1 (start) or conversation=0 (stop)\n";
+            return text(StatusCode::BAD_REQUEST, why);
+        }
+    };
+    match ctx.backend.room_conversation(on) {
+        Ok(()) => room(ctx, &[]),
+        Err(e) => text(StatusCode::BAD_REQUEST, &format!("{e}\n")),
     }
 }
 

@@ -5,11 +5,14 @@
 
 const $ = (id) => document.getElementById(id);
 const query = new URLSearchParams(location.search);
-if (query.get('kiosk') === '1') document.body.classList.add('kiosk');
+const kiosk = query.get('kiosk') === '1';
+if (kiosk) document.body.classList.add('kiosk');
 
 // What the browser test reads.
 const stats = window.moshidStats = {
   handshake: false, metadata: null, text: '', played: 0, energy: 0, sent: 0, errors: [],
+  // The kiosk: the room's state as shown, and the wake-word flashes.
+  room: null, indicator: '', flashes: 0,
 };
 
 // ---- Ogg ---------------------------------------------------------------------------------
@@ -285,6 +288,12 @@ function show(st) {
     for (const v of voices) sel.add(new Option(v, v));
   }
   sel.value = st.voice;
+  if (kiosk) {
+    room.phase = st.phase;
+    room.input = st.input_dbfs;
+    room.wakeWord = st.wake_word || null;
+    indicate();
+  }
 }
 
 async function poll() {
@@ -292,12 +301,83 @@ async function poll() {
     const r = await fetch('/api/state');
     if (r.ok) show(await r.json());
   } catch (_) { /* the device is restarting: try again */ }
-  setTimeout(poll, 1000);
+  setTimeout(poll, kiosk ? 500 : 1000);
 }
 
-$('talk').onclick = () => start().catch((e) => { say(String(e)); stop(); });
-$('stop').onclick = () => stop();
+// ---- the kiosk: the room's conversation (/api/room) -----------------------------------------
+const room = { since: 0, conversation: null, wakes: null, phase: 'loading', input: -120,
+  output: -120, wakeWord: null, here: true };
+// Above this output level Moshi is speaking (dBFS; silence is -120, speech around -30).
+const SPEAKING_DBFS = -50;
+
+async function roomPoll() {
+  try {
+    const r = await fetch('/api/room?since=' + room.since);
+    if (r.ok) showRoom(await r.json());
+    else if (r.status === 404) { room.here = false; say('No room on this server: Talk starts a browser session.'); }
+  } catch (_) { /* the device is restarting: try again */ }
+  if (room.here) setTimeout(roomPoll, 250);
+}
+
+function showRoom(v) {
+  const t = $('transcript');
+  if (v.conversation !== room.conversation) { t.textContent = ''; room.conversation = v.conversation; }
+  if (v.text) {
+    t.textContent = (t.textContent + v.text).slice(-4000);
+    t.scrollTop = 1e9;
+  }
+  room.since = v.next;
+  if (room.wakes !== null && v.wakes > room.wakes) flash();
+  room.wakes = v.wakes;
+  room.output = v.output_dbfs;
+  stats.room = v;
+  indicate();
+}
+
+function wakeName(w) { return w.split('_').map((x) => x.charAt(0).toUpperCase() + x.slice(1)).join(' '); }
+
+// Who speaks, from the phase and the levels; Talk and Stop follow the phase.
+function indicate() {
+  if (!room.here) return;
+  const live = room.phase === 'conversation';
+  let text = room.wakeWord ? 'Say \u201c' + wakeName(room.wakeWord) + '\u201d or press Talk' : 'Press Talk to start';
+  let cls = 'idle';
+  if (room.phase === 'loading' || room.phase === 'error') text = room.phase === 'error' ? 'Error: see the device' : 'Starting...';
+  else if (live && room.output > SPEAKING_DBFS) { text = 'Moshi is speaking'; cls = 'speaking'; }
+  else if (live) { text = 'Listening'; cls = 'listening'; }
+  const el = $('indicator');
+  el.textContent = text;
+  el.className = 'indicator ' + cls;
+  stats.indicator = cls;
+  $('talk').disabled = live; $('stop').disabled = !live;
+  const level = cls === 'speaking' ? room.output : room.input;
+  $('level').style.width = Math.max(0, Math.min(100, (level + 60) * 100 / 60)) + '%';
+}
+
+function flash() {
+  const f = $('flash');
+  f.classList.add('on');
+  stats.flashes++;
+  setTimeout(() => f.classList.remove('on'), 1200);
+}
+
+async function roomControl(on) {
+  try {
+    const r = await fetch('/api/room?conversation=' + (on ? 1 : 0), { method: 'POST' });
+    if (!r.ok) { say(await r.text()); return; }
+    say('');
+    room.phase = on ? 'conversation' : 'idle';
+    indicate();
+  } catch (e) { say('the device did not answer: ' + e); }
+}
+
+$('talk').onclick = () => {
+  if (kiosk && room.here) { roomControl(true); return; }
+  start().catch((e) => { say(String(e)); stop(); });
+};
+$('stop').onclick = () => { if (kiosk && room.here) roomControl(false); else stop(); };
 $('mute').onclick = () => control('mute=' + ($('mute').dataset.muted === '1' ? '0' : '1'));
 $('volume').onchange = () => control('volume=' + $('volume').value);
 $('voice').onchange = () => control('voice=' + encodeURIComponent($('voice').value));
 poll();
+if (kiosk) roomPoll();
