@@ -314,9 +314,17 @@ async function roomPoll() {
   try {
     const r = await fetch('/api/room?since=' + room.since);
     if (r.ok) showRoom(await r.json());
-    else if (r.status === 404) { room.here = false; say('No room on this server: Talk starts a browser session.'); }
+    else if (r.status === 404) noRoom();
   } catch (_) { /* the device is restarting: try again */ }
   if (room.here) setTimeout(roomPoll, 250);
+}
+
+// The offline demo has no room: the kiosk's Talk and Stop run a browser session as elsewhere.
+function noRoom() {
+  room.here = false;
+  document.body.classList.add('no-room');
+  $('talk').disabled = !!session; $('stop').disabled = !session;
+  say('No room on this server: Talk starts a browser session.');
 }
 
 function showRoom(v) {
