@@ -211,6 +211,8 @@ impl Slot {
 
     fn park(&mut self, engine: Box<dyn Engine>, e: anyhow::Error) -> anyhow::Result<()> {
         self.parked = Some(engine);
+        // No pipeline: nothing listens for the wake word.
+        self.shared.set_wake_word(None);
         Err(e)
     }
 
@@ -278,6 +280,7 @@ impl Slot {
         if let Some(p) = self.pipeline.take() {
             self.parked = p.stop(Duration::from_millis(200));
         }
+        self.shared.set_wake_word(None);
         if self.shared.phase() != Phase::Error {
             self.shared.set_error("audio pipeline stopped");
         }
