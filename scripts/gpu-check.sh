@@ -11,7 +11,8 @@
 #       lines to DIR/gpu-check.jsonl (DIR defaults to $OUT): nvidia-smi facts, GPU copy
 #       bandwidth (torch), Mimi and LM parity vs the committed references in f32/bf16/f16,
 #       `bench lm` on 7B-shaped random q8_0/q4_0 GGUF and bf16 safetensors (short and full
-#       window, achieved GB/s), `bench mimi`, the demo pipeline. Each part is time-boxed;
+#       window, achieved GB/s; and batches of 4 and 8 conversations), `bench mimi`, the demo
+#       pipeline. Each part is time-boxed;
 #       what finished is written even when the budget (default 450 s) runs out.
 #   scripts/gpu-check.sh --device cpu [--bin PATH] [--quick]
 #       The same sequence with the CPU binary (default target/release/moshid); --quick uses
@@ -260,6 +261,11 @@ for ty in q8_0 q4_0 bf16; do
   for full in "" --full-context; do
     bw=(); [ "$device" = cpu ] && [ $quick = 0 ] && bw=(--bandwidth)
     run bench-lm 90 "$bin" bench lm --lm "$f" --device "$device" --steps $steps $full "${bw[@]}" "${lmcfg[@]}" || true
+  done
+  # Batched conversations: the whole batch's step at B = 4 and 8 (B = 1 is above), short
+  # window; step(B)/step(1) is what one GPU gains per conversation served at once.
+  for b in 4 8; do
+    run bench-lm-batch 90 "$bin" bench lm --lm "$f" --device "$device" --steps $steps --batch $b "${lmcfg[@]}" || true
   done
   rm -f "$f"
 done
