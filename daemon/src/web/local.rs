@@ -7,7 +7,7 @@ use super::params::SessionSampling;
 use crate::engine::{Engine, SamplingOverride};
 use crate::hub::{Hub, HubConversation};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The state the page shows.
@@ -17,9 +17,6 @@ struct Inner {
     clients: Mutex<Vec<SocketAddr>>,
     muted: AtomicBool,
     volume: AtomicU8,
-    /// Last step time, ms, f32 bits.
-    step_ms: AtomicU32,
-    steps: AtomicU64,
     dropped_input: AtomicU64,
     dropped_output: AtomicU64,
 }
@@ -75,6 +72,12 @@ impl Backend for LocalBackend {
             .hub
             .join(sampling_override(&s))
             .map_err(|e| format!("busy: {}", e.0))?;
+        log::info!(
+            "web: {peer}: conversation slot {} of {} ({})",
+            conv.slot(),
+            self.hub.capacity(),
+            self.hub.describe()
+        );
         if let Ok(mut c) = self.inner.clients.lock() {
             c.push(peer);
         }
@@ -89,9 +92,11 @@ impl Backend for LocalBackend {
         let i = &self.inner;
         let clients = i.clients.lock().map(|c| c.clone()).unwrap_or_default();
         let client = clients.first().copied();
-        let step_ms = f32::from_bits(i.step_ms.load(Ordering::Relaxed)) as f64;
+        // The model's batched step (all conversations of the round), not a session's wait.
+        let stats = self.hub.stats();
+        let step_ms = stats.last_step_us.load(Ordering::Relaxed) as f64 / 1000.0;
         DeviceState::Demo(DemoState {
-            conversations: clients.len(),
+            conversations: self.hub.stats().active.load(Ordering::Relaxed),
             clients: clients.iter().map(|c| c.to_string()).collect(),
             phase: if client.is_some() {
                 "conversation"
@@ -105,7 +110,7 @@ impl Backend for LocalBackend {
             volume: i.volume.load(Ordering::Relaxed),
             step_ms: (step_ms * 10.0).round() / 10.0,
             rtf: (step_ms / 80.0 * 1000.0).round() / 1000.0,
-            steps: i.steps.load(Ordering::Relaxed),
+            steps: stats.steps.load(Ordering::Relaxed),
             web_dropped_input: i.dropped_input.load(Ordering::Relaxed),
             web_dropped_output: i.dropped_output.load(Ordering::Relaxed),
         })
@@ -149,13 +154,9 @@ impl Talk for LocalTalk {
         } else {
             input
         };
-        let t0 = std::time::Instant::now();
         self.conv
             .step(heard, output, text)
             .map_err(|e| e.to_string())?;
-        let ms = t0.elapsed().as_secs_f32() * 1000.0;
-        self.inner.step_ms.store(ms.to_bits(), Ordering::Relaxed);
-        self.inner.steps.fetch_add(1, Ordering::Relaxed);
         let gain = self.inner.volume.load(Ordering::Relaxed) as f32 / 100.0;
         for s in output.iter_mut() {
             *s = (*s * gain).clamp(-1.0, 1.0);

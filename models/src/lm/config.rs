@@ -364,7 +364,9 @@ impl LmConfig {
         if self.hidden() == 0 || self.depformer_hidden() == 0 {
             return bad("hidden_scale gives an empty feed-forward layer".into());
         }
-        if !self.dim.is_multiple_of(self.num_heads) || !(self.dim / self.num_heads).is_multiple_of(2) {
+        if !self.dim.is_multiple_of(self.num_heads)
+            || !(self.dim / self.num_heads).is_multiple_of(2)
+        {
             return bad(format!(
                 "dim {} must split into an even head size over {} heads",
                 self.dim, self.num_heads

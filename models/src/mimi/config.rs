@@ -188,7 +188,10 @@ impl MimiConfig {
                 t.d_model, s.dimension
             ));
         }
-        if t.num_heads == 0 || !t.d_model.is_multiple_of(t.num_heads) || !(t.d_model / t.num_heads).is_multiple_of(2) {
+        if t.num_heads == 0
+            || !t.d_model.is_multiple_of(t.num_heads)
+            || !(t.d_model / t.num_heads).is_multiple_of(2)
+        {
             return bad("transformer.d_model must split into an even head size".into());
         }
         if t.context == 0 {
