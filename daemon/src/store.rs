@@ -90,14 +90,6 @@ pub enum StoreError {
     /// Building the demo model failed.
     #[error(transparent)]
     Demo(#[from] crate::demo_model::DemoError),
-    /// A downloaded LM whose header cannot be read.
-    #[error("{path}: {message} (delete it from the model cache to download it again)")]
-    HubModel {
-        /// The downloaded LM file.
-        path: PathBuf,
-        /// What was wrong.
-        message: String,
-    },
     /// A configuration JSON next to the weights is unreadable or invalid.
     #[error("{path}: {message} (check [model.local] lm_config / mimi_config)")]
     Config {
@@ -190,11 +182,16 @@ pub fn resolve(
                 |f: &str| fetch_file(&hub, &client, preset, f, cfg.model.offline, progress);
             let lm = get(&preset.lm_file)?;
             // Moshi, or PersonaPlex (a ninth depth step, or dep_q 16 in a GGUF's metadata).
-            let lm_config =
-                LmConfig::for_checkpoint(None, &lm).map_err(|e| StoreError::HubModel {
-                    path: lm.clone(),
-                    message: e.to_string(),
-                })?;
+            // A file whose header cannot be read here keeps the preset's Moshi shape: fetching
+            // needs no parse, and loading it reports what is wrong with the file.
+            let lm_config = LmConfig::for_checkpoint(None, &lm).unwrap_or_else(|e| {
+                log::warn!(
+                    "{}: cannot tell Moshi from PersonaPlex ({e}); assuming Moshi 7B (delete \
+                     the file from the model cache if it is damaged)",
+                    lm.display()
+                );
+                LmConfig::v0_1()
+            });
             let label = if lm_config.is_personaplex() {
                 "PersonaPlex"
             } else {
