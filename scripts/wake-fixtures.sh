@@ -22,10 +22,11 @@ cp "$lic" "$root/models/wake/LICENSE"
 
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-# say NAME VOICE TEXT: espeak-ng at its rate, then 16 kHz 16-bit mono with 0.5 s of silence around.
+# say NAME VOICE TEXT: espeak-ng at its rate, then 16 kHz 16-bit mono with 0.5 s of silence around
+# (sox -D: no dither; -R: the noise from a fixed seed; so that a rerun gives the same bytes).
 say() {
   espeak-ng -v "$2" -w "$tmp/$1.wav" "$3"
-  sox "$tmp/$1.wav" -r 16000 -b 16 -c 1 "$out/$1.wav" pad 0.5 0.5
+  sox -D "$tmp/$1.wav" -r 16000 -b 16 -c 1 "$out/$1.wav" pad 0.5 0.5
 }
 say pos_okay_nabu_en-us en-us "Okay Nabu, turn on the lights."
 say pos_okay_nabu_en-gb en-gb "Okay Nabu, what time is it?"
@@ -37,5 +38,11 @@ say pos_hey_jarvis_en-gb en-gb "Hey Jarvis."
 say neg_sentence_en-us en-us "The weather is nice today, let us go for a walk."
 say neg_sentence_en-gb en-gb "Please put the kettle on and close the window."
 # Noise: two seconds of pink noise at a moderate level, then a quieter white noise.
-sox -n -r 16000 -b 16 -c 1 "$out/neg_noise.wav" synth 2 pinknoise vol 0.3 : synth 1 whitenoise vol 0.05
+sox -D -R -n -r 16000 -b 16 -c 1 "$out/neg_noise.wav" synth 2 pinknoise vol 0.3 : synth 1 whitenoise vol 0.05
+# Moshi's own voice: the offline demo model's reply (random weights, fixed seed) to its spoken
+# input, as the room's speaker plays it; it must not wake anything. Needs the built binary.
+moshid="${MOSHID:-$root/target/release/moshid}"
+"$moshid" demo --fast --seconds 4 --cache-dir "$tmp/cache" --output "$tmp/moshi.wav" \
+  --transcript "$tmp/moshi.jsonl" >/dev/null
+sox -D "$tmp/moshi.wav" -r 16000 -b 16 -c 1 "$out/neg_moshi_demo.wav"
 "$venv/bin/python" "$root/models/tests/fixtures/gen_wake.py" "$out"
