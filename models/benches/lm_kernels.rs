@@ -8,7 +8,14 @@
 use candle_core::{Device, Tensor};
 
 /// Median and best GB/s of `f` over 30 runs (after 3 warm-ups) in a pool of `threads`.
-fn rate(threads: usize, bytes: usize, mut f: impl FnMut() + Send) -> (f64, f64) {
+fn rate(threads: usize, bytes: usize, f: impl FnMut() + Send) -> (f64, f64) {
+    let times = times_ms(threads, f);
+    let gbps = |ms: f64| bytes as f64 / (ms / 1e3) / 1e9;
+    (gbps(times[times.len() / 2]), gbps(times[0]))
+}
+
+/// Milliseconds of 30 runs of `f` (after 3 warm-ups) in a pool of `threads`, sorted.
+fn times_ms(threads: usize, mut f: impl FnMut() + Send) -> Vec<f64> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
@@ -21,13 +28,12 @@ fn rate(threads: usize, bytes: usize, mut f: impl FnMut() + Send) -> (f64, f64) 
             .map(|_| {
                 let t = std::time::Instant::now();
                 f();
-                t.elapsed().as_secs_f64()
+                t.elapsed().as_secs_f64() * 1e3
             })
             .collect::<Vec<_>>()
     });
     times.sort_by(f64::total_cmp);
-    let gbps = |s: f64| bytes as f64 / s / 1e9;
-    (gbps(times[times.len() / 2]), gbps(times[0]))
+    times
 }
 
 fn main() {
@@ -63,24 +69,8 @@ fn attention() {
 }
 
 /// Milliseconds (median of 30 after 3 warm-ups) of `f` in a pool of `threads`.
-fn millis(threads: usize, mut f: impl FnMut() + Send) -> f64 {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .expect("thread pool");
-    let mut times = pool.install(|| {
-        for _ in 0..3 {
-            f();
-        }
-        (0..30)
-            .map(|_| {
-                let t = std::time::Instant::now();
-                f();
-                t.elapsed().as_secs_f64() * 1e3
-            })
-            .collect::<Vec<_>>()
-    });
-    times.sort_by(f64::total_cmp);
+fn millis(threads: usize, f: impl FnMut() + Send) -> f64 {
+    let times = times_ms(threads, f);
     times[times.len() / 2]
 }
 

@@ -17,6 +17,12 @@ fn cfg() -> LmConfig {
     LmConfig::from_json_file(&fixtures().join("config.json")).unwrap()
 }
 
+/// The fixture model in f32 on the CPU.
+fn f32_model() -> LmModel {
+    let path = fixtures().join("model_candle.safetensors");
+    LmModel::load(&path, &cfg(), None, &Device::Cpu).unwrap()
+}
+
 fn greedy() -> Sampling {
     Sampling {
         greedy: true,
@@ -141,14 +147,7 @@ fn check(model: LmModel, what: &str) -> f32 {
 
 #[test]
 fn f32_slots_match_their_conversations_alone() {
-    let m = LmModel::load(
-        &fixtures().join("model_candle.safetensors"),
-        &cfg(),
-        None,
-        &Device::Cpu,
-    )
-    .unwrap();
-    check(m, "f32 (candle matmuls)");
+    check(f32_model(), "f32 (candle matmuls)");
 }
 
 #[test]
@@ -172,13 +171,7 @@ fn quantized_slots_match_bit_for_bit_on_the_cpu_kernel() {
 
 #[test]
 fn stale_ids_and_bad_frames_cost_only_their_own_slot() {
-    let m = LmModel::load(
-        &fixtures().join("model_candle.safetensors"),
-        &cfg(),
-        None,
-        &Device::Cpu,
-    )
-    .unwrap();
+    let m = f32_model();
     let mut b = LmBatch::new(m, 2, 100).unwrap();
     let a = b.join(greedy()).unwrap();
     let gone = b.join(greedy()).unwrap();
