@@ -2,6 +2,10 @@
 //! maybe a piece of text out. The pipeline knows nothing else about the models, which
 //! keeps it testable with a scripted engine.
 
+mod join;
+
+pub use join::{JoinRequest, Persona};
+
 /// Errors from a model step.
 #[derive(Debug, thiserror::Error)]
 #[error("model step failed: {0}")]
@@ -62,8 +66,9 @@ pub struct BatchFrame<'a> {
 pub trait BatchModel: Send {
     /// Slots in all.
     fn capacity(&self) -> usize;
-    /// Starts a conversation in a free slot with this sampling; its slot number.
-    fn join(&mut self, s: &SamplingOverride) -> Result<usize, EngineError>;
+    /// Starts a conversation in a free slot with this sampling and persona; its slot
+    /// number.
+    fn join(&mut self, r: &JoinRequest) -> Result<usize, EngineError>;
     /// Ends the conversation in `slot` (the slot becomes free).
     fn leave(&mut self, slot: usize);
     /// Restarts the conversation in `slot`.

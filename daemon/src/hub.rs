@@ -12,7 +12,7 @@
 //! whose client stalls costs only its own frames. Buffers travel with the messages and
 //! come back with the replies, so a steady state allocates nothing per frame.
 
-use crate::engine::{BatchFrame, BatchModel, Engine, EngineError, SamplingOverride};
+use crate::engine::{BatchFrame, BatchModel, Engine, EngineError, JoinRequest, SamplingOverride};
 use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -45,7 +45,7 @@ impl Timing {
 /// What the scheduler is asked.
 enum Msg {
     Join {
-        sampling: SamplingOverride,
+        request: JoinRequest,
         reply: Sender<Result<usize, EngineError>>,
     },
     Leave(usize),
@@ -125,12 +125,13 @@ impl Hub {
         &self.stats
     }
 
-    /// A new conversation in a free slot; an error when all are taken.
-    pub fn join(&self, sampling: SamplingOverride) -> Result<HubConversation, EngineError> {
+    /// A new conversation in a free slot, with the request's sampling and persona; an error
+    /// when all are taken. (`hub.join(sampling.into())` for sampling alone.)
+    pub fn join(&self, request: JoinRequest) -> Result<HubConversation, EngineError> {
         let (reply, answer) = bounded(1);
         let gone = || EngineError("the model is not running".into());
         self.tx
-            .send(Msg::Join { sampling, reply })
+            .send(Msg::Join { request, reply })
             .map_err(|_| gone())?;
         let slot = answer.recv_timeout(STEP_WAIT).map_err(|_| gone())??;
         let (rtx, rrx) = bounded(1);
@@ -305,8 +306,8 @@ impl Scheduler {
     /// Applies one message; `None` on Stop, `Some(true)` when it was a frame.
     fn handle(&mut self, msg: Msg) -> Option<Option<()>> {
         match msg {
-            Msg::Join { sampling, reply } => {
-                let r = self.model.join(&sampling);
+            Msg::Join { request, reply } => {
+                let r = self.model.join(&request);
                 if let Ok(slot) = r {
                     self.active[slot] = true;
                     self.stats.active.fetch_add(1, Ordering::Relaxed);

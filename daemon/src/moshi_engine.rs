@@ -1,7 +1,7 @@
 //! The real engine: Mimi encode -> Moshi LM step -> Mimi decode, plus text pieces.
 
 use crate::config::Config;
-use crate::engine::{BatchFrame, BatchModel, Engine, EngineError, SamplingOverride};
+use crate::engine::{BatchFrame, BatchModel, Engine, EngineError, JoinRequest, SamplingOverride};
 use crate::model_spec::ModelSpec;
 use anyhow::Context;
 use moshid_models::lm::{LmBatch, LmGen, LmModel, StepOut};
@@ -37,7 +37,7 @@ pub struct MoshiEngine {
 /// Loads `spec` with the config's device, dtype, context and sampling, for one conversation.
 pub fn load(spec: &ModelSpec, cfg: &Config) -> anyhow::Result<Box<dyn Engine>> {
     let mut batch = load_batch(spec, cfg, 1)?;
-    let slot = batch.join(&SamplingOverride::default())?;
+    let slot = batch.join(&JoinRequest::default())?;
     Ok(Box::new(MoshiEngine { batch, slot }))
 }
 

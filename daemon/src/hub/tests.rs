@@ -16,7 +16,7 @@ impl BatchModel for Scripted {
     fn capacity(&self) -> usize {
         self.cap
     }
-    fn join(&mut self, _: &SamplingOverride) -> Result<usize, EngineError> {
+    fn join(&mut self, _: &JoinRequest) -> Result<usize, EngineError> {
         let i = self.taken.iter().position(|t| !t);
         let i = i.ok_or_else(|| EngineError(format!("all {} slots are taken", self.cap)))?;
         self.taken[i] = true;
@@ -83,7 +83,7 @@ fn conversations_that_arrive_together_share_one_step_and_get_their_own_replies()
     // known exactly whatever the machine's load.
     let (h, batches) = hub(4, None, Duration::from_secs(10));
     let cs: Vec<_> = (0..3)
-        .map(|_| h.join(SamplingOverride::default()).unwrap())
+        .map(|_| h.join(JoinRequest::default()).unwrap())
         .collect();
     let threads: Vec<_> = cs
         .into_iter()
@@ -102,8 +102,8 @@ fn conversations_that_arrive_together_share_one_step_and_get_their_own_replies()
 #[test]
 fn a_conversation_without_a_frame_is_masked_and_never_blocks_the_others() {
     let (h, batches) = hub(3, None, Duration::from_millis(20));
-    let _silent = h.join(SamplingOverride::default()).unwrap();
-    let c = h.join(SamplingOverride::default()).unwrap();
+    let _silent = h.join(JoinRequest::default()).unwrap();
+    let c = h.join(JoinRequest::default()).unwrap();
     let c = talk(c, 2.0, 4);
     let b = batches.lock().unwrap().clone();
     assert_eq!(b, vec![vec![c.slot()]; 4]);
@@ -112,25 +112,25 @@ fn a_conversation_without_a_frame_is_masked_and_never_blocks_the_others() {
 #[test]
 fn slots_are_counted_refused_when_full_and_freed_on_drop() {
     let (h, _) = hub(2, None, Duration::from_millis(5));
-    let a = h.join(SamplingOverride::default()).unwrap();
-    let b = h.join(SamplingOverride::default()).unwrap();
+    let a = h.join(JoinRequest::default()).unwrap();
+    let b = h.join(JoinRequest::default()).unwrap();
     assert_eq!(h.stats().active.load(Ordering::Relaxed), 2);
-    let e = h.join(SamplingOverride::default()).err().expect("full");
+    let e = h.join(JoinRequest::default()).err().expect("full");
     assert!(e.to_string().contains("all 2"), "{e}");
     drop(a);
-    let c = h.join(SamplingOverride::default()).unwrap();
+    let c = h.join(JoinRequest::default()).unwrap();
     assert_ne!(c.slot(), b.slot());
     drop((b, c));
     // Leave is a message: the next join sees both slots free.
-    let _d = h.join(SamplingOverride::default()).unwrap();
-    let _e = h.join(SamplingOverride::default()).unwrap();
+    let _d = h.join(JoinRequest::default()).unwrap();
+    let _e = h.join(JoinRequest::default()).unwrap();
 }
 
 #[test]
 fn a_failing_conversation_costs_only_its_own_frames() {
     let (h, _) = hub(2, Some(0), Duration::from_secs(10));
-    let mut bad = h.join(SamplingOverride::default()).unwrap();
-    let good = h.join(SamplingOverride::default()).unwrap();
+    let mut bad = h.join(JoinRequest::default()).unwrap();
+    let good = h.join(JoinRequest::default()).unwrap();
     assert_eq!(bad.slot(), 0);
     let t = std::thread::spawn(move || talk(good, 3.0, 3));
     let (mut out, mut text) = (vec![1.0; 4], String::new());
@@ -144,7 +144,7 @@ fn a_failing_conversation_costs_only_its_own_frames() {
 #[test]
 fn a_stopped_hub_fails_steps_instead_of_wedging() {
     let (h, _) = hub(1, None, Duration::from_millis(5));
-    let mut c = h.join(SamplingOverride::default()).unwrap();
+    let mut c = h.join(JoinRequest::default()).unwrap();
     drop(h);
     let (mut out, mut text) = (vec![0.0; 4], String::new());
     assert!(c.step(&[0.0; 4], &mut out, &mut text).is_err());

@@ -4,7 +4,7 @@
 //! [`super::MoshiEngine`] is this with one slot.
 
 use super::decode;
-use crate::engine::{BatchFrame, BatchModel, EngineError, SamplingOverride};
+use crate::engine::{BatchFrame, BatchModel, EngineError, JoinRequest, SamplingOverride};
 use moshid_models::lm::{LmBatch, PromptedState, Sampling, SlotId, StepOut};
 use moshid_models::mimi::Mimi;
 use moshid_models::tokenizer::{StreamState, TextTokenizer};
@@ -19,6 +19,8 @@ pub(super) struct SlotState {
     codes: Vec<u32>,
     /// With `overlap`, the LM's last frame, decoded during the next step.
     pub(super) pending: Option<StepOut>,
+    /// The persona this conversation asked for (restored at each reset); None: the model's.
+    persona: Option<Arc<PromptedState>>,
 }
 
 /// Several conversations over one model.
@@ -83,10 +85,12 @@ impl MoshiBatch {
             .ok_or_else(|| EngineError(format!("conversation slot {slot} is not taken")))
     }
 
-    /// Starts the LM side of a conversation in `slot` from step 0 (or the persona's state).
+    /// Starts the LM side of a conversation in `slot` from step 0 (or the persona's state:
+    /// the slot's own, else the model's).
     fn restart_lm(&mut self, slot: usize) -> Result<(), EngineError> {
         let id = self.id(slot)?;
-        let restored = match &self.prompted {
+        let own = self.slots[slot].as_ref().and_then(|s| s.persona.clone());
+        let restored = match own.as_deref().or(self.prompted.as_ref()) {
             Some(p) => self.lm.restore_prompted(id, p).map_err(|e| {
                 log::warn!("persona state not restored ({e}): starting without it");
             }),
@@ -155,13 +159,18 @@ impl BatchModel for MoshiBatch {
         self.slots.len()
     }
 
-    fn join(&mut self, o: &SamplingOverride) -> Result<usize, EngineError> {
+    fn join(&mut self, r: &JoinRequest) -> Result<usize, EngineError> {
+        let o = &r.sampling;
         let sampling = self.sampling_for(o);
-        let id = match &self.prompted {
+        let own = r.persona.as_ref().map(|p| p.state.clone());
+        let id = match own.as_deref().or(self.prompted.as_ref()) {
             Some(p) => self.lm.join_prompted(p, sampling),
             None => self.lm.join(sampling),
         }
-        .map_err(|e| EngineError(e.to_string()))?;
+        .map_err(|e| match &r.persona {
+            Some(p) => EngineError(format!("persona {}: {e}", p.name)),
+            None => EngineError(e.to_string()),
+        })?;
         let slot = id.index();
         let state = self.slots[slot].get_or_insert_with(|| SlotState {
             id: None,
@@ -169,8 +178,10 @@ impl BatchModel for MoshiBatch {
             text_state: StreamState::default(),
             codes: vec![0; self.mimi.num_codebooks()],
             pending: None,
+            persona: None,
         });
         state.id = Some(id);
+        state.persona = own;
         state.mimi.reset();
         state.text_state = StreamState::default();
         state.pending = None;
@@ -186,6 +197,7 @@ impl BatchModel for MoshiBatch {
         }
         if let Some(Some(s)) = self.slots.get_mut(slot) {
             s.id = None;
+            s.persona = None;
         }
     }
 
@@ -241,7 +253,7 @@ impl BatchModel for MoshiBatch {
 #[cfg(test)]
 mod tests {
     use crate::config::{Config, DeviceSpec};
-    use crate::engine::{Engine, SamplingOverride};
+    use crate::engine::{Engine, JoinRequest};
     use crate::hub::{Hub, Timing};
     use moshid_hal::FRAME_SAMPLES;
     use std::time::Duration;
@@ -304,7 +316,7 @@ mod tests {
         )
         .unwrap();
         let convs: Vec<_> = (0..3)
-            .map(|_| hub.join(SamplingOverride::default()).unwrap())
+            .map(|_| hub.join(JoinRequest::default()).unwrap())
             .collect();
         let together: Vec<_> = convs
             .into_iter()

@@ -70,7 +70,7 @@ impl Backend for LocalBackend {
     fn open(&self, peer: SocketAddr, s: SessionSampling) -> Result<Box<dyn Talk>, String> {
         let conv = self
             .hub
-            .join(sampling_override(&s))
+            .join(sampling_override(&s).into())
             .map_err(|e| format!("busy: {}", e.0))?;
         log::info!(
             "web: {peer}: conversation slot {} of {} ({})",
