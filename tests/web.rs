@@ -624,19 +624,26 @@ fn ogg_opus_voice(seconds: f32) -> Vec<u8> {
     buf
 }
 
-/// A WebSocket to 127.0.0.1:`port` whose socket takes almost nothing in: a client that
-/// never reads fills it at once, then the server's send buffer.
-fn ws_with_tiny_receive_buffer(port: u16) -> tungstenite::WebSocket<TcpStream> {
+/// A WebSocket to 127.0.0.1:`port` that holds the server's kernel buffers for it small: its
+/// receive buffer takes almost nothing in, and the MSS it announces (536) makes the server's
+/// send buffer small too (Linux sizes it from the peer's MSS: about 2.6 MB for loopback's
+/// 64 kB MSS, which absorbed ~750 of Moshi's frames, about 45 kB for 536). A client that
+/// never reads thus blocks the server's socket after a few dozen frames, on any machine.
+fn ws_with_tiny_buffers(port: u16) -> tungstenite::WebSocket<TcpStream> {
     use std::os::fd::{AsRawFd, FromRawFd};
+    let set = |fd, level, name, value: libc::c_int| {
+        let p = &value as *const libc::c_int as *const libc::c_void;
+        let n = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        let rc = unsafe { libc::setsockopt(fd, level, name, p, n) };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    };
     let tcp = unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
         assert!(fd >= 0);
-        let size: libc::c_int = 2048;
-        let p = &size as *const libc::c_int as *const libc::c_void;
-        let n = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, p, n);
         TcpStream::from_raw_fd(fd)
     };
+    set(tcp.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, 2048);
+    set(tcp.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_MAXSEG, 536);
     let sin = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: port.to_be(),
@@ -654,12 +661,21 @@ fn ws_with_tiny_receive_buffer(port: u16) -> tungstenite::WebSocket<TcpStream> {
         )
     };
     assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
-    // Sending stops (instead of hanging the test) once the server stops reading.
+    // Sending stops (instead of hanging the test) if the server stops reading.
     tcp.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
     let url = format!("ws://127.0.0.1:{port}/api/chat");
     tungstenite::client(url, tcp).expect("upgrade").0
 }
 
+/// Issue 24, item 6. A client that talks but never reads: the server's socket blocks after a
+/// few dozen frames (see [`ws_with_tiny_buffers`]) while the client keeps sending, so the read
+/// side's idle timeout cannot fire. With one conversation slot, the session must still end
+/// by itself (the write timeout: "the client read nothing for 2 s"), what the client could
+/// not take must be dropped and counted, and a new client must get its handshake while the
+/// stuck TCP connection stays open. Without the bounded output (a session that awaits
+/// `send()` on the path that reads, as before the fix) the read loop would sit in that send:
+/// no "read nothing" end, no drops counted, and the slot held until the stuck client closes,
+/// so the second client's handshake would not come; each assertion below fails then.
 #[test]
 fn a_client_that_never_reads_does_not_hold_the_conversation() {
     let _g = serial();
@@ -675,44 +691,63 @@ fn a_client_that_never_reads_does_not_hold_the_conversation() {
     let d = serve(
         dir.path(),
         &listen,
-        &["--no-tls", "--config", cfg.to_str().unwrap()],
+        &[
+            "--no-tls",
+            "--max-conversations",
+            "1",
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
     );
-    // It sends 60 s of audio at about ten times real time (the model keeps up, so Moshi
-    // answers every frame), never reads, then goes silent holding the connection open.
-    let mut stuck = ws_with_tiny_receive_buffer(port);
-    let audio = ogg_opus_voice(60.0);
+    // Up to 120 s of audio at about ten times real time (Moshi answers every frame), until
+    // the server ends the session; never a read.
+    let mut stuck = ws_with_tiny_buffers(port);
+    let audio = ogg_opus_voice(120.0);
     let chunks = audio.chunks(1000).count() as u32;
+    let mut sent = 0;
     for chunk in audio.chunks(1000) {
         let mut m = vec![1u8];
         m.extend_from_slice(chunk);
-        if stuck.send(Message::Binary(m.into())).is_err() {
-            break; // the server stopped reading: fine, it is the server's turn
+        if stuck.send(Message::Binary(m.into())).is_err() || d.log().contains("conversation ended")
+        {
+            break;
         }
-        std::thread::sleep(Duration::from_secs(6) / chunks);
+        sent += 1;
+        std::thread::sleep(Duration::from_secs(12) / chunks);
     }
-    // Another client gets the conversation (busy = "wait": its handshake comes once the
-    // stuck session is closed by the idle or write timeout), while that TCP stays open.
-    let wav = voice_wav(dir.path());
-    let url = format!("ws://{listen}/api/chat");
-    let talked = (0..3).find_map(|_| {
-        let (ok, j, err) = client(&["--url", &url, "--input", &wav, "--seconds", "1"]);
-        (ok && j["audio_s"].as_f64().unwrap_or(0.0) > 0.5)
-            .then_some(())
-            .or_else(|| {
-                eprintln!("client: {err} {j}");
-                None
-            })
-    });
     assert!(
-        talked.is_some(),
-        "the stuck client held the conversation:\n{}",
+        sent < chunks,
+        "the client sent everything and the session went on:\n{}",
         d.log()
     );
-    // What it could not take was dropped and counted, when the kernel's buffers filled
-    // (they hold several hundred of Moshi's frames on loopback, so not on every run).
+    // Ended by the write timeout while the client was still sending.
+    assert!(
+        wait_for(Duration::from_secs(10), || d
+            .log()
+            .contains("the client read nothing for 2 s")
+            .then_some(()))
+        .is_some(),
+        "the session did not end on the blocked write:\n{}",
+        d.log()
+    );
     let st = page_state(port);
-    eprintln!("web_dropped_output: {}", st["web_dropped_output"]);
-    // And the server closed it: reading drains what was queued, then ends.
+    let dropped = st["web_dropped_output"].as_u64().unwrap_or(0);
+    eprintln!("sent {sent} of {chunks} chunks; web_dropped_output {dropped}");
+    assert!(dropped > 0, "no output dropped: {st}");
+    // The stuck TCP connection is still open on our side (nothing read, nothing closed); a new
+    // client gets the one slot and its handshake.
+    let mut next = raw_ws(port);
+    next.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let first = next.read();
+    assert!(
+        matches!(&first, Ok(Message::Binary(b)) if b.first() == Some(&0)),
+        "no handshake for the next client ({first:?}):\n{}",
+        d.log()
+    );
+    let _ = next.close(None);
+    // And the server closed the stuck one: reading drains what was queued, then ends.
     stuck
         .get_mut()
         .set_read_timeout(Some(Duration::from_secs(30)))
