@@ -74,6 +74,27 @@ fn streaming_steps_do_not_allocate() {
         }
         let n = ALLOCS.load(Ordering::Relaxed) - before;
         assert_eq!(n, 0, "{dtype:?}: {n} allocations in 20 steady-state frames");
+
+        // Batched steps of two streams (inputs on the stack) allocate nothing either.
+        let (mut a, mut b) = (m.new_stream(), m.new_stream());
+        let (mut ca, mut cb) = (vec![0u32; 8], vec![0u32; 8]);
+        let (mut oa, mut ob) = (vec![0f32; 1920], vec![0f32; 1920]);
+        let mut batch_step = |a: &mut Mimi, b: &mut Mimi| {
+            Mimi::encode_step_batch(&mut [a, b], &[&pcm, &pcm], &mut [&mut ca, &mut cb]).unwrap();
+            Mimi::decode_step_batch(&mut [a, b], &[&ca, &cb], &mut [&mut oa, &mut ob]).unwrap();
+        };
+        for _ in 0..3 {
+            batch_step(&mut a, &mut b);
+        }
+        let before = ALLOCS.load(Ordering::Relaxed);
+        for _ in 0..20 {
+            batch_step(&mut a, &mut b);
+        }
+        let n = ALLOCS.load(Ordering::Relaxed) - before;
+        assert_eq!(
+            n, 0,
+            "{dtype:?}: {n} allocations in 20 batched steps of two streams"
+        );
     }
     std::fs::remove_dir_all(&dir).ok();
 }

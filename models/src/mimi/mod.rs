@@ -16,6 +16,7 @@ mod load;
 mod quantizer;
 mod random;
 mod seanet;
+mod streams;
 mod transformer;
 
 use std::path::PathBuf;
@@ -110,6 +111,14 @@ pub enum MimiError {
     /// Codes with the wrong count or out of range.
     #[error("invalid codes: {0}")]
     Codes(String),
+    /// One stream of a batched step was given a wrong input.
+    #[error("stream {stream} of the batch: {error}")]
+    Stream {
+        /// Index of the stream in the batch.
+        stream: usize,
+        /// What is wrong with its input.
+        error: Box<MimiError>,
+    },
     /// A tensor operation failed (device or internal error).
     #[error("Mimi computation failed: {0}")]
     Candle(#[from] candle_core::Error),
@@ -146,7 +155,9 @@ enum Engine {
     Candle(Box<CandleMimi>),
 }
 
-/// Mimi weights plus the encoder's and decoder's streaming state.
+/// Mimi weights plus the encoder's and decoder's streaming state: one stream. The weights
+/// are shared, never copied, by the clones and [`Mimi::new_stream`]s of a loaded model, and
+/// [`Mimi::encode_step_batch`] / [`Mimi::decode_step_batch`] step several such streams at once.
 #[derive(Debug, Clone)]
 pub struct Mimi {
     engine: Engine,
@@ -155,6 +166,8 @@ pub struct Mimi {
     frame_samples: usize,
     context_frames: usize,
     dtype: WeightDtype,
+    /// The candle path's key/value caches per stream (both transformers, at full context).
+    candle_kv_bytes: usize,
 }
 
 impl Mimi {
@@ -246,6 +259,12 @@ impl Mimi {
             frame_samples: cfg.frame_size(),
             context_frames: cfg.transformer.context.div_ceil(cfg.downsample_stride()),
             dtype: storage,
+            candle_kv_bytes: 2
+                * cfg.transformer.num_layers
+                * 2
+                * cfg.transformer.context
+                * cfg.transformer.d_model
+                * compute.size_in_bytes(),
         })
     }
 

@@ -25,6 +25,11 @@ impl KvRing {
         }
     }
 
+    /// Bytes held.
+    pub(crate) fn bytes(&self) -> usize {
+        (self.k.capacity() + self.v.capacity()) * 4
+    }
+
     /// Offset of position `p` of head `h`.
     fn at(&self, h: usize, p: usize) -> usize {
         (h * self.cap + p % self.cap) * self.dh

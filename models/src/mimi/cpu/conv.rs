@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use super::gemm::{dense, gemm, Epi};
+use super::gemm::{dense, gemm_jobs, Epi, Jobs, MAX_JOBS};
 use super::isa::Isa;
 use super::micro::Geom;
 use super::packed::{PackedMat, WeightDtype};
@@ -85,13 +85,18 @@ impl Conv {
         self.primed = false;
     }
 
+    /// Bytes of streaming state and buffers.
+    pub(crate) fn state_bytes(&self) -> usize {
+        self.buf.capacity() * 4
+    }
+
     /// Weight bytes.
     pub(crate) fn bytes(&self) -> usize {
         self.w.bytes()
     }
 
     /// The slot for the next `t_in` input rows (`[t_in, C_in]`); `t_in` must be a multiple of
-    /// the stride. Fill it, then call [`Conv::run`].
+    /// the stride. Fill it, then run it with [`run_convs`].
     pub(crate) fn input(&mut self, t_in: usize) -> &mut [f32] {
         self.t_in = t_in;
         let (ctx, c) = (self.context, self.c_in);
@@ -104,11 +109,10 @@ impl Conv {
         self.t_in / self.stride
     }
 
-    /// Convolves the pending input into `out` (`[t_out, C_out]`); with `residual` the result
-    /// is added to what `out` holds. Carries the context to the next call.
-    pub(crate) fn run(&mut self, isa: Isa, out: &mut [f32], residual: bool) {
+    /// Fills the carried rows before the first call (zeros, or the first row repeated) and
+    /// returns the pending call's activations.
+    fn pending(&mut self) -> &[f32] {
         let (ctx, c) = (self.context, self.c_in);
-        let rows = ctx + self.t_in;
         if !self.primed && ctx > 0 {
             let (head, rest) = self.buf.split_at_mut(ctx * c);
             if self.replicate {
@@ -120,7 +124,21 @@ impl Conv {
             }
         }
         self.primed = true;
-        let g = if self.dilation == 1 {
+        &self.buf[..(ctx + self.t_in) * c]
+    }
+
+    /// Keeps the last `context` input rows for the next call.
+    fn carry(&mut self) {
+        let (ctx, c) = (self.context, self.c_in);
+        let rows = ctx + self.t_in;
+        if ctx > 0 {
+            self.buf.copy_within((rows - ctx) * c..rows * c, 0);
+        }
+    }
+
+    fn geom(&self) -> Geom {
+        let c = self.c_in;
+        if self.dilation == 1 {
             dense(self.stride * c, self.k * c)
         } else {
             Geom {
@@ -129,26 +147,33 @@ impl Conv {
                 len: c,
                 tap_stride: self.dilation * c,
             }
+        }
+    }
+}
+
+/// Runs the pending call of several streams' copies of one convolution (the same weights),
+/// reading each weight once for all of them: `(conv, out)` per stream; `out` gets
+/// `[t_out, C_out]` (with `residual`, added to what it holds). Carries each context on.
+pub(crate) fn run_convs(isa: Isa, convs: &mut [(&mut Conv, &mut [f32])], residual: bool) {
+    for chunk in convs.chunks_mut(MAX_JOBS) {
+        let Some((c0, _)) = chunk.first() else {
+            return;
         };
-        let t_out = self.t_out();
-        let epi = match (&self.bias, residual) {
+        let (w, bias, g) = (Arc::clone(&c0.w), c0.bias.clone(), c0.geom());
+        let epi = match (&bias, residual) {
             (Some(b), false) => Epi::Bias(b),
             (Some(b), true) => Epi::AddBias(b),
             (None, false) => Epi::Store,
             (None, true) => panic!("residual convolution without bias"),
         };
-        gemm(
-            isa,
-            &self.buf[..rows * c],
-            t_out,
-            g,
-            &self.w,
-            out,
-            self.c_out,
-            epi,
-        );
-        if ctx > 0 {
-            self.buf.copy_within((rows - ctx) * c..rows * c, 0);
+        let mut jobs = Jobs::new();
+        for (c, out) in chunk.iter_mut() {
+            let m = c.t_out();
+            jobs.push(c.pending(), m, out);
+        }
+        gemm_jobs(isa, &jobs, g, &w, w.n, epi);
+        for (c, _) in chunk.iter_mut() {
+            c.carry();
         }
     }
 }
@@ -205,6 +230,11 @@ impl ConvTr {
         self.partial.fill(0.0);
     }
 
+    /// Bytes of streaming state and buffers.
+    pub(crate) fn state_bytes(&self) -> usize {
+        (self.input.capacity() + self.y.capacity() + self.partial.capacity()) * 4
+    }
+
     /// Weight bytes.
     pub(crate) fn bytes(&self) -> usize {
         self.w.bytes()
@@ -220,29 +250,36 @@ impl ConvTr {
     pub(crate) fn t_out(&self) -> usize {
         self.t_in * self.s
     }
+}
 
-    /// Writes `[t_in * S, C_out]` to `out`.
-    pub(crate) fn run(&mut self, isa: Isa, out: &mut [f32]) {
-        let t = self.t_in;
-        let blk = self.s * self.c_out;
-        let y = grow(&mut self.y, t * 2 * blk);
-        gemm(
-            isa,
-            &self.input[..t * self.c_in],
-            t,
-            dense(self.c_in, self.c_in),
-            &self.w,
-            y,
-            2 * blk,
-            Epi::Store,
-        );
-        overlap_add(
-            y,
-            &mut self.partial,
-            self.bias.as_deref().map(|b| &b[..]),
-            self.c_out,
-            &mut out[..t * blk],
-        );
+/// Runs the pending call of several streams' copies of one transposed convolution (the same
+/// weights), each weight read once for all of them: `(conv, out)` per stream, `out` getting
+/// `[t_in * S, C_out]`.
+pub(crate) fn run_convtrs(isa: Isa, convs: &mut [(&mut ConvTr, &mut [f32])]) {
+    for chunk in convs.chunks_mut(MAX_JOBS) {
+        let Some((c0, _)) = chunk.first() else {
+            return;
+        };
+        let w = Arc::clone(&c0.w);
+        let g = dense(c0.c_in, c0.c_in);
+        let mut jobs = Jobs::new();
+        for (c, _) in chunk.iter_mut() {
+            let (t, blk, ci) = (c.t_in, c.s * c.c_out, c.c_in);
+            let ConvTr { input, y, .. } = &mut **c;
+            jobs.push(&input[..t * ci], t, grow(y, t * 2 * blk));
+        }
+        gemm_jobs(isa, &jobs, g, &w, w.n, Epi::Store);
+        for (c, out) in chunk.iter_mut() {
+            let (t, blk) = (c.t_in, c.s * c.c_out);
+            let bias = c.bias.as_deref().map(|b| &b[..]);
+            overlap_add(
+                &c.y[..t * 2 * blk],
+                &mut c.partial,
+                bias,
+                c.c_out,
+                &mut out[..t * blk],
+            );
+        }
     }
 }
 
@@ -301,6 +338,11 @@ impl DepthwiseConvTr {
 
     pub(crate) fn reset(&mut self) {
         self.partial.fill(0.0);
+    }
+
+    /// Bytes of streaming state.
+    pub(crate) fn state_bytes(&self) -> usize {
+        self.partial.capacity() * 4
     }
 
     /// Output rows per input row.

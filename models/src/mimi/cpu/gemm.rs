@@ -27,13 +27,63 @@ pub(crate) enum Epi<'a> {
 /// Products below this many multiply-adds run on the calling thread (a fork costs more).
 const PAR_MIN: usize = 1 << 17;
 
-/// A raw output pointer shared by the tasks of one product (they write disjoint blocks).
+/// Most streams one batched product takes (the codec runs larger batches in chunks of this).
+pub(crate) const MAX_JOBS: usize = 16;
+
+/// One stream's part of a batched product: `m` rows of activations read through the product's
+/// [`Geom`] from `a`, results to `out` (rows `ldc` apart).
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint rectangles of the output; the product returns only after all
-// of them finished, while the caller's `&mut` borrow is still held.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
+struct Job {
+    a: *const f32,
+    m: usize,
+    out: *mut f32,
+}
+
+/// The streams of one product over the same weights (at most [`MAX_JOBS`], on the stack).
+pub(crate) struct Jobs<'a> {
+    jobs: [Job; MAX_JOBS],
+    /// Each job's activation and output lengths.
+    lens: [(usize, usize); MAX_JOBS],
+    n: usize,
+    _borrows: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: the pointers come from borrows held for `'a`; tasks read the activations and write
+// disjoint output rows.
+unsafe impl Send for Jobs<'_> {}
+unsafe impl Sync for Jobs<'_> {}
+
+impl<'a> Jobs<'a> {
+    /// No streams yet.
+    pub(crate) fn new() -> Self {
+        let none = Job {
+            a: std::ptr::null(),
+            m: 0,
+            out: std::ptr::null_mut(),
+        };
+        Jobs {
+            jobs: [none; MAX_JOBS],
+            lens: [(0, 0); MAX_JOBS],
+            n: 0,
+            _borrows: std::marker::PhantomData,
+        }
+    }
+
+    /// Adds `m` rows of `a` whose results go to `out`; the product checks both lengths.
+    ///
+    /// Panics beyond [`MAX_JOBS`] streams (a programming error).
+    pub(crate) fn push(&mut self, a: &'a [f32], m: usize, out: &'a mut [f32]) {
+        assert!(self.n < MAX_JOBS, "gemm: more than {MAX_JOBS} streams");
+        // Lengths travel in the slices' checks below: keep them with the pointers.
+        self.lens[self.n] = (a.len(), out.len());
+        self.jobs[self.n] = Job {
+            a: a.as_ptr(),
+            m,
+            out: out.as_mut_ptr(),
+        };
+        self.n += 1;
+    }
+}
 
 /// Computes `m` rows: row `r` of the result goes to `out[r * ldc..][..w.n]`.
 ///
@@ -49,9 +99,17 @@ pub(crate) fn gemm(
     ldc: usize,
     epi: Epi,
 ) {
-    if m == 0 {
-        return;
-    }
+    let mut jobs = Jobs::new();
+    jobs.push(a, m, out);
+    gemm_jobs(isa, &jobs, g, w, ldc, epi);
+}
+
+/// [`gemm`] for several streams over the same weights: each panel of `w` is read from memory
+/// once and applied to every stream's rows while it is in cache. A stream's results are the
+/// bits it gets alone (each output is one micro-kernel accumulation over the whole reduction).
+///
+/// Panics when a job's slices are too short for the geometry (a programming error).
+pub(crate) fn gemm_jobs(isa: Isa, jobs: &Jobs, g: Geom, w: &PackedMat, ldc: usize, epi: Epi) {
     assert_eq!(
         g.depth(),
         w.k,
@@ -59,27 +117,33 @@ pub(crate) fn gemm(
         g.depth(),
         w.k
     );
-    let need_a = (m - 1) * g.lda + (g.taps - 1) * g.tap_stride + g.len;
-    assert!(
-        a.len() >= need_a,
-        "gemm: {} activations, need {need_a}",
-        a.len()
-    );
-    assert!(out.len() >= (m - 1) * ldc + w.n, "gemm: output too short");
+    let mut m = 0;
+    let mut row_blocks = 0;
+    for (j, &(a_len, out_len)) in jobs.jobs[..jobs.n].iter().zip(&jobs.lens) {
+        if j.m == 0 {
+            continue;
+        }
+        let need_a = (j.m - 1) * g.lda + (g.taps - 1) * g.tap_stride + g.len;
+        assert!(a_len >= need_a, "gemm: {a_len} activations, need {need_a}");
+        assert!(out_len >= (j.m - 1) * ldc + w.n, "gemm: output too short");
+        m += j.m;
+        row_blocks += j.m.div_ceil(MR);
+    }
+    if m == 0 {
+        return;
+    }
     if let Epi::Bias(b) | Epi::AddBias(b) | Epi::AddScaled(b) = epi {
         assert!(b.len() >= w.n, "gemm: epilogue vector too short");
     }
     let np = w.num_panels();
-    let o = OutPtr(out.as_mut_ptr());
     let threads = super::pool::threads();
     if m * w.k * w.n < PAR_MIN || threads < 2 {
         // SAFETY: bounds checked above; one task covers everything.
-        unsafe { rect(isa, a, g, w, o, ldc, epi, 0..m, 0..np) };
+        unsafe { rect(isa, jobs, g, w, ldc, epi, 0..row_blocks, 0..np) };
         return;
     }
     // A few tasks per thread, so a thread the OS descheduled does not hold the others up.
     let want = threads * 3;
-    let row_blocks = m.div_ceil(MR);
     let (pg, rg) = if np >= want {
         (want, 1)
     } else {
@@ -88,26 +152,26 @@ pub(crate) fn gemm(
     super::pool::run(pg * rg, &|task| {
         let (pi, ri) = (task % pg, task / pg);
         let panels = np * pi / pg..np * (pi + 1) / pg;
-        let rows = (row_blocks * ri / rg) * MR..((row_blocks * (ri + 1) / rg) * MR).min(m);
-        // SAFETY: bounds checked above; tasks cover disjoint (rows, panels) rectangles.
-        unsafe { rect(isa, a, g, w, o, ldc, epi, rows, panels) };
+        let blocks = row_blocks * ri / rg..row_blocks * (ri + 1) / rg;
+        // SAFETY: bounds checked above; tasks cover disjoint (row blocks, panels) rectangles.
+        unsafe { rect(isa, jobs, g, w, ldc, epi, blocks, panels) };
     });
 }
 
-/// One rectangle of the output.
+/// One rectangle of the output: `blocks` counts the row blocks of all jobs in order (each job's
+/// rows in blocks of [`MR`] from its first row, so a stream is cut as it is alone).
 ///
 /// # Safety
-/// `gemm`'s bounds checks hold, and no other task writes these rows x panels.
+/// `gemm_jobs`'s bounds checks hold, and no other task writes these blocks x panels.
 #[allow(clippy::too_many_arguments)]
 unsafe fn rect(
     isa: Isa,
-    a: &[f32],
+    jobs: &Jobs,
     g: Geom,
     w: &PackedMat,
-    o: OutPtr,
     ldc: usize,
     epi: Epi,
-    rows: std::ops::Range<usize>,
+    blocks: std::ops::Range<usize>,
     panels: std::ops::Range<usize>,
 ) {
     let mut acc: Acc = [[0f32; NB]; MR];
@@ -119,12 +183,17 @@ unsafe fn rect(
         };
         let j0 = p * NB;
         let cols = NB.min(w.n - j0);
-        let mut r = rows.start;
-        while r < rows.end {
-            let n = MR.min(rows.end - r);
-            block(isa, n, a.as_ptr().add(r * g.lda), g, pp, &mut acc);
-            store(&acc[..n], o.0.add(r * ldc + j0), ldc, j0, cols, epi);
-            r += n;
+        let mut first = 0;
+        for job in &jobs.jobs[..jobs.n] {
+            let nb = job.m.div_ceil(MR);
+            let (lo, hi) = (blocks.start.max(first), blocks.end.min(first + nb));
+            for b in lo..hi {
+                let r = (b - first) * MR;
+                let n = MR.min(job.m - r);
+                block(isa, n, job.a.add(r * g.lda), g, pp, &mut acc);
+                store(&acc[..n], job.out.add(r * ldc + j0), ldc, j0, cols, epi);
+            }
+            first += nb;
         }
     }
 }

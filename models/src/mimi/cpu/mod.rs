@@ -22,12 +22,11 @@ mod pool;
 pub(crate) mod profile;
 mod quantizer;
 mod seanet;
+pub(crate) mod streams;
 #[cfg(test)]
 mod tests;
 mod transformer;
 mod vmath;
-
-use std::time::Instant;
 
 pub(crate) use isa::Isa;
 pub use packed::WeightDtype;
@@ -36,8 +35,8 @@ use super::config::MimiConfig;
 use super::load::Vars;
 use super::MimiError;
 use checkpoint::Checkpoint;
-use conv::{grow, Conv, DepthwiseConvTr};
-use profile::{Kind, MimiProfile, Part, Prof};
+use conv::{Conv, DepthwiseConvTr};
+use profile::MimiProfile;
 use quantizer::Quantizer;
 use seanet::Seanet;
 use transformer::Transformer;
@@ -182,50 +181,38 @@ impl CpuMimi {
 
     /// `pcm`: whole frames -> `codes` (`[frames, K]`, row-major).
     pub(crate) fn encode(&mut self, pcm: &[f32], codes: &mut [u32]) {
-        let isa = self.isa;
-        let frames = codes.len() / self.num_codebooks;
-        let mut prof = Prof {
-            p: &mut self.profile,
-            part: Part::EncoderSeanet,
-        };
-        let e = &mut self.enc;
-        let h = e.seanet.step(isa, pcm, &mut prof);
-        let t = h.len() / self.latent_dim;
-        let slot = e.downsample.input(t);
-        slot.copy_from_slice(h);
-        prof.part = Part::EncoderTransformer;
-        e.transformer.step(isa, slot, &mut prof);
-        prof.part = Part::Downsample;
-        let t0 = Instant::now();
-        let z = grow(&mut self.latent, frames * self.latent_dim);
-        e.downsample.run(isa, z, false);
-        prof.lap(Kind::Conv, t0);
-        prof.part = Part::QuantizerEncode;
-        self.quantizer.encode(isa, z, codes, &mut prof);
-        self.profile.count(true, frames);
+        Self::encode_batch(&mut [streams::EncodeLane {
+            m: self,
+            pcm,
+            codes,
+        }]);
     }
 
     /// `codes` (`[frames, K]`) -> `pcm` (whole frames).
     pub(crate) fn decode(&mut self, codes: &[u32], pcm: &mut [f32]) {
-        let isa = self.isa;
-        let k = self.num_codebooks;
-        let frames = codes.len() / k;
-        let mut prof = Prof {
-            p: &mut self.profile,
-            part: Part::QuantizerDecode,
-        };
-        let z = grow(&mut self.latent, frames * self.latent_dim);
-        self.quantizer.decode(isa, codes, k, z, &mut prof);
-        prof.part = Part::Upsample;
-        let t0 = Instant::now();
-        let d = &mut self.dec;
-        let up = grow(&mut d.up, d.upsample.stride() * z.len());
-        d.upsample.run(z, up);
-        prof.lap(Kind::ConvTr, t0);
-        prof.part = Part::DecoderTransformer;
-        d.transformer.step(isa, up, &mut prof);
-        prof.part = Part::DecoderSeanet;
-        pcm.copy_from_slice(d.seanet.step(isa, up, &mut prof));
-        self.profile.count(false, frames);
+        Self::decode_batch(&mut [streams::DecodeLane {
+            m: self,
+            codes,
+            pcm,
+        }]);
+    }
+
+    /// Whether `other` is a stream of this same loaded model (it shares the weights).
+    pub(crate) fn same_weights(&self, other: &CpuMimi) -> bool {
+        self.enc.transformer.same_weights(&other.enc.transformer)
+            && self.dec.transformer.same_weights(&other.dec.transformer)
+            && self.num_codebooks == other.num_codebooks
+    }
+
+    /// Bytes of streaming state and buffers held by this stream (the weights excluded).
+    pub(crate) fn state_bytes(&self) -> usize {
+        self.enc.seanet.state_bytes()
+            + self.enc.transformer.state_bytes()
+            + self.enc.downsample.state_bytes()
+            + self.dec.upsample.state_bytes()
+            + self.dec.transformer.state_bytes()
+            + self.dec.seanet.state_bytes()
+            + self.quantizer.state_bytes()
+            + (self.latent.capacity() + self.dec.up.capacity()) * 4
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::conv::grow;
-use super::gemm::{dense, gemm, Epi};
+use super::gemm::{dense, gemm, gemm_jobs, Epi, Jobs, MAX_JOBS};
 use super::isa::Isa;
 use super::packed::{PackedMat, WeightDtype};
 use super::profile::{Kind, Prof};
@@ -100,6 +100,11 @@ impl Quantizer {
         })
     }
 
+    /// Bytes of scratch rows.
+    pub(crate) fn state_bytes(&self) -> usize {
+        (self.residual.capacity() + self.dots.capacity() + self.sum.capacity()) * 4
+    }
+
     /// Bytes of codebooks and projections.
     pub(crate) fn bytes(&self) -> usize {
         self.groups
@@ -115,49 +120,67 @@ impl Quantizer {
             .sum()
     }
 
-    /// `x`: `[T, latent]` -> `codes`: `[T, K]`, row-major.
-    pub(crate) fn encode(&mut self, isa: Isa, x: &[f32], codes: &mut [u32], prof: &mut Prof) {
-        let t = x.len() / self.latent;
-        let k = codes.len() / t.max(1);
-        let (dim, bins) = (self.dim, self.bins);
-        let mut level = 0;
-        for g in self.groups.iter() {
-            let mut t0 = Instant::now();
-            let r = grow(&mut self.residual, t * dim);
-            gemm(
-                isa,
-                x,
-                t,
-                dense(self.latent, self.latent),
-                &g.input_proj,
-                r,
-                dim,
-                Epi::Store,
-            );
-            t0 = prof.lap(Kind::QuantProj, t0);
-            for cb in &g.codebooks {
-                let dots = grow(&mut self.dots, t * bins);
-                gemm(
+    /// `x`: `[T, latent]` -> `codes`: `[T, K]` (row-major), for several streams' copies of
+    /// one quantizer (the same weights): each projection and codebook is read once for all.
+    pub(crate) fn encode_batch(
+        isa: Isa,
+        lanes: &mut [(&mut Quantizer, &[f32], &mut [u32])],
+        prof: &mut Prof,
+    ) {
+        for chunk in lanes.chunks_mut(MAX_JOBS) {
+            let Some((q0, _, _)) = chunk.first() else {
+                return;
+            };
+            let groups = Arc::clone(&q0.groups);
+            let (dim, bins, latent) = (q0.dim, q0.bins, q0.latent);
+            let mut level = 0;
+            for g in groups.iter() {
+                let mut t0 = Instant::now();
+                let mut jobs = Jobs::new();
+                for (q, x, _) in chunk.iter_mut() {
+                    let t = x.len() / latent;
+                    jobs.push(x, t, grow(&mut q.residual, t * dim));
+                }
+                gemm_jobs(
                     isa,
-                    r,
-                    t,
-                    dense(dim, dim),
-                    &cb.packed,
-                    dots,
-                    bins,
+                    &jobs,
+                    dense(latent, latent),
+                    &g.input_proj,
+                    dim,
                     Epi::Store,
                 );
-                for i in 0..t {
-                    let best = nearest(&cb.norms, &dots[i * bins..(i + 1) * bins]);
-                    codes[i * k + level] = best as u32;
-                    let c = &cb.centroids[best * dim..(best + 1) * dim];
-                    for (v, &c) in r[i * dim..(i + 1) * dim].iter_mut().zip(c) {
-                        *v -= c;
+                t0 = prof.lap(Kind::QuantProj, t0);
+                for cb in &g.codebooks {
+                    let mut jobs = Jobs::new();
+                    for (q, x, _) in chunk.iter_mut() {
+                        let t = x.len() / latent;
+                        let dots = grow(&mut q.dots, t * bins);
+                        jobs.push(&q.residual[..t * dim], t, dots);
                     }
+                    gemm_jobs(isa, &jobs, dense(dim, dim), &cb.packed, bins, Epi::Store);
+                    for (q, x, codes) in chunk.iter_mut() {
+                        let t = x.len() / latent;
+                        q.pick(cb, t, level, codes);
+                    }
+                    level += 1;
                 }
-                level += 1;
+                prof.lap(Kind::QuantSearch, t0);
             }
-            prof.lap(Kind::QuantSearch, t0);
+        }
+    }
+
+    /// Each of `t` rows' nearest centroid of `cb` (from `dots`) as code `level`, subtracted
+    /// from the row's residual.
+    fn pick(&mut self, cb: &Codebook, t: usize, level: usize, codes: &mut [u32]) {
+        let (dim, bins) = (self.dim, self.bins);
+        let k = codes.len() / t.max(1);
+        for i in 0..t {
+            let best = nearest(&cb.norms, &self.dots[i * bins..(i + 1) * bins]);
+            codes[i * k + level] = best as u32;
+            let c = &cb.centroids[best * dim..(best + 1) * dim];
+            for (v, &c) in self.residual[i * dim..(i + 1) * dim].iter_mut().zip(c) {
+                *v -= c;
+            }
         }
     }
 

@@ -3,7 +3,8 @@
 
 use std::time::Instant;
 
-use super::conv::{grow, Conv, ConvTr};
+use super::conv::{grow, run_convs, run_convtrs, Conv, ConvTr};
+use super::gemm::MAX_JOBS;
 use super::isa::Isa;
 use super::profile::{Kind, Prof};
 use super::vmath::elu;
@@ -34,6 +35,8 @@ pub(crate) struct Seanet {
     /// A residual block's hidden activations.
     hidden: Vec<f32>,
     channels: usize,
+    /// Values of the last call's output in `cur`.
+    out_len: usize,
 }
 
 fn conv(l: &Load, p: &str, stride: usize, dilation: usize) -> Result<Conv, MimiError> {
@@ -135,6 +138,7 @@ impl Seanet {
             next: Vec::new(),
             hidden: Vec::new(),
             channels,
+            out_len: 0,
         }
     }
 
@@ -151,6 +155,20 @@ impl Seanet {
         }
     }
 
+    /// Bytes of streaming state and buffers.
+    pub(crate) fn state_bytes(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| match l {
+                Layer::Conv(c) | Layer::EluConv(c) => c.state_bytes(),
+                Layer::EluConvTr(c) => c.state_bytes(),
+                Layer::Res(a, b) => a.state_bytes() + b.state_bytes(),
+            })
+            .sum();
+        layers + (self.cur.capacity() + self.next.capacity() + self.hidden.capacity()) * 4
+    }
+
     /// Weight bytes.
     pub(crate) fn bytes(&self) -> usize {
         self.layers
@@ -163,59 +181,181 @@ impl Seanet {
             .sum()
     }
 
-    /// Runs `x` (`[T, C_in]`, time-major) through the stack; returns the output `[T', C_out]`
-    /// (valid until the next call).
-    pub(crate) fn step(&mut self, isa: Isa, x: &[f32], prof: &mut Prof) -> &[f32] {
+    /// The last call's output.
+    pub(crate) fn output(&self) -> &[f32] {
+        &self.cur[..self.out_len]
+    }
+
+    /// Runs each stream's `x` (`[T, C_in]`, time-major) through the stack, for several
+    /// streams' copies of one stack (the same weights), each input of the same length: every layer reads its weights once for all of
+    /// them. Outputs are read with [`Seanet::output`].
+    pub(crate) fn step_batch(isa: Isa, lanes: &mut [(&mut Seanet, &[f32])], prof: &mut Prof) {
+        let Some((s0, x0)) = lanes.first() else {
+            return;
+        };
+        let n = s0.layers.len();
+        let mut rows = x0.len() / first_c_in(s0);
         let mut t0 = Instant::now();
-        let mut rows = 0;
-        let mut first = true;
-        for l in &mut self.layers {
-            let src: &[f32] = if first { x } else { &self.cur[..] };
-            match l {
-                Layer::Conv(c) => {
-                    let ci = c.c_in;
-                    let t = src.len() / ci;
-                    c.input(t).copy_from_slice(&src[..t * ci]);
-                    rows = c.t_out();
-                    c.run(isa, grow(&mut self.next, rows * c.c_out), false);
-                    t0 = prof.lap(Kind::Conv, t0);
-                }
-                Layer::EluConv(c) => {
-                    let t = rows;
-                    elu(isa, &src[..t * c.c_in], c.input(t));
-                    t0 = prof.lap(Kind::Elu, t0);
-                    rows = c.t_out();
-                    c.run(isa, grow(&mut self.next, rows * c.c_out), false);
-                    t0 = prof.lap(Kind::Conv, t0);
-                }
-                Layer::EluConvTr(c) => {
-                    let t = rows;
-                    elu(isa, &src[..t * c.c_in], c.input(t));
-                    t0 = prof.lap(Kind::Elu, t0);
-                    rows = c.t_out();
-                    c.run(isa, grow(&mut self.next, rows * c.c_out));
-                    t0 = prof.lap(Kind::ConvTr, t0);
-                }
-                Layer::Res(a, b) => {
-                    let n = rows * a.c_in;
-                    elu(isa, &self.cur[..n], a.input(rows));
-                    t0 = prof.lap(Kind::Elu, t0);
-                    a.run(isa, grow(&mut self.hidden, rows * a.c_out), false);
-                    t0 = prof.lap(Kind::Conv, t0);
-                    elu(isa, &self.hidden[..rows * a.c_out], b.input(rows));
-                    t0 = prof.lap(Kind::Elu, t0);
-                    b.run(isa, &mut self.cur[..n], true);
-                    t0 = prof.lap(Kind::Conv, t0);
+        for li in 0..n {
+            let (next_rows, t) = match &lanes[0].0.layers[li] {
+                Layer::Conv(_) => Self::conv_batch(isa, lanes, li, rows, false, prof, t0),
+                Layer::EluConv(_) => Self::conv_batch(isa, lanes, li, rows, true, prof, t0),
+                Layer::EluConvTr(_) => Self::convtr_batch(isa, lanes, li, rows, prof, t0),
+                Layer::Res(..) => {
+                    t0 = Self::res_batch(isa, lanes, li, rows, prof, t0);
                     continue;
                 }
+            };
+            (rows, t0) = (next_rows, t);
+            for (s, _) in lanes.iter_mut() {
+                std::mem::swap(&mut s.cur, &mut s.next);
             }
-            first = false;
-            std::mem::swap(&mut self.cur, &mut self.next);
         }
-        let c = match self.layers.last() {
-            Some(Layer::Conv(c) | Layer::EluConv(c)) => c.c_out,
-            _ => self.channels,
-        };
-        &self.cur[..rows * c]
+        for (s, _) in lanes.iter_mut() {
+            let c = match s.layers.last() {
+                Some(Layer::Conv(c) | Layer::EluConv(c)) => c.c_out,
+                _ => s.channels,
+            };
+            s.out_len = rows * c;
+        }
+    }
+
+    /// A (strided) convolution layer over every stream, reading the stack's input (layer 0)
+    /// or `cur`, through an ELU first with `elu_first`, into `next`; returns its output rows.
+    fn conv_batch(
+        isa: Isa,
+        lanes: &mut [(&mut Seanet, &[f32])],
+        li: usize,
+        rows: usize,
+        elu_first: bool,
+        prof: &mut Prof,
+        mut t0: Instant,
+    ) -> (usize, Instant) {
+        for (s, x) in lanes.iter_mut() {
+            let Seanet { layers, cur, .. } = &mut **s;
+            let src: &[f32] = if li == 0 { x } else { cur };
+            let c = conv_of(&mut layers[li]);
+            let n_in = rows * c.c_in;
+            if elu_first {
+                elu(isa, &src[..n_in], c.input(rows));
+            } else {
+                c.input(rows).copy_from_slice(&src[..n_in]);
+            }
+        }
+        if elu_first {
+            t0 = prof.lap(Kind::Elu, t0);
+        }
+        let out_rows = conv_of(&mut lanes[0].0.layers[li]).t_out();
+        let mut convs: Batch<(&mut Conv, &mut [f32])> = lanes
+            .iter_mut()
+            .map(|(s, _)| {
+                let Seanet { layers, next, .. } = &mut **s;
+                let c = conv_of(&mut layers[li]);
+                let out = grow(next, out_rows * c.c_out);
+                (c, out)
+            })
+            .collect();
+        run_convs(isa, &mut convs, false);
+        (out_rows, prof.lap(Kind::Conv, t0))
+    }
+
+    /// ELU then a transposed convolution over every stream, `cur` into `next`; returns its
+    /// output rows.
+    fn convtr_batch(
+        isa: Isa,
+        lanes: &mut [(&mut Seanet, &[f32])],
+        li: usize,
+        rows: usize,
+        prof: &mut Prof,
+        mut t0: Instant,
+    ) -> (usize, Instant) {
+        let mut convs: Batch<(&mut ConvTr, &mut [f32])> = lanes
+            .iter_mut()
+            .map(|(s, _)| {
+                let Seanet {
+                    layers, cur, next, ..
+                } = &mut **s;
+                let Layer::EluConvTr(c) = &mut layers[li] else {
+                    unreachable!("streams of one model have the same layers")
+                };
+                elu(isa, &cur[..rows * c.c_in], c.input(rows));
+                let out = grow(next, c.t_out() * c.c_out);
+                (c, out)
+            })
+            .collect();
+        t0 = prof.lap(Kind::Elu, t0);
+        let out_rows = convs.first().map_or(0, |c| c.0.t_out());
+        run_convtrs(isa, &mut convs);
+        (out_rows, prof.lap(Kind::ConvTr, t0))
+    }
+
+    /// A residual block over every stream: `x + conv2(elu(conv1(elu(x))))` in place.
+    fn res_batch(
+        isa: Isa,
+        lanes: &mut [(&mut Seanet, &[f32])],
+        li: usize,
+        rows: usize,
+        prof: &mut Prof,
+        mut t0: Instant,
+    ) -> Instant {
+        let mut first: Batch<(&mut Conv, &mut [f32])> = lanes
+            .iter_mut()
+            .map(|(s, _)| {
+                let Seanet {
+                    layers,
+                    cur,
+                    hidden,
+                    ..
+                } = &mut **s;
+                let Layer::Res(a, _) = &mut layers[li] else {
+                    unreachable!("streams of one model have the same layers")
+                };
+                elu(isa, &cur[..rows * a.c_in], a.input(rows));
+                let out = grow(hidden, rows * a.c_out);
+                (a, out)
+            })
+            .collect();
+        t0 = prof.lap(Kind::Elu, t0);
+        run_convs(isa, &mut first, false);
+        drop(first);
+        t0 = prof.lap(Kind::Conv, t0);
+        let mut second: Batch<(&mut Conv, &mut [f32])> = lanes
+            .iter_mut()
+            .map(|(s, _)| {
+                let Seanet {
+                    layers,
+                    cur,
+                    hidden,
+                    ..
+                } = &mut **s;
+                let Layer::Res(a, b) = &mut layers[li] else {
+                    unreachable!("streams of one model have the same layers")
+                };
+                elu(isa, &hidden[..rows * a.c_out], b.input(rows));
+                (b, &mut cur[..rows * a.c_in])
+            })
+            .collect();
+        t0 = prof.lap(Kind::Elu, t0);
+        run_convs(isa, &mut second, true);
+        prof.lap(Kind::Conv, t0)
+    }
+}
+
+/// Per-stream parts of one batched layer, on the stack up to [`MAX_JOBS`] streams.
+type Batch<T> = smallvec::SmallVec<[T; MAX_JOBS]>;
+
+/// The convolution of a `Conv` or `EluConv` layer.
+fn conv_of(l: &mut Layer) -> &mut Conv {
+    match l {
+        Layer::Conv(c) | Layer::EluConv(c) => c,
+        _ => unreachable!("streams of one model have the same layers"),
+    }
+}
+
+/// Input channels of the stack.
+fn first_c_in(s: &Seanet) -> usize {
+    match s.layers.first() {
+        Some(Layer::Conv(c) | Layer::EluConv(c)) => c.c_in,
+        _ => 1,
     }
 }

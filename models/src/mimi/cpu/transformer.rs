@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::attention::{attend_head, KvRing, Window};
 use super::conv::grow;
-use super::gemm::{dense, gemm, Epi};
+use super::gemm::{dense, gemm_jobs, Epi, Jobs, MAX_JOBS};
 use super::isa::Isa;
 use super::packed::PackedMat;
 use super::pool;
@@ -51,7 +51,6 @@ pub(crate) struct Transformer {
     rings: Vec<KvRing>,
     win: Window,
     d: usize,
-    ff_dim: usize,
     inv_freq: Vec<f32>,
     pos: usize,
     s: Scratch,
@@ -101,7 +100,6 @@ impl Transformer {
                 granularity: granularity.max(1),
             },
             d,
-            ff_dim: cfg.dim_feedforward,
             inv_freq: (0..head_dim / 2).map(|i| (i as f32 * step).exp()).collect(),
             pos: 0,
             s: Scratch::default(),
@@ -112,6 +110,23 @@ impl Transformer {
         self.pos = 0;
     }
 
+    /// Bytes of streaming state (key/value rings) and buffers.
+    pub(crate) fn state_bytes(&self) -> usize {
+        let s = &self.s;
+        let scratch = [
+            &s.hx, &s.qkv, &s.att, &s.hout, &s.ff, &s.scores, &s.cos, &s.sin,
+        ]
+        .iter()
+        .map(|v| v.capacity())
+        .sum::<usize>();
+        self.rings.iter().map(KvRing::bytes).sum::<usize>() + scratch * 4
+    }
+
+    /// Whether `other` runs on these very weights (a stream of the same model).
+    pub(crate) fn same_weights(&self, other: &Transformer) -> bool {
+        Arc::ptr_eq(&self.layers, &other.layers)
+    }
+
     /// Weight bytes.
     pub(crate) fn bytes(&self) -> usize {
         self.layers
@@ -120,10 +135,37 @@ impl Transformer {
             .sum()
     }
 
-    /// Runs `x` (`[T, d]`, `T` a multiple of the granularity) through the layers in place.
-    pub(crate) fn step(&mut self, isa: Isa, x: &mut [f32], prof: &mut Prof) {
-        let t = x.len() / self.d;
-        let t0 = Instant::now();
+    /// Runs each stream's `x` (`[T, d]`, `T` a multiple of the granularity) through the
+    /// layers in place, for several streams' copies of one transformer (the same weights),
+    /// each with its own positions and caches: every linear layer reads
+    /// its weights once for all of them; attention runs stream by stream.
+    pub(crate) fn step_batch(
+        isa: Isa,
+        lanes: &mut [(&mut Transformer, &mut [f32])],
+        prof: &mut Prof,
+    ) {
+        for chunk in lanes.chunks_mut(MAX_JOBS) {
+            let Some((t0, _)) = chunk.first() else {
+                return;
+            };
+            let layers = Arc::clone(&t0.layers);
+            let start = Instant::now();
+            for (tr, x) in chunk.iter_mut() {
+                let t = x.len() / tr.d;
+                tr.begin(t);
+            }
+            prof.lap(Kind::Attention, start);
+            for (li, lw) in layers.iter().enumerate() {
+                Self::layer(isa, li, lw, chunk, prof);
+            }
+            for (tr, x) in chunk.iter_mut() {
+                tr.pos += x.len() / tr.d;
+            }
+        }
+    }
+
+    /// The rotation tables of the next `t` positions; room in the caches for them.
+    fn begin(&mut self, t: usize) {
         let half = self.inv_freq.len();
         let (cos, sin) = (
             grow(&mut self.s.cos, t * half),
@@ -140,32 +182,81 @@ impl Transformer {
         for r in &mut self.rings {
             r.reserve(self.win.context, t, self.pos);
         }
-        prof.lap(Kind::Attention, t0);
-        let layers = Arc::clone(&self.layers);
-        for (li, lw) in layers.iter().enumerate() {
-            self.layer(isa, li, lw, x, t, prof);
-        }
-        self.pos += t;
     }
 
+    /// Layer `li` over every stream of the chunk.
     fn layer(
-        &mut self,
         isa: Isa,
         li: usize,
         lw: &LayerWeights,
-        x: &mut [f32],
-        t: usize,
+        lanes: &mut [(&mut Transformer, &mut [f32])],
         prof: &mut Prof,
     ) {
+        let d = lw.out_proj.n;
+        let f = lw.linear1.n;
+        let mut t0 = Instant::now();
+        for (tr, x) in lanes.iter_mut() {
+            let t = x.len() / d;
+            layer_norm(x, &lw.norm1, grow(&mut tr.s.hx, t * d));
+            grow(&mut tr.s.qkv, t * 3 * d);
+            grow(&mut tr.s.ff, t * f);
+        }
+        t0 = prof.lap(Kind::Norm, t0);
+        let mut jobs = Jobs::new();
+        for (tr, x) in lanes.iter_mut() {
+            let t = x.len() / d;
+            let Scratch { hx, qkv, .. } = &mut tr.s;
+            jobs.push(&hx[..t * d], t, &mut qkv[..t * 3 * d]);
+        }
+        gemm_jobs(isa, &jobs, dense(d, d), &lw.in_proj, 3 * d, Epi::Store);
+        t0 = prof.lap(Kind::Linear, t0);
+        for (tr, x) in lanes.iter_mut() {
+            tr.attend(li, x.len() / d);
+        }
+        t0 = prof.lap(Kind::Attention, t0);
+        let mut jobs = Jobs::new();
+        for (tr, x) in lanes.iter_mut() {
+            let t = x.len() / d;
+            jobs.push(&tr.s.att[..t * d], t, x);
+        }
+        let epi = Epi::AddScaled(&lw.scale1);
+        gemm_jobs(isa, &jobs, dense(d, d), &lw.out_proj, d, epi);
+        t0 = prof.lap(Kind::Linear, t0);
+        for (tr, x) in lanes.iter_mut() {
+            layer_norm(x, &lw.norm2, &mut tr.s.hx[..x.len()]);
+        }
+        t0 = prof.lap(Kind::Norm, t0);
+        let mut jobs = Jobs::new();
+        for (tr, x) in lanes.iter_mut() {
+            let t = x.len() / d;
+            let Scratch { hx, ff, .. } = &mut tr.s;
+            jobs.push(&hx[..t * d], t, &mut ff[..t * f]);
+        }
+        gemm_jobs(isa, &jobs, dense(d, d), &lw.linear1, f, Epi::Store);
+        t0 = prof.lap(Kind::Linear, t0);
+        for (tr, x) in lanes.iter_mut() {
+            let t = x.len() / d;
+            pool::par_chunks(t, (&mut tr.s.ff[..t * f], f), (&mut [], 0), &|_, row, _| {
+                row.iter_mut().for_each(|v| *v = gelu(*v));
+            });
+        }
+        t0 = prof.lap(Kind::Norm, t0);
+        let mut jobs = Jobs::new();
+        for (tr, x) in lanes.iter_mut() {
+            let t = x.len() / d;
+            jobs.push(&tr.s.ff[..t * f], t, x);
+        }
+        let epi = Epi::AddScaled(&lw.scale2);
+        gemm_jobs(isa, &jobs, dense(f, f), &lw.linear2, d, epi);
+        prof.lap(Kind::Linear, t0);
+    }
+
+    /// RoPE on this call's queries and keys (`s.qkv`), the keys and values into layer `li`'s
+    /// ring, and attention of the `t` queries into `s.att`.
+    fn attend(&mut self, li: usize, t: usize) {
         let d = self.d;
         let s = &mut self.s;
-        let mut t0 = Instant::now();
-        let hx = grow(&mut s.hx, t * d);
-        layer_norm(x, &lw.norm1, hx);
-        t0 = prof.lap(Kind::Norm, t0);
-        let qkv = grow(&mut s.qkv, t * 3 * d);
-        gemm(isa, hx, t, dense(d, d), &lw.in_proj, qkv, 3 * d, Epi::Store);
-        t0 = prof.lap(Kind::Linear, t0);
+        let qkv = &mut s.qkv[..t * 3 * d];
         let att = grow(&mut s.att, t * d);
         let half = self.inv_freq.len();
         for i in 0..t {
@@ -196,39 +287,6 @@ impl Transformer {
                 att[i * d + h * dh..][..dh].copy_from_slice(src);
             }
         }
-        t0 = prof.lap(Kind::Attention, t0);
-        gemm(
-            isa,
-            att,
-            t,
-            dense(d, d),
-            &lw.out_proj,
-            x,
-            d,
-            Epi::AddScaled(&lw.scale1),
-        );
-        t0 = prof.lap(Kind::Linear, t0);
-        layer_norm(x, &lw.norm2, hx);
-        t0 = prof.lap(Kind::Norm, t0);
-        let f = self.ff_dim;
-        let ff = grow(&mut s.ff, t * f);
-        gemm(isa, hx, t, dense(d, d), &lw.linear1, ff, f, Epi::Store);
-        t0 = prof.lap(Kind::Linear, t0);
-        pool::par_chunks(t, (ff, f), (&mut [], 0), &|_, row, _| {
-            row.iter_mut().for_each(|v| *v = gelu(*v));
-        });
-        t0 = prof.lap(Kind::Norm, t0);
-        gemm(
-            isa,
-            ff,
-            t,
-            dense(f, f),
-            &lw.linear2,
-            x,
-            d,
-            Epi::AddScaled(&lw.scale2),
-        );
-        prof.lap(Kind::Linear, t0);
     }
 }
 
