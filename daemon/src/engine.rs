@@ -4,7 +4,7 @@
 
 mod join;
 
-pub use join::{JoinRequest, Persona};
+pub use join::{JoinRequest, Persona, PersonaRequest};
 
 /// Errors from a model step.
 #[derive(Debug, thiserror::Error)]

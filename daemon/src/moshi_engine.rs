@@ -11,8 +11,10 @@ use moshid_models::tokenizer::TextTokenizer;
 mod batch;
 mod overlap;
 mod persona;
+mod persona_cache;
 
 pub use batch::MoshiBatch;
+pub use persona_cache::PersonaCache;
 
 /// Reads the text tokenizer: a SentencePiece `.model`, or a `.txt` piece table (one piece
 /// per line, as the offline demo writes).
@@ -43,6 +45,16 @@ pub fn load(spec: &ModelSpec, cfg: &Config) -> anyhow::Result<Box<dyn Engine>> {
 
 /// Loads `spec` for up to `capacity` conversations over one copy of the weights.
 pub fn load_batch(spec: &ModelSpec, cfg: &Config, capacity: usize) -> anyhow::Result<MoshiBatch> {
+    Ok(load_batch_with_personas(spec, cfg, capacity)?.0)
+}
+
+/// [`load_batch`], and the cache of the personas its conversations may ask for (`[personas]`,
+/// or a session's own prompt) over the same weights.
+pub fn load_batch_with_personas(
+    spec: &ModelSpec,
+    cfg: &Config,
+    capacity: usize,
+) -> anyhow::Result<(MoshiBatch, PersonaCache)> {
     // `auto` resolves here; the description (which device, and why) goes into `what`, which
     // the log and STATUS show.
     let (device, where_) = cfg.model.device.open_described()?;
@@ -86,7 +98,8 @@ pub fn load_batch(spec: &ModelSpec, cfg: &Config, capacity: usize) -> anyhow::Re
     } else {
         what
     };
-    Ok(MoshiBatch::new(batch::Parts {
+    let personas = PersonaCache::new(spec, cfg, lm.clone(), tokenizer.clone(), mimi.clone());
+    let batch = MoshiBatch::new(batch::Parts {
         lm: LmBatch::new(lm, capacity, cfg.model.context)?,
         mimi,
         tokenizer,
@@ -94,7 +107,8 @@ pub fn load_batch(spec: &ModelSpec, cfg: &Config, capacity: usize) -> anyhow::Re
         sampling,
         overlap: cfg.model.mimi_overlap,
         prompted,
-    }))
+    });
+    Ok((batch, personas))
 }
 
 /// What STATUS adds about Mimi when it does not simply follow the LM.

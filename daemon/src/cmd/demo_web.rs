@@ -53,7 +53,7 @@ pub fn run(cfg: &Config, a: &WebArgs) -> anyhow::Result<()> {
     let capacity = a
         .max_conversations
         .map_or(cfg.web.max_conversations, usize::from);
-    let batch = crate::moshi_engine::load_batch(&files, cfg, capacity)?;
+    let (batch, personas) = crate::moshi_engine::load_batch_with_personas(&files, cfg, capacity)?;
     let hub = crate::hub::Hub::start(Box::new(batch), crate::hub::Timing::realtime())
         .context("cannot start the conversation scheduler")?;
     println!("moshid demo --web: up to {capacity} conversations at once");
@@ -66,7 +66,8 @@ pub fn run(cfg: &Config, a: &WebArgs) -> anyhow::Result<()> {
         audio_temperature: s.temp_audio,
         audio_topk: s.top_k,
     };
-    let backend = Arc::new(LocalBackend::new(hub, info, &voice, cfg.audio.volume));
+    let backend = LocalBackend::new(hub, info, &voice, cfg.audio.volume).with_personas(personas);
+    let backend = Arc::new(backend);
     let mut web = WebConfig {
         listen: a.listen,
         tls: if a.no_tls {

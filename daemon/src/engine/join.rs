@@ -38,3 +38,32 @@ impl From<SamplingOverride> for JoinRequest {
         }
     }
 }
+
+/// A persona a conversation asks for by what it is (resolved to a [`Persona`] by the model's
+/// persona cache before the conversation joins).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PersonaRequest {
+    /// A configured `[personas.NAME]`.
+    Named(String),
+    /// NVIDIA's server's query parameters: a voice preset's name (`voice_prompt`) and a role
+    /// (`text_prompt`), either may be absent.
+    Prompt {
+        /// A preset name under the model's `voices` folder.
+        voice: Option<String>,
+        /// The role text.
+        role: Option<String>,
+    },
+}
+
+impl std::fmt::Display for PersonaRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PersonaRequest::Named(n) => write!(f, "{n}"),
+            PersonaRequest::Prompt { voice, role } => {
+                let words = role.as_deref().map_or(0, |r| r.split_whitespace().count());
+                let voice = voice.as_deref().unwrap_or("no voice");
+                write!(f, "session prompt ({voice}, {words}-word role)")
+            }
+        }
+    }
+}

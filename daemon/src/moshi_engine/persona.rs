@@ -1,5 +1,6 @@
-//! `model.persona`: the PersonaPlex prompt, run once when the model loads (or read back from
-//! `cache_dir/personas/`), kept so that every conversation starts from a copy of it.
+//! PersonaPlex prompts: `model.persona` and the `[personas]` a conversation asks for, run once
+//! (or read back from `cache_dir/personas/`) and kept so that every conversation starts from a
+//! copy; and a session's own prompt (`/api/chat?voice_prompt=&text_prompt=`).
 
 use std::path::Path;
 
@@ -23,6 +24,19 @@ pub(super) fn prompted(
     let Some(name) = &cfg.model.persona else {
         return Ok(None);
     };
+    named(spec, cfg, name, gen, tokenizer, mimi).map(Some)
+}
+
+/// The prompted state of `[personas.NAME]`: read from `cache_dir/personas/NAME.state` when
+/// its key still matches, else prompted (and kept there), with `gen` left in it.
+pub(super) fn named(
+    spec: &ModelSpec,
+    cfg: &Config,
+    name: &str,
+    gen: &mut LmGen,
+    tokenizer: &TextTokenizer,
+    mimi: &mut Mimi,
+) -> anyhow::Result<PromptedState> {
     let persona = cfg
         .personas
         .get(name)
@@ -42,7 +56,7 @@ pub(super) fn prompted(
             "persona {name}: prompted state read from {}",
             file.display()
         );
-        return Ok(Some(s));
+        return Ok(s);
     }
     let s = gen
         .run_prompt(&p, |_| {})
@@ -62,7 +76,33 @@ pub(super) fn prompted(
             "persona {name}: not cached on disk ({e:#}); it is prompted again at the next start"
         );
     }
-    Ok(Some(s))
+    Ok(s)
+}
+
+/// The prompted state of a session's own prompt (`voice_prompt`: a preset name under the
+/// model's `voices` folder; `text_prompt`: the role), kept in memory only by the caller.
+pub(super) fn adhoc(
+    spec: &ModelSpec,
+    voice: Option<&str>,
+    role: Option<&str>,
+    gen: &mut LmGen,
+    tokenizer: &TextTokenizer,
+    mimi: &mut Mimi,
+) -> anyhow::Result<PromptedState> {
+    let voices = spec.lm.parent().unwrap_or(Path::new(".")).join("voices");
+    let what = PersonaSpec {
+        voice,
+        voice_dir: &voices,
+        role,
+    };
+    let p = prompt(&spec.lm_config, &what, Some(tokenizer), Some(mimi))?;
+    let s = gen.run_prompt(&p, |_| {}).context("running the prompt")?;
+    log::info!(
+        "session prompt (voice {voice:?}): {} steps took {:.1} s; kept in memory",
+        s.steps(),
+        s.elapsed().as_secs_f64()
+    );
+    Ok(s)
 }
 
 /// A state saved under `key`, restored into `gen`; None when absent, stale or unreadable

@@ -5,6 +5,7 @@
 
 use super::params::SessionSampling;
 use crate::control::StateSnapshot;
+use crate::engine::PersonaRequest;
 use serde::Serialize;
 use std::net::SocketAddr;
 
@@ -85,6 +86,13 @@ pub struct DemoState {
     pub web_dropped_output: u64,
 }
 
+/// `/api/personas`: the personas a session may ask for with `/api/chat?persona=NAME`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PersonaList {
+    /// The configured `[personas]` names, sorted (empty: the model takes none).
+    pub personas: Vec<String>,
+}
+
 /// The device, as the web endpoint sees it.
 pub trait Backend: Send + Sync + 'static {
     /// What the metadata reports.
@@ -96,6 +104,28 @@ pub trait Backend: Send + Sync + 'static {
     /// Takes a conversation for a web session from `peer` (the caller holds at most
     /// [`Backend::max_conversations`] at once). Dropping the [`Talk`] gives it back.
     fn open(&self, peer: SocketAddr, sampling: SessionSampling) -> Result<Box<dyn Talk>, String>;
+    /// [`Backend::open`] for a session that asked for a persona (`persona=`, or NVIDIA's
+    /// `voice_prompt=`/`text_prompt=`): its conversation starts from that persona's prompted
+    /// state. May block (a persona's first use runs its prompt). By default no persona is
+    /// served: such a session is refused with a message that says so.
+    fn open_as(
+        &self,
+        peer: SocketAddr,
+        sampling: SessionSampling,
+        persona: Option<&PersonaRequest>,
+    ) -> Result<Box<dyn Talk>, String> {
+        match persona {
+            Some(p) => Err(format!(
+                "persona {p}: this server takes no persona per session (the offline demo \
+                 with a PersonaPlex model and [personas] does)"
+            )),
+            None => self.open(peer, sampling),
+        }
+    }
+    /// The `[personas]` names a session may ask for (`/api/personas`).
+    fn personas(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// The device's state for the page.
     fn state(&self) -> DeviceState;
     /// Applies a control.

@@ -4,8 +4,9 @@
 
 use super::backend::{Backend, Control, DemoState, DeviceState, ModelInfo, Talk};
 use super::params::SessionSampling;
-use crate::engine::{Engine, SamplingOverride};
+use crate::engine::{Engine, JoinRequest, PersonaRequest, SamplingOverride};
 use crate::hub::{Hub, HubConversation};
+use crate::moshi_engine::PersonaCache;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,8 @@ pub struct LocalBackend {
     inner: Arc<Inner>,
     info: ModelInfo,
     voice: String,
+    /// The personas sessions may ask for (None: the model takes none).
+    personas: Option<PersonaCache>,
 }
 
 impl LocalBackend {
@@ -41,7 +44,15 @@ impl LocalBackend {
             inner: Arc::new(inner),
             info,
             voice: voice.to_string(),
+            personas: None,
         }
+    }
+
+    /// Serves sessions that ask for a persona (`[personas]`, or their own prompt) from
+    /// `cache`, which must belong to the hub's model.
+    pub fn with_personas(mut self, cache: PersonaCache) -> LocalBackend {
+        self.personas = Some(cache);
+        self
     }
 }
 
@@ -68,15 +79,35 @@ impl Backend for LocalBackend {
     }
 
     fn open(&self, peer: SocketAddr, s: SessionSampling) -> Result<Box<dyn Talk>, String> {
-        let conv = self
-            .hub
-            .join(sampling_override(&s).into())
-            .map_err(|e| format!("busy: {}", e.0))?;
+        self.open_as(peer, s, None)
+    }
+
+    fn open_as(
+        &self,
+        peer: SocketAddr,
+        s: SessionSampling,
+        persona: Option<&PersonaRequest>,
+    ) -> Result<Box<dyn Talk>, String> {
+        let persona = match (persona, &self.personas) {
+            (None, _) => None,
+            (Some(p), Some(cache)) => Some(cache.get(p).map_err(|e| e.to_string())?),
+            (Some(p), None) => return Err(format!("persona {p}: this model takes no persona")),
+        };
+        let named = persona.as_ref().map(|p| format!("; persona {}", p.name));
+        let request = JoinRequest {
+            sampling: sampling_override(&s),
+            persona,
+        };
+        let conv = self.hub.join(request).map_err(|e| match named {
+            Some(_) => e.0,
+            None => format!("busy: {}", e.0),
+        })?;
         log::info!(
-            "web: {peer}: conversation slot {} of {} ({})",
+            "web: {peer}: conversation slot {} of {} ({}{})",
             conv.slot(),
             self.hub.capacity(),
-            self.hub.describe()
+            self.hub.describe(),
+            named.as_deref().unwrap_or("")
         );
         if let Ok(mut c) = self.inner.clients.lock() {
             c.push(peer);
@@ -86,6 +117,13 @@ impl Backend for LocalBackend {
             inner: self.inner.clone(),
             peer,
         }))
+    }
+
+    fn personas(&self) -> Vec<String> {
+        self.personas
+            .as_ref()
+            .map(|c| c.names())
+            .unwrap_or_default()
     }
 
     fn state(&self) -> DeviceState {

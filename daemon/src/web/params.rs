@@ -1,7 +1,9 @@
-//! Query parameters: `/api/chat`'s per-session sampling (PROTOCOL.md, "Endpoint"),
+//! Query parameters: `/api/chat`'s per-session sampling (PROTOCOL.md, "Endpoint") and
+//! persona (NVIDIA's `voice_prompt`/`text_prompt`, or a configured `persona`),
 //! `/api/control`'s controls, and the token.
 
 use super::backend::Control;
+use crate::engine::PersonaRequest;
 
 /// Sampling settings a session asked for; None = the daemon's configured value.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -71,6 +73,49 @@ pub fn pairs(query: Option<&str>) -> Vec<(String, String)> {
             None => (decode(p), String::new()),
         })
         .collect()
+}
+
+/// The longest `text_prompt` taken (NVIDIA's roles are a few hundred characters).
+const MAX_ROLE_CHARS: usize = 4000;
+
+/// The persona a session asks for: `persona=NAME` (a `[personas]` entry), or NVIDIA's
+/// `voice_prompt=NAME` (a preset's name; a `.pt`/`.wav` suffix, as NVIDIA's client sends it,
+/// is dropped) and/or `text_prompt=ROLE`. Empty values count as absent.
+pub fn persona(pairs: &[(String, String)]) -> Result<Option<PersonaRequest>, BadParam> {
+    let get = |k: &str| {
+        pairs
+            .iter()
+            .rev()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.trim())
+            .filter(|v| !v.is_empty())
+    };
+    let bad = |name: &str, value: &str, why| BadParam {
+        name: name.to_string(),
+        value: value.chars().take(100).collect(),
+        why,
+    };
+    let voice = get("voice_prompt").map(|v| {
+        let stem = v.strip_suffix(".pt").or_else(|| v.strip_suffix(".wav"));
+        stem.filter(|s| !s.is_empty()).unwrap_or(v).to_string()
+    });
+    let role = get("text_prompt").map(str::to_string);
+    if let Some(r) = role
+        .as_deref()
+        .filter(|r| r.chars().count() > MAX_ROLE_CHARS)
+    {
+        return Err(bad("text_prompt", r, "at most 4000 characters"));
+    }
+    match (get("persona"), voice.is_some() || role.is_some()) {
+        (Some(n), true) => Err(bad(
+            "persona",
+            n,
+            "give either persona or voice_prompt/text_prompt, not both",
+        )),
+        (Some(n), false) => Ok(Some(PersonaRequest::Named(n.to_string()))),
+        (None, true) => Ok(Some(PersonaRequest::Prompt { voice, role })),
+        (None, false) => Ok(None),
+    }
 }
 
 fn num<T: std::str::FromStr>(name: &str, v: &str, why: &'static str) -> Result<T, BadParam> {
@@ -239,5 +284,33 @@ mod tests {
         assert_eq!(token(&q("token="), None), None);
         assert_eq!(decode("100%"), "100%");
         assert_eq!(decode("%zz%41"), "%zzA");
+    }
+
+    #[test]
+    fn a_persona_comes_by_name_or_as_nvidias_prompts_never_both() {
+        assert_eq!(persona(&q("text_topk=25")).unwrap(), None);
+        assert_eq!(
+            persona(&q("persona=desk")).unwrap(),
+            Some(PersonaRequest::Named("desk".into()))
+        );
+        // NVIDIA's client names the preset file: the suffix goes, the name stays.
+        assert_eq!(
+            persona(&q("voice_prompt=NATF2.pt&text_prompt=You+are+a+desk")).unwrap(),
+            Some(PersonaRequest::Prompt {
+                voice: Some("NATF2".into()),
+                role: Some("You are a desk".into()),
+            })
+        );
+        assert_eq!(
+            persona(&q("voice_prompt=&text_prompt=hi")).unwrap(),
+            Some(PersonaRequest::Prompt {
+                voice: None,
+                role: Some("hi".into()),
+            })
+        );
+        let e = persona(&q("persona=desk&text_prompt=hi")).unwrap_err();
+        assert_eq!(e.name, "persona");
+        let long = format!("text_prompt={}", "a".repeat(4001));
+        assert_eq!(persona(&q(&long)).unwrap_err().name, "text_prompt");
     }
 }

@@ -11,6 +11,7 @@ use super::origin::Site;
 use super::params::{self, SessionSampling};
 use super::protocol::{self, BuildInfo, Metadata};
 use super::session::{self, Limits};
+use crate::engine::PersonaRequest;
 use anyhow::Context;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -332,7 +333,7 @@ fn route(
     let asset = super::page::asset(&path);
     let api = matches!(
         path.as_str(),
-        "/api/chat" | "/api/state" | "/api/control" | "/api/room"
+        "/api/chat" | "/api/state" | "/api/control" | "/api/room" | "/api/personas"
     );
     if asset.is_none() && !api {
         return text(StatusCode::NOT_FOUND, "not found\n");
@@ -358,6 +359,7 @@ fn route(
     match (req.method(), path.as_str()) {
         (&Method::GET, "/api/chat") => chat(req, peer, ctx, &pairs, admission),
         (&Method::GET, "/api/state") => state(&ctx),
+        (&Method::GET, "/api/personas") => personas(&ctx),
         (&Method::POST, "/api/control") => control(&ctx, &pairs),
         (&Method::GET, "/api/room") => room(&ctx, &pairs),
         (&Method::POST, "/api/room") => room_control(&ctx, &pairs),
@@ -416,6 +418,17 @@ fn state(ctx: &Ctx) -> Response<Body> {
             "text/plain",
             format!("state: {e}"),
         ),
+    }
+}
+
+/// `GET /api/personas`: the names `/api/chat?persona=` takes (the page's persona select).
+fn personas(ctx: &Ctx) -> Response<Body> {
+    let list = super::backend::PersonaList {
+        personas: ctx.backend.personas(),
+    };
+    match serde_json::to_vec(&list) {
+        Ok(body) => respond(StatusCode::OK, "application/json", body),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
     }
 }
 
@@ -484,6 +497,10 @@ fn chat(
         Ok(s) => s,
         Err(e) => return text(StatusCode::BAD_REQUEST, &format!("{e}\n")),
     };
+    let persona = match params::persona(pairs) {
+        Ok(p) => p,
+        Err(e) => return text(StatusCode::BAD_REQUEST, &format!("{e}\n")),
+    };
     let h = req.headers();
     let upgrade = h
         .get(header::UPGRADE)
@@ -507,7 +524,7 @@ fn chat(
                 let ws =
                     WebSocketStream::from_raw_socket(TokioIo::new(up), Role::Server, Some(wsc))
                         .await;
-                run_chat(ws, peer, ctx, sampling).await;
+                run_chat(ws, peer, ctx, sampling, persona).await;
                 // Counted in web_connections until the session's socket closes.
                 drop(admission);
             }
@@ -557,6 +574,7 @@ async fn run_chat<S>(
     peer: SocketAddr,
     ctx: Arc<Ctx>,
     s: SessionSampling,
+    persona: Option<PersonaRequest>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -581,9 +599,13 @@ async fn run_chat<S>(
             }
         }
     };
-    let talk = match ctx.backend.open(peer, s) {
-        Ok(t) => t,
-        Err(e) => return reject(ws, &e).await,
+    // A persona's first use runs its prompt: off the server's thread.
+    let backend = ctx.backend.clone();
+    let opened = tokio::task::spawn_blocking(move || backend.open_as(peer, s, persona.as_ref()));
+    let talk = match opened.await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return reject(ws, &e).await,
+        Err(e) => return reject(ws, &format!("the session could not start: {e}")).await,
     };
     log::info!("web: {peer}: conversation started");
     let first = ws.send(Message::Binary(protocol::handshake().into())).await;
