@@ -1,9 +1,9 @@
 //! The web endpoint inside the appliance: `moshid run` with the demo model, ALSA `file`
 //! PCMs as the room's microphone and speaker, a real mosquitto, and `moshid client` over
-//! a real TLS WebSocket. A web session takes the conversation from the room (the room's
-//! speaker gets silence, the state says `endpoint` = `web` and the client's address) and
-//! gives it back when it ends; `set/conversation OFF` ends it; a second client is rejected
-//! with `busy = "reject"`.
+//! a real TLS WebSocket. The room and the web sessions are conversations of their own on
+//! one model (one batched step): the room keeps talking while web clients talk, MQTT counts
+//! the conversations, a client beyond `[web] max_conversations` waits or is rejected, and
+//! the room's devices failing never refuses a web session.
 
 mod support;
 
@@ -24,21 +24,28 @@ struct Appliance {
     dir: PathBuf,
 }
 
-/// Broker + `moshid run` with `[web]` on loopback (busy = reject); READY=1 awaited.
-fn appliance(dir: &Path) -> Appliance {
-    appliance_on(dir, free_port(), "reject")
+/// Broker + `moshid run` with `[web]` on loopback at `web_port` with this busy policy;
+/// READY=1 awaited.
+fn appliance_on(dir: &Path, web_port: u16, busy: &str) -> Appliance {
+    appliance_with(dir, web_port, busy, 1, "")
 }
 
-/// [`appliance`] with the web endpoint on `web_port` and this busy policy.
-fn appliance_on(dir: &Path, web_port: u16, busy: &str) -> Appliance {
+/// [`appliance_on`] with `max` web conversations beside the room's, and `audio` settings
+/// replacing the room's devices (an `[audio]` key list, or empty for the file PCMs).
+fn appliance_with(dir: &Path, web_port: u16, busy: &str, max: usize, audio: &str) -> Appliance {
     let broker = Broker::start(dir);
     let notify = Notify::bind(dir);
-    let obs = Observer::connect(broker.port, "obs", &[&topic("#")]);
+    let obs = Observer::connect(broker.port, "obs", &[&topic("#"), "homeassistant/#"]);
     let web = format!(
-        "[web]\nlisten = \"127.0.0.1:{web_port}\"\nstate_dir = \"{}\"\nbusy = \"{busy}\"\n",
+        "[web]\nlisten = \"127.0.0.1:{web_port}\"\nstate_dir = \"{}\"\nbusy = \"{busy}\"\nmax_conversations = {max}\n",
         dir.join("state").display()
     );
     let (cfg, alsa) = write_config(dir, broker.port, &web);
+    if !audio.is_empty() {
+        let toml = std::fs::read_to_string(&cfg).unwrap();
+        let toml = toml.replace("capture = \"mic\"\n", audio);
+        std::fs::write(&cfg, toml).unwrap();
+    }
     let daemon = start_daemon(dir, &cfg, &alsa, &notify);
     assert!(
         notify.wait("READY=1", Duration::from_secs(120)),
@@ -122,12 +129,6 @@ fn curl(port: u16, method: &str, path: &str) -> String {
     String::from_utf8_lossy(&o.stdout).to_string()
 }
 
-/// The samples of what `moshid client` heard (a 32-bit float WAV).
-fn samples(p: &Path) -> Vec<f32> {
-    let mut r = hound::WavReader::open(p).expect("the client wrote what it heard");
-    r.samples::<f32>().map(|s| s.unwrap()).collect()
-}
-
 /// Bytes in the speaker file now.
 fn len(p: &Path) -> usize {
     std::fs::metadata(p).map_or(0, |m| m.len() as usize)
@@ -156,145 +157,148 @@ fn stop(mut d: Daemon) {
     d.terminate(Duration::from_secs(3));
 }
 
-#[test]
-fn a_web_session_takes_the_conversation_from_the_room_and_gives_it_back() {
-    let _g = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let a = appliance(dir.path());
-    let spk = a.speaker();
-    // The room talks: the demo model's (random) voice reaches the speaker.
-    a.obs.publish(&topic("set/conversation"), "ON");
-    a.state(0, "a room conversation", |v| {
-        v["phase"] == "conversation" && v["endpoint"] == "room" && v["steps"].as_u64() > Some(5)
-    });
-    let at = len(&spk);
-    let end = grown(&spk, at, 2 * BYTES_PER_S);
-    assert!(peak(&spk, at, end) > 0.01, "the room is silent before");
+/// The conversations the state lists, once one lists `n`.
+fn endpoints(s: &serde_json::Value) -> Vec<String> {
+    s["endpoints"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
 
-    let n = a.states();
-    let c = a.client("8", "?text_topk=25&text_seed=7", "heard");
-    let s = a.state(n, "endpoint web", |v| v["endpoint"] == "web");
-    let client = s["client"].as_str().unwrap_or_default().to_string();
-    assert!(client.starts_with("127.0.0.1:"), "{s}");
-    assert_eq!(s["phase"], "conversation", "{s}");
-    // Frames queued for the room before the take-over (the pipeline's output queue, hal's
-    // queue and the ALSA buffer: at most ~0.65 s) play out within a second;
-    // from then on, while the client still talks, the room's speaker gets silence.
-    let from = grown(&spk, len(&spk), BYTES_PER_S);
-    let to = grown(&spk, from, 3 * BYTES_PER_S);
-    let mut c = c;
-    assert!(
-        c.try_wait().unwrap().is_none(),
-        "the session ended too early"
-    );
-    assert_eq!(
-        peak(&spk, from, to),
-        0.0,
-        "the room's speaker played during the web session"
-    );
-
-    let n = a.states();
+/// A session heard Moshi: a handshake, text, and audio that is not silence.
+fn assert_talked(name: &str, c: Child, seconds: f64, log: &str) {
     let (ok, j, err) = finish(c);
-    assert!(ok, "client failed: {err}\n{j}\n{}", a.daemon.log());
-    eprintln!("web session in the appliance: {j}");
-    assert!(j["handshake_ms"].as_f64().is_some(), "{j}");
-    assert_eq!(j["metadata"]["text_topk"], 25, "{j}");
-    assert_eq!(j["metadata"]["lm_model_file"], "lm.safetensors", "{j}");
-    assert!(j["audio_s"].as_f64().unwrap() >= 7.0, "{j}");
-    assert!(j["audio_rms_dbfs"].as_f64().unwrap() > -40.0, "silent: {j}");
-    assert!(!j["text"].as_str().unwrap().is_empty(), "no text: {j}");
-
-    // The room has the conversation again, and its speaker Moshi's voice.
-    let s = a.state(n, "endpoint room", |v| v["endpoint"] == "room");
-    assert!(s.get("client").is_none(), "{s}");
-    assert!(s["web_dropped_input"].as_u64().is_some(), "{s}");
-    assert!(s["web_dropped_output"].as_u64().is_some(), "{s}");
-    let at = len(&spk);
-    let back = wait_for(Duration::from_secs(20), || {
-        (peak(&spk, at, len(&spk)) > 0.01).then_some(())
-    });
-    assert!(back.is_some(), "the room stays silent after the session");
-    assert!(a.notify.count("READY=1") >= 1);
-    stop(a.daemon);
+    assert!(ok, "{name} failed: {err}\n{j}\n{log}");
+    assert!(j["handshake_ms"].as_f64().is_some(), "{name}: {j}");
+    assert!(j["audio_s"].as_f64().unwrap() >= seconds, "{name}: {j}");
+    assert!(
+        j["audio_rms_dbfs"].as_f64().unwrap() > -40.0,
+        "{name} heard silence: {j}"
+    );
+    assert!(
+        !j["text"].as_str().unwrap().is_empty(),
+        "{name}: no text: {j}"
+    );
 }
 
 #[test]
-fn conversation_off_ends_a_web_session_and_a_second_client_is_busy() {
+fn the_room_and_three_web_clients_talk_at_once_on_one_model() {
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
-    let a = appliance(dir.path());
-    // The room's conversation is off (autostart = false): a web session talks anyway.
-    a.state(0, "idle", |v| v["phase"] == "idle");
-    let n = a.states();
-    // It would talk for 30 s: the device ends it long before (slow machines included).
-    let c = a.client("30", "", "first");
-    a.state(n, "endpoint web", |v| {
-        v["endpoint"] == "web" && v["phase"] == "conversation" && v["steps"].as_u64() > Some(10)
-    });
-    // A second client while one talks: kind-5 "busy" and a close.
-    let (ok, j, err) = finish(a.client("2", "", "second"));
-    assert!(!ok, "{j}");
+    let a = appliance_with(dir.path(), free_port(), "reject", 3, "");
+    let spk = a.speaker();
+    let sensor = "homeassistant/sensor/e2e/conversations/config";
     assert!(
-        j["errors"][0]
-            .as_str()
-            .unwrap_or_default()
-            .starts_with("busy"),
-        "{j}\n{err}"
+        wait_for(Duration::from_secs(10), || (!a.obs.on(sensor).is_empty())
+            .then_some(()))
+        .is_some(),
+        "no conversations sensor for Home Assistant"
     );
-    assert!(j["metadata"].is_null(), "no handshake for the second: {j}");
-    // The page's panel goes through the supervisor: its state, and volume 0 silences the
-    // web session as it would the room.
+    a.obs.publish(&topic("set/conversation"), "ON");
+    a.state(0, "the room's conversation", |v| {
+        v["phase"] == "conversation" && v["conversations"] == 1 && endpoints(v) == ["room"]
+    });
+    let n = a.states();
+    let clients: Vec<Child> = (0..3)
+        .map(|i| a.client("8", &format!("?text_seed={i}"), &format!("web{i}")))
+        .collect();
+    let s = a.state(n, "four conversations", |v| v["conversations"] == 4);
+    let eps = endpoints(&s);
+    assert_eq!(eps[0], "room", "{s}");
+    assert_eq!(
+        eps.iter()
+            .filter(|e| e.starts_with("web 127.0.0.1:"))
+            .count(),
+        3,
+        "{s}"
+    );
+    // The page shows them too (`/api/state`).
     let st: serde_json::Value =
         serde_json::from_str(&curl(a.web_port, "GET", "/api/state")).unwrap();
-    assert_eq!(st["endpoint"], "web", "{st}");
+    assert!(st["conversations"].as_u64() >= Some(3), "{st}");
+    // The room keeps talking while the web sessions do: Moshi's voice on its speaker.
+    let at = len(&spk);
+    let end = grown(&spk, at, 2 * BYTES_PER_S);
     assert!(
-        st["client"]
-            .as_str()
-            .is_some_and(|c| c.starts_with("127.0.0.1:")),
-        "{st}"
+        peak(&spk, at, end) > 0.01,
+        "the room's speaker is silent during the web sessions"
     );
-    assert!(
-        st["voices"].as_array().is_some_and(|v| v.len() == 2),
-        "{st}"
-    );
-    let n = a.states();
-    curl(a.web_port, "POST", "/api/control?volume=0");
-    let s = a.state(n, "volume 0", |v| v["volume"] == 0);
-    let steps = s["steps"].as_u64().unwrap();
-    a.state(n, "15 steps at volume 0", |v| {
-        v["steps"].as_u64() > Some(steps + 15)
-    });
-    // The device ends the first session.
-    let n = a.states();
-    a.obs.publish(&topic("set/conversation"), "OFF");
-    let (ok, j, err) = finish(c);
+    // A fourth web session is beyond `max_conversations` (busy = reject).
+    let (ok, j, err) = finish(a.client("2", "", "fourth"));
     assert!(!ok, "{j}");
-    assert!(
-        j["errors"][0]
-            .as_str()
-            .unwrap_or_default()
-            .contains("ended on the device"),
-        "{j}\n{err}"
-    );
-    assert!(j["audio_s"].as_f64().unwrap() > 1.0, "{j}");
-    let heard = samples(&dir.path().join("first.wav"));
-    let quiet = heard.len().saturating_sub(19_200);
-    let peak = |s: &[f32]| s.iter().fold(0.0f32, |a, x| a.max(x.abs()));
-    assert!(
-        peak(&heard[..quiet]) > 0.01,
-        "the web session heard silence"
-    );
-    assert!(
-        peak(&heard[quiet..]) < 0.01,
-        "volume 0 did not silence the web session: peak {}",
-        peak(&heard[quiet..])
-    );
-    a.state(n, "room, idle", |v| {
-        v["endpoint"] == "room" && v["phase"] == "idle"
-    });
+    let e = j["errors"][0].as_str().unwrap_or_default();
+    assert!(e.starts_with("busy"), "{j}\n{err}");
+    assert!(j["metadata"].is_null(), "no handshake for the fourth: {j}");
+    let n = a.states();
+    for (i, c) in clients.into_iter().enumerate() {
+        assert_talked(&format!("web{i}"), c, 7.0, &a.daemon.log());
+    }
+    let s = a.state(n, "the room alone again", |v| v["conversations"] == 1);
+    assert_eq!(endpoints(&s), ["room"], "{s}");
     stop(a.daemon);
 }
 
+#[test]
+fn a_room_capture_that_ends_does_not_stop_a_web_session() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    // The room's microphone is a 2 s recording: its source ends soon after the start.
+    let wav = dir.path().join("room.wav");
+    write_voice_wav(&wav, 2.0);
+    let capture = format!("capture = \"wav:{}\"\n", wav.display());
+    let a = appliance_with(dir.path(), free_port(), "reject", 2, &capture);
+    let s = a.state(0, "the room's audio stopped", |v| v["phase"] == "error");
+    assert!(
+        s["error"].as_str().unwrap_or_default().contains("audio"),
+        "{s}"
+    );
+    let n = a.states();
+    let c = a.client("4", "", "web");
+    let s = a.state(n, "a web conversation", |v| {
+        endpoints(v).iter().any(|e| e.starts_with("web "))
+    });
+    assert!(!endpoints(&s).contains(&"room".to_string()), "{s}");
+    assert_talked("web", c, 3.0, &a.daemon.log());
+    stop(a.daemon);
+}
+
+#[test]
+fn a_missing_microphone_at_start_still_serves_web_sessions() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    // No such PCM: the room cannot open; READY=1 comes once the model serves the web
+    // (`appliance_with` waits for it).
+    let a = appliance_with(
+        dir.path(),
+        free_port(),
+        "reject",
+        1,
+        "capture = \"no_such_mic\"\n",
+    );
+    let s = a.state(0, "the room in error", |v| v["phase"] == "error");
+    assert!(
+        s["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("microphone"),
+        "{s}"
+    );
+    let c = a.client("3", "", "web");
+    assert_talked("web", c, 2.5, &a.daemon.log());
+    assert!(
+        a.notify
+            .lines()
+            .iter()
+            .any(|l| l.starts_with("STATUS=") && l.contains("retrying")),
+        "{:?}",
+        a.notify.lines()
+    );
+    stop(a.daemon);
+}
 #[test]
 fn a_web_endpoint_that_cannot_listen_leaves_the_appliance_running() {
     let _g = serial();
@@ -333,16 +337,14 @@ fn a_waiting_client_gets_the_conversation_when_the_first_one_leaves() {
     let a = appliance_on(dir.path(), free_port(), "wait");
     let n = a.states();
     let first = a.client("3", "", "first");
-    let s = a.state(n, "the first client", |v| v["endpoint"] == "web");
-    let one = s["client"].as_str().unwrap().to_string();
+    let web = |v: &serde_json::Value| endpoints(v).into_iter().find(|e| e.starts_with("web "));
+    let s = a.state(n, "the first client", |v| web(v).is_some());
+    let one = web(&s).unwrap();
     // The second waits (no handshake) while the first talks, then talks itself.
     let second = a.client("3", "", "second");
     let (ok, j1, err) = finish(first);
     assert!(ok, "first: {err}\n{j1}");
-    let s = a.state(n, "the second client", |v| {
-        v["endpoint"] == "web" && v["client"].as_str().is_some_and(|c| c != one)
-    });
-    assert_eq!(s["phase"], "conversation", "{s}");
+    a.state(n, "the second client", |v| web(v).is_some_and(|c| c != one));
     let n = a.states();
     let (ok, j2, err) = finish(second);
     assert!(ok, "second: {err}\n{j2}\n{}", a.daemon.log());
@@ -352,6 +354,6 @@ fn a_waiting_client_gets_the_conversation_when_the_first_one_leaves() {
     );
     assert!(j2["audio_s"].as_f64().unwrap() >= 2.5, "{j2}");
     assert!(j2["audio_rms_dbfs"].as_f64().unwrap() > -40.0, "{j2}");
-    a.state(n, "room", |v| v["endpoint"] == "room");
+    a.state(n, "no web session", |v| web(v).is_none());
     stop(a.daemon);
 }

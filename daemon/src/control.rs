@@ -81,6 +81,10 @@ pub struct Shared {
     pub web_dropped_input: AtomicU64,
     /// Web sessions: output messages dropped because the client did not keep up.
     pub web_dropped_output: AtomicU64,
+    /// Satellite: replies from the brain that were not back in time (played as silence).
+    pub remote_late_frames: AtomicU64,
+    /// The model is a brain over the network (`[model] source = "remote"`).
+    pub satellite: AtomicBool,
     /// Model steps done since start.
     pub steps: AtomicU64,
     /// Last end-to-end latency (capture to playback), f32 bits, milliseconds.
@@ -184,7 +188,8 @@ impl Histogram {
 struct SharedText {
     voice: String,
     persona: Option<String>,
-    endpoint: String,
+    /// The web sessions' clients (`web 10.0.0.7:5123`), in the order they came.
+    web_sessions: Vec<String>,
     web_error: Option<String>,
     status: String,
     error: Option<String>,
@@ -206,11 +211,11 @@ pub struct StateSnapshot {
     /// PersonaPlex persona every conversation starts with (absent without one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub persona: Option<String>,
-    /// Who holds the conversation: `room`, or a remote endpoint's kind (`web`).
-    pub endpoint: String,
-    /// The remote endpoint's client address while one holds the conversation.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub client: Option<String>,
+    /// Conversations in progress on the model: the room's (while it is on) and the web
+    /// sessions'.
+    pub conversations: usize,
+    /// Who they are with: `room`, and `web ADDRESS:PORT` per web session.
+    pub endpoints: Vec<String>,
     /// End-to-end latency in ms (capture to playback), last frame.
     pub latency_ms: f64,
     /// Real-time factor of the model step (below 1 = faster than real time).
@@ -223,6 +228,9 @@ pub struct StateSnapshot {
     pub web_dropped_input: u64,
     /// Web sessions: output messages a slow client could not take.
     pub web_dropped_output: u64,
+    /// Satellite only: the brain's replies that were not back in time (silence instead).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_late_frames: Option<u64>,
     /// Model steps since start.
     pub steps: u64,
     /// Level of what the model last heard (after mute and echo cancellation), dBFS.
@@ -260,6 +268,8 @@ impl Shared {
             dropped_transcripts: AtomicU64::new(0),
             web_dropped_input: AtomicU64::new(0),
             web_dropped_output: AtomicU64::new(0),
+            remote_late_frames: AtomicU64::new(0),
+            satellite: AtomicBool::new(false),
             steps: AtomicU64::new(0),
             latency_ms: AtomicU32::new(0),
             rtf: AtomicU32::new(0),
@@ -272,7 +282,6 @@ impl Shared {
             room: crate::room::RoomLog::default(),
             text: Mutex::new(SharedText {
                 voice: voice.to_string(),
-                endpoint: "room".into(),
                 status: "starting".into(),
                 ..Default::default()
             }),
@@ -307,9 +316,19 @@ impl Shared {
         }
     }
 
-    /// Sets who holds the conversation (`room`, or a remote endpoint's name).
-    pub fn set_endpoint(&self, name: &str) {
-        self.text().endpoint = name.to_string();
+    /// A web session started (`name`: `web ADDRESS:PORT`).
+    pub fn add_web_session(&self, name: &str) {
+        self.text().web_sessions.push(name.to_string());
+        self.bump();
+    }
+
+    /// A web session ended.
+    pub fn remove_web_session(&self, name: &str) {
+        let mut t = self.text();
+        if let Some(i) = t.web_sessions.iter().position(|n| n == name) {
+            t.web_sessions.remove(i);
+        }
+        drop(t);
         self.bump();
     }
 
@@ -453,25 +472,26 @@ impl Shared {
     pub fn snapshot(&self) -> StateSnapshot {
         let t = self.text();
         let phase = self.phase();
-        // `web 10.0.0.7:5123` -> endpoint `web`, client `10.0.0.7:5123`.
-        let (endpoint, client) = match t.endpoint.split_once(' ') {
-            Some((kind, client)) => (kind.to_string(), Some(client.to_string())),
-            None => (t.endpoint.clone(), None),
-        };
+        let room = (phase == Phase::Conversation).then(|| "room".to_string());
+        let endpoints: Vec<String> = room.into_iter().chain(t.web_sessions.clone()).collect();
         StateSnapshot {
             phase,
             muted: self.muted.load(Ordering::Relaxed),
             volume: self.volume.load(Ordering::Relaxed),
             voice: t.voice.clone(),
             persona: t.persona.clone(),
-            endpoint,
-            client,
+            conversations: endpoints.len(),
+            endpoints,
             latency_ms: (self.latency_ms() as f64 * 10.0).round() / 10.0,
             rtf: (self.rtf() as f64 * 1000.0).round() / 1000.0,
             dropped_frames: self.dropped_frames.load(Ordering::Relaxed),
             dropped_transcripts: self.dropped_transcripts.load(Ordering::Relaxed),
             web_dropped_input: self.web_dropped_input.load(Ordering::Relaxed),
             web_dropped_output: self.web_dropped_output.load(Ordering::Relaxed),
+            remote_late_frames: self
+                .satellite
+                .load(Ordering::Relaxed)
+                .then(|| self.remote_late_frames.load(Ordering::Relaxed)),
             steps: self.steps.load(Ordering::Relaxed),
             input_dbfs: (self.input_dbfs() as f64 * 10.0).round() / 10.0,
             wake_word: t
@@ -678,13 +698,19 @@ mod tests {
         assert!(j.get("error").is_none());
         s.set_error("boom");
         assert_eq!(s.snapshot().error.as_deref(), Some("boom"));
-        assert_eq!(j["endpoint"], "room");
-        assert!(j.get("client").is_none());
-        s.set_endpoint("web 10.0.0.7:5123");
+        assert_eq!(j["conversations"], 0, "the room is idle");
+        assert_eq!(j["endpoints"], serde_json::json!([]));
+        s.set_phase(Phase::Conversation);
+        s.add_web_session("web 10.0.0.7:5123");
+        s.add_web_session("web 10.0.0.8:6000");
+        s.remove_web_session("web 10.0.0.7:5123");
         s.web_dropped_output.store(3, Ordering::Relaxed);
         let j = serde_json::to_value(s.snapshot()).unwrap();
-        assert_eq!(j["endpoint"], "web");
-        assert_eq!(j["client"], "10.0.0.7:5123");
+        assert_eq!(j["conversations"], 2);
+        assert_eq!(
+            j["endpoints"],
+            serde_json::json!(["room", "web 10.0.0.8:6000"])
+        );
         assert_eq!(j["web_dropped_output"], 3);
     }
 }

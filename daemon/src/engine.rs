@@ -3,8 +3,10 @@
 //! keeps it testable with a scripted engine.
 
 mod join;
+mod solo;
 
 pub use join::{JoinRequest, Persona, PersonaRequest};
+pub use solo::Solo;
 
 /// Errors from a model step.
 #[derive(Debug, thiserror::Error)]

@@ -12,6 +12,10 @@
 //! whose client stalls costs only its own frames. Buffers travel with the messages and
 //! come back with the replies, so a steady state allocates nothing per frame.
 
+mod door;
+
+pub use door::HubDoor;
+
 use crate::engine::{BatchFrame, BatchModel, Engine, EngineError, JoinRequest, SamplingOverride};
 use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -55,6 +59,8 @@ enum Msg {
     },
     Sampling(usize, SamplingOverride),
     Step(StepMsg),
+    /// Drop the model now (memory for the next one); conversations fail from then on.
+    Release(Sender<()>),
     Stop,
 }
 
@@ -81,13 +87,20 @@ pub struct HubStats {
     pub last_step_us: AtomicU64,
 }
 
-/// The scheduler thread and its model.
+/// The scheduler thread and its model. Dropping it stops the thread and frees the model.
 pub struct Hub {
+    handle: HubHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// What conversations need of a running [`Hub`]: a way in (join), its size and figures.
+/// Cheap to clone; it does not keep the model alive (a join after the hub is gone fails).
+#[derive(Clone)]
+pub struct HubHandle {
     tx: Sender<Msg>,
     capacity: usize,
-    describe: String,
+    describe: Arc<str>,
     stats: Arc<HubStats>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl Hub {
@@ -101,15 +114,45 @@ impl Hub {
         let thread = std::thread::Builder::new()
             .name("moshid-hub".into())
             .spawn(move || Scheduler::new(model, rx, timing, s).run())?;
-        Ok(Hub {
+        let handle = HubHandle {
             tx,
             capacity,
-            describe,
+            describe: describe.into(),
             stats,
+        };
+        Ok(Hub {
+            handle,
             thread: Some(thread),
         })
     }
 
+    /// A handle for the conversations' side (web sessions join through it).
+    pub fn handle(&self) -> &HubHandle {
+        &self.handle
+    }
+
+    /// Conversations the model can hold at once.
+    pub fn capacity(&self) -> usize {
+        self.handle.capacity
+    }
+
+    /// The model's one-line description.
+    pub fn describe(&self) -> &str {
+        &self.handle.describe
+    }
+
+    /// The scheduler's figures.
+    pub fn stats(&self) -> &Arc<HubStats> {
+        &self.handle.stats
+    }
+
+    /// A new conversation in a free slot (see [`HubHandle::join`]).
+    pub fn join(&self, request: JoinRequest) -> Result<HubConversation, EngineError> {
+        self.handle.join(request)
+    }
+}
+
+impl HubHandle {
     /// Conversations the model can hold at once.
     pub fn capacity(&self) -> usize {
         self.capacity
@@ -120,9 +163,16 @@ impl Hub {
         &self.describe
     }
 
-    /// The scheduler's figures.
-    pub fn stats(&self) -> &Arc<HubStats> {
-        &self.stats
+    /// True when both handles lead to the same hub.
+    pub fn same(&self, other: &HubHandle) -> bool {
+        Arc::ptr_eq(&self.stats, &other.stats)
+    }
+
+    /// Drops the model on the scheduler thread and waits until it is freed (at most
+    /// `timeout`): memory for the next model. False when the hub is gone or too slow.
+    pub fn release(&self, timeout: Duration) -> bool {
+        let (done, freed) = bounded(1);
+        self.tx.send(Msg::Release(done)).is_ok() && freed.recv_timeout(timeout).is_ok()
     }
 
     /// A new conversation in a free slot, with the request's sampling and persona; an error
@@ -148,7 +198,7 @@ impl Hub {
 
 impl Drop for Hub {
     fn drop(&mut self) {
-        let _ = self.tx.send(Msg::Stop);
+        let _ = self.handle.tx.send(Msg::Stop);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -235,7 +285,8 @@ impl Drop for HubConversation {
 
 /// The scheduler thread's state.
 struct Scheduler {
-    model: Box<dyn BatchModel>,
+    /// None once released (see [`HubHandle::release`]).
+    model: Option<Box<dyn BatchModel>>,
     rx: Receiver<Msg>,
     timing: Timing,
     stats: Arc<HubStats>,
@@ -255,7 +306,7 @@ impl Scheduler {
     ) -> Scheduler {
         let n = model.capacity();
         Scheduler {
-            model,
+            model: Some(model),
             rx,
             timing,
             stats,
@@ -303,11 +354,14 @@ impl Scheduler {
         }
     }
 
-    /// Applies one message; `None` on Stop, `Some(true)` when it was a frame.
+    /// Applies one message; `None` on Stop, `Some(Some(()))` when it was a frame.
     fn handle(&mut self, msg: Msg) -> Option<Option<()>> {
         match msg {
             Msg::Join { request, reply } => {
-                let r = self.model.join(&request);
+                let r = match self.model.as_mut() {
+                    Some(m) => m.join(&request),
+                    None => Err(released()),
+                };
                 if let Ok(slot) = r {
                     self.active[slot] = true;
                     self.stats.active.fetch_add(1, Ordering::Relaxed);
@@ -316,19 +370,31 @@ impl Scheduler {
             }
             Msg::Leave(slot) => {
                 if self.active.get(slot) == Some(&true) {
-                    self.model.leave(slot);
+                    if let Some(m) = self.model.as_mut() {
+                        m.leave(slot);
+                    }
                     self.active[slot] = false;
                     self.pending[slot] = None;
                     self.stats.active.fetch_sub(1, Ordering::Relaxed);
                 }
             }
             Msg::Reset { slot, done } => {
-                let _ = done.send(self.model.reset(slot));
+                let r = self
+                    .model
+                    .as_mut()
+                    .map_or(Err(released()), |m| m.reset(slot));
+                let _ = done.send(r);
             }
             Msg::Sampling(slot, s) => {
-                if let Err(e) = self.model.set_sampling(slot, &s) {
+                let r = self.model.as_mut().map(|m| m.set_sampling(slot, &s));
+                if let Some(Err(e)) = r {
                     log::warn!("conversation slot {slot}: {e}");
                 }
+            }
+            Msg::Release(done) => {
+                // Frames waiting for this round are answered (failed) by `step`.
+                drop(self.model.take());
+                let _ = done.send(());
             }
             Msg::Step(m) => return Some(self.queue(m)),
             Msg::Stop => return None,
@@ -371,7 +437,10 @@ impl Scheduler {
                     result: Ok(()),
                 })
                 .collect();
-            self.model.step(&mut frames);
+            match self.model.as_mut() {
+                Some(model) => model.step(&mut frames),
+                None => frames.iter_mut().for_each(|f| f.result = Err(released())),
+            }
             let results: Vec<_> = frames.into_iter().map(|f| f.result).collect();
             for (m, r) in msgs.iter_mut().zip(results) {
                 m.result = r;
@@ -388,6 +457,11 @@ impl Scheduler {
             let _ = reply.send(m);
         }
     }
+}
+
+/// What a conversation hears once the model was released for the next one.
+fn released() -> EngineError {
+    EngineError("the model was released to load the next one".into())
 }
 
 #[cfg(test)]

@@ -13,10 +13,15 @@ use moshid_models::device::{free_memory, FreeMemory};
 pub struct Footprint {
     /// LM weights as held for compute.
     pub weights: u64,
-    /// LM KV cache for the configured context.
+    /// LM KV cache for the configured context, per conversation.
     pub kv_cache: u64,
     /// Mimi's weights (stored as they are computed with).
     pub mimi: u64,
+    /// Mimi's streaming state, per conversation.
+    pub mimi_state: u64,
+    /// Conversations the model holds at once (the room and the web sessions; 0 counts
+    /// as 1).
+    pub conversations: usize,
     /// Mimi's weights come from another pool than the LM's (`mimi_device = "cpu"` with the
     /// LM on a discrete GPU): they are not in [`Footprint::total`].
     pub mimi_apart: bool,
@@ -29,8 +34,21 @@ pub struct Footprint {
 impl Footprint {
     /// Total bytes taken from the LM's pool.
     pub fn total(&self) -> u64 {
-        let mimi = if self.mimi_apart { 0 } else { self.mimi };
-        self.weights + self.kv_cache + mimi + self.runtime
+        let n = self.conversations.max(1) as u64;
+        let mimi = if self.mimi_apart {
+            0
+        } else {
+            self.mimi + n * self.mimi_state
+        };
+        self.weights + n * self.kv_cache + mimi + self.runtime
+    }
+
+    /// The same model holding `n` conversations.
+    pub fn with_conversations(self, n: usize) -> Footprint {
+        Footprint {
+            conversations: n,
+            ..self
+        }
     }
 }
 
@@ -43,8 +61,15 @@ impl std::fmt::Display for Footprint {
             gb(self.weights),
             gb(self.kv_cache),
         )?;
+        let n = self.conversations.max(1);
+        if n > 1 {
+            write!(f, " x {n} conversations")?;
+        }
         if !self.mimi_apart {
             write!(f, " + Mimi {:.2} GB", gb(self.mimi))?;
+            if self.mimi_state > 0 {
+                write!(f, " + Mimi state {:.2} GB x {n}", gb(self.mimi_state))?;
+            }
         }
         if self.runtime > 0 {
             write!(f, " + CUDA runtime {:.2} GB", gb(self.runtime))?;
@@ -70,10 +95,12 @@ pub enum Plan {
     ReleaseFirst,
 }
 
-/// Reads the file headers and sizes `spec` as `model` configures it.
+/// Reads the file headers and sizes `spec` as `model` configures it, for `conversations`
+/// at once.
 pub fn footprint(
     spec: &ModelSpec,
     model: &ModelConfig,
+    conversations: usize,
 ) -> anyhow::Result<(Footprint, Option<FreeMemory>)> {
     let device = model.device.open()?;
     let dtype = model.dtype.resolve(&device);
@@ -87,6 +114,10 @@ pub fn footprint(
             weights: est.weights_bytes,
             kv_cache: est.kv_cache_bytes,
             mimi,
+            // Each conversation holds its own Mimi today (weights and streaming state are
+            // one value), so a conversation costs a Mimi.
+            mimi_state: mimi,
+            conversations,
             mimi_apart: mimi_apart(model.mimi_device, system_ram),
             runtime: if device.is_cpu() {
                 0
@@ -136,6 +167,23 @@ pub fn plan(
     ))
 }
 
+/// How many of `need.conversations` fit, when fewer than all do: the most (at least 1)
+/// for which [`plan`] finds room. None when all fit (or nothing can be told).
+pub fn fit_conversations(
+    need: &Footprint,
+    held: Option<&Footprint>,
+    free: Option<FreeMemory>,
+) -> Option<usize> {
+    let want = need.conversations.max(1);
+    if plan(need, held, free).is_ok() {
+        return None;
+    }
+    let fits = (1..want)
+        .rev()
+        .find(|&n| plan(&need.with_conversations(n), held, free).is_ok());
+    Some(fits.unwrap_or(1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +218,35 @@ mod tests {
         });
         assert!(plan(&fp(4), Some(&fp(4)), gpu).is_err());
         assert_eq!(plan(&fp(4), None, None), Ok(Plan::Alongside));
+    }
+
+    #[test]
+    fn conversations_take_kv_and_mimi_state_each_and_capacity_shrinks_to_what_fits() {
+        let one = Footprint {
+            weights: 4 << 30,
+            kv_cache: 1 << 30,
+            mimi: 1 << 29,
+            mimi_state: 1 << 28,
+            ..fp(0)
+        };
+        let four = one.with_conversations(4);
+        assert_eq!(
+            four.total(),
+            (4 << 30) + 4 * (1 << 30) + (1 << 29) + 4 * (1 << 28)
+        );
+        assert!(four.to_string().contains("x 4 conversations"), "{four}");
+        let free = |b: u64| {
+            Some(FreeMemory {
+                bytes: b,
+                system_ram: true,
+            })
+        };
+        assert_eq!(fit_conversations(&four, None, free(four.total())), None);
+        // Room for the weights and two conversations only.
+        let two = one.with_conversations(2).total();
+        assert_eq!(fit_conversations(&four, None, free(two + 1000)), Some(2));
+        // Not even one: 1, and the load's own plan says why.
+        assert_eq!(fit_conversations(&four, None, free(1 << 30)), Some(1));
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The real engine: Mimi encode -> Moshi LM step -> Mimi decode, plus text pieces.
 
 use crate::config::Config;
-use crate::engine::{BatchFrame, BatchModel, Engine, EngineError, JoinRequest, SamplingOverride};
+#[cfg(test)]
+use crate::engine::{BatchFrame, Engine, JoinRequest, SamplingOverride};
+use crate::engine::{BatchModel, EngineError};
 use crate::model_spec::ModelSpec;
 use anyhow::Context;
 use moshid_models::lm::{LmBatch, LmGen, LmModel, StepOut};
@@ -30,17 +32,30 @@ fn load_tokenizer(path: &std::path::Path) -> anyhow::Result<TextTokenizer> {
 }
 
 /// Mimi + Moshi for one conversation: a [`MoshiBatch`] of one slot, so that one code path
-/// steps a conversation whether it is alone or shares the model.
+/// steps a conversation whether it is alone or shares the model. (The service runs every
+/// conversation through a hub; the tests compare against this one alone.)
+#[cfg(test)]
 pub struct MoshiEngine {
     batch: MoshiBatch,
     slot: usize,
 }
 
 /// Loads `spec` with the config's device, dtype, context and sampling, for one conversation.
+#[cfg(test)]
 pub fn load(spec: &ModelSpec, cfg: &Config) -> anyhow::Result<Box<dyn Engine>> {
     let mut batch = load_batch(spec, cfg, 1)?;
     let slot = batch.join(&JoinRequest::default())?;
     Ok(Box::new(MoshiEngine { batch, slot }))
+}
+
+/// Loads `spec` for the service: up to `conversations` at once (the room's and the web
+/// sessions') over one copy of the weights.
+pub fn load_model(
+    spec: &ModelSpec,
+    cfg: &Config,
+    conversations: usize,
+) -> anyhow::Result<Box<dyn BatchModel>> {
+    Ok(Box::new(load_batch(spec, cfg, conversations)?))
 }
 
 /// Loads `spec` for up to `capacity` conversations over one copy of the weights.
@@ -140,6 +155,7 @@ fn decode(mimi: &mut Mimi, frame: Option<&StepOut>, output: &mut [f32]) -> Resul
     }
 }
 
+#[cfg(test)]
 impl Engine for MoshiEngine {
     fn step(
         &mut self,

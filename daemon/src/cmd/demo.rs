@@ -227,7 +227,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let summary = service::run(ServiceOptions {
         config: cfg,
         config_path: None,
-        engine: crate::moshi_engine::load,
+        engine: crate::moshi_engine::load_model,
         exit_when_source_ends: true,
         extra_events: vec![tx],
     })?;

@@ -19,7 +19,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     service::run(ServiceOptions {
         config: cfg,
         config_path: Some(args.config),
-        engine: crate::moshi_engine::load,
+        engine: crate::moshi_engine::load_model,
         exit_when_source_ends: false,
         extra_events: Vec::new(),
     })?;

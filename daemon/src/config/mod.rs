@@ -516,6 +516,16 @@ impl Config {
         cfg
     }
 
+    /// Conversations the model serves at once: the room's, and with `[web]` up to
+    /// `max_conversations` web sessions beside it.
+    pub fn conversations(&self) -> usize {
+        1 + if self.web.enabled {
+            self.web.max_conversations
+        } else {
+            0
+        }
+    }
+
     /// The device id: configured, or the sanitised hostname.
     pub fn device_id(&self) -> String {
         match &self.device_id {

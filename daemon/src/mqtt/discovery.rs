@@ -306,6 +306,19 @@ fn sensors(t: &Topics) -> Vec<Entity> {
             },
         ),
         (
+            "conversations",
+            "Conversations",
+            Component::Sensor {
+                value_template: "{{ value_json.conversations }}",
+                unit_of_measurement: None,
+                state_class: Some("measurement"),
+                entity_category: None,
+                // The state's attributes carry `endpoints`: who the conversations are with.
+                json_attributes_topic: Some(t.state.clone()),
+                icon: Some("mdi:account-voice"),
+            },
+        ),
+        (
             "dropped_frames",
             "Dropped frames",
             Component::Sensor {
@@ -383,7 +396,37 @@ mod tests {
     fn is_wake(pair: &Value) -> bool {
         pair[0]
             .as_str()
-            .is_some_and(|t| t.contains("/kitchen/wake"))
+            .is_some_and(|t| t.contains("/kitchen/wake") || t.contains("/kitchen/conversations"))
+    }
+
+    #[test]
+    fn conversations_sensor_counts_them_with_the_endpoints_as_attributes() {
+        let got = kitchen();
+        let c = got
+            .iter()
+            .find(|g| g[0] == "homeassistant/sensor/kitchen/conversations/config")
+            .expect("a conversations sensor");
+        let want = serde_json::json!({
+            "availability_topic": "moshid/kitchen/availability",
+            "device": {
+                "identifiers": ["moshid_kitchen"],
+                "manufacturer": "moshid",
+                "model": "moshid (Moshi full-duplex voice)",
+                "name": "moshid kitchen",
+                "sw_version": "0.1.0"
+            },
+            "icon": "mdi:account-voice",
+            "json_attributes_topic": "moshid/kitchen/state",
+            "name": "Conversations",
+            "object_id": "moshid_kitchen_conversations",
+            "payload_available": "online",
+            "payload_not_available": "offline",
+            "state_class": "measurement",
+            "state_topic": "moshid/kitchen/state",
+            "unique_id": "moshid_kitchen_conversations",
+            "value_template": "{{ value_json.conversations }}"
+        });
+        assert_eq!(c[1], want);
     }
 
     #[test]

@@ -4,8 +4,7 @@
 
 use super::{Control, Event, EventTx, OutFrame, OutMsg, Params, Retired};
 use crate::control::{Phase, Shared};
-use crate::endpoint::Endpoint;
-use crate::engine::{Engine, EngineError, SamplingOverride};
+use crate::engine::{Engine, EngineError};
 use crate::sound::{EchoCancel, EchoCancelFactory, EchoReference, InFrame, SoundError, Source};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use moshid_hal::FRAME_SAMPLES;
@@ -32,15 +31,6 @@ pub(super) struct Parts {
     pub free: Receiver<Vec<f32>>,
 }
 
-/// A remote endpoint's input while it holds the conversation.
-struct Remote {
-    name: String,
-    source: Box<dyn Source>,
-    cancel_echo: bool,
-    /// Its sampling (applied again to a model swapped in during the session).
-    sampling: Option<SamplingOverride>,
-}
-
 /// What waiting for the next frame gave.
 enum Next {
     Frame(InFrame),
@@ -65,7 +55,6 @@ impl Engine for NoModel {
 struct InferLoop {
     p: Parts,
     aec: Option<Box<dyn EchoCancel>>,
-    remote: Option<Remote>,
     /// The echo reference for the next microphone frame.
     far: Vec<f32>,
     text: String,
@@ -97,7 +86,6 @@ pub(super) fn run(mut p: Parts, stop: &AtomicBool) -> Box<dyn Engine> {
     let mut l = InferLoop {
         p,
         aec,
-        remote: None,
         far: vec![0.0; FRAME_SAMPLES],
         text: String::with_capacity(64),
         in_conversation: None,
@@ -133,12 +121,9 @@ impl InferLoop {
         }
     }
 
-    /// Where the conversation's input comes from now.
+    /// The room's microphone.
     fn source(&mut self) -> &mut dyn Source {
-        match self.remote.as_mut() {
-            Some(r) => r.source.as_mut(),
-            None => self.p.source.as_mut(),
-        }
+        self.p.source.as_mut()
     }
 
     /// Supervisor requests, between two frames.
@@ -150,8 +135,6 @@ impl InferLoop {
                     self.retire(e, None);
                 }
                 Control::Release { done } => self.retire(Box::new(NoModel), Some(done)),
-                Control::TakeOver(ep) => self.take_over(ep),
-                Control::GiveBack => self.give_back(),
                 Control::Events(e) => self.p.events = e,
                 Control::Chime(c) => self.chime(c),
             }
@@ -164,48 +147,8 @@ impl InferLoop {
         if let Err(e) = self.p.retired.send((old, done)) {
             super::retire_elsewhere(e.into_inner().0);
         }
-        if let Some(s) = self.remote.as_ref().and_then(|r| r.sampling) {
-            self.p.engine.set_sampling(&s);
-        }
         // A fresh conversation state with the new model (and a phase update).
         self.in_conversation = None;
-    }
-
-    fn take_over(&mut self, ep: Endpoint) {
-        if self.remote.is_some() {
-            self.give_back();
-        }
-        log::info!(endpoint = ep.name.as_str(); "a remote endpoint takes the conversation");
-        self.p.shared.set_endpoint(&ep.name);
-        let _ = self.p.out.send(OutMsg::Route(Some(ep.sink)));
-        // Its own sampling from its first frame (the reset below re-seeds with it).
-        if let Some(s) = &ep.sampling {
-            self.p.engine.set_sampling(s);
-        }
-        self.remote = Some(Remote {
-            name: ep.name,
-            source: ep.source,
-            cancel_echo: ep.cancel_echo,
-            sampling: ep.sampling,
-        });
-        self.in_conversation = None;
-    }
-
-    fn give_back(&mut self) {
-        let Some(r) = self.remote.take() else { return };
-        log::info!(endpoint = r.name.as_str(); "the room has the conversation again");
-        let _ = self.p.out.send(OutMsg::Route(None));
-        self.p.shared.set_endpoint("room");
-        if r.sampling.is_some() {
-            // The configured sampling again.
-            self.p.engine.set_sampling(&SamplingOverride::default());
-        }
-        // What the room's microphone heard meanwhile is stale.
-        while let Ok(Some(f)) = self.p.source.recv(Duration::ZERO) {
-            self.p.source.recycle(f);
-        }
-        self.in_conversation = None;
-        self.emit(Event::EndpointEnded { name: r.name });
     }
 
     /// Waits for the next frame of the active source (skipping a backlog).
@@ -215,11 +158,6 @@ impl InferLoop {
             Ok(Some(f)) => Next::Frame(self.skip_backlog(f)),
             // No heartbeat: a stalled device shows as no progress.
             Ok(None) => Next::Nothing,
-            Err(e) if self.remote.is_some() => {
-                log::info!("remote endpoint ended: {e}");
-                self.give_back();
-                Next::Nothing
-            }
             Err(SoundError::Ended) => {
                 self.emit(Event::SourceEnded);
                 Next::End
@@ -294,13 +232,12 @@ impl InferLoop {
         self.p.free.recv().map(Some).map_err(|_| ())
     }
 
-    /// Follows the `conversation` switch (and set/reset); false while there is none. A
-    /// remote endpoint holding the conversation is one, whatever the room's switch says.
+    /// Follows the `conversation` switch (and set/reset); false while there is none.
     fn follow_conversation(&mut self) -> bool {
         let s = &self.p.shared;
-        let want = s.conversation.load(Ordering::Relaxed) || self.remote.is_some();
-        // The room's own conversation ends (idle timeout, set/conversation OFF); not a
-        // remote session's, nor a fresh start after a model swap.
+        let want = s.conversation.load(Ordering::Relaxed);
+        // The conversation ends (idle timeout, set/conversation OFF); not a fresh start
+        // after a model swap.
         let ended = self.in_conversation == Some(true) && !want;
         if Some(want) != self.in_conversation || s.reset_requested.swap(false, Ordering::Relaxed) {
             // Every conversation starts from a fresh model state.
@@ -329,7 +266,7 @@ impl InferLoop {
     /// While the room is idle: the wake word, heard on the echo-cancelled microphone, starts
     /// its conversation (as `set/conversation ON`).
     fn listen(&mut self, input: &mut [f32]) {
-        if self.wake.is_none() || self.remote.is_some() {
+        if self.wake.is_none() {
             return;
         }
         if !self.p.shared.wake_on.load(Ordering::Relaxed) {
@@ -434,13 +371,10 @@ impl InferLoop {
         if self.p.shared.muted.load(Ordering::Relaxed) {
             input.fill(0.0);
         } else if let Some(aec) = self.aec.as_mut() {
-            let room = self.remote.as_ref().is_none_or(|r| r.cancel_echo);
-            if room {
-                if let Some(r) = &self.p.far_ref {
-                    next_far(r, &mut self.far);
-                }
-                aec.process(&self.far, input);
+            if let Some(r) = &self.p.far_ref {
+                next_far(r, &mut self.far);
             }
+            aec.process(&self.far, input);
         }
         let rms = (input.iter().map(|x| x * x).sum::<f32>() / FRAME_SAMPLES as f32).sqrt();
         self.p.shared.record_input_rms(rms);
@@ -491,8 +425,7 @@ impl InferLoop {
         if self.p.out.send(OutMsg::Frame(frame)).is_err() {
             return false;
         }
-        // The room's idle timeout (a remote session has its own, on its connection).
-        if let Some(t) = self.p.params.idle_timeout.filter(|_| self.remote.is_none()) {
+        if let Some(t) = self.p.params.idle_timeout {
             if self.last_voice.elapsed() >= t {
                 log::info!(idle_s = t.as_secs(); "no speech for the idle timeout: ending the conversation");
                 self.p.shared.conversation.store(false, Ordering::Relaxed);

@@ -45,11 +45,6 @@ pub enum Event {
     IdleTimeout,
     /// The wake word was heard while the room was idle: its conversation starts.
     Wake(Heard),
-    /// A remote endpoint's source ended: the room has the conversation again.
-    EndpointEnded {
-        /// The endpoint's name.
-        name: String,
-    },
     /// The room's source ended (WAV input) or failed for good.
     SourceEnded,
     /// A problem the supervisor reports on the `error` topic (a refused reload).
@@ -78,10 +73,6 @@ pub(crate) enum Control {
     Swap(Box<dyn Engine>),
     /// Drop the model (the conversation goes silent); `done` fires once it is freed.
     Release { done: Sender<()> },
-    /// A remote endpoint takes the conversation from the room.
-    TakeOver(Endpoint),
-    /// The room takes the conversation back.
-    GiveBack,
     /// Events go to these receivers from now on (MQTT was reconnected elsewhere).
     Events(Vec<EventTx>),
     /// Play this sound (when `Params::sounds`).
@@ -109,8 +100,6 @@ pub(crate) struct OutFrame {
 pub(crate) enum OutMsg {
     /// Play this.
     Frame(OutFrame),
-    /// Route output to a remote sink (Some) or back to the room (None).
-    Route(Option<Box<dyn crate::sound::Sink>>),
 }
 
 /// A handle that releases the running model (for a loader that needs its memory).
@@ -182,16 +171,6 @@ impl Pipeline {
     /// A handle to release the model from another thread (memory for the next one).
     pub fn releaser(&self) -> Releaser {
         Releaser(self.control.clone())
-    }
-
-    /// A remote endpoint takes the conversation; the room's devices stay open, paused.
-    pub fn take_over(&self, remote: Endpoint) {
-        let _ = self.control.send(Control::TakeOver(remote));
-    }
-
-    /// The room takes the conversation back from a remote endpoint.
-    pub fn give_back(&self) {
-        let _ = self.control.send(Control::GiveBack);
     }
 
     /// Plays a sound on the room's speaker, mixed into what plays (nothing when

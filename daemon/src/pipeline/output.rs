@@ -30,7 +30,6 @@ pub(super) fn spawn(
     }
     let out = Output {
         room,
-        remote: None,
         full_rx,
         free_tx,
         shared: shared.clone(),
@@ -44,7 +43,6 @@ pub(super) fn spawn(
 
 struct Output {
     room: Box<dyn Sink>,
-    remote: Option<Box<dyn Sink>>,
     full_rx: Receiver<OutMsg>,
     free_tx: Sender<Vec<f32>>,
     shared: Arc<Shared>,
@@ -60,13 +58,11 @@ impl Output {
                         break;
                     }
                 }
-                Ok(OutMsg::Route(sink)) => self.route(sink),
                 Err(RecvTimeoutError::Timeout) if self.stop.load(Ordering::Relaxed) => break,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
-        self.route(None);
         if let Err(e) = self.room.finish() {
             log::error!("speaker: {e}");
         }
@@ -74,28 +70,16 @@ impl Output {
 
     /// Plays one frame where the conversation is; false when the room's speaker failed.
     fn play(&mut self, f: OutFrame) -> bool {
-        let sink = self.remote.as_mut().unwrap_or(&mut self.room);
+        let sink = &mut self.room;
         if let Err(e) = sink.play(&f.samples) {
-            if self.remote.is_some() {
-                // A remote client that cannot take audio ends its own session only.
-                log::warn!("remote endpoint: {e}");
-                self.route(None);
-            } else {
-                log::error!("speaker failed: {e}");
-                self.shared.set_error(&format!("speaker: {e}"));
-                return false;
-            }
+            log::error!("speaker failed: {e}");
+            self.shared.set_error(&format!("speaker: {e}"));
+            return false;
         } else {
             let latency = f.captured_at.elapsed() + sink.delay();
             self.shared.record_latency(latency.as_secs_f32() * 1000.0);
         }
         let _ = self.free_tx.try_send(f.samples);
         true
-    }
-
-    fn route(&mut self, sink: Option<Box<dyn Sink>>) {
-        if let Some(mut old) = std::mem::replace(&mut self.remote, sink) {
-            let _ = old.finish();
-        }
     }
 }

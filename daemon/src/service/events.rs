@@ -3,7 +3,6 @@
 
 use super::loader::LoadDone;
 use crate::control::Command;
-use crate::endpoint::Endpoint;
 use anyhow::Context;
 use std::sync::mpsc::Sender;
 
@@ -17,13 +16,9 @@ pub enum Event {
     Command(Command),
     /// The loader finished (a model, a failure, or a cancelled load).
     Loaded(Box<LoadDone>),
-    /// A remote endpoint (a web session) takes the conversation from the room.
-    TakeOver(Endpoint),
-    /// The room takes the conversation back.
-    // Only `set/conversation OFF` does it today (through the slot); kept for endpoints
-    // that end a session themselves.
-    #[allow(dead_code)]
-    GiveBack,
+    /// A part that runs on its own failed (a satellite's link to its brain): said once on
+    /// `error`; the state already says it.
+    Fault(String),
     /// Nothing else happened for 100 ms: periodic duties.
     Tick,
 }

@@ -9,18 +9,19 @@
 use super::events::Event;
 use crate::config::Config;
 use crate::control::Shared;
-use crate::engine::Engine;
+use crate::engine::BatchModel;
+use crate::hub::HubHandle;
 use crate::memory::{self, Footprint, Plan};
 use crate::model_spec::ModelSpec;
-use crate::pipeline::Releaser;
 use crate::store::Progress;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Builds the model engine from a resolved model.
-pub type EngineLoader = fn(spec: &ModelSpec, cfg: &Config) -> anyhow::Result<Box<dyn Engine>>;
+/// Builds the model from a resolved model, for this many conversations at once.
+pub type EngineLoader =
+    fn(spec: &ModelSpec, cfg: &Config, conversations: usize) -> anyhow::Result<Box<dyn BatchModel>>;
 
 /// What to load.
 #[derive(Clone)]
@@ -38,8 +39,28 @@ pub struct LoadRequest {
 pub struct Running {
     /// The running model's memory.
     pub footprint: Option<Footprint>,
-    /// Releases it (None when no pipeline holds one).
+    /// Releases it (None when none runs).
     pub releaser: Option<Releaser>,
+}
+
+/// Releases the running model: the room's pipeline goes silent first (so that it does
+/// not take the missing model for a failure), then the hub drops the weights.
+#[derive(Clone)]
+pub struct Releaser {
+    /// The room's pipeline, when one runs.
+    pub room: Option<crate::pipeline::Releaser>,
+    /// The hub holding the model.
+    pub hub: HubHandle,
+}
+
+impl Releaser {
+    /// True once the model's memory is free (within `timeout` for each part).
+    fn release(&self, timeout: Duration) -> bool {
+        if let Some(r) = &self.room {
+            r.release(timeout);
+        }
+        self.hub.release(timeout)
+    }
 }
 
 /// A finished load.
@@ -56,8 +77,8 @@ pub struct LoadDone {
 
 /// How a load ended.
 pub enum Outcome {
-    /// A model, ready for the pipeline, and what it was loaded from.
-    Ready(Box<dyn Engine>, Footprint, Box<ModelSpec>),
+    /// A model, ready for the hub, its memory and what it was loaded from.
+    Ready(Box<dyn BatchModel>, Footprint, Box<ModelSpec>),
     /// The reason, for the `error` topic and STATUS.
     Failed(String),
     /// Superseded by a newer request.
@@ -124,6 +145,7 @@ impl Loader {
         let cancel = Arc::new(AtomicBool::new(false));
         self.in_flight = Some((id, cancel.clone()));
         let job = Job {
+            tx: self.tx.clone(),
             engine: self.engine,
             shared: self.shared.clone(),
             cancel,
@@ -151,6 +173,8 @@ impl Loader {
 
 /// One load, on the loader thread.
 struct Job {
+    /// The supervisor (a satellite's link reports its faults there).
+    tx: Sender<Event>,
     engine: EngineLoader,
     shared: Arc<Shared>,
     cancel: Arc<AtomicBool>,
@@ -163,6 +187,9 @@ impl Job {
     }
 
     fn run(&self, req: &LoadRequest, released: &mut bool) -> Outcome {
+        if req.cfg.model.source == crate::config::ModelSource::Remote {
+            return self.satellite(req);
+        }
         let spec = match self.resolve(req) {
             Ok(s) => s,
             Err(e) => return Outcome::Failed(e),
@@ -180,10 +207,27 @@ impl Job {
         log::info!(voice = req.voice.as_str(); "loading model {}", spec.lm.display());
         self.shared
             .set_status(&format!("loading model ({}, {})", spec.lm.display(), need));
-        match (self.engine)(&spec, &req.cfg) {
+        match (self.engine)(&spec, &req.cfg, need.conversations) {
             // Superseded meanwhile: dropped here, off the real-time threads.
             Ok(_) if self.cancelled() => Outcome::Cancelled,
             Ok(engine) => Outcome::Ready(engine, need, Box::new(spec)),
+            Err(e) => Outcome::Failed(format!("{e:#}")),
+        }
+    }
+
+    /// A satellite (`source = "remote"`): no files and no memory to plan, the model is a
+    /// brain over the network; its link's faults are said on `error` by the supervisor.
+    fn satellite(&self, req: &LoadRequest) -> Outcome {
+        let tx = self.tx.clone();
+        let report: crate::satellite::Report = Box::new(move |m: &str| {
+            let _ = tx.send(Event::Fault(m.to_string()));
+        });
+        match crate::satellite::engine(&req.cfg, self.shared.clone(), report) {
+            Ok(e) => Outcome::Ready(
+                Box::new(crate::engine::Solo::new(Box::new(e))),
+                Footprint::default(),
+                Box::new(crate::satellite::model_spec(&req.cfg)),
+            ),
             Err(e) => Outcome::Failed(format!("{e:#}")),
         }
     }
@@ -229,7 +273,19 @@ impl Job {
         req: &LoadRequest,
         released: &mut bool,
     ) -> Result<Footprint, String> {
-        let (need, free) = memory::footprint(spec, &req.cfg.model).map_err(|e| format!("{e:#}"))?;
+        let want = req.cfg.conversations();
+        let (mut need, free) =
+            memory::footprint(spec, &req.cfg.model, want).map_err(|e| format!("{e:#}"))?;
+        if let Some(n) = memory::fit_conversations(&need, self.running.footprint.as_ref(), free) {
+            need = need.with_conversations(n);
+            let msg = format!(
+                "memory holds {n} conversation(s) at once, not the {want} configured \
+                 (the room and [web] max_conversations): web sessions beyond it wait or are \
+                 refused as [web] busy says"
+            );
+            log::warn!("{msg}");
+            self.shared.set_warning(&msg);
+        }
         log::info!("model {} needs {need}", spec.lm.display());
         if memory::plan(&need, self.running.footprint.as_ref(), free)? == Plan::ReleaseFirst {
             let Some(r) = &self.running.releaser else {

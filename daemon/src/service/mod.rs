@@ -119,7 +119,8 @@ impl Supervisor {
         ));
         log::info!(device_id = cfg.device_id().as_str(); "moshid {} starting", env!("CARGO_PKG_VERSION"));
         let mqtt = start_mqtt(&cfg, &shared, &tx)?;
-        let web = web::Web::start(&cfg, &shared, &tx);
+        let door = crate::hub::HubDoor::default();
+        let web = web::Web::start(&cfg, &shared, &tx, &door);
         let mut base = opts.extra_events;
         base.extend(web.events());
         let mut extra = base.clone();
@@ -127,7 +128,7 @@ impl Supervisor {
         Ok(Supervisor {
             slot_base_events: base,
             loader: Loader::new(opts.engine, shared.clone(), tx.clone()),
-            slot: Slot::new(shared.clone(), extra),
+            slot: Slot::new(shared.clone(), extra, door),
             config_path: opts.config_path,
             notifier: Notifier::from_env(),
             one_shot: opts.exit_when_source_ends,
@@ -173,12 +174,8 @@ impl Supervisor {
             Event::Reload => self.on_reload(),
             Event::Command(c) => self.on_command(c),
             Event::Loaded(done) => self.on_loaded(*done),
-            Event::TakeOver(ep) => {
-                self.slot.take_over(ep);
-                Flow::Continue
-            }
-            Event::GiveBack => {
-                self.slot.give_back();
+            Event::Fault(msg) => {
+                self.publish_error(&msg);
                 Flow::Continue
             }
             Event::Tick => self.on_tick(),
@@ -235,13 +232,8 @@ impl Supervisor {
     fn on_command(&mut self, c: Command) -> Flow {
         let s = self.shared.clone();
         match c {
-            Command::Conversation(on) => {
-                s.conversation.store(on, Ordering::Relaxed);
-                if !on {
-                    // Off ends a remote session too.
-                    self.slot.give_back();
-                }
-            }
+            // The room's conversation; web sessions are their clients' own.
+            Command::Conversation(on) => s.conversation.store(on, Ordering::Relaxed),
             Command::Mute(on) => s.muted.store(on, Ordering::Relaxed),
             Command::Volume(v) => s.volume.store(v, Ordering::Relaxed),
             Command::Reset => s.reset_requested.store(true, Ordering::Relaxed),
@@ -281,7 +273,7 @@ impl Supervisor {
     fn load_succeeded(
         &mut self,
         req: loader::LoadRequest,
-        engine: Box<dyn crate::engine::Engine>,
+        engine: Box<dyn crate::engine::BatchModel>,
         footprint: crate::memory::Footprint,
     ) -> Flow {
         // The model part of the request becomes the running configuration; MQTT was
@@ -344,17 +336,16 @@ impl Supervisor {
         Flow::Continue
     }
 
+    /// The model runs but the room's devices did not open: the web sessions are served,
+    /// the devices retried.
     fn load_failed_audio(&mut self, e: anyhow::Error) -> Flow {
         let msg = format!("{e:#}");
         log::error!("cannot open audio: {msg}");
         if self.one_shot {
             return Flow::Exit(Some(msg));
         }
-        let wait = self.slot.schedule_retry();
         self.publish_error(&msg);
-        self.shared.set_error(&msg);
-        self.shared
-            .set_status(&format!("error (retrying in {}s): {msg}", wait.as_secs()));
+        self.slot.audio_failed(&e);
         self.ready();
         Flow::Continue
     }
@@ -363,10 +354,16 @@ impl Supervisor {
     /// audio opened only on a later retry (a microphone plugged in after the start) never
     /// passed through `load_succeeded`, and systemd kept the unit "activating".
     fn first_serve(&mut self) {
-        if self.load_s.is_none() && self.slot.has_pipeline() {
+        let web = self.slot.has_model() && self.web.serving();
+        if self.load_s.is_none() && (self.slot.has_pipeline() || web) {
             let load_s = self.started.elapsed().as_secs_f64();
             self.load_s = Some(load_s);
-            log::info!(load_s = load_s; "serving: the audio devices opened");
+            let what = if self.slot.has_pipeline() {
+                "the audio devices opened"
+            } else {
+                "the model answers web sessions (the room's devices are not open yet)"
+            };
+            log::info!(load_s = load_s; "serving: {what}");
             self.ready();
         }
     }

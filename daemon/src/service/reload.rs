@@ -93,19 +93,16 @@ impl Supervisor {
             device_id: self.cfg.device_id.clone(),
             ..new
         };
-        match self.slot.take_engine() {
-            Some(engine) => match self.slot.start_pipeline(engine, &mut cfg, &before) {
-                Ok(()) => {
-                    self.cfg = cfg;
-                    self.slot.set_steady_phase();
-                }
-                Err(e) => {
-                    self.cfg = cfg;
-                    let _ = self.load_failed_audio(e);
-                    return;
-                }
-            },
-            None => self.cfg = cfg,
+        match self.slot.reopen_audio(&mut cfg, &before) {
+            Ok(()) => {
+                self.cfg = cfg;
+                self.slot.set_steady_phase();
+            }
+            Err(e) => {
+                self.cfg = cfg;
+                let _ = self.load_failed_audio(e);
+                return;
+            }
         }
         self.ready();
     }

@@ -1,14 +1,17 @@
-//! The model slot and the pipeline that holds it: which model runs (voice, memory), where
-//! it is (in the pipeline, or parked while the audio devices are away), and the retry
-//! schedule when nothing could start.
+//! The model and the room: the [`Hub`] that serves every conversation (the room's and the
+//! web sessions'), the room's pipeline holding one of its conversations, which model runs
+//! (voice, memory), and the retry schedule when something could not start.
+//!
+//! The room's devices and the model are apart on purpose: when the room's microphone goes
+//! away the pipeline stops and is retried, while the hub keeps serving the web sessions.
 
-use super::loader::Running;
+use super::loader::{Releaser, Running};
 use crate::config::{AudioConfig, Config};
 use crate::control::{Phase, Shared};
-use crate::endpoint::Endpoint;
-use crate::engine::Engine;
+use crate::engine::{BatchModel, JoinRequest};
+use crate::hub::{Hub, HubDoor, Timing};
 use crate::memory::Footprint;
-use crate::pipeline::{retire_elsewhere, EventTx, Params, Pipeline};
+use crate::pipeline::{EventTx, Params, Pipeline};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,12 +19,18 @@ use std::time::{Duration, Instant};
 const FIRST_RETRY: Duration = Duration::from_secs(5);
 const LAST_RETRY: Duration = Duration::from_secs(60);
 
+/// How long a replaced hub lives on: the room's pipeline takes its new conversation
+/// between two frames, and web sessions move over at their next step.
+const HUB_GRACE: Duration = Duration::from_secs(2);
+
 pub(super) struct Slot {
     shared: Arc<Shared>,
     events: Vec<EventTx>,
     pipeline: Option<Pipeline>,
-    /// A model waiting for audio devices (they failed to open, or went away).
-    parked: Option<Box<dyn Engine>>,
+    /// The model, serving every conversation.
+    hub: Option<Hub>,
+    /// Where web sessions find the hub.
+    door: HubDoor,
     /// The loaded model's memory; None before the first load and after a release.
     footprint: Option<Footprint>,
     /// The voice that runs (kept after a release, to restore it if the next load fails).
@@ -31,12 +40,13 @@ pub(super) struct Slot {
 }
 
 impl Slot {
-    pub fn new(shared: Arc<Shared>, events: Vec<EventTx>) -> Slot {
+    pub fn new(shared: Arc<Shared>, events: Vec<EventTx>, door: HubDoor) -> Slot {
         Slot {
             shared,
             events,
             pipeline: None,
-            parked: None,
+            hub: None,
+            door,
             footprint: None,
             voice: None,
             retry_at: None,
@@ -55,15 +65,15 @@ impl Slot {
         }
     }
 
-    /// A model is loaded (running or parked).
+    /// A model is loaded (serving, whether or not the room's devices are open).
     pub fn has_model(&self) -> bool {
-        self.footprint.is_some()
+        self.footprint.is_some() && self.hub.is_some()
     }
 
     /// Nothing ever loaded and the next load attempt is scheduled (the network or the
     /// hub is away): the supervisor waits by design, nothing is stalled.
     pub fn waiting_to_load(&self) -> bool {
-        self.retry_at.is_some() && self.voice.is_none() && self.parked.is_none()
+        self.retry_at.is_some() && self.voice.is_none() && self.hub.is_none()
     }
 
     pub fn voice(&self) -> Option<&str> {
@@ -74,7 +84,10 @@ impl Slot {
     pub fn running(&self) -> Running {
         Running {
             footprint: self.footprint,
-            releaser: self.pipeline.as_ref().map(Pipeline::releaser),
+            releaser: self.hub.as_ref().map(|h| Releaser {
+                room: self.pipeline.as_ref().map(Pipeline::releaser),
+                hub: h.handle().clone(),
+            }),
         }
     }
 
@@ -99,64 +112,79 @@ impl Slot {
         }
     }
 
-    /// Puts a freshly loaded model to work: swapped into the running pipeline, or in a new
-    /// one on (re)opened audio devices. `cfg.audio` falls back to `audio_before` when the
-    /// new devices cannot be opened but the old ones can.
+    /// Puts a freshly loaded model to work: a new hub serves it (web sessions move to it
+    /// at their next step), and the room's conversation on it is swapped into the running
+    /// pipeline, or a new pipeline starts on (re)opened devices. `cfg.audio` falls back to
+    /// `audio_before` when the new devices cannot be opened but the old ones can.
     pub fn install(
         &mut self,
-        engine: Box<dyn Engine>,
+        model: Box<dyn BatchModel>,
         footprint: Footprint,
         voice: &str,
         reopen_audio: bool,
         cfg: &mut Config,
         audio_before: &AudioConfig,
     ) -> anyhow::Result<()> {
+        let hub = Hub::start(model, Timing::realtime())?;
+        log::info!(
+            "serving {} conversation(s) at once: {}",
+            hub.capacity(),
+            hub.describe()
+        );
         self.footprint = Some(footprint);
         self.voice = Some(voice.to_string());
-        // A model parked while the devices were away is superseded by this one.
-        retire_elsewhere(self.parked.take());
-        match &self.pipeline {
+        self.door.set(Some(hub.handle().clone()));
+        let old = self.hub.replace(hub);
+        let result = match &self.pipeline {
             Some(p) if !reopen_audio => {
-                p.swap_engine(engine);
+                let room = self.join_room()?;
+                p.swap_engine(Box::new(room));
                 Ok(())
             }
-            _ => self.start_pipeline(engine, cfg, audio_before),
-        }
+            _ => self.start_pipeline(cfg, audio_before),
+        };
+        retire_hub(old, HUB_GRACE);
+        result
     }
 
-    /// (Re)starts the pipeline with `engine` on `cfg`'s devices, or on `fallback`'s.
+    /// The room's conversation on the running hub.
+    fn join_room(&self) -> anyhow::Result<crate::hub::HubConversation> {
+        let hub = self
+            .hub
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("no model is loaded"))?;
+        hub.join(JoinRequest::default())
+            .map_err(|e| anyhow::anyhow!("the room cannot join the model: {e}"))
+    }
+
+    /// (Re)starts the room's pipeline on `cfg`'s devices, or on `fallback`'s.
     pub fn start_pipeline(
         &mut self,
-        engine: Box<dyn Engine>,
         cfg: &mut Config,
         fallback: &AudioConfig,
     ) -> anyhow::Result<()> {
         if let Some(p) = self.pipeline.take() {
             // The devices must be free before they are opened again.
-            retire_elsewhere(p.stop(Duration::from_secs(1)));
+            drop(p.stop(Duration::from_secs(1)));
         }
+        self.shared.set_wake_word(None);
         self.shared.set_status(&format!(
             "opening audio ({})",
             crate::audio::describe(&cfg.audio)
         ));
         let room = match crate::audio::open_room(&cfg.audio) {
             Ok(r) => r,
-            Err(e) if fallback != &cfg.audio => match crate::audio::open_room(fallback) {
-                Ok(r) => {
-                    let msg = format!("{e:#}; kept the previous audio devices");
-                    log::error!("{msg}");
-                    self.shared.set_warning(&msg);
-                    cfg.audio = fallback.clone();
-                    r
-                }
-                Err(_) => return self.park(engine, e),
-            },
-            Err(e) => return self.park(engine, e),
+            Err(e) if fallback != &cfg.audio => {
+                let r = crate::audio::open_room(fallback).map_err(|_| e)?;
+                let msg = "kept the previous audio devices";
+                log::error!("the new audio devices did not open; {msg}");
+                self.shared.set_warning(msg);
+                cfg.audio = fallback.clone();
+                r
+            }
+            Err(e) => return Err(e),
         };
-        let aec = match crate::audio::echo_canceller(&cfg.aec) {
-            Ok(a) => a,
-            Err(e) => return self.park(engine, e),
-        };
+        let aec = crate::audio::echo_canceller(&cfg.aec)?;
         let params = Params {
             queue_frames: cfg.audio.queue_frames,
             idle_timeout: (cfg.idle_timeout_s > 0).then(|| Duration::from_secs(cfg.idle_timeout_s)),
@@ -164,6 +192,7 @@ impl Slot {
             sounds: cfg.wake.enabled && cfg.wake.sounds,
         };
         let wake_word = params.wake.as_ref().map(|w| w.model.name.clone());
+        let engine = Box::new(self.join_room()?);
         let p = Pipeline::start(
             engine,
             room,
@@ -200,23 +229,7 @@ impl Slot {
         }
     }
 
-    /// The running (or parked) model, out of its pipeline, for new devices.
-    pub fn take_engine(&mut self) -> Option<Box<dyn Engine>> {
-        let from_pipeline = self
-            .pipeline
-            .take()
-            .and_then(|p| p.stop(Duration::from_secs(1)));
-        from_pipeline.or_else(|| self.parked.take())
-    }
-
-    fn park(&mut self, engine: Box<dyn Engine>, e: anyhow::Error) -> anyhow::Result<()> {
-        self.parked = Some(engine);
-        // No pipeline: nothing listens for the wake word.
-        self.shared.set_wake_word(None);
-        Err(e)
-    }
-
-    /// The phase for a running model: conversation or idle, per the switch.
+    /// The room's phase while a model runs: conversation or idle, per the switch.
     pub fn set_steady_phase(&self) {
         if self.pipeline.is_some() && self.footprint.is_some() {
             let on = self.shared.conversation.load(Ordering::Relaxed);
@@ -238,22 +251,22 @@ impl Slot {
         self.retry_at = None;
     }
 
-    /// A due retry: a parked model gets its devices again here; without a model the
-    /// caller loads one (the voice is returned).
+    /// A due retry: with a model, the room's devices are opened again here; without one
+    /// the caller loads one (the voice is returned).
     pub fn retry_due(&mut self, cfg: &mut Config) -> Option<String> {
         if self.retry_at.is_none_or(|t| Instant::now() < t) {
             return None;
         }
         self.retry_at = None;
-        let Some(engine) = self.parked.take() else {
+        if self.hub.is_none() {
             return Some(
                 self.voice
                     .clone()
                     .unwrap_or_else(|| cfg.model.voice.clone()),
             );
-        };
+        }
         let audio = cfg.audio.clone();
-        match self.start_pipeline(engine, cfg, &audio) {
+        match self.start_pipeline(cfg, &audio) {
             Ok(()) => {
                 self.shared.clear_error();
                 self.set_steady_phase();
@@ -261,50 +274,69 @@ impl Slot {
                 self.reset_backoff();
             }
             Err(e) => {
-                let wait = self.schedule_retry();
-                let msg = format!("{e:#}");
-                self.shared.set_error(&msg);
-                self.shared
-                    .set_status(&format!("error (retrying in {}s): {msg}", wait.as_secs()));
+                self.audio_failed(&e);
             }
         }
         None
+    }
+
+    /// The room's devices did not open: the model serves on (web sessions), the room's
+    /// phase is `error` with the reason, and the devices are retried with backoff.
+    pub fn audio_failed(&mut self, e: &anyhow::Error) -> Duration {
+        let wait = self.schedule_retry();
+        let msg = format!("{e:#}");
+        self.shared.set_error(&msg);
+        self.shared
+            .set_status(&format!("error (retrying in {}s): {msg}", wait.as_secs()));
+        wait
+    }
+
+    /// Reopens the room's devices (new audio settings) with the running model; without a
+    /// model there is nothing to do (the devices open with the next load).
+    pub fn reopen_audio(&mut self, cfg: &mut Config, fallback: &AudioConfig) -> anyhow::Result<()> {
+        if self.hub.is_none() {
+            return Ok(());
+        }
+        self.start_pipeline(cfg, fallback)
     }
 
     pub fn pipeline_finished(&self) -> bool {
         self.pipeline.as_ref().is_some_and(Pipeline::is_finished)
     }
 
-    /// The pipeline ended by itself (a device failed for good): park the model, retry.
+    /// The pipeline ended by itself (a device failed for good): the room's conversation
+    /// ends, the model serves on, the devices are retried.
     pub fn audio_stopped(&mut self) {
         if let Some(p) = self.pipeline.take() {
-            self.parked = p.stop(Duration::from_millis(200));
+            drop(p.stop(Duration::from_millis(200)));
         }
         self.shared.set_wake_word(None);
         if self.shared.phase() != Phase::Error {
-            self.shared.set_error("audio pipeline stopped");
+            self.shared
+                .set_error("the room's audio stopped (web sessions go on)");
         }
         self.schedule_retry();
     }
 
-    pub fn take_over(&mut self, ep: Endpoint) {
-        match &self.pipeline {
-            Some(p) => p.take_over(ep),
-            None => log::warn!(endpoint = ep.name.as_str(); "no pipeline to take over"),
-        }
-    }
-
-    pub fn give_back(&mut self) {
-        if let Some(p) = &self.pipeline {
-            p.give_back();
-        }
-    }
-
-    /// Stops the pipeline; the model is dropped off this thread (the process is ending).
+    /// Stops the pipeline and the model; the model is freed off this thread (the process
+    /// is ending).
     pub fn stop(&mut self, timeout: Duration) {
         if let Some(p) = self.pipeline.take() {
-            retire_elsewhere(p.stop(timeout));
+            drop(p.stop(timeout));
         }
-        retire_elsewhere(self.parked.take());
+        self.door.set(None);
+        retire_hub(self.hub.take(), Duration::ZERO);
+    }
+}
+
+/// Stops a hub (and frees its model) on a short-lived thread, after `grace`.
+fn retire_hub(hub: Option<Hub>, grace: Duration) {
+    if let Some(h) = hub {
+        let _ = std::thread::Builder::new()
+            .name("moshid-reaper".into())
+            .spawn(move || {
+                std::thread::sleep(grace);
+                drop(h);
+            });
     }
 }

@@ -1,12 +1,13 @@
 //! The web endpoint as the supervisor runs it: started next to MQTT, stopped first at
-//! shutdown. The server only sends events (`TakeOver`, `Command`) to the supervisor, which
-//! owns the pipeline. A server that cannot start (the port is taken, the state directory
+//! shutdown. Its sessions join the supervisor's model through the hub's door (each a
+//! conversation beside the room's); controls are `Command` events to the supervisor. A server that cannot start (the port is taken, the state directory
 //! is not writable) is logged and shown in the state (`web_error`) and STATUS; the rest
 //! of the daemon runs without it.
 
 use super::Event;
 use crate::config::Config;
 use crate::control::Shared;
+use crate::hub::HubDoor;
 use crate::model_spec::ModelSpec;
 use crate::pipeline::EventTx;
 use crate::web::backend::ModelInfo;
@@ -19,7 +20,6 @@ use std::time::Duration;
 /// The running web endpoint, if any.
 pub(super) struct Web {
     server: Option<WebServer>,
-    events: Option<EventTx>,
     /// The room's transcript and wake count for the kiosk screen (`/api/room`).
     room_events: Option<EventTx>,
     /// What the metadata message reports (the loaded model's files, the sampling).
@@ -28,10 +28,9 @@ pub(super) struct Web {
 
 impl Web {
     /// Starts `[web]` when enabled; a failure is logged and recorded, never fatal.
-    pub fn start(cfg: &Config, shared: &Arc<Shared>, tx: &Sender<Event>) -> Web {
+    pub fn start(cfg: &Config, shared: &Arc<Shared>, tx: &Sender<Event>, door: &HubDoor) -> Web {
         let mut web = Web {
             server: None,
-            events: None,
             room_events: None,
             info: Arc::new(Mutex::new(ModelInfo::default())),
         };
@@ -40,16 +39,17 @@ impl Web {
         }
         web.set_sampling(cfg);
         let voices = cfg.voices.keys().cloned().collect();
-        let started = SupervisorBackend::new(tx.clone(), shared.clone(), web.info.clone(), voices)
-            .map_err(anyhow::Error::from)
-            .and_then(|(backend, events)| {
-                let server = WebServer::start(cfg.web.clone(), Arc::new(backend))?;
-                Ok((server, events))
-            });
-        match started {
-            Ok((server, events)) => {
+        let backend = SupervisorBackend::new(
+            tx.clone(),
+            shared.clone(),
+            web.info.clone(),
+            voices,
+            door.clone(),
+            cfg.web.max_conversations,
+        );
+        match WebServer::start(cfg.web.clone(), Arc::new(backend)) {
+            Ok(server) => {
                 web.server = Some(server);
-                web.events = Some(events);
                 web.room_events = crate::room::spawn_recorder(shared.clone())
                     .map_err(|e| log::error!("kiosk screen without transcript: {e}"))
                     .ok();
@@ -64,14 +64,14 @@ impl Web {
         web
     }
 
-    /// Where the pipeline sends the web session's text and end, and the room's for the
-    /// kiosk screen.
+    /// Where the room's pipeline sends its transcript for the kiosk screen.
     pub fn events(&self) -> Vec<EventTx> {
-        self.events
-            .iter()
-            .chain(&self.room_events)
-            .cloned()
-            .collect()
+        self.room_events.iter().cloned().collect()
+    }
+
+    /// True while the endpoint listens.
+    pub fn serving(&self) -> bool {
+        self.server.is_some()
     }
 
     fn set_sampling(&self, cfg: &Config) {

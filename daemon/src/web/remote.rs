@@ -1,76 +1,51 @@
-//! The appliance's [`Backend`]: a web session becomes a remote [`Endpoint`] that takes the
-//! conversation from the room through the supervisor (`Event::TakeOver`); the room's
-//! microphone and speaker pause (devices open) and resume when the session's source ends.
-//! The supervisor owns the pipeline: this side only sends it events. Mute, volume and
-//! voice are the supervisor's commands; the text comes back from the pipeline's transcript
-//! events.
+//! The appliance's [`Backend`]: each web session is a conversation of its own on the
+//! model the supervisor runs (a slot of its hub, beside the room's), joined through the
+//! [`HubDoor`] the supervisor keeps up to date. The room and the sessions do not wait for
+//! each other: the room's devices failing (or its conversation being off) never refuses a
+//! session. Mute, volume and voice on the page are the device's (the supervisor's
+//! commands); the session's own sampling stays its own.
 
 use super::backend::{Backend, Control, DeviceState, ModelInfo, Talk};
 use super::local::sampling_override;
 use super::params::SessionSampling;
 use crate::control::{Command, Phase, Shared};
-use crate::endpoint::Endpoint;
-use crate::pipeline::{Event as PipelineEvent, EventTx};
+use crate::engine::{Engine, JoinRequest};
+use crate::hub::{HubConversation, HubDoor, HubHandle};
 use crate::service::Event;
-use crate::sound::{InFrame, Sink, SoundError, Source};
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant};
 
-/// Why a session ends when the device takes the conversation back.
-const ENDED_ON_DEVICE: &str = "the conversation was ended on the device";
-
-/// How long a step waits for the pipeline's reply before it answers silence (the reply
-/// then is dropped when it comes: the session stays in step with the pipeline).
-const REPLY_WAIT: Duration = Duration::from_millis(500);
-
-/// Where the current session's text and end go.
-#[derive(Default)]
-struct Current {
-    name: String,
-    text: Option<mpsc::Sender<String>>,
-    ended: Option<Arc<AtomicBool>>,
-}
-
-/// The web endpoint's view of the supervisor.
+/// The web endpoint's view of the supervisor and its model.
 pub struct SupervisorBackend {
     tx: Mutex<mpsc::Sender<Event>>,
     shared: Arc<Shared>,
     info: Arc<Mutex<ModelInfo>>,
     voices: Vec<String>,
-    current: Arc<Mutex<Current>>,
+    door: HubDoor,
+    max_conversations: usize,
 }
 
 impl SupervisorBackend {
-    /// A backend sending to the supervisor's channel; `info` is kept up to date by the
-    /// supervisor (the loaded model's files). Returns it and the event queue the pipeline
-    /// must send its transcripts and endpoint ends to.
+    /// A backend sending commands to the supervisor's channel and joining conversations
+    /// through `door`; `info` is kept up to date by the supervisor (the loaded model's
+    /// files). At most `max_conversations` web sessions at once.
     pub fn new(
         tx: mpsc::Sender<Event>,
         shared: Arc<Shared>,
         info: Arc<Mutex<ModelInfo>>,
         voices: Vec<String>,
-    ) -> std::io::Result<(SupervisorBackend, EventTx)> {
-        let (etx, mut erx) = tokio::sync::mpsc::channel::<PipelineEvent>(256);
-        let current = Arc::new(Mutex::new(Current::default()));
-        let c = current.clone();
-        std::thread::Builder::new()
-            .name("moshid-web-events".into())
-            .spawn(move || {
-                while let Some(ev) = erx.blocking_recv() {
-                    route_event(&c, ev);
-                }
-            })?;
-        let b = SupervisorBackend {
+        door: HubDoor,
+        max_conversations: usize,
+    ) -> SupervisorBackend {
+        SupervisorBackend {
             tx: Mutex::new(tx),
             shared,
             info,
             voices,
-            current,
-        };
-        Ok((b, etx))
+            door,
+            max_conversations,
+        }
     }
 
     fn send(&self, ev: Event) -> Result<(), String> {
@@ -79,35 +54,16 @@ impl SupervisorBackend {
             .map_err(|_| "the supervisor is gone".to_string())
     }
 
-    /// Refuses a session while there is no model to talk to.
-    fn ready(&self) -> Result<(), String> {
-        match self.shared.phase() {
-            Phase::Idle | Phase::Conversation => Ok(()),
-            Phase::Loading => Err("the model is loading: try again in a moment".into()),
-            Phase::Error => Err(format!(
-                "the device has a problem: {}",
-                self.shared.snapshot().error.unwrap_or_default()
-            )),
-            Phase::Stopped => Err("the device is stopping".into()),
-        }
-    }
-}
-
-/// Text goes to the session holding the conversation; its end marks it ended.
-fn route_event(current: &Mutex<Current>, ev: PipelineEvent) {
-    let Ok(c) = current.lock() else { return };
-    match ev {
-        PipelineEvent::Transcript { text, .. } => {
-            if let Some(t) = &c.text {
-                let _ = t.send(text);
+    /// Why no session can start now: no model runs (loading, or it failed to load).
+    fn no_model(&self) -> String {
+        let s = self.shared.snapshot();
+        match s.phase {
+            Phase::Stopped => "the device is stopping".into(),
+            Phase::Error if s.error.is_some() => {
+                format!("the model is not running: {}", s.error.unwrap_or_default())
             }
+            _ => "the model is loading: try again in a moment".into(),
         }
-        PipelineEvent::EndpointEnded { name } if name == c.name => {
-            if let Some(e) = &c.ended {
-                e.store(true, Ordering::Relaxed);
-            }
-        }
-        _ => {}
     }
 }
 
@@ -116,33 +72,31 @@ impl Backend for SupervisorBackend {
         self.info.lock().map(|i| i.clone()).unwrap_or_default()
     }
 
+    fn max_conversations(&self) -> usize {
+        self.max_conversations
+    }
+
     fn open(&self, peer: SocketAddr, s: SessionSampling) -> Result<Box<dyn Talk>, String> {
-        self.ready()?;
+        let hub = self.door.get().ok_or_else(|| self.no_model())?;
+        let request = JoinRequest::from(sampling_override(&s));
+        let conv = hub
+            .join(request.clone())
+            .map_err(|e| format!("busy: {}", e.0))?;
         let name = format!("web {peer}");
-        let (in_tx, in_rx) = bounded::<InFrame>(4);
-        let (out_tx, out_rx) = bounded::<Vec<f32>>(8);
-        let (text_tx, text_rx) = mpsc::channel();
-        let ended = Arc::new(AtomicBool::new(false));
-        if let Ok(mut c) = self.current.lock() {
-            *c = Current {
-                name: name.clone(),
-                text: Some(text_tx),
-                ended: Some(ended.clone()),
-            };
-        }
-        let mut ep = Endpoint::remote(
-            name,
-            Box::new(WebSource { rx: in_rx }),
-            Box::new(WebSink { tx: out_tx }),
+        log::info!(
+            "{name}: conversation slot {} of {} ({})",
+            conv.slot(),
+            hub.capacity(),
+            hub.describe()
         );
-        ep.sampling = Some(sampling_override(&s));
-        self.send(Event::TakeOver(ep))?;
-        Ok(Box::new(RemoteTalk {
-            in_tx,
-            out_rx,
-            text_rx,
-            ended,
+        self.shared.add_web_session(&name);
+        Ok(Box::new(HubTalk {
+            conv,
+            hub,
+            door: self.door.clone(),
+            request,
             shared: self.shared.clone(),
+            name,
         }))
     }
 
@@ -180,91 +134,54 @@ impl Backend for SupervisorBackend {
     }
 }
 
-/// The session's frames as the pipeline's source: its clock drives the model.
-struct WebSource {
-    rx: Receiver<InFrame>,
-}
-
-impl Source for WebSource {
-    fn recv(&mut self, timeout: Duration) -> Result<Option<InFrame>, SoundError> {
-        match self.rx.recv_timeout(timeout) {
-            Ok(f) => Ok(Some(f)),
-            Err(RecvTimeoutError::Timeout) => Ok(None),
-            Err(RecvTimeoutError::Disconnected) => Err(SoundError::Ended),
-        }
-    }
-    fn backlog(&self) -> usize {
-        self.rx.len()
-    }
-}
-
-/// Moshi's frames for the session; never blocks the pipeline (a full queue drops).
-struct WebSink {
-    tx: Sender<Vec<f32>>,
-}
-
-impl Sink for WebSink {
-    fn play(&mut self, samples: &[f32]) -> Result<(), SoundError> {
-        match self.tx.try_send(samples.to_vec()) {
-            Ok(()) | Err(TrySendError::Full(_)) => Ok(()),
-            Err(TrySendError::Disconnected(_)) => {
-                Err(SoundError::Device("the web client left".into()))
-            }
-        }
-    }
-}
-
-/// A session's hold on the conversation. Dropping it drops the source's sender: the
-/// pipeline sees the source end and gives the conversation back to the room.
-struct RemoteTalk {
-    in_tx: Sender<InFrame>,
-    out_rx: Receiver<Vec<f32>>,
-    text_rx: mpsc::Receiver<String>,
-    ended: Arc<AtomicBool>,
+/// A web session's conversation. When the supervisor replaced the model (a voice
+/// switch), the session joins the new one and its conversation restarts.
+struct HubTalk {
+    conv: HubConversation,
+    /// The hub `conv` belongs to.
+    hub: HubHandle,
+    door: HubDoor,
+    request: JoinRequest,
     shared: Arc<Shared>,
+    name: String,
 }
 
-impl Talk for RemoteTalk {
+impl HubTalk {
+    /// Joins the model that runs now, if it is another than ours.
+    fn follow_new_model(&mut self) -> Option<()> {
+        let now = self.door.get().filter(|h| !h.same(&self.hub))?;
+        let conv = now.join(self.request.clone()).ok()?;
+        log::info!(
+            "{}: the model was replaced; the conversation restarts on it",
+            self.name
+        );
+        self.conv = conv;
+        self.hub = now;
+        Some(())
+    }
+}
+
+impl Talk for HubTalk {
     fn step(&mut self, input: &[f32], output: &mut [f32], text: &mut String) -> Result<(), String> {
-        let frame = InFrame {
-            samples: input.to_vec(),
-            captured_at: Instant::now(),
-        };
-        // Disconnected: the pipeline dropped the endpoint (set/conversation OFF, a restart).
-        if self
-            .in_tx
-            .send_timeout(frame, Duration::from_secs(1))
-            .is_err()
-        {
-            return Err(ENDED_ON_DEVICE.into());
-        }
-        match self.out_rx.recv_timeout(REPLY_WAIT) {
-            Ok(mut f) => {
-                // Replies that came late: keep the newest so the session stays in step.
-                while let Ok(newer) = self.out_rx.try_recv() {
-                    f = newer;
-                    self.shared
-                        .web_dropped_output
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-                if f.len() == output.len() {
-                    output.copy_from_slice(&f);
-                } else {
+        match self.conv.step(input, output, text) {
+            Ok(()) => Ok(()),
+            Err(e) => match self.follow_new_model() {
+                Some(()) => {
                     output.fill(0.0);
+                    Ok(())
                 }
-            }
-            Err(RecvTimeoutError::Timeout) => output.fill(0.0),
-            Err(RecvTimeoutError::Disconnected) => return Err(ENDED_ON_DEVICE.into()),
+                None => Err(e.to_string()),
+            },
         }
-        while let Ok(t) = self.text_rx.try_recv() {
-            text.push_str(&t);
-        }
-        Ok(())
     }
 
     fn ended(&self) -> Option<String> {
-        self.ended
-            .load(Ordering::Relaxed)
-            .then(|| ENDED_ON_DEVICE.to_string())
+        None
+    }
+}
+
+impl Drop for HubTalk {
+    fn drop(&mut self) {
+        self.shared.remove_web_session(&self.name);
     }
 }

@@ -273,7 +273,9 @@ async function control(q) {
 
 function show(st) {
   $('phase').textContent = st.phase || '?';
-  $('endpoint').textContent = st.endpoint ? st.endpoint + (st.client ? ' (' + st.client + ')' : '') : '-';
+  // Who talks with the model now: the room and each web session (the demo: its clients).
+  const who = st.endpoints || (st.clients || []).map((c) => 'web ' + c);
+  $('endpoint').textContent = who.length ? who.length + ' (' + who.join(', ') + ')' : 'none';
   $('mute').textContent = st.muted ? 'Unmute' : 'Mute';
   $('mute').dataset.muted = st.muted ? '1' : '0';
   if (document.activeElement !== $('volume')) $('volume').value = st.volume;
