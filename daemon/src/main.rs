@@ -19,6 +19,7 @@ mod mqtt;
 mod notify;
 mod pipeline;
 mod room;
+mod satellite;
 mod service;
 mod sound;
 mod store;

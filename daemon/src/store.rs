@@ -61,6 +61,9 @@ pub enum StoreError {
     /// The configuration names no such voice preset.
     #[error("no voice preset named {0:?}")]
     NoVoice(String),
+    /// A satellite (`source = "remote"`) has no model files: its brain has them.
+    #[error("`model.source = \"remote\"` has no model files here: fetch them on the brain")]
+    Remote,
     /// Content did not match its hash; the file was deleted.
     #[error("{path}: content does not match its hash {expected} (got {actual}); the corrupt file was deleted, run again to re-download")]
     Corrupt {
@@ -170,6 +173,7 @@ pub fn resolve(
             local(l)
         }
         ModelSource::Demo => Ok(crate::demo_model::ensure(&cfg.cache_dir, voice)?),
+        ModelSource::Remote => Err(StoreError::Remote),
         ModelSource::Hub => {
             // Config validation guarantees the preset exists; be safe anyway.
             let preset = cfg

@@ -31,6 +31,11 @@ fn environment_problems(cfg: &Config) -> Vec<String> {
             p.push(format!("`model.local`: {e}"));
         }
     }
+    if cfg.model.source == ModelSource::Remote {
+        if let Err(e) = crate::satellite::check(cfg) {
+            p.push(format!("`model.remote`: {e:#}"));
+        }
+    }
     if cfg.web.enabled {
         if let (Some(c), Some(k)) = (&cfg.web.cert_file, &cfg.web.key_file) {
             if let Err(e) = crate::web::tls::read_pair(c, k) {

@@ -2,6 +2,7 @@
 //! real time (40 ms Opus packets, one per page, both header pages in the first message, as
 //! `moshi-cli`), writes what it hears and reads, and prints one JSON line of figures.
 
+use crate::web::chat_client::{ChatSocket, ChatTarget};
 use crate::web::ogg::{OggWriter, FLAG_BOS};
 use crate::web::opus::{self, Encoder, PACKET_SAMPLES};
 use crate::web::protocol::Kind;
@@ -12,10 +13,7 @@ use moshid_hal::{FRAME_SAMPLES, MODEL_RATE};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
 /// Arguments.
 #[derive(clap::Args, Debug)]
@@ -86,55 +84,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn url_with_token(args: &Args) -> String {
-    match &args.token {
-        None => args.url.clone(),
-        Some(t) => {
-            let sep = if args.url.contains('?') { '&' } else { '?' };
-            format!("{}{sep}token={t}", args.url)
-        }
-    }
-}
-
 async fn session(args: &Args, pcm: &[f32]) -> anyhow::Result<Run> {
-    let url = url_with_token(args);
-    let request = url
-        .as_str()
-        .into_client_request()
-        .with_context(|| format!("--url {:?} is not a ws:// or wss:// URL", args.url))?;
-    let uri = request.uri().clone();
-    let host = uri
-        .host()
-        .context("--url has no host")?
-        .trim_matches(['[', ']'])
-        .to_string();
-    let secure = uri.scheme_str() == Some("wss");
-    let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
     // Everything the client prepares comes before the clock starts: encoding the whole input
     // (about 0.5 ms per 40 ms packet) and loading CA certificates used to count as server
     // time in `handshake_ms` (~400 ms for 10 s of input).
     let messages = encode_input(pcm)?;
-    let tls = secure
+    let tls = args
+        .url
+        .starts_with("wss://")
         .then(|| crate::web::client_tls::client_config(args.insecure, args.ca.as_deref()))
-        .transpose()?;
+        .transpose()?
+        .map(std::sync::Arc::new);
+    let query: Vec<(&str, String)> = args.token.iter().map(|t| ("token", t.clone())).collect();
+    let target = ChatTarget::new(&args.url, &query, tls)?;
     let t0 = Instant::now();
-    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
-        .await
-        .with_context(|| format!("cannot connect to {host}:{port}"))?;
-    tcp.set_nodelay(true)?;
-    let Some(tls) = tls else {
-        let (ws, _) = tokio_tungstenite::client_async(request, tcp).await?;
-        return converse(ws, &messages, t0).await;
-    };
-    let name = rustls::pki_types::ServerName::try_from(host.clone())
-        .with_context(|| format!("{host:?} is not a valid server name"))?;
-    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
-        .connect(name, tcp)
-        .await
-        .context("TLS handshake failed (a self-signed server needs --insecure or --ca)")?;
-    let (ws, _) = tokio_tungstenite::client_async(request, stream)
-        .await
-        .context("WebSocket upgrade failed")?;
+    let ws = target.connect(Duration::from_secs(30)).await?;
     converse(ws, &messages, t0).await
 }
 
@@ -160,14 +124,7 @@ fn encode_input(pcm: &[f32]) -> anyhow::Result<Vec<Vec<u8>>> {
     Ok(messages)
 }
 
-async fn converse<S>(
-    mut ws: WebSocketStream<S>,
-    messages: &[Vec<u8>],
-    t0: Instant,
-) -> anyhow::Result<Run>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+async fn converse(mut ws: ChatSocket, messages: &[Vec<u8>], t0: Instant) -> anyhow::Result<Run> {
     let per_frame = FRAME_SAMPLES / PACKET_SAMPLES;
     let mut run = Run::default();
     let mut input = AudioIn::new()?;

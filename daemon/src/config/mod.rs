@@ -1,6 +1,7 @@
 //! The daemon's configuration: one TOML file, every field validated with a message that
 //! names it. The documented example is `systemd/moshid.toml.example`.
 
+pub mod remote;
 mod summary;
 pub mod types;
 
@@ -9,6 +10,7 @@ use moshid_models::lm::Sampling;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+pub use remote::{BrainUrl, RemoteConfig};
 pub use types::{DeviceSpec, Dtype, MimiDevice, SampleFormat};
 
 /// Default location of the configuration file (systemd `ConfigurationDirectory=moshid`).
@@ -87,13 +89,16 @@ pub enum ModelSource {
     Local,
     /// The built-in small random-weight model (no download; for demos and tests).
     Demo,
+    /// A brain elsewhere, over Kyutai's `/api/chat` (`[model.remote]`): a satellite loads
+    /// no model.
+    Remote,
 }
 
 /// `[model]`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
-    /// `hub`, `local` or `demo`.
+    /// `hub`, `local`, `demo` or `remote`.
     pub source: ModelSource,
     /// The voice preset used at start (a key of `[voices]`).
     pub voice: String,
@@ -121,6 +126,8 @@ pub struct ModelConfig {
     pub offline: bool,
     /// Files for `source = "local"`.
     pub local: Option<LocalFiles>,
+    /// The brain for `source = "remote"`.
+    pub remote: Option<RemoteConfig>,
     /// The persona (a key of `[personas]`) every conversation starts with; needs a
     /// PersonaPlex model. None: no prompt.
     pub persona: Option<String>,
@@ -344,6 +351,7 @@ impl Default for ModelConfig {
             context: 3000,
             offline: false,
             local: None,
+            remote: None,
             persona: None,
         }
     }
@@ -633,6 +641,13 @@ impl Config {
                     }
                 }
             }
+            _ => {}
+        }
+        match (m.source, &m.remote) {
+            (ModelSource::Remote, None) => p.push(
+                "`model.remote`: `source = \"remote\"` needs a [model.remote] table with the brain's urls".into(),
+            ),
+            (ModelSource::Remote, Some(r)) => r.problems(p),
             _ => {}
         }
     }

@@ -20,6 +20,17 @@ impl Config {
                 None => "local files".into(),
             },
             ModelSource::Demo => "the built-in random-weight demo model".into(),
+            ModelSource::Remote => match &self.model.remote {
+                Some(r) => format!(
+                    "a brain over the network ({}), no model here",
+                    r.urls
+                        .iter()
+                        .map(|u| u.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                None => "a brain over the network".into(),
+            },
         };
         let m = &self.mqtt;
         let mqtt = if m.enabled {

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod backend;
+pub mod chat_client;
 pub mod client_tls;
 pub mod config;
 pub mod conns;
