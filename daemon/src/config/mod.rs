@@ -7,10 +7,10 @@ pub mod types;
 
 pub use crate::web::config::WebConfig;
 use moshid_models::lm::Sampling;
+pub use remote::{BrainUrl, RemoteConfig};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-pub use remote::{BrainUrl, RemoteConfig};
 pub use types::{DeviceSpec, Dtype, MimiDevice, SampleFormat};
 
 /// Default location of the configuration file (systemd `ConfigurationDirectory=moshid`).
