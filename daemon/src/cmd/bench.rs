@@ -46,6 +46,10 @@ pub struct MimiBenchArgs {
     /// Codebooks per frame.
     #[arg(long, default_value_t = 8, value_parser = super::codebooks)]
     num_codebooks: usize,
+    /// Step B independent streams of the one model together (batched encode + decode of one
+    /// frame each per step) and report the whole step (`batch`, `step_ms_median`) instead.
+    #[arg(long, value_name = "B", value_parser = super::count)]
+    batch: Option<usize>,
 }
 
 /// Runs a benchmark.
@@ -71,6 +75,16 @@ fn bench_mimi(a: MimiBenchArgs) -> anyhow::Result<()> {
     };
     if source.is_empty() {
         anyhow::bail!("the WAV file has no samples");
+    }
+    if let Some(b) = a.batch {
+        let run = super::bench_mimi_batch::Run {
+            batch: b,
+            frames: a.frames,
+            warmup,
+            device: a.mimi.device.to_string(),
+            dtype: a.mimi.dtype.to_string(),
+        };
+        return super::bench_mimi_batch::run(&mimi, &source, &run);
     }
     let pcm: Vec<f32> = source.iter().copied().cycle().take(total * fs).collect();
     let load_before = load_average();
@@ -212,7 +226,7 @@ fn synthetic(n: usize) -> Vec<f32> {
         .collect()
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(super) fn median(v: &mut [f64]) -> f64 {
     if v.is_empty() {
         return 0.0;
     }
@@ -225,10 +239,10 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-fn mean(v: &[f64]) -> f64 {
+pub(super) fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
-fn round3(x: f64) -> f64 {
+pub(super) fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }

@@ -3,6 +3,7 @@
 pub mod audio;
 pub mod bench;
 pub mod bench_lm;
+mod bench_mimi_batch;
 pub mod bench_web;
 pub mod check_config;
 pub mod client;

@@ -1,9 +1,13 @@
 //! Mimi + Moshi for several conversations at once: one [`LmBatch`] over the shared LM
 //! weights, and per slot its own Mimi streaming state, text stream and pending frame. A
-//! step encodes each slot's frame, runs the LM once for all of them, and decodes each.
-//! [`super::MoshiEngine`] is this with one slot.
+//! step encodes every slot's frame in one batched Mimi pass, runs the LM once for all of
+//! them, and decodes them in one batched pass ([`mimi`]). [`super::MoshiEngine`] is this with
+//! one slot.
 
-use super::decode;
+mod mimi;
+
+pub(super) use mimi::decode_pending;
+
 use crate::engine::{BatchFrame, BatchModel, EngineError, JoinRequest, SamplingOverride};
 use moshid_models::lm::{LmBatch, PromptedState, Sampling, SlotId, StepOut};
 use moshid_models::mimi::Mimi;
@@ -12,8 +16,9 @@ use std::sync::Arc;
 
 /// One conversation's own state beside the shared weights.
 pub(super) struct SlotState {
-    /// None while the slot is free (the Mimi is kept for the next conversation).
+    /// None while the slot is free (the Mimi stream is kept for the next conversation).
     id: Option<SlotId>,
+    /// This slot's Mimi stream: the model's weights, its own streaming state.
     pub(super) mimi: Mimi,
     text_state: StreamState,
     codes: Vec<u32>,
@@ -26,8 +31,8 @@ pub(super) struct SlotState {
 /// Several conversations over one model.
 pub struct MoshiBatch {
     lm: LmBatch,
-    /// A fresh Mimi, cloned for each slot the first time it is taken (Mimi's weights and
-    /// streaming state are one value today).
+    /// The loaded Mimi, whose [`Mimi::new_stream`] each slot gets the first time it is
+    /// taken (the weights shared, a stream state of its own).
     mimi: Mimi,
     slots: Vec<Option<SlotState>>,
     tokenizer: Arc<TextTokenizer>,
@@ -104,20 +109,10 @@ impl MoshiBatch {
         Ok(())
     }
 
-    /// Encodes each frame's input with its slot's Mimi; a failure fails that frame only.
+    /// Encodes each frame's input with its slot's Mimi stream, all in one batched step; a
+    /// failure fails that frame only.
     fn encode(&mut self, frames: &mut [BatchFrame<'_>]) {
-        for f in frames.iter_mut() {
-            let Some(Some(s)) = self.slots.get_mut(f.slot) else {
-                f.result = Err(EngineError(format!(
-                    "conversation slot {} is not taken",
-                    f.slot
-                )));
-                continue;
-            };
-            if let Err(e) = s.mimi.encode_step(f.input, &mut s.codes) {
-                f.result = Err(EngineError(format!("Mimi encode: {e}")));
-            }
-        }
+        mimi::encode(&mut self.slots, frames);
     }
 
     /// The LM's step for the frames still without error; each frame's StepOut (None for
@@ -174,7 +169,7 @@ impl BatchModel for MoshiBatch {
         let slot = id.index();
         let state = self.slots[slot].get_or_insert_with(|| SlotState {
             id: None,
-            mimi: self.mimi.clone(),
+            mimi: self.mimi.new_stream(),
             text_state: StreamState::default(),
             codes: vec![0; self.mimi.num_codebooks()],
             pending: None,
@@ -230,18 +225,15 @@ impl BatchModel for MoshiBatch {
             let Some(Some(s)) = self.slots.get_mut(f.slot) else {
                 continue;
             };
-            if !self.overlap {
-                if let Err(e) = decode(&mut s.mimi, out.as_ref(), f.output) {
-                    f.result = Err(e);
-                    continue;
-                }
-            } else {
-                s.pending = out;
-            }
+            // Decoded below in one batch (or, with `overlap`, during the next step).
+            s.pending = out;
             // Text is not delayed: the token is the LM's, sampled at this step either way.
             if let Some(out) = out {
                 self.tokenizer.push(&mut s.text_state, out.text, f.text);
             }
+        }
+        if !self.overlap {
+            mimi::decode_pending(&mut self.slots, frames);
         }
     }
 

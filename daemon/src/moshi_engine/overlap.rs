@@ -4,9 +4,8 @@
 //! the two are independent; each model still sees the same calls in the same order as in the
 //! sequential step, which the test below checks bit for bit.
 
-use super::batch::SlotState;
-use super::decode;
-use crate::engine::{BatchFrame, EngineError};
+use super::batch::{decode_pending, SlotState};
+use crate::engine::BatchFrame;
 use moshid_models::lm::{LmBatch, LmError, SlotId, StepOut};
 
 /// The LM's step on `inputs` while each frame's slot decodes its pending frame (the last
@@ -46,19 +45,6 @@ pub(super) fn lm_step_while_decoding(
             }
         }
     })
-}
-
-/// Decodes each healthy frame's pending frame (silence when none) into its output.
-fn decode_pending(slots: &mut [Option<SlotState>], frames: &mut [BatchFrame<'_>]) {
-    for f in frames.iter_mut().filter(|f| f.result.is_ok()) {
-        let Some(Some(st)) = slots.get_mut(f.slot) else {
-            continue;
-        };
-        let pending = st.pending.take();
-        if let Err(e) = decode(&mut st.mimi, pending.as_ref(), f.output) {
-            f.result = Err(EngineError(e.0));
-        }
-    }
 }
 
 #[cfg(test)]
