@@ -168,7 +168,7 @@ impl Link {
     async fn after_failure(&mut self, r: &mut Retry, mut newest: Option<UpFrame>) -> Demand {
         r.failures += 1;
         r.current = (r.current + 1) % self.urls.len();
-        if r.failures as usize % self.urls.len() != 0 {
+        if !(r.failures as usize).is_multiple_of(self.urls.len()) {
             return newest.map_or(Demand::Nothing, Demand::Frame);
         }
         let until = tokio::time::Instant::now() + r.backoff;
