@@ -15,6 +15,13 @@ pub struct Args {
     /// Timed frames (80 ms each).
     #[arg(long, default_value_t = 500)]
     frames: usize,
+    /// Instead: N concurrent `moshid client` sessions against a `moshid demo --web` started
+    /// here (per-client latency, dropped frames, server CPU per frame).
+    #[arg(long)]
+    clients: Option<usize>,
+    /// With --clients: seconds each client talks.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
 }
 
 fn thread_cpu_us() -> f64 {
@@ -28,7 +35,7 @@ fn thread_cpu_us() -> f64 {
 }
 
 /// A voice-like test signal: a gliding pulse train through a formant, in syllables.
-fn signal(n: usize) -> Vec<f32> {
+pub(super) fn signal(n: usize) -> Vec<f32> {
     let (mut phase, mut f) = (0.0f32, 0.0f32);
     (0..n)
         .map(|i| {
@@ -80,6 +87,9 @@ fn client_messages(pcm: &[f32]) -> anyhow::Result<Vec<Vec<u8>>> {
 
 /// Runs the benchmark.
 pub fn run(a: Args) -> anyhow::Result<()> {
+    if let Some(n) = a.clients {
+        return super::bench_web_clients::run(n, a.seconds);
+    }
     let frames = a.frames.max(1);
     let pcm = signal((frames + 1) * FRAME_SAMPLES);
     let messages = client_messages(&pcm)?;

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod bench_lm;
 mod bench_mimi_batch;
 pub mod bench_web;
+mod bench_web_clients;
 pub mod check_config;
 pub mod client;
 pub mod codec;

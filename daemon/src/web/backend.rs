@@ -80,6 +80,8 @@ pub struct DemoState {
     pub rtf: f64,
     /// Model steps since start.
     pub steps: u64,
+    /// Conversation frames those steps served (frames / steps: the mean batch).
+    pub frames: u64,
     /// Input frames the web path dropped (the model was behind).
     pub web_dropped_input: u64,
     /// Output frames a slow client could not take.

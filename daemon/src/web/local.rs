@@ -149,6 +149,7 @@ impl Backend for LocalBackend {
             step_ms: (step_ms * 10.0).round() / 10.0,
             rtf: (step_ms / 80.0 * 1000.0).round() / 1000.0,
             steps: stats.steps.load(Ordering::Relaxed),
+            frames: stats.frames.load(Ordering::Relaxed),
             web_dropped_input: i.dropped_input.load(Ordering::Relaxed),
             web_dropped_output: i.dropped_output.load(Ordering::Relaxed),
         })

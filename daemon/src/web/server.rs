@@ -664,6 +664,7 @@ mod tests {
                 step_ms: 12.3,
                 rtf: 0.154,
                 steps: 9,
+                frames: 9,
                 web_dropped_input: 1,
                 web_dropped_output: 2,
             }),
