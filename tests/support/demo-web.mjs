@@ -10,14 +10,15 @@ const freePort = () => new Promise((resolve) => {
 });
 
 /**
- * Starts `moshid demo --web` with its state and cache under `out` and waits (2 min at most)
- * until it serves. Returns its port, the child and `fail(why)`: prints `NAME test: FAILED`,
+ * Starts `moshid demo --web` with its state and cache under `out` (and `extra` arguments:
+ * `--no-tls`, `--config FILE`...) and waits (2 min at most) until it serves. Returns its port, the child and `fail(why)`: prints `NAME test: FAILED`,
  * why and moshid's output, kills moshid, awaits `cleanup` and exits 1.
  */
-export async function startDemo(moshid, out, name, cleanup = async () => {}) {
+export async function startDemo(moshid, out, name, cleanup = async () => {}, extra = []) {
   const port = await freePort();
   const daemon = spawn(moshid, ['demo', '--web', '--listen', `127.0.0.1:${port}`,
-    '--state-dir', `${out}/state`, '--cache-dir', `${out}/cache`], { stdio: ['ignore', 'pipe', 'pipe'] });
+    '--state-dir', `${out}/state`, '--cache-dir', `${out}/cache`, ...extra],
+  { stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
   daemon.stdout.on('data', (d) => { log += d; });
   daemon.stderr.on('data', (d) => { log += d; });
@@ -32,5 +33,5 @@ export async function startDemo(moshid, out, name, cleanup = async () => {}) {
     if (Date.now() > deadline || daemon.exitCode !== null) await fail('moshid demo --web did not start');
     await new Promise((r) => setTimeout(r, 100));
   }
-  return { port, daemon, fail };
+  return { port, daemon, fail, log: () => log };
 }

@@ -123,7 +123,26 @@ function chatUrl() {
     if (query.has(k)) u.searchParams.set(k, query.get(k));
   }
   if (query.has('token')) u.searchParams.set('token', query.get('token'));
+  // A persona (PersonaPlex): the one chosen, else NVIDIA's prompts given in the page's URL.
+  const persona = $('persona').value;
+  if (persona) u.searchParams.set('persona', persona);
+  else for (const k of ['voice_prompt', 'text_prompt']) {
+    if (query.has(k)) u.searchParams.set(k, query.get(k));
+  }
   return u.toString();
+}
+
+// The configured personas (/api/personas), offered for the next session; hidden without any.
+async function loadPersonas() {
+  try {
+    const r = await fetch('/api/personas');
+    if (!r.ok) return;
+    const { personas } = await r.json();
+    const sel = $('persona');
+    for (const p of personas) sel.add(new Option(p, p));
+    if (query.has('persona')) sel.value = query.get('persona');
+    for (const id of ['persona-label', 'persona-row']) $(id).hidden = personas.length === 0;
+  } catch (_) { /* a daemon without personas: no select */ }
 }
 
 async function start() {
@@ -390,4 +409,5 @@ $('mute').onclick = () => control('mute=' + ($('mute').dataset.muted === '1' ? '
 $('volume').onchange = () => control('volume=' + $('volume').value);
 $('voice').onchange = () => control('voice=' + encodeURIComponent($('voice').value));
 poll();
+loadPersonas();
 if (kiosk) roomPoll();
