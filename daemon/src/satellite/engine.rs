@@ -78,6 +78,19 @@ impl RemoteEngine {
         })
     }
 
+    /// The jitter buffer's delay and the late replies so far, in the log.
+    fn log_figures(&self, when: &str) {
+        if self.seq == 0 {
+            return;
+        }
+        let late = self.shared.remote_late_frames.load(Ordering::Relaxed);
+        log::info!(
+            delay_frames = self.jitter.delay(), late_frames = late;
+            "satellite, {when}: replies play {} frame(s) ({} ms) after their input; {late} late",
+            self.jitter.delay(), self.jitter.delay() * 80
+        );
+    }
+
     /// Takes what the link sent since the last step.
     fn drain(&mut self, text: &mut String) {
         while let Ok(d) = self.down.try_recv() {
@@ -91,6 +104,12 @@ impl RemoteEngine {
                 _ => {}
             }
         }
+    }
+}
+
+impl Drop for RemoteEngine {
+    fn drop(&mut self) {
+        self.log_figures("engine released");
     }
 }
 
@@ -123,14 +142,7 @@ impl Engine for RemoteEngine {
     }
 
     fn reset(&mut self) {
-        if self.seq > 0 {
-            log::info!(
-                delay_frames = self.jitter.delay(),
-                late_frames = self.shared.remote_late_frames.load(Ordering::Relaxed);
-                "satellite: conversation reset; replies play {} frame(s) after their input",
-                self.jitter.delay()
-            );
-        }
+        self.log_figures("conversation reset");
         self.gen += 1;
         self.state.generation.store(self.gen, Ordering::Relaxed);
         self.jitter.set_live(None);

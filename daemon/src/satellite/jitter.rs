@@ -1,13 +1,16 @@
 //! The satellite's jitter buffer: the brain's reply to the frame sent at step `k` plays at
-//! step `k + delay`. `delay` (in 80 ms frames) is sized from the measured arrivals: it grows
-//! at once to cover a reply that came later than it allowed, and shrinks only once a whole
-//! window of arrivals would have fitted a shorter one. A reply not there at its step is
-//! silence (a late frame); one that comes after its step is dropped.
+//! step `k + delay`. `delay` (in 80 ms frames) is sized from the measured arrivals: the
+//! 95th percentile of the steps the last replies took (the longest, while fewer than
+//! [`SETTLE`] came), so one hiccup costs one late frame, not seconds of extra delay. A reply
+//! not there at its step is silence (a late frame); one that comes after its step is
+//! dropped.
 
 use std::collections::VecDeque;
 
-/// Arrivals remembered to decide a shorter delay.
+/// Arrivals remembered to size the delay.
 const WINDOW: usize = 64;
+/// Arrivals before the percentile is trusted (the longest counts until then).
+const SETTLE: usize = 16;
 
 /// What `play` put in the output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,14 +80,12 @@ impl Jitter {
             self.window.pop_front();
         }
         self.window.push_back(took);
-        if took > self.delay {
-            self.delay = took.min(self.max_delay);
-        } else if self.window.len() == WINDOW {
-            let longest = self.window.iter().copied().max().unwrap_or(1);
-            if longest < self.delay {
-                self.delay = longest.max(1);
-            }
-        }
+        let want = if self.window.len() < SETTLE {
+            took.max(self.delay)
+        } else {
+            p95(&self.window)
+        };
+        self.delay = want.clamp(1, self.max_delay);
         if seq + self.delay < now {
             // Later than even the longest delay allows: its step is gone.
             self.spare.push(frame);
@@ -124,6 +125,18 @@ impl Jitter {
     }
 }
 
+/// The 95th percentile of at most [`WINDOW`] values.
+fn p95(w: &VecDeque<u64>) -> u64 {
+    let mut v = [0u64; WINDOW];
+    let n = w.len().min(WINDOW);
+    for (d, s) in v.iter_mut().zip(w.iter()) {
+        *d = *s;
+    }
+    let v = &mut v[..n];
+    v.sort_unstable();
+    v[(n * 95 / 100).min(n.saturating_sub(1))]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,8 +169,8 @@ mod tests {
         // The reply to step 2 is not back at step 3: silence, counted late.
         assert_eq!(j.play(3, &mut out), Played::Late);
         assert_eq!(out, [0.0; 4]);
-        // It comes at step 4 (two steps): the delay grows to 2 and step 3's reply plays
-        // at step 5, step 2's is dropped (its step is gone... it plays at 4 under delay 2).
+        // It comes at step 4 (two steps): the delay grows to 2, step 2's reply plays at step
+        // 4 and step 3's at step 5.
         j.arrive(2, frame(2.0), 4);
         j.arrive(3, frame(3.0), 4);
         assert_eq!(j.delay(), 2);
@@ -169,7 +182,7 @@ mod tests {
     }
 
     #[test]
-    fn the_delay_shrinks_after_a_window_of_fast_replies_and_is_capped() {
+    fn the_delay_is_capped_and_shrinks_once_95_percent_of_replies_are_fast() {
         let mut j = Jitter::new(3);
         j.set_live(Some(1));
         j.arrive(1, frame(1.0), 9);
@@ -179,6 +192,9 @@ mod tests {
             j.arrive(step - 1, frame(0.5), step);
             j.play(step, &mut out);
         }
+        assert_eq!(j.delay(), 1);
+        // One hiccup among fast replies: that reply is late, the delay stays one frame.
+        j.arrive(100, frame(1.0), 104);
         assert_eq!(j.delay(), 1);
     }
 
