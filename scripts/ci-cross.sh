@@ -8,11 +8,14 @@ t0=$(date +%s)
 # far slower than 80 ms, so lag control drops the oldest input and less audio comes back than
 # was sent. That is the designed behaviour, not an aarch64 defect: the test runs natively.
 # The same holds for the web session inside `moshid run` (web_room.rs), which counts the audio
-# that comes back, and for three real-time clients sharing the demo model (web.rs).
+# that comes back, for three real-time clients sharing the demo model (web.rs), and for the
+# client that never reads (web.rs), whose server must produce a few hundred frames within the
+# 30 s the client sends to fill the socket's buffers.
 ./cross/aarch64.sh --install -- -- --skip client_talks_to_the_demo_over_tls \
   --skip a_web_session_takes_the_conversation_from_the_room \
   --skip a_waiting_client_gets_the_conversation \
-  --skip clients_share_the_model_and_one_beyond_capacity_waits_or_is_rejected
+  --skip clients_share_the_model_and_one_beyond_capacity_waits_or_is_rejected \
+  --skip a_client_that_never_reads_does_not_hold_the_conversation
 t1=$(date +%s)
 DEB_TARGET=aarch64-unknown-linux-gnu CARGO_TARGET_DIR=${CROSS_TARGET_DIR:-$PWD/target-cross} \
   ./scripts/ci-deb.sh
