@@ -17,6 +17,7 @@ const TOKEN: &str = "satellite-test-token-5f2c9a";
 struct Brain {
     dir: PathBuf,
     port: u16,
+    /// `[web]` lines beside the TLS and token ones.
     web: String,
     daemon: Option<Daemon>,
 }
@@ -303,6 +304,26 @@ fn an_unreachable_brain_is_one_error_and_a_restarted_one_resumes_the_conversatio
     sat.stop();
 }
 
+/// A satellite of the brain at `url` with `remote`: an error naming the brain that says `says`,
+/// in the state and on MQTT.
+fn fault(dir: &Path, url: &str, name: &str, remote: String, says: &[&str]) {
+    let sat = Satellite::start(&dir.join(name), &remote);
+    sat.obs.publish(&topic("set/conversation"), "ON");
+    let st = sat.state(0, name, |v| {
+        v["phase"] == "error" && v["error"].as_str().is_some_and(|e| e.contains(url))
+    });
+    let e = st["error"].as_str().unwrap().to_string();
+    for s in says {
+        assert!(e.contains(s), "{name}: {e}");
+    }
+    let on_mqtt = sat
+        .obs
+        .wait(&topic("error"), Duration::from_secs(5), |_| true)
+        .unwrap_or_else(|| panic!("{name}: nothing on error"));
+    assert!(on_mqtt.payload.contains(url), "{}", on_mqtt.payload);
+    sat.stop();
+}
+
 #[test]
 fn a_refused_token_a_foreign_certificate_and_a_busy_brain_name_the_brain() {
     let _g = serial();
@@ -312,31 +333,19 @@ fn a_refused_token_a_foreign_certificate_and_a_busy_brain_name_the_brain() {
         "max_conversations = 1\nbusy = \"reject\"\n",
     );
     brain.start();
-    let fault = |name: &str, remote: String, says: &[&str]| {
-        let sat = Satellite::start(&dir.path().join(name), &remote);
-        sat.obs.publish(&topic("set/conversation"), "ON");
-        let url = brain.url();
-        let st = sat.state(0, name, |v| {
-            v["phase"] == "error" && v["error"].as_str().is_some_and(|e| e.contains(&url))
-        });
-        let e = st["error"].as_str().unwrap().to_string();
-        for s in says {
-            assert!(e.contains(s), "{name}: {e}");
-        }
-        let on_mqtt = sat
-            .obs
-            .wait(&topic("error"), Duration::from_secs(5), |_| true)
-            .unwrap_or_else(|| panic!("{name}: nothing on error"));
-        assert!(on_mqtt.payload.contains(&url), "{}", on_mqtt.payload);
-        sat.stop();
-    };
     let wrong_token = dir.path().join("wrong-token");
     std::fs::write(&wrong_token, "not-the-token\n").unwrap();
     let remote = remote_for(&brain).replace(
         brain.dir.join("token").to_str().unwrap(),
         wrong_token.to_str().unwrap(),
     );
-    fault("token", remote, &["HTTP 401", "token"]);
+    fault(
+        dir.path(),
+        &brain.url(),
+        "token",
+        remote,
+        &["HTTP 401", "token"],
+    );
     // Another CA than the brain's: the certificate is refused.
     let other = dir.path().join("other-ca");
     std::fs::create_dir_all(&other).unwrap();
@@ -345,7 +354,13 @@ fn a_refused_token_a_foreign_certificate_and_a_busy_brain_name_the_brain() {
         brain.dir.join("ca.pem").to_str().unwrap(),
         other.join("ca.pem").to_str().unwrap(),
     );
-    fault("certificate", remote, &["TLS", "certificate"]);
+    fault(
+        dir.path(),
+        &brain.url(),
+        "certificate",
+        remote,
+        &["TLS", "certificate"],
+    );
     // Busy: a client holds the brain's only conversation.
     let wav = dir.path().join("voice.wav");
     write_voice_wav(&wav, 30.0);
@@ -361,11 +376,91 @@ fn a_refused_token_a_foreign_certificate_and_a_busy_brain_name_the_brain() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    fault("busy", remote_for(&brain), &["busy"]);
+    fault(
+        dir.path(),
+        &brain.url(),
+        "busy",
+        remote_for(&brain),
+        &["busy"],
+    );
     let mut client = client;
     let _ = client.kill();
     let _ = client.wait();
+    // Busy that makes us wait (no handshake within connect_timeout_s) is busy too.
     brain.kill();
+    brain.web = "max_conversations = 1\nbusy = \"wait\"\n".into();
+    brain.start();
+    let mut client = moshid_cmd()
+        .args(["client", "--url", &url, "--ca"])
+        .arg(brain.dir.join("ca.pem"))
+        .arg("--input")
+        .arg(&wav)
+        .args(["--seconds", "25"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    fault(
+        dir.path(),
+        &brain.url(),
+        "busy-wait",
+        remote_for(&brain),
+        &["no handshake within 3 s", "busy"],
+    );
+    let _ = client.kill();
+    let _ = client.wait();
+    brain.kill();
+}
+
+#[test]
+fn check_config_reads_the_token_and_the_certificate_of_a_satellite() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = d.join("sat.toml");
+    let write = |remote: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "[model]\nsource = \"remote\"\n[web]\nenabled = false\n[model.remote]\n{remote}"
+            ),
+        )
+        .unwrap();
+        let o = moshid(&["check-config", cfg.to_str().unwrap()]);
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout),
+        )
+    };
+    let token = d.join("token");
+    let (ok, out) = write(&format!(
+        "urls = [\"wss://brain.local:8998/api/chat\"]\ntoken_file = \"{}\"\ninsecure = true\n",
+        token.display()
+    ));
+    assert!(
+        !ok && out.contains("token_file") && out.contains("web-token"),
+        "{out}"
+    );
+    std::fs::write(&token, "t\n").unwrap();
+    let (ok, out) = write(&format!(
+        "urls = [\"wss://brain.local:8998/api/chat\"]\ntoken_file = \"{}\"\ninsecure = true\n",
+        token.display()
+    ));
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("a brain over the network (wss://brain.local:8998/api/chat)"),
+        "{out}"
+    );
+    let (ok, out) = write(&format!(
+        "urls = [\"wss://brain.local:8998/api/chat\"]\nca_file = \"{}\"\n",
+        token.display()
+    ));
+    assert!(
+        !ok && out.contains("model.remote") && out.contains("certificate"),
+        "{out}"
+    );
+    let (ok, out) = write("urls = [\"https://brain.local/api/chat\"]\n");
+    assert!(!ok && out.contains("wss://"), "{out}");
 }
 
 /// A WebSocket server that answers every session with a handshake, then garbage audio.
