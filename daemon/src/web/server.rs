@@ -676,7 +676,7 @@ mod tests {
             "conversations": 0, "clients": [],
             "phase": "idle", "endpoint": null, "client": null, "voice": "moshiko",
             "muted": false, "volume": 70, "step_ms": 12.3, "rtf": 0.154, "steps": 9,
-            "web_dropped_input": 1, "web_dropped_output": 2,
+            "frames": 9, "web_dropped_input": 1, "web_dropped_output": 2,
             "web_waiting": 3, "web_connections": 4,
         });
         assert_eq!(v, want);
