@@ -6,7 +6,7 @@
 //! of rows or threads, so a signal processed in one call or frame by frame gives the same bits.
 
 use super::isa::Isa;
-use super::micro::{block, Acc, Geom, PanelPtr, MR};
+use super::micro::{block, Acc, Geom, PanelPtr, Rows, MR};
 use super::packed::{PackedMat, Panels, NB};
 
 /// What happens to each accumulated value `v` of output column `j` before it is stored.
@@ -118,7 +118,6 @@ pub(crate) fn gemm_jobs(isa: Isa, jobs: &Jobs, g: Geom, w: &PackedMat, ldc: usiz
         w.k
     );
     let mut m = 0;
-    let mut row_blocks = 0;
     for (j, &(a_len, out_len)) in jobs.jobs[..jobs.n].iter().zip(&jobs.lens) {
         if j.m == 0 {
             continue;
@@ -127,8 +126,8 @@ pub(crate) fn gemm_jobs(isa: Isa, jobs: &Jobs, g: Geom, w: &PackedMat, ldc: usiz
         assert!(a_len >= need_a, "gemm: {a_len} activations, need {need_a}");
         assert!(out_len >= (j.m - 1) * ldc + w.n, "gemm: output too short");
         m += j.m;
-        row_blocks += j.m.div_ceil(MR);
     }
+    let row_blocks = m.div_ceil(MR);
     if m == 0 {
         return;
     }
@@ -158,8 +157,9 @@ pub(crate) fn gemm_jobs(isa: Isa, jobs: &Jobs, g: Geom, w: &PackedMat, ldc: usiz
     });
 }
 
-/// One rectangle of the output: `blocks` counts the row blocks of all jobs in order (each job's
-/// rows in blocks of [`MR`] from its first row, so a stream is cut as it is alone).
+/// One rectangle of the output: `blocks` counts blocks of [`MR`] rows over the jobs' rows
+/// in order (a block may hold the last rows of one stream and the first of the next: each
+/// row's result is the same whichever block computes it).
 ///
 /// # Safety
 /// `gemm_jobs`'s bounds checks hold, and no other task writes these blocks x panels.
@@ -183,29 +183,55 @@ unsafe fn rect(
         };
         let j0 = p * NB;
         let cols = NB.min(w.n - j0);
-        let mut first = 0;
-        for job in &jobs.jobs[..jobs.n] {
-            let nb = job.m.div_ceil(MR);
-            let (lo, hi) = (blocks.start.max(first), blocks.end.min(first + nb));
-            for b in lo..hi {
-                let r = (b - first) * MR;
-                let n = MR.min(job.m - r);
-                block(isa, n, job.a.add(r * g.lda), g, pp, &mut acc);
-                store(&acc[..n], job.out.add(r * ldc + j0), ldc, j0, cols, epi);
-            }
-            first += nb;
+        for b in blocks.clone() {
+            let (rows, outs, n) = block_rows(jobs, b * MR, g.lda, ldc);
+            block(isa, n, &rows, g, pp, &mut acc);
+            store(&acc[..n], &outs, j0, cols, epi);
         }
     }
+}
+
+/// The activation and output pointers of the up to [`MR`] rows from global row `first` on
+/// (the jobs' rows in order), and how many there are.
+///
+/// # Safety
+/// `gemm_jobs`'s bounds checks hold.
+#[inline]
+unsafe fn block_rows(
+    jobs: &Jobs,
+    first: usize,
+    lda: usize,
+    ldc: usize,
+) -> (Rows, [*mut f32; MR], usize) {
+    let mut rows: Rows = [std::ptr::null(); MR];
+    let mut outs = [std::ptr::null_mut(); MR];
+    let (mut n, mut skip) = (0, first);
+    for job in &jobs.jobs[..jobs.n] {
+        if skip >= job.m {
+            skip -= job.m;
+            continue;
+        }
+        for r in skip..job.m {
+            if n == MR {
+                return (rows, outs, n);
+            }
+            rows[n] = job.a.add(r * lda);
+            outs[n] = job.out.add(r * ldc);
+            n += 1;
+        }
+        skip = 0;
+    }
+    (rows, outs, n)
 }
 
 /// Applies the epilogue to one block.
 ///
 /// # Safety
-/// `out` points at the block's first output; rows are `ldc` apart and `cols` wide.
+/// `outs[r]` points at row `r`'s output row, which has `j0 + cols` values.
 #[inline(always)]
-unsafe fn store(acc: &[[f32; NB]], out: *mut f32, ldc: usize, j0: usize, cols: usize, epi: Epi) {
-    for (r, row) in acc.iter().enumerate() {
-        let dst = std::slice::from_raw_parts_mut(out.add(r * ldc), cols);
+unsafe fn store(acc: &[[f32; NB]], outs: &[*mut f32; MR], j0: usize, cols: usize, epi: Epi) {
+    for (row, &out) in acc.iter().zip(outs) {
+        let dst = std::slice::from_raw_parts_mut(out.add(j0), cols);
         let v = &row[..cols];
         match epi {
             Epi::Store => dst.copy_from_slice(v),

@@ -13,7 +13,8 @@ use super::packed::NB;
 pub(crate) const MR: usize = 6;
 
 /// Where a block's activations are: row `r`, reduction index `t * len + i` is at
-/// `a[r * lda + t * tap_stride + i]`.
+/// `rows[r][t * tap_stride + i]` for the block's row pointers (`rows[r] = a + r * lda` for one
+/// matrix; rows of several streams' matrices can share a block).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Geom {
     pub(crate) lda: usize,
@@ -46,19 +47,25 @@ const PREFETCH_BYTES: usize = 512;
 /// Block accumulators, row-major.
 pub(crate) type Acc = [[f32; NB]; MR];
 
+/// Each row's first activation (reduction index 0) in a block.
+pub(crate) type Rows = [*const f32; MR];
+
+/// The rows of a block of one matrix, `lda` apart from `a` (only the first `n` are read).
+#[cfg(test)]
+pub(crate) fn rows_of(a: *const f32, lda: usize, n: usize) -> Rows {
+    let mut r = [a; MR];
+    for (i, p) in r.iter_mut().enumerate().take(n) {
+        *p = a.wrapping_add(i * lda);
+    }
+    r
+}
+
 /// Computes `rows` (1..=MR) rows of one panel into `acc[..rows]`.
 ///
 /// # Safety
-/// For every `r < rows` and reduction index `q`, `a + r * lda + t * tap_stride + i` must be
+/// For every `r < rows` and reduction index `q`, `a[r] + t * tap_stride + i` must be
 /// readable, and the panel must hold `g.depth() * NB` entries.
-pub(crate) unsafe fn block(
-    isa: Isa,
-    rows: usize,
-    a: *const f32,
-    g: Geom,
-    p: PanelPtr,
-    acc: &mut Acc,
-) {
+pub(crate) unsafe fn block(isa: Isa, rows: usize, a: &Rows, g: Geom, p: PanelPtr, acc: &mut Acc) {
     macro_rules! by_rows {
         ($f:ident $(, $extra:tt)*) => {
             match rows {
@@ -87,7 +94,7 @@ pub(crate) unsafe fn block(
 #[cfg(test)]
 pub(crate) unsafe fn block_generic_fused(
     rows: usize,
-    a: *const f32,
+    a: &Rows,
     g: Geom,
     p: PanelPtr,
     acc: &mut Acc,
@@ -120,21 +127,16 @@ unsafe fn load_row(p: PanelPtr, q: usize) -> [f32; NB] {
     w
 }
 
-unsafe fn generic<const R: usize, const F: bool>(
-    a: *const f32,
-    g: Geom,
-    p: PanelPtr,
-    acc: &mut Acc,
-) {
+unsafe fn generic<const R: usize, const F: bool>(a: &Rows, g: Geom, p: PanelPtr, acc: &mut Acc) {
     let mut s = [[0f32; NB]; R];
     let mut q = 0;
     for t in 0..g.taps {
-        let at = a.add(t * g.tap_stride);
+        let at = t * g.tap_stride;
         for i in 0..g.len {
             let w = load_row(p, q);
             q += 1;
             for (r, sr) in s.iter_mut().enumerate() {
-                let x = *at.add(r * g.lda + i);
+                let x = *a[r].add(at + i);
                 for (o, &wc) in sr.iter_mut().zip(&w) {
                     *o = madd::<F>(x, wc, *o);
                 }
@@ -146,13 +148,13 @@ unsafe fn generic<const R: usize, const F: bool>(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn avx2<const R: usize>(a: *const f32, g: Geom, p: PanelPtr, acc: &mut Acc) {
+unsafe fn avx2<const R: usize>(a: &Rows, g: Geom, p: PanelPtr, acc: &mut Acc) {
     use std::arch::x86_64::*;
     let mut lo = [_mm256_setzero_ps(); R];
     let mut hi = [_mm256_setzero_ps(); R];
     let mut q = 0;
     for t in 0..g.taps {
-        let at = a.add(t * g.tap_stride);
+        let at = t * g.tap_stride;
         for i in 0..g.len {
             let (w0, w1) = match p {
                 PanelPtr::F32(b) => {
@@ -177,7 +179,7 @@ unsafe fn avx2<const R: usize>(a: *const f32, g: Geom, p: PanelPtr, acc: &mut Ac
             }
             q += 1;
             for r in 0..R {
-                let x = _mm256_broadcast_ss(&*at.add(r * g.lda + i));
+                let x = _mm256_broadcast_ss(&*a[r].add(at + i));
                 lo[r] = _mm256_fmadd_ps(x, w0, lo[r]);
                 hi[r] = _mm256_fmadd_ps(x, w1, hi[r]);
             }
@@ -191,13 +193,13 @@ unsafe fn avx2<const R: usize>(a: *const f32, g: Geom, p: PanelPtr, acc: &mut Ac
 
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
-unsafe fn neon<const R: usize>(a: *const f32, g: Geom, p: PanelPtr, acc: &mut Acc) {
+unsafe fn neon<const R: usize>(a: &Rows, g: Geom, p: PanelPtr, acc: &mut Acc) {
     use std::arch::aarch64::*;
     let z = vdupq_n_f32(0.0);
     let mut s = [[z; 4]; R];
     let mut q = 0;
     for t in 0..g.taps {
-        let at = a.add(t * g.tap_stride);
+        let at = t * g.tap_stride;
         for i in 0..g.len {
             let w = match p {
                 PanelPtr::F32(b) => {
@@ -226,7 +228,7 @@ unsafe fn neon<const R: usize>(a: *const f32, g: Geom, p: PanelPtr, acc: &mut Ac
             }
             q += 1;
             for r in 0..R {
-                let x = vdupq_n_f32(*at.add(r * g.lda + i));
+                let x = vdupq_n_f32(*a[r].add(at + i));
                 for c in 0..4 {
                     s[r][c] = vfmaq_f32(s[r][c], x, w[c]);
                 }

@@ -1,6 +1,6 @@
 //! The CPU kernels against plain loops, and each vector path against the generic one.
 
-use super::gemm::{gemm, Epi};
+use super::gemm::{gemm, gemm_jobs, Epi, Jobs};
 use super::isa::Isa;
 use super::micro::{block, Acc, Geom, PanelPtr, MR};
 use super::packed::{PackedMat, Panels, WeightDtype, NB};
@@ -113,6 +113,49 @@ fn many_rows_split_over_threads_give_the_same_bits_as_few() {
     }
 }
 
+#[test]
+fn streams_in_one_product_give_each_ones_bits_alone() {
+    // Streams of 1, 2, 7, 3 and 1000 rows (blocks straddle streams; the last makes the
+    // product large enough for the worker threads), through a dilated geometry, with an
+    // accumulating epilogue: each stream's rows equal its product alone, bit for bit.
+    let g = Geom {
+        lda: 24,
+        taps: 3,
+        len: 24,
+        tap_stride: 48,
+    };
+    let n = 40;
+    let w = PackedMat::new(&fill(g.depth() * n, 11), g.depth(), n, WeightDtype::F16);
+    let scale = fill(n, 12);
+    for isa in Isa::available() {
+        let ms = [1usize, 2, 7, 3, 1000];
+        let inputs: Vec<Vec<f32>> = ms
+            .iter()
+            .enumerate()
+            .map(|(i, &m)| fill((m - 1) * g.lda + 2 * g.tap_stride + g.len, 20 + i as u64))
+            .collect();
+        let base: Vec<Vec<f32>> = ms.iter().map(|&m| fill(m * n, 30 + m as u64)).collect();
+        let mut together = base.clone();
+        let mut jobs = Jobs::new();
+        for ((a, &m), out) in inputs.iter().zip(&ms).zip(together.iter_mut()) {
+            jobs.push(a, m, out);
+        }
+        gemm_jobs(isa, &jobs, g, &w, n, Epi::AddScaled(&scale));
+        for (i, ((a, &m), want)) in inputs.iter().zip(&ms).zip(&base).enumerate() {
+            let mut alone = want.clone();
+            gemm(isa, a, m, g, &w, &mut alone, n, Epi::AddScaled(&scale));
+            assert!(
+                alone
+                    .iter()
+                    .zip(&together[i])
+                    .all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{isa:?}: stream {i} ({m} rows) differs in the batch"
+            );
+            assert!(alone != base[i], "{isa:?}: stream {i} unchanged");
+        }
+    }
+}
+
 /// The vector micro-kernel against the generic one with fused multiply-adds: same bits.
 #[test]
 fn vector_kernel_is_bit_identical_to_generic_fused() {
@@ -137,8 +180,9 @@ fn vector_kernel_is_bit_identical_to_generic_fused() {
             let (mut x, mut y): (Acc, Acc) = ([[0.0; NB]; MR], [[0.0; NB]; MR]);
             // SAFETY: `a` and the panel hold what the geometry reads.
             unsafe {
-                block(isa, rows, a.as_ptr(), g, p, &mut x);
-                super::micro::block_generic_fused(rows, a.as_ptr(), g, p, &mut y);
+                let r = super::micro::rows_of(a.as_ptr(), g.lda, rows);
+                block(isa, rows, &r, g, p, &mut x);
+                super::micro::block_generic_fused(rows, &r, g, p, &mut y);
             }
             assert_eq!(x[..rows], y[..rows], "{isa:?} {dtype:?} rows {rows}");
         }
