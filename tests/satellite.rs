@@ -528,3 +528,44 @@ fn a_brain_answering_garbage_is_an_error_and_the_next_url_serves() {
     sat.stop();
     brain.kill();
 }
+
+#[test]
+fn a_page_session_on_a_satellite_is_told_to_talk_to_the_brain() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mut brain = Brain::new(&dir.path().join("brain"), "");
+    brain.start();
+    let web_port = free_port();
+    let remote = format!(
+        "{}[web]\nlisten = \"127.0.0.1:{web_port}\"\nstate_dir = \"{}\"\n",
+        remote_for(&brain),
+        dir.path().join("sat-state").display()
+    );
+    let sat = Satellite::start(&dir.path().join("sat"), &remote);
+    // The satellite's own /api/chat (loopback: no token): its one link is the room's.
+    let wav = dir.path().join("voice.wav");
+    write_voice_wav(&wav, 3.0);
+    let url = format!("wss://localhost:{web_port}/api/chat");
+    let o = moshid(&[
+        "client",
+        "--url",
+        &url,
+        "--insecure",
+        "--input",
+        wav.to_str().unwrap(),
+        "--seconds",
+        "2",
+    ]);
+    let (ok, j, err) = client_result(&o);
+    assert!(!ok, "{j}");
+    let e = j["errors"][0].as_str().unwrap_or_default();
+    assert!(
+        e.contains("satellite") && e.contains(&brain.url()),
+        "{j}\n{err}"
+    );
+    // The room still talks through the brain.
+    sat.obs.publish(&topic("set/conversation"), "ON");
+    sat.hears(0);
+    sat.stop();
+    brain.kill();
+}

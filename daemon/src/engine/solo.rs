@@ -8,6 +8,8 @@ use super::{BatchFrame, BatchModel, Engine, EngineError, JoinRequest};
 pub struct Solo {
     engine: Box<dyn Engine>,
     taken: bool,
+    /// Why a second conversation is refused.
+    refusal: String,
 }
 
 impl Solo {
@@ -16,7 +18,15 @@ impl Solo {
         Solo {
             engine,
             taken: false,
+            refusal: "the model serves one conversation and it is taken".into(),
         }
+    }
+
+    /// Says `why` to a conversation that finds the slot taken (what the engine is, and where
+    /// to go instead).
+    pub fn with_refusal(mut self, why: &str) -> Solo {
+        self.refusal = why.to_string();
+        self
     }
 }
 
@@ -27,9 +37,7 @@ impl BatchModel for Solo {
 
     fn join(&mut self, r: &JoinRequest) -> Result<usize, EngineError> {
         if self.taken {
-            return Err(EngineError(
-                "the model serves one conversation and it is taken".into(),
-            ));
+            return Err(EngineError(self.refusal.clone()));
         }
         if r.persona.is_some() {
             return Err(EngineError(

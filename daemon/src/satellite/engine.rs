@@ -20,12 +20,19 @@ const DOWN_QUEUE: usize = 256;
 
 /// What the link thread is started with.
 pub(super) struct LinkParts {
+    /// The brains, in order.
     pub urls: Vec<BrainUrl>,
+    /// The brain's token.
     pub token: Option<String>,
+    /// TLS for `wss://`.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Connect + handshake limit.
     pub timeout: Duration,
+    /// `[sampling]` as query parameters.
     pub base_sampling: Vec<(&'static str, String)>,
+    /// The daemon's state.
     pub shared: Arc<Shared>,
+    /// MQTT `error`.
     pub report: Report,
 }
 

@@ -11,6 +11,8 @@ use std::collections::VecDeque;
 const WINDOW: usize = 64;
 /// Arrivals before the percentile is trusted (the longest counts until then).
 const SETTLE: usize = 16;
+/// Buffers kept for reuse.
+const SPARE: usize = 8;
 
 /// What `play` put in the output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +66,12 @@ impl Jitter {
     /// Drops every waiting reply.
     pub fn clear(&mut self) {
         while let Some((_, f)) = self.frames.pop_front() {
+            self.recycle(f);
+        }
+    }
+
+    fn recycle(&mut self, f: Vec<f32>) {
+        if self.spare.len() < SPARE {
             self.spare.push(f);
         }
     }
@@ -88,7 +96,7 @@ impl Jitter {
         self.delay = want.clamp(1, self.max_delay);
         if seq + self.delay < now {
             // Later than even the longest delay allows: its step is gone.
-            self.spare.push(frame);
+            self.recycle(frame);
             return;
         }
         let at = self.frames.partition_point(|(s, _)| *s < seq);
@@ -103,14 +111,14 @@ impl Jitter {
         };
         while self.frames.front().is_some_and(|(s, _)| *s < due) {
             if let Some((_, f)) = self.frames.pop_front() {
-                self.spare.push(f);
+                self.recycle(f);
             }
         }
         match self.frames.front() {
             Some((s, f)) if *s == due && f.len() == out.len() => {
                 out.copy_from_slice(f);
                 if let Some((_, f)) = self.frames.pop_front() {
-                    self.spare.push(f);
+                    self.recycle(f);
                 }
                 Played::Reply
             }

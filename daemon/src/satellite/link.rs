@@ -40,15 +40,25 @@ pub type Report = Box<dyn Fn(&str) + Send>;
 
 /// Everything the link thread owns.
 pub struct Link {
+    /// The brains, in order.
     pub urls: Vec<BrainUrl>,
+    /// Sent as `?token=`.
     pub token: Option<String>,
+    /// For `wss://` (the pinned certificate, or any with `insecure`).
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Connect + handshake, and the longest a live session may go without audio back.
     pub timeout: Duration,
+    /// `[sampling]` as Kyutai's query parameters.
     pub base_sampling: Vec<(&'static str, String)>,
+    /// Shared with the engine: the conversation count and its sampling.
     pub state: Arc<LinkState>,
+    /// The daemon's state (error, phase, status).
     pub shared: Arc<Shared>,
+    /// MQTT `error`, once per outage.
     pub report: Report,
+    /// Frames from the room's conversation.
     pub up: Receiver<UpFrame>,
+    /// Replies, text and session news to the engine.
     pub down: crossbeam_channel::Sender<Down>,
 }
 
@@ -255,7 +265,16 @@ impl Link {
     /// brain fails.
     async fn converse(&mut self, mut ws: ChatSocket, first: UpFrame, url: &BrainUrl) -> End {
         let gen = first.gen;
-        let mut s = match Session::new(gen, first.seq) {
+        // What queued while we connected is stale: the session starts with the newest frame,
+        // so that its replies are not late from the first one on.
+        let mut first = first;
+        while let Ok(f) = self.up.try_recv() {
+            if f.gen != gen {
+                return End::Over(Some(f));
+            }
+            first = f;
+        }
+        let mut s = match Session::new(gen) {
             Ok(s) => s,
             Err(e) => return End::Fault(e),
         };
@@ -316,7 +335,7 @@ struct Session {
 }
 
 impl Session {
-    fn new(gen: u64, _first: u64) -> Result<Session, String> {
+    fn new(gen: u64) -> Result<Session, String> {
         Ok(Session {
             gen,
             out: AudioOut::new().map_err(|e| e.to_string())?,

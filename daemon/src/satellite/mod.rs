@@ -155,6 +155,19 @@ fn read_token(r: &RemoteConfig) -> anyhow::Result<Option<String>> {
     Ok(Some(t.to_string()))
 }
 
+/// What a second conversation on a satellite (a page session while the room holds the link)
+/// is told: the satellite relays one conversation, its room's; the brain serves pages itself.
+pub fn refusal(cfg: &Config) -> String {
+    let brain = cfg
+        .model
+        .remote
+        .as_ref()
+        .and_then(|r| r.urls.first())
+        .map(|u| u.to_string())
+        .unwrap_or_default();
+    format!("this is a satellite: it relays its room's conversation only; talk to its brain {brain} instead")
+}
+
 /// What the loader hands the supervisor for a satellite: the engine and a description in
 /// place of model files (the metadata of the satellite's own page names the brain).
 pub fn model_spec(cfg: &Config) -> crate::model_spec::ModelSpec {

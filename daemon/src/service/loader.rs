@@ -224,7 +224,10 @@ impl Job {
         });
         match crate::satellite::engine(&req.cfg, self.shared.clone(), report) {
             Ok(e) => Outcome::Ready(
-                Box::new(crate::engine::Solo::new(Box::new(e))),
+                Box::new(
+                    crate::engine::Solo::new(Box::new(e))
+                        .with_refusal(&crate::satellite::refusal(&req.cfg)),
+                ),
                 Footprint::default(),
                 Box::new(crate::satellite::model_spec(&req.cfg)),
             ),
