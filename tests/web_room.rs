@@ -33,6 +33,19 @@ fn appliance_on(dir: &Path, web_port: u16, busy: &str) -> Appliance {
 /// [`appliance_on`] with `max` web conversations beside the room's, and `audio` settings
 /// replacing the room's devices (an `[audio]` key list, or empty for the file PCMs).
 fn appliance_with(dir: &Path, web_port: u16, busy: &str, max: usize, audio: &str) -> Appliance {
+    appliance_edited(dir, web_port, busy, max, &|toml| {
+        toml.replacen("capture = \"mic\"\n", audio, usize::from(!audio.is_empty()))
+    })
+}
+
+/// [`appliance_with`], its configuration passed through `edit` first.
+fn appliance_edited(
+    dir: &Path,
+    web_port: u16,
+    busy: &str,
+    max: usize,
+    edit: &dyn Fn(String) -> String,
+) -> Appliance {
     let broker = Broker::start(dir);
     let notify = Notify::bind(dir);
     let obs = Observer::connect(broker.port, "obs", &[&topic("#"), "homeassistant/#"]);
@@ -41,11 +54,8 @@ fn appliance_with(dir: &Path, web_port: u16, busy: &str, max: usize, audio: &str
         dir.join("state").display()
     );
     let (cfg, alsa) = write_config(dir, broker.port, &web);
-    if !audio.is_empty() {
-        let toml = std::fs::read_to_string(&cfg).unwrap();
-        let toml = toml.replace("capture = \"mic\"\n", audio);
-        std::fs::write(&cfg, toml).unwrap();
-    }
+    let toml = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, edit(toml)).unwrap();
     let daemon = start_daemon(dir, &cfg, &alsa, &notify);
     assert!(
         notify.wait("READY=1", Duration::from_secs(120)),
@@ -355,5 +365,59 @@ fn a_waiting_client_gets_the_conversation_when_the_first_one_leaves() {
     assert!(j2["audio_s"].as_f64().unwrap() >= 2.5, "{j2}");
     assert!(j2["audio_rms_dbfs"].as_f64().unwrap() > -40.0, "{j2}");
     a.state(n, "no web session", |v| web(v).is_none());
+    stop(a.daemon);
+}
+
+#[test]
+fn the_room_and_a_web_session_each_have_their_own_persona() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    // A small random PersonaPlex model with `[personas]` desk and guide, in place of the demo.
+    let persona = std::fs::read_to_string(persona_model(dir.path())).unwrap();
+    let model = persona.split_once('\n').unwrap().1.to_string(); // without its cache_dir
+    let a = appliance_edited(dir.path(), free_port(), "reject", 2, &|toml| {
+        toml.replace("[model]\nsource = \"demo\"\n", &model)
+    });
+    assert_eq!(
+        curl(a.web_port, "GET", "/api/personas"),
+        "{\"personas\":[\"desk\",\"guide\"]}"
+    );
+    // The room takes `guide` on the running weights: no model load.
+    a.obs.publish(&topic("set/conversation"), "ON");
+    a.obs.publish(&topic("set/persona"), "guide");
+    a.state(0, "the room as guide", |v| {
+        v["persona"] == "guide" && v["phase"] == "conversation"
+    });
+    // A web session as `desk` beside it.
+    let n = a.states();
+    let c = a.client("4", "?persona=desk", "desk");
+    let s = a.state(n, "two conversations", |v| v["conversations"] == 2);
+    assert_eq!(endpoints(&s)[0], "room", "{s}");
+    let (ok, j, err) = finish(c);
+    assert!(ok, "desk: {err}\n{j}\n{}", a.daemon.log());
+    assert!(j["handshake_ms"].as_f64().is_some(), "{j}");
+    assert!(j["audio_s"].as_f64().unwrap() >= 3.0, "{j}");
+    let log = a.daemon.log();
+    assert!(
+        log.contains("the room's conversation has its persona"),
+        "{log}"
+    );
+    assert!(log.contains("; persona desk)"), "{log}");
+    assert_eq!(
+        log.matches("loading model").count(),
+        1,
+        "set/persona reloaded the model:\n{log}"
+    );
+    // An unknown persona is refused on `error`, and the room keeps its own.
+    let n = a.obs.on(&topic("error")).len();
+    a.obs.publish(&topic("set/persona"), "pirate");
+    let e = wait_for(Duration::from_secs(10), || {
+        a.obs.on(&topic("error")).into_iter().nth(n)
+    });
+    assert!(
+        e.is_some(),
+        "no error for an unknown persona\n{}",
+        a.daemon.log()
+    );
     stop(a.daemon);
 }

@@ -82,4 +82,9 @@ pub trait BatchModel: Send {
     fn step(&mut self, frames: &mut [BatchFrame<'_>]);
     /// A one-line description for logs and STATUS.
     fn describe(&self) -> String;
+    /// The personas its conversations may ask for (a PersonaPlex model's `[personas]` and
+    /// session prompts, computed over its weights); None: it takes none.
+    fn personas(&self) -> Option<crate::moshi_engine::PersonaCache> {
+        None
+    }
 }

@@ -14,7 +14,7 @@
 
 mod door;
 
-pub use door::HubDoor;
+pub use door::{HubDoor, Served};
 
 use crate::engine::{BatchFrame, BatchModel, Engine, EngineError, JoinRequest, SamplingOverride};
 use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};

@@ -55,10 +55,49 @@ pub fn load_model(
     cfg: &Config,
     conversations: usize,
 ) -> anyhow::Result<Box<dyn BatchModel>> {
-    Ok(Box::new(load_batch(spec, cfg, conversations)?))
+    let (batch, personas) = load_batch_with_personas(spec, cfg, conversations)?;
+    Ok(Box::new(ServiceModel { batch, personas }))
+}
+
+/// The service's model: the batch, and the personas its conversations may ask for.
+struct ServiceModel {
+    batch: MoshiBatch,
+    personas: PersonaCache,
+}
+
+impl BatchModel for ServiceModel {
+    fn capacity(&self) -> usize {
+        self.batch.capacity()
+    }
+    fn join(&mut self, r: &crate::engine::JoinRequest) -> Result<usize, EngineError> {
+        self.batch.join(r)
+    }
+    fn leave(&mut self, slot: usize) {
+        self.batch.leave(slot)
+    }
+    fn reset(&mut self, slot: usize) -> Result<(), EngineError> {
+        BatchModel::reset(&mut self.batch, slot)
+    }
+    fn set_sampling(
+        &mut self,
+        slot: usize,
+        s: &crate::engine::SamplingOverride,
+    ) -> Result<(), EngineError> {
+        BatchModel::set_sampling(&mut self.batch, slot, s)
+    }
+    fn step(&mut self, frames: &mut [crate::engine::BatchFrame<'_>]) {
+        BatchModel::step(&mut self.batch, frames)
+    }
+    fn describe(&self) -> String {
+        BatchModel::describe(&self.batch)
+    }
+    fn personas(&self) -> Option<PersonaCache> {
+        Some(self.personas.clone())
+    }
 }
 
 /// Loads `spec` for up to `capacity` conversations over one copy of the weights.
+#[cfg(test)]
 pub fn load_batch(spec: &ModelSpec, cfg: &Config, capacity: usize) -> anyhow::Result<MoshiBatch> {
     Ok(load_batch_with_personas(spec, cfg, capacity)?.0)
 }

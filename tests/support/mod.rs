@@ -5,8 +5,11 @@
 #![allow(dead_code)]
 
 mod hub;
+mod persona;
 #[allow(unused_imports)]
 pub use hub::*;
+#[allow(unused_imports)]
+pub use persona::persona_model;
 
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use std::os::unix::net::UnixDatagram;

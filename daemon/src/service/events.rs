@@ -19,6 +19,9 @@ pub enum Event {
     /// A part that runs on its own failed (a satellite's link to its brain): said once on
     /// `error`; the state already says it.
     Fault(String),
+    /// A persona's prompted state for the room's conversation (`set/persona`), or why it
+    /// could not be had.
+    RoomPersona(Box<(String, Result<crate::engine::Persona, String>)>),
     /// Nothing else happened for 100 ms: periodic duties.
     Tick,
 }

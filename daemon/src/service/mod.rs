@@ -9,6 +9,7 @@
 
 mod events;
 mod loader;
+mod persona;
 mod reload;
 mod slot;
 mod web;
@@ -117,6 +118,7 @@ impl Supervisor {
             cfg.audio.volume,
             cfg.autostart,
         ));
+        shared.set_persona(cfg.model.persona.as_deref());
         log::info!(device_id = cfg.device_id().as_str(); "moshid {} starting", env!("CARGO_PKG_VERSION"));
         let mqtt = start_mqtt(&cfg, &shared, &tx)?;
         let door = crate::hub::HubDoor::default();
@@ -178,6 +180,10 @@ impl Supervisor {
                 self.publish_error(&msg);
                 Flow::Continue
             }
+            Event::RoomPersona(r) => {
+                let (name, persona) = *r;
+                self.on_room_persona(name, persona)
+            }
             Event::Tick => self.on_tick(),
         }
     }
@@ -195,26 +201,6 @@ impl Supervisor {
             voice,
         };
         self.loader.request(req, self.slot.running());
-    }
-
-    /// `set/persona`: reloads with `model.persona` = `p` (and the persona's voice, when it
-    /// names one), so that the next conversations start from its prompted state.
-    fn switch_persona(&mut self, p: String) {
-        if !self.loader.busy() && self.cfg.model.persona.as_deref() == Some(p.as_str()) {
-            return;
-        }
-        let mut cfg = self.cfg.clone();
-        let voice = cfg
-            .personas
-            .get(&p)
-            .and_then(|x| x.voice.clone())
-            .or_else(|| self.slot.voice().map(str::to_string))
-            .unwrap_or_else(|| cfg.model.voice.clone());
-        log::info!(persona = p.as_str(); "switching persona");
-        cfg.model.voice = voice.clone();
-        cfg.model.persona = Some(p.clone());
-        self.shared.set_persona(Some(&p));
-        self.request_load(cfg, voice, false);
     }
 
     /// `set/wake`: the switch the pipeline reads before listening. ON cannot start a wake
@@ -302,7 +288,21 @@ impl Supervisor {
         log::info!(load_s = load_s; "ready: {describe}");
         self.slot.reset_backoff();
         self.ready();
+        self.keep_room_persona();
         Flow::Continue
+    }
+
+    /// A persona the room took with `set/persona` (other than `model.persona`, which the
+    /// new model starts from anyway) is prepared again on the new model's weights.
+    fn keep_room_persona(&mut self) {
+        let room = self.shared.snapshot().persona;
+        let Some(p) = room.filter(|p| self.cfg.model.persona.as_deref() != Some(p.as_str())) else {
+            return;
+        };
+        match self.slot.personas() {
+            Some(cache) => self.prepare_room_persona(cache, p),
+            None => self.shared.set_persona(self.cfg.model.persona.as_deref()),
+        }
     }
 
     fn load_failed(&mut self, req: loader::LoadRequest, msg: String) -> Flow {

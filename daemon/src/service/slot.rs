@@ -8,9 +8,10 @@
 use super::loader::{Releaser, Running};
 use crate::config::{AudioConfig, Config};
 use crate::control::{Phase, Shared};
-use crate::engine::{BatchModel, JoinRequest};
-use crate::hub::{Hub, HubDoor, Timing};
+use crate::engine::{BatchModel, JoinRequest, Persona};
+use crate::hub::{Hub, HubDoor, Served, Timing};
 use crate::memory::Footprint;
+use crate::moshi_engine::PersonaCache;
 use crate::pipeline::{EventTx, Params, Pipeline};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -31,6 +32,10 @@ pub(super) struct Slot {
     hub: Option<Hub>,
     /// Where web sessions find the hub.
     door: HubDoor,
+    /// The model's personas (None: it takes none).
+    personas: Option<PersonaCache>,
+    /// The room's persona (`set/persona`) on the running model; None: the model's own.
+    room_persona: Option<Persona>,
     /// The loaded model's memory; None before the first load and after a release.
     footprint: Option<Footprint>,
     /// The voice that runs (kept after a release, to restore it if the next load fails).
@@ -47,6 +52,8 @@ impl Slot {
             pipeline: None,
             hub: None,
             door,
+            personas: None,
+            room_persona: None,
             footprint: None,
             voice: None,
             retry_at: None,
@@ -125,6 +132,7 @@ impl Slot {
         cfg: &mut Config,
         audio_before: &AudioConfig,
     ) -> anyhow::Result<()> {
+        let personas = model.personas();
         let hub = Hub::start(model, Timing::realtime())?;
         log::info!(
             "serving {} conversation(s) at once: {}",
@@ -133,7 +141,13 @@ impl Slot {
         );
         self.footprint = Some(footprint);
         self.voice = Some(voice.to_string());
-        self.door.set(Some(hub.handle().clone()));
+        self.door.set(Some(Served {
+            hub: hub.handle().clone(),
+            personas: personas.clone(),
+        }));
+        self.personas = personas;
+        // A persona's state belongs to the weights it was prompted on.
+        self.room_persona = None;
         let old = self.hub.replace(hub);
         let result = match &self.pipeline {
             Some(p) if !reopen_audio => {
@@ -153,8 +167,33 @@ impl Slot {
             .hub
             .as_ref()
             .ok_or_else(|| anyhow::anyhow!("no model is loaded"))?;
-        hub.join(JoinRequest::default())
+        let request = JoinRequest {
+            persona: self.room_persona.clone(),
+            ..JoinRequest::default()
+        };
+        hub.join(request)
             .map_err(|e| anyhow::anyhow!("the room cannot join the model: {e}"))
+    }
+
+    /// The model's personas (None: it takes none, or none is loaded).
+    pub fn personas(&self) -> Option<PersonaCache> {
+        self.personas.clone()
+    }
+
+    /// The room's conversation restarts with `persona` (None: the model's own); it keeps
+    /// it when its devices are reopened, until the next model load.
+    pub fn set_room_persona(&mut self, persona: Option<Persona>) -> anyhow::Result<()> {
+        let before = std::mem::replace(&mut self.room_persona, persona);
+        if let Some(p) = &self.pipeline {
+            match self.join_room() {
+                Ok(room) => p.swap_engine(Box::new(room)),
+                Err(e) => {
+                    self.room_persona = before;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// (Re)starts the room's pipeline on `cfg`'s devices, or on `fallback`'s.

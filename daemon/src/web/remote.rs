@@ -9,8 +9,8 @@ use super::backend::{Backend, Control, DeviceState, ModelInfo, Talk};
 use super::local::sampling_override;
 use super::params::SessionSampling;
 use crate::control::{Command, Phase, Shared};
-use crate::engine::{Engine, JoinRequest};
-use crate::hub::{HubConversation, HubDoor, HubHandle};
+use crate::engine::{Engine, JoinRequest, PersonaRequest};
+use crate::hub::{HubConversation, HubDoor, HubHandle, Served};
 use crate::service::Event;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -77,27 +77,50 @@ impl Backend for SupervisorBackend {
     }
 
     fn open(&self, peer: SocketAddr, s: SessionSampling) -> Result<Box<dyn Talk>, String> {
-        let hub = self.door.get().ok_or_else(|| self.no_model())?;
-        let request = JoinRequest::from(sampling_override(&s));
-        let conv = hub
-            .join(request.clone())
-            .map_err(|e| format!("busy: {}", e.0))?;
+        self.open_as(peer, s, None)
+    }
+
+    fn open_as(
+        &self,
+        peer: SocketAddr,
+        s: SessionSampling,
+        persona: Option<&PersonaRequest>,
+    ) -> Result<Box<dyn Talk>, String> {
+        let served = self.door.get().ok_or_else(|| self.no_model())?;
+        let ask = Ask {
+            sampling: s,
+            persona: persona.cloned(),
+        };
+        let conv = ask.join(&served)?;
         let name = format!("web {peer}");
+        let as_persona = ask
+            .persona
+            .as_ref()
+            .map(|p| format!("; persona {p}"))
+            .unwrap_or_default();
         log::info!(
-            "{name}: conversation slot {} of {} ({})",
+            "{name}: conversation slot {} of {} ({}{as_persona})",
             conv.slot(),
-            hub.capacity(),
-            hub.describe()
+            served.hub.capacity(),
+            served.hub.describe(),
         );
         self.shared.add_web_session(&name);
         Ok(Box::new(HubTalk {
             conv,
-            hub,
+            hub: served.hub,
             door: self.door.clone(),
-            request,
+            ask,
             shared: self.shared.clone(),
             name,
         }))
+    }
+
+    fn personas(&self) -> Vec<String> {
+        self.door
+            .get()
+            .and_then(|s| s.personas)
+            .map(|c| c.names())
+            .unwrap_or_default()
     }
 
     fn state(&self) -> DeviceState {
@@ -134,6 +157,33 @@ impl Backend for SupervisorBackend {
     }
 }
 
+/// What a session asked for: its sampling, and maybe a persona (resolved against each
+/// model it joins: a persona's prompted state belongs to one model's weights).
+struct Ask {
+    sampling: SessionSampling,
+    persona: Option<PersonaRequest>,
+}
+
+impl Ask {
+    /// A conversation on `served` as asked (the error is the session's message).
+    fn join(&self, served: &Served) -> Result<HubConversation, String> {
+        let persona = match (&self.persona, &served.personas) {
+            (None, _) => None,
+            (Some(p), Some(cache)) => Some(cache.get(p).map_err(|e| e.to_string())?),
+            (Some(p), None) => return Err(format!("persona {p}: this model takes no persona")),
+        };
+        let named = persona.is_some();
+        let request = JoinRequest {
+            sampling: sampling_override(&self.sampling),
+            persona,
+        };
+        served.hub.join(request).map_err(|e| match named {
+            true => e.0,
+            false => format!("busy: {}", e.0),
+        })
+    }
+}
+
 /// A web session's conversation. When the supervisor replaced the model (a voice
 /// switch), the session joins the new one and its conversation restarts.
 struct HubTalk {
@@ -141,7 +191,7 @@ struct HubTalk {
     /// The hub `conv` belongs to.
     hub: HubHandle,
     door: HubDoor,
-    request: JoinRequest,
+    ask: Ask,
     shared: Arc<Shared>,
     name: String,
 }
@@ -149,14 +199,14 @@ struct HubTalk {
 impl HubTalk {
     /// Joins the model that runs now, if it is another than ours.
     fn follow_new_model(&mut self) -> Option<()> {
-        let now = self.door.get().filter(|h| !h.same(&self.hub))?;
-        let conv = now.join(self.request.clone()).ok()?;
+        let now = self.door.get().filter(|s| !s.hub.same(&self.hub))?;
+        let conv = self.ask.join(&now).ok()?;
         log::info!(
             "{}: the model was replaced; the conversation restarts on it",
             self.name
         );
         self.conv = conv;
-        self.hub = now;
+        self.hub = now.hub;
         Some(())
     }
 }
