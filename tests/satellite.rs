@@ -569,3 +569,27 @@ fn a_page_session_on_a_satellite_is_told_to_talk_to_the_brain() {
     sat.stop();
     brain.kill();
 }
+
+#[test]
+fn two_satellites_share_one_brain() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mut brain = Brain::new(&dir.path().join("brain"), "");
+    brain.start();
+    let a = Satellite::start(&dir.path().join("a"), &remote_for(&brain));
+    let b = Satellite::start(&dir.path().join("b"), &remote_for(&brain));
+    a.obs.publish(&topic("set/conversation"), "ON");
+    b.obs.publish(&topic("set/conversation"), "ON");
+    // Both rooms hear the brain at the same time: two conversations of its one model.
+    let (from_a, from_b) = (a.speaker_len(), b.speaker_len());
+    a.hears(from_a);
+    b.hears(from_b);
+    let log = brain.daemon.as_ref().unwrap().log();
+    assert!(log.matches("conversation started").count() >= 2, "{log}");
+    let (from_a, from_b) = (a.speaker_len(), b.speaker_len());
+    a.hears(from_a + 48_000);
+    b.hears(from_b + 48_000);
+    a.stop();
+    b.stop();
+    brain.kill();
+}
