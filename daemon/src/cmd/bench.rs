@@ -50,6 +50,10 @@ pub struct MimiBenchArgs {
     /// frame each per step) and report the whole step (`batch`, `step_ms_median`) instead.
     #[arg(long, value_name = "B", value_parser = super::count)]
     batch: Option<usize>,
+    /// With --batch: step the B streams one after the other (B single-stream encodes and
+    /// decodes per step, each reading all the weights) instead of together, for comparison.
+    #[arg(long, requires = "batch")]
+    independent: bool,
 }
 
 /// Runs a benchmark.
@@ -79,6 +83,7 @@ fn bench_mimi(a: MimiBenchArgs) -> anyhow::Result<()> {
     if let Some(b) = a.batch {
         let run = super::bench_mimi_batch::Run {
             batch: b,
+            independent: a.independent,
             frames: a.frames,
             warmup,
             device: a.mimi.device.to_string(),

@@ -16,6 +16,8 @@ use super::procstat::{cpu_ms, load_average};
 /// What to run.
 pub(super) struct Run {
     pub batch: usize,
+    /// Each stream stepped alone (what a server with a codec state per connection does).
+    pub independent: bool,
     pub frames: usize,
     pub warmup: usize,
     pub device: String,
@@ -27,6 +29,8 @@ pub(super) struct Run {
 struct Report {
     bench: &'static str,
     batch: usize,
+    /// The streams were stepped one after the other, not batched.
+    independent: bool,
     device: String,
     dtype: String,
     kernels: &'static str,
@@ -45,7 +49,8 @@ struct Report {
     cpu_ms_per_step: f64,
     /// Step time over the 80 ms a frame lasts.
     rtf: f64,
-    /// The step's time per part and per kind of layer (CPU engine; empty on candle).
+    /// The step's time per part and per kind of layer (CPU engine; empty on candle; with
+    /// `independent`, the first stream's only).
     parts_ms_mean: BTreeMap<&'static str, f64>,
     kinds_ms_mean: BTreeMap<&'static str, f64>,
     loadavg_1m: [Option<f64>; 2],
@@ -74,13 +79,19 @@ pub(super) fn run(model: &Mimi, source: &[f32], r: &Run) -> anyhow::Result<()> {
         }
         streams[0].reset_profile();
         let (t, c) = (Instant::now(), cpu_ms());
-        let mut refs: Vec<&mut Mimi> = streams.iter_mut().collect();
-        let inputs: Vec<&[f32]> = frames.iter().map(|f| &f[..]).collect();
-        let mut code_outs: Vec<&mut [u32]> = codes.iter_mut().map(|c| &mut c[..]).collect();
-        Mimi::encode_step_batch(&mut refs, &inputs, &mut code_outs)?;
-        let code_ins: Vec<&[u32]> = codes.iter().map(|c| &c[..]).collect();
-        let mut pcm_outs: Vec<&mut [f32]> = out.iter_mut().map(|p| &mut p[..]).collect();
-        Mimi::decode_step_batch(&mut refs, &code_ins, &mut pcm_outs)?;
+        if r.independent {
+            for (((m, f), c), o) in streams
+                .iter_mut()
+                .zip(&frames)
+                .zip(&mut codes)
+                .zip(&mut out)
+            {
+                m.encode_step(f, c)?;
+                m.decode_step(c, o)?;
+            }
+        } else {
+            step_together(&mut streams, &frames, &mut codes, &mut out)?;
+        }
         if step >= r.warmup {
             wall.push(t.elapsed().as_secs_f64() * 1e3);
             cpu += cpu_ms() - c;
@@ -93,6 +104,7 @@ pub(super) fn run(model: &Mimi, source: &[f32], r: &Run) -> anyhow::Result<()> {
     let line = Report {
         bench: "mimi",
         batch: b,
+        independent: r.independent,
         device: r.device.clone(),
         dtype: r.dtype.clone(),
         kernels: model.kernels(),
@@ -111,6 +123,23 @@ pub(super) fn run(model: &Mimi, source: &[f32], r: &Run) -> anyhow::Result<()> {
         loadavg_1m: [load_before, load_average()],
     };
     println!("{}", serde_json::to_string(&line)?);
+    Ok(())
+}
+
+/// One batched encode of every stream's frame, then one batched decode of its codes.
+fn step_together(
+    streams: &mut [Mimi],
+    frames: &[Vec<f32>],
+    codes: &mut [Vec<u32>],
+    out: &mut [Vec<f32>],
+) -> anyhow::Result<()> {
+    let mut refs: Vec<&mut Mimi> = streams.iter_mut().collect();
+    let inputs: Vec<&[f32]> = frames.iter().map(|f| &f[..]).collect();
+    let mut code_outs: Vec<&mut [u32]> = codes.iter_mut().map(|c| &mut c[..]).collect();
+    Mimi::encode_step_batch(&mut refs, &inputs, &mut code_outs)?;
+    let code_ins: Vec<&[u32]> = codes.iter().map(|c| &c[..]).collect();
+    let mut pcm_outs: Vec<&mut [f32]> = out.iter_mut().map(|p| &mut p[..]).collect();
+    Mimi::decode_step_batch(&mut refs, &code_ins, &mut pcm_outs)?;
     Ok(())
 }
 

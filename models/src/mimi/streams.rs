@@ -15,12 +15,22 @@ use super::{Engine, Mimi, MimiError};
 const CHUNK: usize = 16;
 
 impl Mimi {
-    /// A new stream of this model: the same weights (shared), a fresh streaming state.
+    /// A new stream of this model: the same weights (shared, not copied), a fresh streaming
+    /// state. On the CPU engine its buffers are empty until its first frame sizes them (a
+    /// clone, by contrast, copies the stream's state as it is).
     pub fn new_stream(&self) -> Mimi {
-        let mut m = self.clone();
-        m.reset();
-        m.reset_profile();
-        m
+        match &self.engine {
+            Engine::Cpu(c) => Mimi {
+                engine: Engine::Cpu(Box::new(c.fresh())),
+                ..*self
+            },
+            Engine::Candle(_) => {
+                let mut m = self.clone();
+                m.reset();
+                m.reset_profile();
+                m
+            }
+        }
     }
 
     /// Bytes of one stream's streaming state and buffers once they have their steady size

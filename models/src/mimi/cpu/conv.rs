@@ -90,6 +90,18 @@ impl Conv {
         self.buf.capacity() * 4
     }
 
+    /// The same weights with a fresh state and no buffers yet.
+    pub(crate) fn fresh(&self) -> Conv {
+        Conv {
+            w: Arc::clone(&self.w),
+            bias: self.bias.clone(),
+            buf: Vec::new(),
+            primed: false,
+            t_in: 0,
+            ..*self
+        }
+    }
+
     /// Weight bytes.
     pub(crate) fn bytes(&self) -> usize {
         self.w.bytes()
@@ -235,6 +247,19 @@ impl ConvTr {
         (self.input.capacity() + self.y.capacity() + self.partial.capacity()) * 4
     }
 
+    /// The same weights with a fresh state and no buffers yet.
+    pub(crate) fn fresh(&self) -> ConvTr {
+        ConvTr {
+            w: Arc::clone(&self.w),
+            bias: self.bias.clone(),
+            input: Vec::new(),
+            y: Vec::new(),
+            partial: vec![0.0; self.s * self.c_out],
+            t_in: 0,
+            ..*self
+        }
+    }
+
     /// Weight bytes.
     pub(crate) fn bytes(&self) -> usize {
         self.w.bytes()
@@ -343,6 +368,15 @@ impl DepthwiseConvTr {
     /// Bytes of streaming state.
     pub(crate) fn state_bytes(&self) -> usize {
         self.partial.capacity() * 4
+    }
+
+    /// The same weights with a fresh state.
+    pub(crate) fn fresh(&self) -> DepthwiseConvTr {
+        DepthwiseConvTr {
+            w: Arc::clone(&self.w),
+            partial: vec![0.0; self.s * self.c],
+            ..*self
+        }
     }
 
     /// Output rows per input row.

@@ -197,6 +197,27 @@ impl CpuMimi {
         }]);
     }
 
+    /// A new stream of these weights: a fresh state, buffers sized by its first frame.
+    pub(crate) fn fresh(&self) -> CpuMimi {
+        CpuMimi {
+            enc: Encoder {
+                seanet: self.enc.seanet.fresh(),
+                transformer: self.enc.transformer.fresh(),
+                downsample: self.enc.downsample.fresh(),
+            },
+            dec: Decoder {
+                upsample: self.dec.upsample.fresh(),
+                transformer: self.dec.transformer.fresh(),
+                seanet: self.dec.seanet.fresh(),
+                up: Vec::new(),
+            },
+            quantizer: self.quantizer.fresh(),
+            latent: Vec::new(),
+            profile: MimiProfile::default(),
+            ..*self
+        }
+    }
+
     /// Whether `other` is a stream of this same loaded model (it shares the weights).
     pub(crate) fn same_weights(&self, other: &CpuMimi) -> bool {
         self.enc.transformer.same_weights(&other.enc.transformer)

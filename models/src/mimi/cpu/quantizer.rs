@@ -100,6 +100,17 @@ impl Quantizer {
         })
     }
 
+    /// The same weights without scratch rows yet.
+    pub(crate) fn fresh(&self) -> Quantizer {
+        Quantizer {
+            groups: Arc::clone(&self.groups),
+            residual: Vec::new(),
+            dots: Vec::new(),
+            sum: Vec::new(),
+            ..*self
+        }
+    }
+
     /// Bytes of scratch rows.
     pub(crate) fn state_bytes(&self) -> usize {
         (self.residual.capacity() + self.dots.capacity() + self.sum.capacity()) * 4

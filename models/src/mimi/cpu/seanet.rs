@@ -155,6 +155,21 @@ impl Seanet {
         }
     }
 
+    /// The same weights with a fresh state and no buffers yet.
+    pub(crate) fn fresh(&self) -> Seanet {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| match l {
+                Layer::Conv(c) => Layer::Conv(c.fresh()),
+                Layer::EluConv(c) => Layer::EluConv(c.fresh()),
+                Layer::EluConvTr(c) => Layer::EluConvTr(c.fresh()),
+                Layer::Res(a, b) => Layer::Res(a.fresh(), b.fresh()),
+            })
+            .collect();
+        Self::with(layers, self.channels)
+    }
+
     /// Bytes of streaming state and buffers.
     pub(crate) fn state_bytes(&self) -> usize {
         let layers: usize = self

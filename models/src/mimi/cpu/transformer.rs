@@ -110,6 +110,21 @@ impl Transformer {
         self.pos = 0;
     }
 
+    /// The same weights at position 0, with empty caches and no buffers yet.
+    pub(crate) fn fresh(&self) -> Transformer {
+        Transformer {
+            layers: Arc::clone(&self.layers),
+            rings: (0..self.rings.len())
+                .map(|_| KvRing::new(self.win.heads, self.win.head_dim))
+                .collect(),
+            win: self.win,
+            d: self.d,
+            inv_freq: self.inv_freq.clone(),
+            pos: 0,
+            s: Scratch::default(),
+        }
+    }
+
     /// Bytes of streaming state (key/value rings) and buffers.
     pub(crate) fn state_bytes(&self) -> usize {
         let s = &self.s;
