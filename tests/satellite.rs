@@ -8,6 +8,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::*;
 
@@ -463,14 +464,23 @@ fn check_config_reads_the_token_and_the_certificate_of_a_satellite() {
     assert!(!ok && out.contains("wss://"), "{out}");
 }
 
-/// A WebSocket server that answers every session with a handshake, then garbage audio.
-fn garbage_brain() -> u16 {
+/// A WebSocket server that answers every session with a handshake, then garbage audio; the
+/// request URIs it got.
+fn garbage_brain() -> (u16, Arc<Mutex<Vec<String>>>) {
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
+    let uris = Arc::new(Mutex::new(Vec::new()));
+    let seen = uris.clone();
     std::thread::spawn(move || {
         for s in l.incoming().flatten() {
+            let seen = seen.clone();
             std::thread::spawn(move || {
-                let Ok(mut ws) = tokio_tungstenite::tungstenite::accept(s) else {
+                let note = |r: &Request, resp: Response| {
+                    seen.lock().unwrap().push(r.uri().to_string());
+                    Ok(resp)
+                };
+                let Ok(mut ws) = tokio_tungstenite::tungstenite::accept_hdr(s, note) else {
                     return;
                 };
                 let _ = ws.send(tokio_tungstenite::tungstenite::Message::Binary(
@@ -491,7 +501,7 @@ fn garbage_brain() -> u16 {
             });
         }
     });
-    port
+    (port, uris)
 }
 
 #[test]
@@ -500,7 +510,8 @@ fn a_brain_answering_garbage_is_an_error_and_the_next_url_serves() {
     let dir = tempfile::tempdir().unwrap();
     let mut brain = Brain::new(&dir.path().join("brain"), "");
     brain.start();
-    let garbage = format!("ws://127.0.0.1:{}/api/chat", garbage_brain());
+    let (garbage_port, uris) = garbage_brain();
+    let garbage = format!("ws://127.0.0.1:{garbage_port}/api/chat");
     let remote = remote_for(&brain).replace("urls = [", &format!("urls = [\"{garbage}\", "));
     let sat = Satellite::start(&dir.path().join("sat"), &remote);
     sat.obs.publish(&topic("set/conversation"), "ON");
@@ -517,6 +528,19 @@ fn a_brain_answering_garbage_is_an_error_and_the_next_url_serves() {
         e.payload
     );
     sat.hears(0);
+    // The token and [sampling] went as Kyutai's query parameters.
+    let uri = uris.lock().unwrap().first().cloned().unwrap_or_default();
+    for q in [
+        &format!("token={TOKEN}"),
+        "text_temperature=0.8",
+        "text_topk=250",
+        "audio_temperature=0.8",
+        "audio_topk=250",
+        "text_seed=",
+        "audio_seed=",
+    ] {
+        assert!(uri.contains(q), "{q} in {uri}");
+    }
     let states = sat.obs.on(&topic("state"));
     let failed = states
         .iter()
