@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 use support::*;
+use tokio_tungstenite::tungstenite::Message;
 
 /// 24 kHz S16 mono: bytes per second of the room's speaker file.
 const BYTES_PER_S: usize = 48_000;
@@ -79,13 +80,18 @@ impl Appliance {
         if !wav.exists() {
             write_voice_wav(&wav, 40.0);
         }
-        let url = format!("wss://localhost:{}/api/chat{query}", self.web_port);
         let ca = self.dir.join("state/web-cert.pem");
         let out = self.dir.join(format!("{name}.wav"));
-        moshid_cmd()
-            .args(["client", "--url", &url, "--ca"])
-            .arg(&ca)
-            .arg("--input")
+        let mut cmd = moshid_cmd();
+        if ca.exists() {
+            let url = format!("wss://localhost:{}/api/chat{query}", self.web_port);
+            cmd.args(["client", "--url", &url, "--ca"]).arg(&ca);
+        } else {
+            // `[web] tls = "off"`: plain WebSocket on loopback.
+            let url = format!("ws://127.0.0.1:{}/api/chat{query}", self.web_port);
+            cmd.args(["client", "--url", &url]);
+        }
+        cmd.arg("--input")
             .arg(&wav)
             .args(["--seconds", seconds, "--output"])
             .arg(&out)
@@ -419,5 +425,63 @@ fn the_room_and_a_web_session_each_have_their_own_persona() {
         "no error for an unknown persona\n{}",
         a.daemon.log()
     );
+    stop(a.daemon);
+}
+
+/// The median reply latency each client measured.
+fn p50s(clients: Vec<Child>, log: &dyn Fn() -> String) -> Vec<f64> {
+    clients
+        .into_iter()
+        .map(|c| {
+            let (ok, j, err) = finish(c);
+            assert!(ok, "{err}\n{j}\n{}", log());
+            j["latency_ms"]["p50"].as_f64().expect("a latency median")
+        })
+        .collect()
+}
+
+#[test]
+fn a_client_that_stops_reading_costs_the_other_sessions_at_most_a_frame() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let a = appliance_edited(dir.path(), free_port(), "reject", 3, &|toml| {
+        toml.replace("[web]\n", "[web]\ntls = \"off\"\n")
+    });
+    let log = || a.daemon.log();
+    // Two sessions alone: their reply latency.
+    let before = p50s(vec![a.client("6", "", "a1"), a.client("6", "", "b1")], &log);
+    // A third talks at ten times real time and never reads: its server socket blocks.
+    let mut stuck = ws_with_tiny_buffers(a.web_port);
+    let audio = ogg_opus_voice(120.0);
+    let sender = std::thread::spawn(move || {
+        for chunk in audio.chunks(1000) {
+            let mut m = vec![1u8];
+            m.extend_from_slice(chunk);
+            if stuck.send(Message::Binary(m.into())).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(8));
+        }
+        stuck
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let n = a.states();
+    let clients = vec![a.client("6", "", "a2"), a.client("6", "", "b2")];
+    a.state(n, "three web conversations", |v| v["conversations"] == 3);
+    let after = p50s(clients, &log);
+    // A session whose frames arrive just after a round waits for the next 80 ms tick, so
+    // the phase of its clock alone moves its median by up to a frame: the bound is the
+    // worse of the two, plus the one frame the stuck client may cost.
+    let worst_before = before.iter().copied().fold(80.0, f64::max);
+    for p in &after {
+        assert!(
+            *p <= worst_before + 80.0,
+            "a stuck client raised another session's latency by more than a frame: \
+             {before:?} -> {after:?}\n{}",
+            log()
+        );
+    }
+    eprintln!("reply latency p50 without / with a stuck client: {before:?} / {after:?} ms");
+    drop(sender.join());
     stop(a.daemon);
 }

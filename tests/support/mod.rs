@@ -6,10 +6,13 @@
 
 mod hub;
 mod persona;
+mod stuck;
 #[allow(unused_imports)]
 pub use hub::*;
 #[allow(unused_imports)]
 pub use persona::persona_model;
+#[allow(unused_imports)]
+pub use stuck::{ogg_opus_voice, ws_with_tiny_buffers};
 
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use std::os::unix::net::UnixDatagram;
