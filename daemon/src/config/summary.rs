@@ -47,24 +47,32 @@ impl Config {
         };
         vec![
             format!("device_id: {}", self.device_id()),
-            format!(
-                "model:     {model} on {}, dtype {}, context {} (voice {}); Mimi on {}{}",
-                self.model.device,
-                self.model.dtype,
-                self.model.context,
-                self.model.voice,
-                self.model.mimi_device,
-                if self.model.mimi_overlap {
-                    ", overlapping the LM"
-                } else {
-                    ""
-                }
-            ),
+            self.model_line(&model),
             format!(
                 "audio:     mic {:?}, speaker {:?} at {} Hz, {:?}",
                 self.audio.capture, self.audio.playback, self.audio.rate, self.audio.format
             ),
             mqtt,
         ]
+    }
+
+    /// The model line: where it runs and how (a satellite runs none here).
+    fn model_line(&self, model: &str) -> String {
+        if self.model.source == ModelSource::Remote {
+            return format!("model:     {model}");
+        }
+        format!(
+            "model:     {model} on {}, dtype {}, context {} (voice {}); Mimi on {}{}",
+            self.model.device,
+            self.model.dtype,
+            self.model.context,
+            self.model.voice,
+            self.model.mimi_device,
+            if self.model.mimi_overlap {
+                ", overlapping the LM"
+            } else {
+                ""
+            }
+        )
     }
 }
