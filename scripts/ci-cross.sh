@@ -7,14 +7,18 @@ t0=$(date +%s)
 # The web client test streams its WAV in real time; under qemu's emulation the demo model steps
 # far slower than 80 ms, so lag control drops the oldest input and less audio comes back than
 # was sent. That is the designed behaviour, not an aarch64 defect: the test runs natively.
-# The same holds for the web session inside `moshid run` (web_room.rs), which counts the audio
-# that comes back, for three real-time clients sharing the demo model (web.rs), and for the
+# The same holds for the web sessions inside `moshid run` (web_room.rs), which count the audio
+# that comes back and compare reply latencies, for three real-time clients sharing the demo model (web.rs), and for the
 # client that never reads (web.rs), whose server must produce a few hundred frames within the
 # 30 s the client sends to fill the socket's buffers. A satellite (satellite.rs) hears its brain
 # only when the brain steps in real time too (its replies are otherwise late: silence); the
 # fault, token, certificate, busy and check-config tests, which need no audio, run.
 ./cross/aarch64.sh --install -- -- --skip client_talks_to_the_demo_over_tls \
-  --skip a_web_session_takes_the_conversation_from_the_room \
+  --skip the_room_and_three_web_clients_talk_at_once_on_one_model \
+  --skip a_room_capture_that_ends_does_not_stop_a_web_session \
+  --skip a_missing_microphone_at_start_still_serves_web_sessions \
+  --skip the_room_and_a_web_session_each_have_their_own_persona \
+  --skip a_client_that_stops_reading_costs_the_other_sessions_at_most_a_frame \
   --skip a_waiting_client_gets_the_conversation \
   --skip clients_share_the_model_and_one_beyond_capacity_waits_or_is_rejected \
   --skip a_client_that_never_reads_does_not_hold_the_conversation \
