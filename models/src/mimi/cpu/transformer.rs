@@ -236,7 +236,19 @@ impl Transformer {
         }
         let epi = Epi::AddScaled(&lw.scale1);
         gemm_jobs(isa, &jobs, dense(d, d), &lw.out_proj, d, epi);
-        t0 = prof.lap(Kind::Linear, t0);
+        prof.lap(Kind::Linear, t0);
+        Self::feed_forward(isa, lw, lanes, prof);
+    }
+
+    /// The layer's second half over every stream: norm, feed-forward, scaled residual.
+    fn feed_forward(
+        isa: Isa,
+        lw: &LayerWeights,
+        lanes: &mut [(&mut Transformer, &mut [f32])],
+        prof: &mut Prof,
+    ) {
+        let (d, f) = (lw.out_proj.n, lw.linear1.n);
+        let mut t0 = Instant::now();
         for (tr, x) in lanes.iter_mut() {
             layer_norm(x, &lw.norm2, &mut tr.s.hx[..x.len()]);
         }
