@@ -466,6 +466,8 @@ fn check_config_reads_the_token_and_the_certificate_of_a_satellite() {
 
 /// A WebSocket server that answers every session with a handshake, then garbage audio; the
 /// request URIs it got.
+// tungstenite's accept callback returns its own (large) ErrorResponse: not ours to shrink.
+#[allow(clippy::result_large_err)]
 fn garbage_brain() -> (u16, Arc<Mutex<Vec<String>>>) {
     use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -541,14 +543,21 @@ fn a_brain_answering_garbage_is_an_error_and_the_next_url_serves() {
     ] {
         assert!(uri.contains(q), "{q} in {uri}");
     }
-    let states = sat.obs.on(&topic("state"));
-    let failed = states
-        .iter()
-        .position(|m| m.payload.contains(&garbage))
-        .expect("a state names the garbage brain");
-    sat.state(failed, "conversation after the fault", |v| {
-        v["phase"] == "conversation" && v.get("error").is_none()
+    // After the fault (a state shorter than the 250 ms state poll may never be published;
+    // the `error` topic always is), the state is a healthy conversation.
+    let healthy = wait_for(Duration::from_secs(10), || {
+        sat.obs
+            .on(&topic("state"))
+            .into_iter()
+            .filter(|m| m.at > e.at)
+            .filter_map(|m| serde_json::from_str::<serde_json::Value>(&m.payload).ok())
+            .find(|v| v["phase"] == "conversation" && v.get("error").is_none())
     });
+    assert!(
+        healthy.is_some(),
+        "{:?}",
+        sat.obs.on(&topic("state")).last()
+    );
     sat.stop();
     brain.kill();
 }

@@ -242,14 +242,25 @@ impl Link {
         r.outage = Some(msg);
     }
 
+    /// A brain answered: the outage (if any) is over. Only the error this link set is
+    /// cleared: another part's (a microphone that failed) stays.
     fn recovered(&self, r: &mut Retry, url: &BrainUrl, conversation: bool) {
         r.failures = 0;
         r.backoff = FIRST_BACKOFF;
-        if r.outage.take().is_none() && std::mem::replace(&mut r.answered, true) {
+        let first = !std::mem::replace(&mut r.answered, true);
+        let Some(ours) = r.outage.take() else {
+            if first {
+                log::info!(brain = url.to_string().as_str(); "the brain {url} answers");
+            }
+            return;
+        };
+        log::info!(brain = url.to_string().as_str(); "the brain {url} answers again");
+        if self.shared.snapshot().error.as_deref() != Some(ours.as_str()) {
             return;
         }
-        log::info!(brain = url.to_string().as_str(); "the brain {url} answers");
         self.shared.clear_error();
+        // The room's switch: the first answer after a fault may be a probe, with no frame.
+        let conversation = conversation || self.shared.conversation.load(Ordering::Relaxed);
         if self.shared.phase() == Phase::Error {
             self.shared.set_phase(if conversation {
                 Phase::Conversation
@@ -258,7 +269,7 @@ impl Link {
             });
         }
         self.shared
-            .set_status(&format!("satellite: brain {url} answers"));
+            .set_status(&format!("satellite: brain {url} answers again"));
     }
 
     /// One session: frames up as Opus, replies down, until the conversation ends or the
