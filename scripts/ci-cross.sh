@@ -17,7 +17,7 @@ t0=$(date +%s)
   --skip the_room_and_three_web_clients_talk_at_once_on_one_model \
   --skip a_room_capture_that_ends_does_not_stop_a_web_session \
   --skip a_missing_microphone_at_start_still_serves_web_sessions \
-  --skip the_room_and_a_web_session_each_have_their_own_persona \
+  --skip the_room_switches_persona_over_mqtt_and_a_web_session_has_its_own_prompt \
   --skip a_client_that_stops_reading_costs_the_other_sessions_at_most_a_frame \
   --skip a_waiting_client_gets_the_conversation \
   --skip clients_share_the_model_and_one_beyond_capacity_waits_or_is_rejected \
