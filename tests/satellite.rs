@@ -155,15 +155,9 @@ impl Satellite {
         what: &str,
         pred: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        wait_for(Duration::from_secs(40), || {
-            self.obs
-                .on(&topic("state"))
-                .into_iter()
-                .skip(after)
-                .filter_map(|m| serde_json::from_str::<serde_json::Value>(&m.payload).ok())
-                .find(|v| pred(v))
-        })
-        .unwrap_or_else(|| panic!("no state with {what}\n{}", self.daemon.log()))
+        self.obs
+            .wait_json_after(&topic("state"), after, Duration::from_secs(40), pred)
+            .unwrap_or_else(|| panic!("no state with {what}\n{}", self.daemon.log()))
     }
 
     fn states(&self) -> usize {

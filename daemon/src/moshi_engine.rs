@@ -236,9 +236,9 @@ mod tests {
     use super::*;
     use moshid_models::tokenizer::StreamState;
 
-    /// The demo model with a PersonaPlex LM (dep_q 16) in `dir`, and a config whose
-    /// `model.persona` has the Mimi fixture's speech as voice and a role.
-    fn persona_rig(dir: &std::path::Path) -> (ModelSpec, Config) {
+    /// The demo model with a random PersonaPlex-shaped LM (dep_q 16) in `dir`, and the Mimi
+    /// fixture's speech (a voice prompt).
+    pub(super) fn personaplex_demo(dir: &std::path::Path) -> (ModelSpec, std::path::PathBuf) {
         use moshid_models::lm::{write_random_checkpoint, Layout, LmConfig};
         let mut spec = crate::demo_model::ensure(dir, "moshiko").unwrap();
         let lm_config = LmConfig {
@@ -250,6 +250,13 @@ mod tests {
         spec.lm_config = lm_config;
         let wav = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../models/tests/fixtures/mimi/speech_24k.wav");
+        (spec, wav)
+    }
+
+    /// [`personaplex_demo`] and a config whose `model.persona` has the fixture's speech as
+    /// voice and a role.
+    fn persona_rig(dir: &std::path::Path) -> (ModelSpec, Config) {
+        let (spec, wav) = personaplex_demo(dir);
         let toml = format!(
             "cache_dir = {:?}\n[model]\ncontext = 64\npersona = \"desk\"\n[personas.desk]\nvoice_prompt = {:?}\nrole = \"hello kitchen lights\"\n",
             dir.display().to_string(),

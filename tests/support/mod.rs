@@ -316,9 +316,21 @@ impl Observer {
         timeout: Duration,
         pred: impl Fn(&serde_json::Value) -> bool,
     ) -> Option<serde_json::Value> {
+        self.wait_json_after(topic, 0, timeout, pred)
+    }
+
+    /// [`Observer::wait_json`] among the messages after the first `after` on `topic`.
+    pub fn wait_json_after(
+        &self,
+        topic: &str,
+        after: usize,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<serde_json::Value> {
         wait_for(timeout, || {
             self.on(topic)
                 .into_iter()
+                .skip(after)
                 .filter_map(|m| serde_json::from_str::<serde_json::Value>(&m.payload).ok())
                 .find(|v| pred(v))
         })

@@ -12,17 +12,7 @@ use std::time::Duration;
 /// The demo model with a random PersonaPlex-shaped LM (dep_q 16) and two personas: `desk`
 /// (the Mimi fixture's speech as voice, a role) and `guide` (a role only). Greedy.
 fn rig(dir: &std::path::Path) -> (ModelSpec, Config) {
-    use moshid_models::lm::{write_random_checkpoint, Layout, LmConfig};
-    let mut spec = crate::demo_model::ensure(dir, "moshiko").unwrap();
-    let lm_config = LmConfig {
-        dep_q: 16,
-        ..crate::demo_model::lm_config()
-    };
-    spec.lm = dir.join("personaplex.safetensors");
-    write_random_checkpoint(&lm_config, 5, &spec.lm, Layout::Candle).unwrap();
-    spec.lm_config = lm_config;
-    let wav = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../models/tests/fixtures/mimi/speech_24k.wav");
+    let (spec, wav) = super::super::tests::personaplex_demo(dir);
     let toml = format!(
         "cache_dir = {:?}\n[model]\ncontext = 64\n[sampling]\ngreedy = true\n\
          [personas.desk]\nvoice_prompt = {:?}\nrole = \"hello kitchen lights\"\n\
