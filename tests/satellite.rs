@@ -48,6 +48,21 @@ impl Brain {
         format!("wss://127.0.0.1:{}/api/chat", self.port)
     }
 
+    /// Waits until the brain serves `n` conversations (its `/api/state`), so that a test
+    /// that fills its slots does not race a slow start (qemu).
+    fn wait_conversations(&self, n: u64) {
+        let url = format!("https://127.0.0.1:{}/api/state?token={TOKEN}", self.port);
+        let busy = wait_for(Duration::from_secs(60), || {
+            let o = std::process::Command::new("curl")
+                .args(["-sk", &url])
+                .output()
+                .ok()?;
+            let st: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+            (st["conversations"].as_u64() == Some(n)).then_some(())
+        });
+        assert!(busy.is_some(), "the brain never served {n} conversation(s)");
+    }
+
     /// Starts (again, on the same port) and waits until it listens.
     fn start(&mut self) {
         let d = self.dir.display();
@@ -370,7 +385,7 @@ fn a_refused_token_a_foreign_certificate_and_a_busy_brain_name_the_brain() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    brain.wait_conversations(1);
     fault(
         dir.path(),
         &brain.url(),
@@ -395,7 +410,7 @@ fn a_refused_token_a_foreign_certificate_and_a_busy_brain_name_the_brain() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    brain.wait_conversations(1);
     fault(
         dir.path(),
         &brain.url(),
