@@ -48,17 +48,36 @@ impl EncoderPart {
         self.downsample.reset();
     }
 
-    /// `[1, 1, N * frame]` audio -> `[N, latent]`.
-    fn step(&mut self, x: &Tensor, clock: &mut PartClock) -> candle_core::Result<Tensor> {
-        let h = self.seanet.step(x)?; // [1, D, 2N]
+    /// `[B, 1, N * frame]` audio of several streams -> `[B * N, latent]` (stream by stream).
+    fn step_batch(
+        parts: &mut [&mut EncoderPart],
+        x: &Tensor,
+        clock: &mut PartClock,
+    ) -> candle_core::Result<Tensor> {
+        let batch = parts.len();
+        let mut seanets: Vec<&mut Seanet> = parts.iter_mut().map(|p| &mut p.seanet).collect();
+        let h = Seanet::step_batch(&mut seanets, x)?; // [B, D, 2N]
         clock.lap(Part::EncoderSeanet);
-        let h = self.transformer.step(&h.squeeze(0)?.t()?.contiguous()?)?; // [2N, D]
+        let (_, d, steps) = h.dims3()?;
+        let mut trs: Vec<&mut Transformer> = parts.iter_mut().map(|p| &mut p.transformer).collect();
+        let h = Transformer::step_batch(&mut trs, &rows(&h)?)?; // [B * 2N, D]
         clock.lap(Part::EncoderTransformer);
-        let h = self.downsample.step(&h.t()?.unsqueeze(0)?.contiguous()?)?; // [1, D, N]
-        let h = h.squeeze(0)?.t()?.contiguous();
+        let h = h
+            .reshape((batch, steps, d))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let mut downs: Vec<&mut StreamConv1d> =
+            parts.iter_mut().map(|p| &mut p.downsample).collect();
+        let h = rows(&StreamConv1d::step_batch(&mut downs, &h)?); // [B * N, D]
         clock.lap(Part::Downsample);
         h
     }
+}
+
+/// `[B, C, T]` -> `[B * T, C]`: each stream's time steps as rows, stream by stream.
+fn rows(x: &Tensor) -> candle_core::Result<Tensor> {
+    let (batch, c, t) = x.dims3()?;
+    x.transpose(1, 2)?.reshape((batch * t, c))
 }
 
 impl DecoderPart {
@@ -68,13 +87,31 @@ impl DecoderPart {
         self.seanet.reset();
     }
 
-    /// `[N, latent]` -> `[1, 1, N * frame]` audio.
-    fn step(&mut self, z: &Tensor, clock: &mut PartClock) -> candle_core::Result<Tensor> {
-        let h = self.upsample.step(&z.t()?.unsqueeze(0)?.contiguous()?)?; // [1, D, 2N]
+    /// `[B * N, latent]` of several streams (stream by stream) -> `[B, 1, N * frame]` audio.
+    fn step_batch(
+        parts: &mut [&mut DecoderPart],
+        z: &Tensor,
+        clock: &mut PartClock,
+    ) -> candle_core::Result<Tensor> {
+        let batch = parts.len();
+        let (n, latent) = (z.dim(0)? / batch, z.dim(1)?);
+        let z = z
+            .reshape((batch, n, latent))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let mut ups: Vec<&mut StreamConvTr1d> = parts.iter_mut().map(|p| &mut p.upsample).collect();
+        let h = StreamConvTr1d::step_batch(&mut ups, &z)?; // [B, D, 2N]
         clock.lap(Part::Upsample);
-        let h = self.transformer.step(&h.squeeze(0)?.t()?.contiguous()?)?; // [2N, D]
+        let (_, d, steps) = h.dims3()?;
+        let mut trs: Vec<&mut Transformer> = parts.iter_mut().map(|p| &mut p.transformer).collect();
+        let h = Transformer::step_batch(&mut trs, &rows(&h)?)?; // [B * 2N, D]
         clock.lap(Part::DecoderTransformer);
-        let y = self.seanet.step(&h.t()?.unsqueeze(0)?.contiguous()?);
+        let h = h
+            .reshape((batch, steps, d))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let mut seanets: Vec<&mut Seanet> = parts.iter_mut().map(|p| &mut p.seanet).collect();
+        let y = Seanet::step_batch(&mut seanets, &h);
         clock.lap(Part::DecoderSeanet);
         y
     }
@@ -129,28 +166,68 @@ impl CandleMimi {
         self.profile = MimiProfile::default();
     }
 
+    /// Whether `other` holds these very weights (a stream of the same loaded model).
+    pub(crate) fn same_weights(&self, other: &CandleMimi) -> bool {
+        self.quantizer.same_weights(&other.quantizer)
+    }
+
     /// Whole frames of audio -> `[frames, K]` codes (row-major).
     pub(crate) fn encode(&mut self, pcm: &[f32]) -> Result<Vec<u32>, MimiError> {
-        let x = Tensor::from_slice(pcm, (1, 1, pcm.len()), &self.device)?.to_dtype(self.dtype)?;
-        let mut clock = PartClock::new(&mut self.profile, &self.device);
-        let z = self.enc.step(&x, &mut clock)?;
-        let c = self.quantizer.encode(&z)?.flatten_all()?.to_vec1::<u32>()?;
-        clock.lap(Part::QuantizerEncode);
-        self.profile.count(true, z.dim(0)?);
-        Ok(c)
+        Self::encode_batch(&mut [self], &[pcm])
     }
 
     /// `[frames, K]` codes (row-major) -> whole frames of audio.
     pub(crate) fn decode(&mut self, codes: &[u32], k: usize) -> Result<Vec<f32>, MimiError> {
-        let frames = codes.len() / k;
-        let c = Tensor::from_slice(codes, (frames, k), &self.device)?;
-        let mut clock = PartClock::new(&mut self.profile, &self.device);
-        let z = self.quantizer.decode(&c)?.to_dtype(self.dtype)?;
+        Self::decode_batch(&mut [self], &[codes], k)
+    }
+
+    /// Several streams of one model, each `pcm[b]` (whole frames, the same number for every
+    /// stream) continuing `ms[b]`'s encoder: returns their `[frames, K]` codes one stream
+    /// after the other. The weights are read once for all streams; the time goes to the
+    /// first stream's profile.
+    pub(crate) fn encode_batch(
+        ms: &mut [&mut CandleMimi],
+        pcm: &[&[f32]],
+    ) -> Result<Vec<u32>, MimiError> {
+        let (device, dtype) = (ms[0].device.clone(), ms[0].dtype);
+        let len = pcm.first().map_or(0, |p| p.len());
+        let x = Tensor::from_slice(&pcm.concat(), (ms.len(), 1, len), &device)?.to_dtype(dtype)?;
+        let mut profile = std::mem::take(&mut ms[0].profile);
+        let mut clock = PartClock::new(&mut profile, &device);
+        let mut encs: Vec<&mut EncoderPart> = ms.iter_mut().map(|m| &mut m.enc).collect();
+        let z = EncoderPart::step_batch(&mut encs, &x, &mut clock);
+        let frames = z.as_ref().map_or(0, |z| z.dims()[0]);
+        let c = z.and_then(|z| ms[0].quantizer.encode(&z)?.flatten_all()?.to_vec1::<u32>());
+        clock.lap(Part::QuantizerEncode);
+        profile.count(true, frames);
+        ms[0].profile = profile;
+        Ok(c?)
+    }
+
+    /// Several streams of one model, each `codes[b]` (`[frames, K]`, row-major, the same
+    /// number of frames for every stream) continuing `ms[b]`'s decoder: returns their audio
+    /// one stream after the other.
+    pub(crate) fn decode_batch(
+        ms: &mut [&mut CandleMimi],
+        codes: &[&[u32]],
+        k: usize,
+    ) -> Result<Vec<f32>, MimiError> {
+        let device = ms[0].device.clone();
+        let flat = codes.concat();
+        let c = Tensor::from_slice(&flat, (flat.len() / k, k), &device)?;
+        let mut profile = std::mem::take(&mut ms[0].profile);
+        let mut clock = PartClock::new(&mut profile, &device);
+        let z = ms[0]
+            .quantizer
+            .decode(&c)
+            .and_then(|z| z.to_dtype(ms[0].dtype));
         clock.lap(Part::QuantizerDecode);
-        let y = self.dec.step(&z, &mut clock)?;
-        let y = y.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let mut decs: Vec<&mut DecoderPart> = ms.iter_mut().map(|m| &mut m.dec).collect();
+        let y = z.and_then(|z| DecoderPart::step_batch(&mut decs, &z, &mut clock));
+        let y = y.and_then(|y| y.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>());
         clock.lap(Part::DecoderSeanet);
-        self.profile.count(false, frames);
-        Ok(y)
+        profile.count(false, flat.len() / k);
+        ms[0].profile = profile;
+        Ok(y?)
     }
 }

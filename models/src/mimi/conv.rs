@@ -73,42 +73,73 @@ impl StreamConv1d {
         self.prev = None;
     }
 
-    /// `x`: `[1, C_in, T]` with `T` a multiple of the stride; returns `[1, C_out, T / stride]`.
-    pub(crate) fn step(&mut self, x: &Tensor) -> Result<Tensor> {
-        let x = if self.context == 0 {
+    /// One step of several streams of this convolution: `x` is `[B, C_in, T]` (`T` a
+    /// multiple of the stride), row `b` continuing `convs[b]`'s stream (all with the first
+    /// one's weights); returns `[B, C_out, T / stride]`, each row what its stream gives alone.
+    pub(crate) fn step_batch(convs: &mut [&mut StreamConv1d], x: &Tensor) -> Result<Tensor> {
+        let Some(first) = convs.first() else {
+            candle_core::bail!("a batched convolution step needs at least one stream")
+        };
+        let context = first.context;
+        let x = if context == 0 {
             x.clone()
         } else {
-            let prev = match &self.prev {
-                Some(p) => p.clone(),
-                None if self.replicate => {
-                    x.narrow(D::Minus1, 0, 1)?.repeat((1, 1, self.context))?
-                }
-                None => Tensor::zeros((1, x.dim(1)?, self.context), x.dtype(), x.device())?,
-            };
-            let full = Tensor::cat(&[&prev, x], D::Minus1)?;
+            let prev = convs
+                .iter()
+                .enumerate()
+                .map(|(b, c)| c.carried(&x.narrow(0, b, 1)?))
+                .collect::<Result<Vec<_>>>()?;
+            let full = Tensor::cat(&[&Tensor::cat(&prev, 0)?, x], D::Minus1)?;
             let len = full.dim(D::Minus1)?;
-            self.prev = Some(
-                full.narrow(D::Minus1, len - self.context, self.context)?
-                    .contiguous()?,
-            );
+            for (b, c) in convs.iter_mut().enumerate() {
+                let kept = full
+                    .narrow(0, b, 1)?
+                    .narrow(D::Minus1, len - context, context)?;
+                c.prev = Some(kept.contiguous()?);
+            }
             full
         };
-        let y = match &self.weight {
-            ConvWeight::Packed(w) => {
-                let x = x.squeeze(0)?;
-                let cols = if self.kernel == 1 && self.stride == 1 {
-                    x.t()?
-                } else {
-                    im2col(&x, self.kernel, self.stride, self.dilation)?
-                };
-                w.mm_t(&cols)?.unsqueeze(0)?
-            }
-            ConvWeight::Plain(w) => x.conv1d(w, 0, self.stride, self.dilation, 1)?,
+        let first = &convs[0];
+        let y = match &first.weight {
+            ConvWeight::Packed(w) => first.packed_conv(w, &x)?,
+            ConvWeight::Plain(w) => x.conv1d(w, 0, first.stride, first.dilation, 1)?,
         };
-        match &self.bias {
+        match &first.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
+    }
+
+    /// The samples this stream carries in front of `x` (`[1, C, T]`): the previous call's
+    /// tail, or at the start zeros (or `x`'s first sample, for replicate padding).
+    fn carried(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.prev {
+            Some(p) => Ok(p.clone()),
+            None if self.replicate => x.narrow(D::Minus1, 0, 1)?.repeat((1, 1, self.context)),
+            None => Tensor::zeros((1, x.dim(1)?, self.context), x.dtype(), x.device()),
+        }
+    }
+
+    /// The CPU kernels' convolution of `x` (`[B, C_in, L]`, context included): each row
+    /// unfolded, all rows in one product over the packed weight.
+    fn packed_conv(&self, w: &Packed, x: &Tensor) -> Result<Tensor> {
+        let batch = x.dim(0)?;
+        let cols = (0..batch)
+            .map(|b| {
+                let x = x.get(b)?;
+                if self.kernel == 1 && self.stride == 1 {
+                    x.t()
+                } else {
+                    im2col(&x, self.kernel, self.stride, self.dilation)
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let t_out = cols[0].dim(0)?;
+        let y = w.mm_t(&Tensor::cat(&cols, 0)?)?; // [C_out, B * T_out]
+        let c_out = y.dim(0)?;
+        y.reshape((c_out, batch, t_out))?
+            .transpose(0, 1)?
+            .contiguous()
     }
 }
 
@@ -165,30 +196,40 @@ impl StreamConvTr1d {
         self.partial = None;
     }
 
-    /// `x`: `[1, C_in, T]`; returns `[1, C_out, T * stride]`.
-    pub(crate) fn step(&mut self, x: &Tensor) -> Result<Tensor> {
-        let t = x.dim(2)?;
-        let s = self.stride;
-        // cols[t, c, k]: the contribution of input step t to output sample t*S + k.
-        let xt = x.squeeze(0)?.t()?;
-        let cols = match (&self.dense, &self.depthwise) {
+    /// Several streams of one transposed convolution at once: `x` is `[B, C_in, T]`, row `b`
+    /// continuing `convs[b]`'s stream (all with the first one's weights); returns
+    /// `[B, C_out, T * stride]`.
+    pub(crate) fn step_batch(convs: &mut [&mut StreamConvTr1d], x: &Tensor) -> Result<Tensor> {
+        let Some(first) = convs.first() else {
+            candle_core::bail!("a batched transposed convolution step needs at least one stream")
+        };
+        let (batch, c_in, t) = x.dims3()?;
+        let (s, c_out) = (first.stride, first.c_out);
+        // cols[b, t, c, k]: the contribution of input step t to output sample t*S + k.
+        let xt = x.transpose(1, 2)?.reshape((batch * t, c_in))?;
+        let cols = match (&first.dense, &first.depthwise) {
             (Some(w), _) => w.mm(&xt)?,
             (None, Some(w)) => xt.unsqueeze(2)?.broadcast_mul(w)?,
             (None, None) => candle_core::bail!("transposed conv without weights"),
         };
-        let cols = cols.reshape((t, self.c_out, 2, s))?;
-        let head = cols.narrow(2, 0, 1)?.squeeze(2)?; // [T, C, S]
-        let tail = cols.narrow(2, 1, 1)?.squeeze(2)?; // [T, C, S]
-        let partial = match &self.partial {
-            Some(p) => p.clone(),
-            None => Tensor::zeros((1, self.c_out, s), x.dtype(), x.device())?,
-        };
+        let cols = cols.reshape((batch, t, c_out, 2, s))?;
+        let head = cols.narrow(3, 0, 1)?.squeeze(3)?; // [B, T, C, S]
+        let tail = cols.narrow(3, 1, 1)?.squeeze(3)?; // [B, T, C, S]
+        let partial = convs
+            .iter()
+            .map(|c| match &c.partial {
+                Some(p) => Ok(p.clone()),
+                None => Tensor::zeros((1, c_out, s), x.dtype(), x.device()),
+            })
+            .collect::<Result<Vec<_>>>()?;
         // Output block j = head[j] + tail[j - 1]; tail[-1] is the carried partial.
-        let shifted = Tensor::cat(&[&partial, &tail], 0)?; // [T + 1, C, S]
-        let out = (head + shifted.narrow(0, 0, t)?)?;
-        self.partial = Some(shifted.narrow(0, t, 1)?.contiguous()?);
-        let out = out.permute((1, 0, 2))?.reshape((1, self.c_out, t * s))?;
-        match &self.bias {
+        let shifted = Tensor::cat(&[&Tensor::stack(&partial, 0)?, &tail], 1)?; // [B, T + 1, C, S]
+        let out = (head + shifted.narrow(1, 0, t)?)?;
+        for (b, c) in convs.iter_mut().enumerate() {
+            c.partial = Some(shifted.get(b)?.narrow(0, t, 1)?.contiguous()?);
+        }
+        let out = out.permute((0, 2, 1, 3))?.reshape((batch, c_out, t * s))?;
+        match &convs[0].bias {
             Some(b) => out.broadcast_add(b),
             None => Ok(out),
         }

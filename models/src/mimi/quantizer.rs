@@ -127,6 +127,12 @@ impl Quantizer {
         })
     }
 
+    /// Whether `other` holds these very tensors (a clone of this loaded quantizer).
+    pub(crate) fn same_weights(&self, other: &Quantizer) -> bool {
+        let first = |q: &Quantizer| q.first.codebooks.first().map(|c| c.centroids.id());
+        first(self) == first(other)
+    }
+
     /// `x`: `[T, latent]` -> `[T, K]` u32 codes.
     pub(crate) fn encode(&self, x: &Tensor) -> Result<Tensor> {
         let x = &x.to_dtype(DType::F32)?;

@@ -147,21 +147,51 @@ impl Seanet {
         }
     }
 
-    /// Runs `[1, C, T]` through the stack, carrying state to the next call.
-    pub(crate) fn step(&mut self, x: &Tensor) -> Result<Tensor> {
+    /// Runs `[B, C, T]` through the stacks of several streams of one model (row `b` is
+    /// `nets[b]`'s), each layer's weights read once for all of them.
+    pub(crate) fn step_batch(nets: &mut [&mut Seanet], x: &Tensor) -> Result<Tensor> {
+        let depth = nets.first().map_or(0, |n| n.layers.len());
+        if nets.iter().any(|n| n.layers.len() != depth) {
+            candle_core::bail!("a batched SEANet step over stacks of different depths");
+        }
         let mut x = x.clone();
-        for l in &mut self.layers {
-            x = match l {
-                Layer::Elu => elu(&x)?,
-                Layer::Conv(c) => c.step(&x)?,
-                Layer::ConvTr(c) => c.step(&x)?,
-                Layer::Res(a, b) => {
-                    let h = a.step(&elu(&x)?)?;
-                    let h = b.step(&elu(&h)?)?;
-                    (x + h)?
-                }
-            };
+        for li in 0..depth {
+            let mut layers: Vec<&mut Layer> = nets.iter_mut().map(|n| &mut n.layers[li]).collect();
+            x = Layer::step_batch(&mut layers, &x)?;
         }
         Ok(x)
+    }
+}
+
+impl Layer {
+    /// One layer of every stream (all the same kind of layer, of one model).
+    fn step_batch(layers: &mut [&mut Layer], x: &Tensor) -> Result<Tensor> {
+        let n = layers.len();
+        let (mut convs, mut trs, mut res1, mut res2) = (vec![], vec![], vec![], vec![]);
+        let mut elu_layers = 0;
+        for l in layers.iter_mut() {
+            match &mut **l {
+                Layer::Elu => elu_layers += 1,
+                Layer::Conv(c) => convs.push(c),
+                Layer::ConvTr(c) => trs.push(c),
+                Layer::Res(a, b) => {
+                    res1.push(a);
+                    res2.push(b);
+                }
+            }
+        }
+        if elu_layers == n {
+            elu(x)
+        } else if convs.len() == n {
+            StreamConv1d::step_batch(&mut convs, x)
+        } else if trs.len() == n {
+            StreamConvTr1d::step_batch(&mut trs, x)
+        } else if res1.len() == n {
+            let h = StreamConv1d::step_batch(&mut res1, &elu(x)?)?;
+            let h = StreamConv1d::step_batch(&mut res2, &elu(&h)?)?;
+            x + h
+        } else {
+            candle_core::bail!("a batched SEANet step over layers of different kinds")
+        }
     }
 }

@@ -4,9 +4,12 @@
 //!
 //! On the CPU engine a batched step reads each weight matrix once for all streams (see
 //! `cpu/streams.rs`); each stream's codes and audio are the bits it gets alone. The candle
-//! path (CUDA, or `MOSHID_MIMI_ENGINE=candle`) steps the streams one after the other: its
-//! streaming convolutions and transformer keep their state in batch-1 tensors.
+//! path (CUDA, half precision, or `MOSHID_MIMI_ENGINE=candle`) stacks the streams' frames
+//! along a batch dimension: every convolution and every linear layer runs once over all of
+//! them (each stream's carried samples gathered in front of its row), and attention runs per
+//! stream over its own key/value cache at its own positions.
 
+use super::candle_engine::CandleMimi;
 use super::cpu::streams::{DecodeLane, EncodeLane};
 use super::cpu::CpuMimi;
 use super::{Engine, Mimi, MimiError};
@@ -57,9 +60,8 @@ impl Mimi {
     pub fn shares_weights(&self, other: &Mimi) -> bool {
         match (&self.engine, &other.engine) {
             (Engine::Cpu(a), Engine::Cpu(b)) => a.same_weights(b),
-            (Engine::Candle(_), Engine::Candle(_)) => {
-                self.num_codebooks == other.num_codebooks
-                    && self.frame_samples == other.frame_samples
+            (Engine::Candle(a), Engine::Candle(b)) => {
+                a.same_weights(b) && self.num_codebooks == other.num_codebooks
             }
             _ => false,
         }
@@ -80,8 +82,12 @@ impl Mimi {
                 .map_err(|e| stream_error(i, e))?;
         }
         if !all_cpu(streams) {
-            for ((m, p), c) in streams.iter_mut().zip(pcm).zip(codes.iter_mut()) {
-                m.encode_step(p, c)?;
+            let all = CandleMimi::encode_batch(&mut candles(streams)?, pcm)?;
+            for (c, out) in codes
+                .iter_mut()
+                .zip(all.chunks_exact(all.len() / pcm.len().max(1)))
+            {
+                c.copy_from_slice(out);
             }
             return Ok(());
         }
@@ -119,8 +125,13 @@ impl Mimi {
                 .map_err(|e| stream_error(i, e))?;
         }
         if !all_cpu(streams) {
-            for ((m, c), p) in streams.iter_mut().zip(codes).zip(pcm.iter_mut()) {
-                m.decode_step(c, p)?;
+            let k = streams[0].num_codebooks;
+            let all = CandleMimi::decode_batch(&mut candles(streams)?, codes, k)?;
+            for (p, out) in pcm
+                .iter_mut()
+                .zip(all.chunks_exact(all.len() / codes.len().max(1)))
+            {
+                p.copy_from_slice(out);
             }
             return Ok(());
         }
@@ -160,6 +171,19 @@ fn check_batch(streams: &[&mut Mimi], inputs: usize, outputs: usize) -> Result<(
         }
     }
     Ok(())
+}
+
+/// The candle engines of `streams` (all of one model, checked by [`check_batch`]).
+fn candles<'a>(streams: &'a mut [&mut Mimi]) -> Result<Vec<&'a mut CandleMimi>, MimiError> {
+    streams
+        .iter_mut()
+        .map(|m| match &mut m.engine {
+            Engine::Candle(c) => Ok(&mut **c),
+            Engine::Cpu(_) => Err(MimiError::Config(
+                "a batched step mixes CPU-engine and candle streams".into(),
+            )),
+        })
+        .collect()
 }
 
 fn all_cpu(streams: &[&mut Mimi]) -> bool {

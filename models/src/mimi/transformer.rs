@@ -101,9 +101,35 @@ impl Transformer {
         }
     }
 
-    /// `x`: `[T, d]` with `T` a multiple of the granularity; returns `[T, d]`.
-    pub(crate) fn step(&mut self, x: &Tensor) -> Result<Tensor> {
-        let t = x.dim(0)?;
+    /// Several streams of one model at once: `x` is `[B * T, d]`, rows `b * T..(b + 1) * T`
+    /// continuing `trs[b]`'s stream. The projections and feed-forward run over all rows in
+    /// one product (one read of the weights); attention runs per stream, over its own cache
+    /// at its own positions. Returns `[B * T, d]`.
+    pub(crate) fn step_batch(trs: &mut [&mut Transformer], x: &Tensor) -> Result<Tensor> {
+        let Some(first) = trs.first() else {
+            candle_core::bail!("a batched transformer step needs at least one stream")
+        };
+        let depth = first.layers.len();
+        let t = x.dim(0)? / trs.len();
+        if t * trs.len() != x.dim(0)? || trs.iter().any(|tr| tr.layers.len() != depth) {
+            candle_core::bail!("a batched transformer step over mismatched streams");
+        }
+        let ropes = trs
+            .iter()
+            .map(|tr| tr.rope(t))
+            .collect::<Result<Vec<_>>>()?;
+        let mut x = x.clone();
+        for li in 0..depth {
+            x = layer_step_batch(trs, li, &x, &ropes)?;
+        }
+        for tr in trs.iter_mut() {
+            tr.pos += t;
+        }
+        Ok(x)
+    }
+
+    /// RoPE's cosines and sines `[T, Dh / 2]` for the next `t` positions of this stream.
+    fn rope(&self, t: usize) -> Result<(Tensor, Tensor)> {
         let half = self.head_dim / 2;
         let mut cos = Vec::with_capacity(t * half);
         let mut sin = Vec::with_capacity(t * half);
@@ -115,32 +141,24 @@ impl Transformer {
                 sin.push(a.sin());
             }
         }
-        let cos = Tensor::from_vec(cos, (t, half), &self.device)?;
-        let sin = Tensor::from_vec(sin, (t, half), &self.device)?;
-        let mut x = x.clone();
-        for li in 0..self.layers.len() {
-            x = self.layer_step(li, &x, &cos, &sin)?;
-        }
-        self.pos += t;
-        Ok(x)
+        Ok((
+            Tensor::from_vec(cos, (t, half), &self.device)?,
+            Tensor::from_vec(sin, (t, half), &self.device)?,
+        ))
     }
 
-    fn layer_step(&mut self, li: usize, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        let (t, d) = x.dims2()?;
-        let (h, dh) = (self.num_heads, self.head_dim);
-        let pos = self.pos;
-        let context = self.context;
-        let g = self.granularity;
+    /// Self-attention of layer `li` for this stream: `qkv` is `[T, 3, H, Dh]` of its rows;
+    /// returns `[T, d]` (before the output projection) and updates its key/value cache.
+    fn attend(&mut self, li: usize, qkv: &Tensor, (cos, sin): &(Tensor, Tensor)) -> Result<Tensor> {
+        let (t, _, h, dh) = qkv.dims4()?;
+        let (pos, context, g) = (self.pos, self.context, self.granularity);
         let layer = &mut self.layers[li];
-
-        let hx = layer.norm1.forward(x)?;
-        let qkv = layer.in_proj.mm(&hx)?; // [T, 3d]
-        let qkv = qkv.reshape((t, 3, h, dh))?.permute((1, 2, 0, 3))?; // [3, H, T, Dh]
+        let qkv = qkv.permute((1, 2, 0, 3))?; // [3, H, T, Dh]
         let q = qkv.get(0)?.unsqueeze(0)?.contiguous()?;
         let k = qkv.get(1)?.unsqueeze(0)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
         // RoPE in f32 at every dtype, as the LM's (phases of late positions need it).
-        let dt = x.dtype();
+        let dt = qkv.dtype();
         let rope = |t: &Tensor| -> Result<Tensor> {
             candle_nn::rotary_emb::rope_i(&t.to_dtype(DType::F32)?, cos, sin)?
                 .to_dtype(dt)?
@@ -167,24 +185,47 @@ impl Transformer {
                 mask.push(if ok { 0f32 } else { f32::NEG_INFINITY });
             }
         }
-        let mask = Tensor::from_vec(mask, (1, t, n_keys), x.device())?;
+        let mask = Tensor::from_vec(mask, (1, t, n_keys), qkv.device())?;
         let scale = 1.0 / (dh as f64).sqrt();
         // Scores and softmax in f32 at every dtype (a no-op in f32).
         let att = (q.matmul(&k_all.t()?)?.to_dtype(DType::F32)? * scale)?.broadcast_add(&mask)?;
         let att = candle_nn::ops::softmax_last_dim(&att)?.to_dtype(dt)?;
         let y = att.matmul(&v_all)?; // [H, T, Dh]
-        let y = y.transpose(0, 1)?.reshape((t, d))?;
-        let y = layer.out_proj.mm(&y)?;
-        let x = (x + y.broadcast_mul(&layer.scale1)?)?;
 
         // Views, not copies: the next step's `cat` copies them anyway.
         let keep = n_keys.min(context);
         layer.k_cache = Some(k_all.narrow(1, n_keys - keep, keep)?);
         layer.v_cache = Some(v_all.narrow(1, n_keys - keep, keep)?);
-
-        let hx = layer.norm2.forward(&x)?;
-        let ff = layer.linear1.mm(&hx)?.gelu_erf()?;
-        let ff = layer.linear2.mm(&ff)?;
-        x + ff.broadcast_mul(&layer.scale2)?
+        y.transpose(0, 1)?.reshape((t, h * dh))
     }
+}
+
+/// Layer `li` of every stream: `x` is `[B * T, d]`, stream by stream.
+fn layer_step_batch(
+    trs: &mut [&mut Transformer],
+    li: usize,
+    x: &Tensor,
+    ropes: &[(Tensor, Tensor)],
+) -> Result<Tensor> {
+    let (rows, _) = x.dims2()?;
+    let batch = trs.len();
+    let (h, dh) = (trs[0].num_heads, trs[0].head_dim);
+    let t = rows / batch;
+    let qkv = {
+        let w = &trs[0].layers[li];
+        w.in_proj.mm(&w.norm1.forward(x)?)? // [B * T, 3d]
+    };
+    let qkv = qkv.reshape((batch, t, 3, h, dh))?;
+    let ys = trs
+        .iter_mut()
+        .zip(ropes)
+        .enumerate()
+        .map(|(b, (tr, rope))| tr.attend(li, &qkv.get(b)?, rope))
+        .collect::<Result<Vec<_>>>()?;
+    let w = &trs[0].layers[li];
+    let y = w.out_proj.mm(&Tensor::cat(&ys, 0)?)?;
+    let x = (x + y.broadcast_mul(&w.scale1)?)?;
+    let ff = w.linear1.mm(&w.norm2.forward(&x)?)?.gelu_erf()?;
+    let ff = w.linear2.mm(&ff)?;
+    x + ff.broadcast_mul(&w.scale2)?
 }
