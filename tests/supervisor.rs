@@ -215,6 +215,40 @@ fn reload_with_an_unreadable_tls_file_keeps_the_daemon_up() {
     stop(d);
 }
 
+/// A reload whose new microphone does not open keeps the old devices, and the state's `error`
+/// says both why the new ones failed (the device's name) and what was kept.
+#[test]
+fn reload_with_a_missing_microphone_keeps_the_previous_devices_and_says_why() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, notify, obs, d, cfg) = running(dir.path(), "");
+    let bad =
+        appliance_toml(broker.port, "").replace("capture = \"mic\"", "capture = \"nosuchmic\"");
+    std::fs::write(&cfg, bad).unwrap();
+    let ready = notify.count("READY=1");
+    let steps0 = steps(&obs);
+    d.signal(libc::SIGHUP);
+    assert!(
+        notify.wait_more("READY=1", ready, Duration::from_secs(15)),
+        "no READY=1 after the reload\n{}",
+        d.log()
+    );
+    let state = obs
+        .wait_json(&topic("state"), Duration::from_secs(10), |v| {
+            v["error"]
+                .as_str()
+                .is_some_and(|w| w.contains("kept the previous audio devices"))
+        })
+        .unwrap_or_else(|| panic!("no warning about the kept devices\n{}", d.log()));
+    let warning = state["error"].as_str().unwrap_or_default();
+    assert!(warning.contains("nosuchmic"), "{warning}");
+    obs.wait_json(&topic("state"), Duration::from_secs(10), |v| {
+        v["phase"] == "conversation" && v["steps"].as_u64() > Some(steps0 + 20)
+    })
+    .unwrap_or_else(|| panic!("conversation stopped\n{}", d.log()));
+    stop(d);
+}
+
 /// Retained `online` and state as a fresh subscriber sees them.
 fn retained(port: u16) -> (Option<String>, Option<serde_json::Value>) {
     let fresh = Observer::connect(port, "probe", &[&topic("state"), &topic("availability")]);

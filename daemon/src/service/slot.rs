@@ -214,10 +214,11 @@ impl Slot {
         let room = match crate::audio::open_room(&cfg.audio) {
             Ok(r) => r,
             Err(e) if fallback != &cfg.audio => {
+                // Say why the new devices failed, not only that the old ones were kept.
+                let msg = format!("{e:#}; kept the previous audio devices");
                 let r = crate::audio::open_room(fallback).map_err(|_| e)?;
-                let msg = "kept the previous audio devices";
-                log::error!("the new audio devices did not open; {msg}");
-                self.shared.set_warning(msg);
+                log::error!("{msg}");
+                self.shared.set_warning(&msg);
                 cfg.audio = fallback.clone();
                 r
             }
