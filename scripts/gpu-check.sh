@@ -11,9 +11,9 @@
 #       lines to DIR/gpu-check.jsonl (DIR defaults to $OUT): nvidia-smi facts, GPU copy
 #       bandwidth (torch), Mimi and LM parity vs the committed references in f32/bf16/f16,
 #       `bench lm` on 7B-shaped random q8_0/q4_0 GGUF and bf16 safetensors (short and full
-#       window, achieved GB/s; and batches of 4 and 8 conversations), `bench mimi`, the demo
-#       pipeline. Each part is time-boxed;
-#       what finished is written even when the budget (default 450 s) runs out.
+#       window, achieved GB/s; and batches of 4 and 8 conversations), `bench mimi` (and f32
+#       batches of 1, 4 and 8 streams), the demo pipeline. Each part is time-boxed; what
+#       finished is written even when the budget (default 450 s) runs out.
 #   scripts/gpu-check.sh --device cpu [--bin PATH] [--quick]
 #       The same sequence with the CPU binary (default target/release/moshid); --quick uses
 #       the fixture-sized LM instead of the 7B shape (what the test runs).
@@ -297,6 +297,14 @@ if run mimi-write 30 "$bin" codec random-weights "${mcfg[@]}" "$mimi"; then
     [ "$device" = cpu ] && [ $dt != f32 ] && [ $quick = 1 ] && continue
     run bench-mimi 60 "$bin" bench mimi --mimi "$mimi" "${mcfg[@]}" --device "$device" --dtype $dt --frames 50 || true
   done
+  # Batched streams (one conversation each) at B = 1, 4, 8, in f32 as the appliance loads
+  # Mimi (on a GPU candle's path, stacked along a batch dimension).
+  if [ "$device" != cpu ] || [ $quick = 0 ]; then
+    for b in 1 4 8; do
+      run bench-mimi-batch 60 "$bin" bench mimi --mimi "$mimi" "${mcfg[@]}" --device "$device" \
+        --dtype f32 --frames 20 --batch $b || true
+    done
+  fi
 fi
 
 # 5. The demo pipeline (random small model) in real time: step time and latency.
