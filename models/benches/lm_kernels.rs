@@ -2,7 +2,7 @@
 //! m = 1) for matrices of the 7B model's shapes and one of 1 GB, and the attention step over
 //! a full 3000-step window of one 7B layer (32 heads of 128). Prints GB/s of weights or KV
 //! cache read per second: compare with the machine's read bandwidth (`moshid bench lm
-//! --bandwidth`). First, the batched products (M = 1, 4, 8 rows) of moshid's kernel and
+//! --bandwidth`). First, the batched products (M = 1, 4, 8 rows, taken in turn) of moshid's kernel and
 //! candle's `QMatMul` side by side. Run: `cargo bench -p moshid-models --bench lm_kernels`.
 
 use candle_core::{Device, Tensor};
@@ -68,12 +68,6 @@ fn attention() {
     println!("{line}");
 }
 
-/// Milliseconds (median of 30 after 3 warm-ups) of `f` in a pool of `threads`.
-fn millis(threads: usize, f: impl FnMut() + Send) -> f64 {
-    let times = times_ms(threads, f);
-    times[times.len() / 2]
-}
-
 /// One implementation of a quantized product, as the bench calls it.
 type Product = Box<dyn Fn(&Tensor) -> Tensor + Send + Sync>;
 
@@ -112,22 +106,49 @@ fn batched() {
             "candle QMatMul".into(),
             Box::new(move |x| mm.forward(x).expect("mm")),
         ));
+        let xs: Vec<Tensor> = [1usize, 4, 8]
+            .iter()
+            .map(|&m| Tensor::randn(0f32, 1., (1, m, k), &Device::Cpu).expect("input"))
+            .collect();
         for (name, f) in &impls {
+            let ms = interleaved_millis(threads, &xs, f);
             let mut line = format!("{dt:?} [{n} x {k}] ({mb:.0} MB) {name}:");
-            let mut base = 0.0;
-            for m in [1usize, 4, 8] {
-                let x = Tensor::randn(0f32, 1., (1, m, k), &Device::Cpu).expect("input");
-                let ms = millis(threads, || {
-                    std::hint::black_box(f(&x));
-                });
-                if m == 1 {
-                    base = ms;
-                }
-                line += &format!("  M={m} {ms:.2} ms ({:.2}x)", ms / base);
+            for (x, t) in xs.iter().zip(&ms) {
+                let m = x.dim(1).expect("rows");
+                line += &format!("  M={m} {t:.2} ms ({:.2}x)", t / ms[0]);
             }
             println!("{line}");
         }
     }
+}
+
+/// Median milliseconds of `f` on each of `xs`, the inputs taken in turn in every one of 30
+/// rounds (after 3 warm-up rounds), so that a drift of the machine's memory bandwidth (a VM's
+/// swings by 2x over minutes) moves all of them alike and leaves their ratios.
+fn interleaved_millis(threads: usize, xs: &[Tensor], f: &Product) -> Vec<f64> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("thread pool");
+    let mut times = vec![Vec::new(); xs.len()];
+    pool.install(|| {
+        for round in 0..33 {
+            for (x, t) in xs.iter().zip(times.iter_mut()) {
+                let t0 = std::time::Instant::now();
+                std::hint::black_box(f(x));
+                if round >= 3 {
+                    t.push(t0.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+        }
+    });
+    times
+        .into_iter()
+        .map(|mut t| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
+        })
+        .collect()
 }
 
 fn gemv() {

@@ -146,6 +146,23 @@ pub(crate) fn prefetch(p: *const u8, len: usize) {
     let _ = (p, len);
 }
 
+/// Like [`prefetch`], into L2 only (T1 hint).
+#[inline]
+pub(crate) fn prefetch_l2(p: *const u8, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        let mut o = 0;
+        while o < len {
+            // SAFETY: prefetch is a hint and never faults, whatever the address.
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(o) as *const i8) };
+            o += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, len);
+}
+
 /// Sum of the 8 lanes of `x` (candle's `hsum_float_8`, so the q8 kernel stays bit-identical).
 #[cfg(target_arch = "x86_64")]
 #[inline]

@@ -4,8 +4,8 @@
 //! pair sums stay below 2^15); eight steps give each row's exact block dot product. Up to
 //! four activation rows share each block's trip through the group.
 
-use super::super::cpu::prefetch;
-use super::{Acts, Line, G, PREFETCH};
+use super::super::cpu::{prefetch, prefetch_l2};
+use super::{Acts, Line, G, PREFETCH, PREFETCH_L2};
 use core::arch::x86_64::*;
 
 /// Activation rows per tile: 4 rows x 2 halves of accumulators.
@@ -76,6 +76,7 @@ unsafe fn tile<const Q4: bool, const RT: usize>(
             let bq = gq.add(j * G * qb);
             if r0 == 0 {
                 prefetch(bq.wrapping_add(PREFETCH), G * qb);
+                prefetch_l2(bq.wrapping_add(PREFETCH_L2), G * qb);
             }
             for (t, acc) in acc.iter_mut().enumerate() {
                 let at = (r0 + t) * nb + j;

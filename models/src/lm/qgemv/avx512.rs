@@ -4,8 +4,8 @@
 //! as `w + 128`) and the chain starts at `-bias * sum(a)`, which makes the sum the signed
 //! dot product. Up to eight activation rows share each block's weight registers.
 
-use super::super::cpu::prefetch;
-use super::{Acts, Line, G, PREFETCH};
+use super::super::cpu::{prefetch, prefetch_l2};
+use super::{Acts, Line, G, PREFETCH, PREFETCH_L2};
 use core::arch::x86_64::*;
 
 /// # Safety
@@ -83,6 +83,7 @@ impl Tile<'_> {
                 let bq = self.gq.add(j * G * qb);
                 if self.first {
                     prefetch(bq.wrapping_add(PREFETCH), G * qb);
+                    prefetch_l2(bq.wrapping_add(PREFETCH_L2), G * qb);
                 }
                 let load = |u: usize| _mm512_loadu_si512(bq.add(u * 64) as *const _);
                 let w: [__m512i; 8] = if Q4 {
