@@ -168,6 +168,31 @@ fn quantize_then_infer_and_bench_on_gguf() {
     }
     assert!(j["step_ms_median"].as_f64().unwrap() >= j["depth_ms_median"].as_f64().unwrap());
     assert_eq!(j["full_context"], true, "{j}");
+    // In turn: one batch of 5, a line each for 1, 2, 4 and 5 active conversations.
+    let out = ok(&[
+        "bench",
+        "lm",
+        "--lm",
+        s(&gguf),
+        "--steps",
+        "3",
+        "--batch",
+        "5",
+        "--in-turn",
+    ]);
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let counts: Vec<u64> = lines.iter().filter_map(|j| j["batch"].as_u64()).collect();
+    assert_eq!(counts, [1, 2, 4, 5], "{lines:?}");
+    for j in &lines {
+        assert_eq!(j["in_turn"], true, "{j}");
+        assert!(j["step_ms_median"].as_f64().is_some_and(|v| v > 0.0), "{j}");
+        // One batch of 5 slots holds the caches, whatever the count stepped.
+        assert_eq!(j["kv_cache_bytes"], lines[0]["kv_cache_bytes"], "{j}");
+    }
 }
 
 #[test]

@@ -50,6 +50,12 @@ pub struct Args {
     /// after another (what a server without batching does), for comparison.
     #[arg(long)]
     pub independent: bool,
+    /// With --batch B: one batch of B slots, and in every round a step of 1, 2, 4, ... and B
+    /// of them taken in turn (the others masked, as idle conversations are), one line per
+    /// count. A drift of the machine's memory bandwidth between runs (a VM's swings by 2x)
+    /// then moves every count alike and leaves the ratios between them.
+    #[arg(long, conflicts_with = "independent")]
+    pub in_turn: bool,
 }
 
 /// The largest `--batch` the bench takes (a house's worth of conversations).
@@ -93,12 +99,13 @@ impl Stepper {
         }
     }
 
-    /// One step of every conversation with the same codes; the step's timing (summed over
-    /// the generators when independent).
-    fn step(&mut self, codes: &[u32]) -> Result<StepTiming, LmError> {
+    /// One step of the first `active` conversations with the same codes; the step's timing
+    /// (summed over the generators when independent).
+    fn step(&mut self, codes: &[u32], active: usize) -> Result<StepTiming, LmError> {
         match self {
             Stepper::Batch(b, ids) => {
-                let frames: Vec<(SlotId, &[u32])> = ids.iter().map(|&id| (id, codes)).collect();
+                let frames: Vec<(SlotId, &[u32])> =
+                    ids[..active].iter().map(|&id| (id, codes)).collect();
                 for r in b.step(&frames) {
                     r?;
                 }
@@ -106,7 +113,7 @@ impl Stepper {
             }
             Stepper::Independent(gens) => {
                 let mut sum = StepTiming::default();
-                for g in gens.iter_mut() {
+                for g in gens[..active].iter_mut() {
                     g.step(codes)?;
                     sum.temporal += g.last_timing().temporal;
                     sum.depth += g.last_timing().depth;
@@ -242,6 +249,34 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// Refuses a batch whose key/value caches do not fit in the memory left beside the loaded
+/// weights: the caches are written in full when they are made (no page faults inside the
+/// steps), so a batch that does not fit would be killed for memory rather than swap.
+fn check_batch_fits(
+    a: &Args,
+    cfg: &moshid_models::lm::LmConfig,
+    dtype: candle_core::DType,
+    device: &candle_core::Device,
+    context: usize,
+) -> anyhow::Result<()> {
+    let kv = moshid_models::lm::estimate_memory(&a.lm, cfg, dtype, context)?.kv_cache_bytes;
+    let need = kv.saturating_mul(a.batch as u64);
+    let Some(free) = moshid_models::device::free_memory(device) else {
+        return Ok(());
+    };
+    if need > free.bytes {
+        anyhow::bail!(
+            "--batch {}: {} key/value caches of {:.2} GB (context {context}) need {:.2} GB, and {:.2} GB is free beside the weights: use a smaller --context or --batch",
+            a.batch,
+            a.batch,
+            kv as f64 / 1e9,
+            need as f64 / 1e9,
+            free.bytes as f64 / 1e9
+        );
+    }
+    Ok(())
+}
+
 /// Runs `moshid bench lm`.
 pub fn run(a: Args) -> anyhow::Result<()> {
     if a.steps == 0 {
@@ -255,72 +290,135 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let load_s = t0.elapsed().as_secs_f64();
     let weights = model.weight_bytes();
     let dtype = model.dtype();
+    check_batch_fits(&a, &cfg, dtype, &device, context)?;
     let mut gen = Stepper::new(model, context, a.batch, a.independent)?;
     if a.full_context {
         gen.fill_context()?;
     }
-    // Deterministic pseudo-speech codes: what the user streams does not change the cost.
-    let mut x = 12345u32;
-    let mut codes = [0u32; 8];
-    let (mut total, mut temporal, mut depth) = (vec![], vec![], vec![]);
-    let mut cpu0 = 0.0;
-    for i in 0..a.steps + 2 {
-        if i == 2 {
-            cpu0 = cpu_ms();
-        }
-        for c in codes.iter_mut() {
-            x = x.wrapping_mul(1664525).wrapping_add(1013904223);
-            *c = (x >> 8) % cfg.card as u32;
-        }
-        let s = std::time::Instant::now();
-        let t = gen.step(&codes)?;
-        let el = s.elapsed().as_secs_f64() * 1000.0;
-        if i >= 2 {
-            total.push(el);
-            temporal.push(t.temporal.as_secs_f64() * 1000.0);
-            depth.push(t.depth.as_secs_f64() * 1000.0);
-        }
-    }
-    let cpu_per_step = (cpu_ms() - cpu0) / a.steps as f64;
-    let step = median(&mut total);
+    let counts = if a.in_turn {
+        in_turn_counts(a.batch)
+    } else {
+        vec![a.batch]
+    };
+    let mut times = time_steps(&mut gen, cfg.card, &counts, a.steps)?;
     // Before the bandwidth buffers (2 GiB) exist.
     let peak_rss = peak_rss_bytes();
     let (copy_gbps, read_gbps) = if a.bandwidth { bandwidth() } else { (0.0, 0.0) };
     // What a step must read: every weight once, plus the whole KV cache when the window is
     // full (the bench's few steps otherwise touch a negligible part of it).
     let kv_read = if a.full_context { gen.cache_bytes() } else { 0 };
-    let line = LmReport {
+    let run = RunFacts {
+        context,
+        dtype: format!("{dtype:?}").to_lowercase(),
+        load_s,
+        weights,
+        kv_cache_bytes: gen.cache_bytes(),
+        peak_rss,
+        bandwidth: (copy_gbps, read_gbps, weights + kv_read),
+    };
+    for (&count, t) in counts.iter().zip(times.iter_mut()) {
+        println!("{}", serde_json::to_string(&report(&a, &run, count, t))?);
+    }
+    Ok(())
+}
+
+/// What every line of one run shares.
+struct RunFacts {
+    context: usize,
+    dtype: String,
+    load_s: f64,
+    weights: u64,
+    kv_cache_bytes: u64,
+    peak_rss: Option<u64>,
+    /// STREAM copy and read GB/s (with `--bandwidth`), bytes a step must read.
+    bandwidth: (f64, f64, u64),
+}
+
+/// The line for `count` conversations.
+fn report(a: &Args, run: &RunFacts, count: usize, t: &mut Times) -> LmReport {
+    let step = median(&mut t.total);
+    let (copy_gbps, read_gbps, bytes) = run.bandwidth;
+    LmReport {
         bench: "lm",
         lm: a.lm.display().to_string(),
         device: a.device.to_string(),
-        dtype: format!("{dtype:?}").to_lowercase(),
+        dtype: run.dtype.clone(),
         steps: a.steps,
-        batch: a.batch,
+        batch: count,
         independent: a.independent,
-        context,
+        in_turn: a.in_turn,
+        context: run.context,
         full_context: a.full_context,
         step_ms_median: step,
-        step_ms_max: total.iter().cloned().fold(0.0, f64::max),
-        step_ms_per_conversation: step / a.batch as f64,
-        temporal_ms_median: median(&mut temporal),
-        depth_ms_median: median(&mut depth),
+        step_ms_max: t.total.iter().cloned().fold(0.0, f64::max),
+        step_ms_per_conversation: step / count as f64,
+        temporal_ms_median: median(&mut t.temporal),
+        depth_ms_median: median(&mut t.depth),
         rtf: step / 80.0,
-        cpu_ms_per_step: cpu_per_step,
+        cpu_ms_per_step: t.cpu.iter().sum::<f64>() / t.cpu.len().max(1) as f64,
         load_average_1m: load_average(),
-        load_s,
-        weights_bytes: weights,
-        kv_cache_bytes: gen.cache_bytes(),
-        peak_rss_bytes: peak_rss,
+        load_s: run.load_s,
+        weights_bytes: run.weights,
+        kv_cache_bytes: run.kv_cache_bytes,
+        peak_rss_bytes: run.peak_rss,
         threads: std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),
         bandwidth: a
             .bandwidth
-            .then(|| Bandwidth::new(copy_gbps, read_gbps, weights + kv_read, step)),
-    };
-    let line = serde_json::to_string(&line)?;
-    println!("{line}");
-    Ok(())
+            .then(|| Bandwidth::new(copy_gbps, read_gbps, bytes, step)),
+    }
+}
+
+/// 1, 2, 4, ... below `batch`, then `batch`.
+fn in_turn_counts(batch: usize) -> Vec<usize> {
+    let mut v: Vec<usize> = std::iter::successors(Some(1usize), |c| Some(c * 2))
+        .take_while(|&c| c < batch)
+        .collect();
+    v.push(batch);
+    v
+}
+
+/// Milliseconds of the timed steps of one count of conversations.
+#[derive(Default)]
+struct Times {
+    total: Vec<f64>,
+    temporal: Vec<f64>,
+    depth: Vec<f64>,
+    /// Process CPU time (all threads) per step.
+    cpu: Vec<f64>,
+}
+
+/// Two warm-up rounds, then `steps` rounds; a round steps each of `counts` conversations
+/// once, in turn, with the same deterministic pseudo-speech codes (what the user streams does
+/// not change the cost).
+fn time_steps(
+    gen: &mut Stepper,
+    card: usize,
+    counts: &[usize],
+    steps: usize,
+) -> Result<Vec<Times>, LmError> {
+    let mut x = 12345u32;
+    let mut codes = [0u32; 8];
+    let mut times: Vec<Times> = counts.iter().map(|_| Times::default()).collect();
+    for i in 0..steps + 2 {
+        for c in codes.iter_mut() {
+            x = x.wrapping_mul(1664525).wrapping_add(1013904223);
+            *c = (x >> 8) % card as u32;
+        }
+        for (&count, t) in counts.iter().zip(times.iter_mut()) {
+            let (cpu0, s) = (cpu_ms(), std::time::Instant::now());
+            let timing = gen.step(&codes, count)?;
+            let el = s.elapsed().as_secs_f64() * 1000.0;
+            if i >= 2 {
+                t.total.push(el);
+                t.temporal.push(timing.temporal.as_secs_f64() * 1000.0);
+                t.depth.push(timing.depth.as_secs_f64() * 1000.0);
+                t.cpu.push(cpu_ms() - cpu0);
+            }
+        }
+    }
+    Ok(times)
 }
 
 /// The line `bench lm` prints.
@@ -340,6 +438,8 @@ struct LmReport {
     batch: usize,
     /// Whether they ran as separate batch-1 generators (`--independent`).
     independent: bool,
+    /// Whether this count was timed in turn with others over one batch (`--in-turn`).
+    in_turn: bool,
     /// Attention window in steps.
     context: usize,
     /// Whether the KV cache was filled to the window before timing (the worst case).

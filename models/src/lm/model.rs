@@ -60,6 +60,27 @@ pub(crate) struct RingKv {
     next: usize,
 }
 
+/// A zeroed f32 CPU tensor whose memory is advised as huge pages and then written, page by
+/// page, now. A ring is laid out head by head, so a conversation's first step writes a row in
+/// every head's stretch and would otherwise fault in its whole cache at once (3.15 GB, about
+/// 0.3-1 s, for the 7B at context 3000) inside a step that other conversations share. Writing
+/// it here moves that cost to the slot's creation, at load; the memory planner counts the
+/// full cache per conversation already.
+fn touched_zeros(shape: (usize, usize, usize, usize)) -> Result<Tensor, LmError> {
+    let n = shape.0 * shape.1 * shape.2 * shape.3;
+    let mut xs: Vec<f32> = Vec::new();
+    xs.try_reserve_exact(n).map_err(|e| {
+        LmError::Candle(format!(
+            "cannot allocate a key/value cache of {n} floats ({e}): use a smaller context"
+        ))
+    })?;
+    // A large allocation is a fresh mapping: advised before its first touch, its pages come
+    // as 2 MiB pages (a full window is read every step, as the weights are).
+    super::cpu::advise(xs.as_ptr() as *const u8, n * std::mem::size_of::<f32>());
+    xs.resize(n, 0.0);
+    Tensor::from_vec(xs, shape, &Device::Cpu).map_err(ce)
+}
+
 impl RingKv {
     pub(crate) fn new(
         heads: usize,
@@ -68,25 +89,15 @@ impl RingKv {
         dtype: DType,
         device: &Device,
     ) -> Result<Self, LmError> {
-        let k = Tensor::zeros((1, heads, cap, head_dim), dtype, device).map_err(ce)?;
-        let v = Tensor::zeros((1, heads, cap, head_dim), dtype, device).map_err(ce)?;
-        if dtype == DType::F32 {
-            // A full window is read every step (3.15 GB for the 7B at context 3000): huge
-            // pages, as for the weights. The zeroed buffers are fresh mappings not yet
-            // touched, so the pages the ring then writes come as 2 MiB pages.
-            for t in [&k, &v] {
-                let (st, l) = t.storage_and_layout();
-                if let Storage::Cpu(c) = &*st {
-                    if let Ok(all) = c.as_slice::<f32>() {
-                        let n = t
-                            .elem_count()
-                            .min(all.len().saturating_sub(l.start_offset()));
-                        let xs = &all[l.start_offset()..l.start_offset() + n];
-                        super::cpu::advise(xs.as_ptr() as *const u8, std::mem::size_of_val(xs));
-                    }
-                }
-            }
-        }
+        let shape = (1, heads, cap, head_dim);
+        let (k, v) = if dtype == DType::F32 && device.is_cpu() {
+            (touched_zeros(shape)?, touched_zeros(shape)?)
+        } else {
+            (
+                Tensor::zeros(shape, dtype, device).map_err(ce)?,
+                Tensor::zeros(shape, dtype, device).map_err(ce)?,
+            )
+        };
         Ok(Self {
             k,
             v,
