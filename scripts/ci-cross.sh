@@ -13,6 +13,10 @@ t0=$(date +%s)
 # 30 s the client sends to fill the socket's buffers. A satellite (satellite.rs) hears its brain
 # only when the brain steps in real time too (its replies are otherwise late: silence); the
 # fault, token, certificate, busy and check-config tests, which need no audio, run.
+# Batched Mimi on candle's path (f16/bf16 generic ops, f32 over the packed kernels) takes many
+# minutes per scenario under emulation (the CPU engine's scenario, which runs, takes seconds);
+# those two run natively. On aarch64 candle's f16 GEMM rounds a 2-row and an 8-row product
+# differently (seen under qemu: a code of stream 1 differed), which their bound allows.
 ./cross/aarch64.sh --install -- -- --skip client_talks_to_the_demo_over_tls \
   --skip the_room_and_three_web_clients_talk_at_once_on_one_model \
   --skip a_room_capture_that_ends_does_not_stop_a_web_session \
@@ -24,7 +28,9 @@ t0=$(date +%s)
   --skip a_client_that_never_reads_does_not_hold_the_conversation \
   --skip a_satellite_talks_through_a_brain --skip an_unreachable_brain_is_one_error \
   --skip a_brain_answering_garbage --skip two_satellites_share_one_brain \
-  --skip a_page_session_on_a_satellite
+  --skip a_page_session_on_a_satellite \
+  --skip candle_streams_in_a_batch_match_each_alone \
+  --skip candle_f32_streams_in_a_batch_match_each_alone
 t1=$(date +%s)
 DEB_TARGET=aarch64-unknown-linux-gnu CARGO_TARGET_DIR=${CROSS_TARGET_DIR:-$PWD/target-cross} \
   ./scripts/ci-deb.sh

@@ -7,7 +7,7 @@ mod streams;
 
 use candle_core::Device;
 use moshid_models::mimi::{Mimi, MimiConfig, ENGINE_ENV};
-use streams::{fixtures, scenario};
+use streams::{fixtures, scenario, Bound};
 
 #[test]
 fn candle_f32_streams_in_a_batch_match_each_alone() {
@@ -17,5 +17,5 @@ fn candle_f32_streams_in_a_batch_match_each_alone() {
     let path = fixtures().join("mimi_small.safetensors");
     let load = || Mimi::load(&path, &cfg, 8, &Device::Cpu).expect("weights load");
     assert_eq!(load().kernels(), "candle");
-    scenario("candle f32", &load, 30);
+    scenario("candle f32", &load, 30, Bound::EXACT);
 }

@@ -109,7 +109,9 @@ fn alone(load: &dyn Fn() -> Mimi, clip: &[f32], steps: usize) -> Trace {
 }
 
 /// All streams over one model, the active ones in one batched encode and decode per step.
-fn together(model: &Mimi, clip: &[f32], steps: usize) -> Trace {
+/// The decode takes each stream's codes from `alone` (the same when the encodes agree), so
+/// that a code flipped by a near tie costs one frame's comparison, not the rest of the stream.
+fn together(model: &Mimi, clip: &[f32], steps: usize, alone: &Trace) -> Trace {
     let fs = model.frame_samples();
     let k = model.num_codebooks();
     let mut streams: Vec<Mimi> = PLANS.iter().map(|_| model.new_stream()).collect();
@@ -138,7 +140,7 @@ fn together(model: &Mimi, clip: &[f32], steps: usize) -> Trace {
         let inputs: Vec<&[f32]> = frames.iter().map(|f| &f[..]).collect();
         let mut code_outs: Vec<&mut [u32]> = codes.iter_mut().map(|c| &mut c[..]).collect();
         Mimi::encode_step_batch(&mut batch, &inputs, &mut code_outs).unwrap();
-        let code_ins: Vec<&[u32]> = codes.iter().map(|c| &c[..]).collect();
+        let code_ins: Vec<&[u32]> = ids.iter().map(|&i| &alone[i][out[i].len()].0[..]).collect();
         let mut pcm_outs: Vec<&mut [f32]> = pcm.iter_mut().map(|p| &mut p[..]).collect();
         Mimi::decode_step_batch(&mut batch, &code_ins, &mut pcm_outs).unwrap();
         for ((&i, c), p) in ids.iter().zip(codes).zip(pcm) {
@@ -148,27 +150,58 @@ fn together(model: &Mimi, clip: &[f32], steps: usize) -> Trace {
     out
 }
 
-/// Compares the traces; returns (codes compared, worst SNR in dB, bit-identical audio).
-fn compare(what: &str, a: &Trace, b: &Trace) -> (usize, f64, bool) {
-    let (mut codes, mut worst, mut bits) = (0, f64::INFINITY, true);
+/// What a batched stream must match of the stream alone.
+#[derive(Clone, Copy, Debug)]
+pub struct Bound {
+    /// Fraction of codes identical.
+    pub codes: f64,
+    /// Decode SNR, dB.
+    pub snr_db: f64,
+}
+
+impl Bound {
+    /// Codes identical, decode SNR >= 100 dB: where each row's arithmetic does not depend on
+    /// the other rows of the product (the CPU engine's and the packed kernels).
+    pub const EXACT: Bound = Bound {
+        codes: 1.0,
+        snr_db: 100.0,
+    };
+}
+
+/// What [`compare`] found.
+#[derive(Debug)]
+pub struct Found {
+    /// Codes compared and how many were identical.
+    pub codes: usize,
+    pub identical: usize,
+    /// Worst decode SNR over the streams, dB.
+    pub worst_snr_db: f64,
+    /// Whether all the audio was bit-identical.
+    pub bits: bool,
+}
+
+/// Compares the traces against `bound`.
+fn compare(what: &str, a: &Trace, b: &Trace, bound: Bound) -> Found {
+    let mut f = Found {
+        codes: 0,
+        identical: 0,
+        worst_snr_db: f64::INFINITY,
+        bits: true,
+    };
     for (s, (x, y)) in a.iter().zip(b).enumerate() {
         assert_eq!(x.len(), y.len(), "{what}: stream {s} steps");
         let (cx, px): (Vec<_>, Vec<_>) = x.iter().cloned().unzip();
         let (cy, py): (Vec<_>, Vec<_>) = y.iter().cloned().unzip();
-        assert_eq!(cx, cy, "{what}: stream {s} codes");
-        codes += cx.iter().map(Vec::len).sum::<usize>();
+        let (cx, cy) = (cx.concat(), cy.concat());
+        f.codes += cx.len();
+        f.identical += cx.iter().zip(&cy).filter(|(u, v)| u == v).count();
         let (px, py) = (px.concat(), py.concat());
-        bits &= px.iter().zip(&py).all(|(u, v)| u.to_bits() == v.to_bits());
-        let snr = snr_db(&px, &py);
+        f.bits &= px.iter().zip(&py).all(|(u, v)| u.to_bits() == v.to_bits());
         assert!(
             px.iter().any(|v| v.abs() > 1e-6),
             "{what}: stream {s} decodes silence"
         );
-        assert!(
-            snr >= 100.0,
-            "{what}: stream {s} decode SNR {snr:.1} dB < 100 dB"
-        );
-        worst = worst.min(snr);
+        f.worst_snr_db = f.worst_snr_db.min(snr_db(&px, &py));
     }
     // The streams really differ from each other (different inputs, different codes).
     let firsts: Vec<&Vec<u32>> = a.iter().map(|s| &s[0].0).collect();
@@ -176,21 +209,34 @@ fn compare(what: &str, a: &Trace, b: &Trace) -> (usize, f64, bool) {
         firsts.windows(2).any(|w| w[0] != w[1]),
         "{what}: streams all alike"
     );
-    println!("{what}: {codes} codes identical, worst decode SNR {worst:.1} dB, audio bit-identical: {bits}");
-    (codes, worst, bits)
+    println!(
+        "{what}: {} of {} codes identical, worst decode SNR {:.1} dB, audio bit-identical: {}",
+        f.identical, f.codes, f.worst_snr_db, f.bits
+    );
+    assert!(
+        f.identical as f64 >= bound.codes * f.codes as f64,
+        "{what}: {} of {} codes identical, below {bound:?}",
+        f.identical,
+        f.codes
+    );
+    assert!(
+        f.worst_snr_db >= bound.snr_db,
+        "{what}: decode SNR {:.1} dB, below {bound:?}",
+        f.worst_snr_db
+    );
+    f
 }
 
 /// Runs the plans over `steps` frames alone and together on models from `load`, and
-/// compares: codes identical, decode SNR >= 100 dB per stream. Returns what
-/// [`compare`] does.
-pub fn scenario(what: &str, load: &dyn Fn() -> Mimi, steps: usize) -> (usize, f64, bool) {
+/// compares within `bound` (see [`Bound::EXACT`]).
+pub fn scenario(what: &str, load: &dyn Fn() -> Mimi, steps: usize, bound: Bound) -> Found {
     let clip = speech();
     let a = alone(load, &clip, steps);
-    let b = together(&load(), &clip, steps);
+    let b = together(&load(), &clip, steps, &a);
     let distinct: std::collections::HashSet<u32> = a.iter().flatten().map(|(c, _)| c[0]).collect();
     assert!(
         distinct.len() > 3,
         "{what}: semantic codes hardly vary: {distinct:?}"
     );
-    compare(what, &a, &b)
+    compare(what, &a, &b, bound)
 }
