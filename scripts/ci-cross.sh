@@ -16,7 +16,8 @@ t0=$(date +%s)
 # Batched Mimi on candle's path (f16/bf16 generic ops, f32 over the packed kernels) takes many
 # minutes per scenario under emulation (the CPU engine's scenario, which runs, takes seconds);
 # those two run natively. On aarch64 candle's f16 GEMM rounds a 2-row and an 8-row product
-# differently (seen under qemu: a code of stream 1 differed), which their bound allows.
+# differently (seen under qemu: a code of stream 1 differed); their bound is half precision's
+# own, not measured under emulation.
 ./cross/aarch64.sh --install -- -- --skip client_talks_to_the_demo_over_tls \
   --skip the_room_and_three_web_clients_talk_at_once_on_one_model \
   --skip a_room_capture_that_ends_does_not_stop_a_web_session \
