@@ -133,34 +133,30 @@ pub(crate) fn has_avx2_fma() -> bool {
 #[inline(always)]
 pub(crate) fn prefetch(p: *const u8, len: usize) {
     #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let mut o = 0;
-        while o < len {
-            // SAFETY: prefetch is a hint and never faults, whatever the address.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(o) as *const i8) };
-            o += 64;
-        }
-    }
+    prefetch_lines::<{ std::arch::x86_64::_MM_HINT_T0 }>(p, len);
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (p, len);
 }
 
 /// Like [`prefetch`], into L2 only (T1 hint).
-#[inline]
+#[inline(always)]
 pub(crate) fn prefetch_l2(p: *const u8, len: usize) {
     #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-        let mut o = 0;
-        while o < len {
-            // SAFETY: prefetch is a hint and never faults, whatever the address.
-            unsafe { _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(o) as *const i8) };
-            o += 64;
-        }
-    }
+    prefetch_lines::<{ std::arch::x86_64::_MM_HINT_T1 }>(p, len);
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (p, len);
+}
+
+/// One `prefetch` instruction with `HINT` per 64-byte line of `[p, p + len)`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch_lines<const HINT: i32>(p: *const u8, len: usize) {
+    let mut o = 0;
+    while o < len {
+        // SAFETY: prefetch is a hint and never faults, whatever the address.
+        unsafe { std::arch::x86_64::_mm_prefetch::<HINT>(p.wrapping_add(o) as *const i8) };
+        o += 64;
+    }
 }
 
 /// Sum of the 8 lanes of `x` (candle's `hsum_float_8`, so the q8 kernel stays bit-identical).
